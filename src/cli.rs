@@ -1,0 +1,434 @@
+//! The command line: flags parsed once into [`Cli`], and each subcommand carried out,
+//! either by starting a node (`run`, `relay`) or as a thin client of the control socket.
+//! The contract is ../shared/CLI.md; docs/cli.md documents it for users.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{self, FileConfig, Mode, NodeConfig};
+use crate::control::{self, ClientError, ControlRequest};
+use crate::identity::{parse_contact, qr_code, SignedDocument};
+use crate::node::{self, IdInfo};
+use crate::store::Store;
+
+/// Exit codes (CLI.md).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const ERROR: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const NOT_FOUND: i32 = 4;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ptpchat",
+    version,
+    about = "A decentralized chat node: persistent identity, direct messages, channels, NAT traversal",
+    after_help = "Example:\n  ptpchat run                     # start your node\n  ptpchat status --json           # ask it how it is doing\n  ptpchat whois <uuid> --json     # look someone up in the directory"
+)]
+pub struct Cli {
+    /// Node home (identity, database, control socket). Default: $PTPCHAT_HOME, else $XDG_DATA_HOME/ptpchat
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Machine output: one JSON object per result; nothing else on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging on stderr (repeat for more); RUST_LOG is honoured too
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less logging on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the identity if there is none (idempotent)
+    #[command(after_help = "Example:\n  ptpchat init --json")]
+    Init,
+    /// Show this node's identity: uuid, peer id, fingerprint, public key, contact URI
+    #[command(after_help = "Examples:\n  ptpchat id\n  ptpchat id --qr\n  ptpchat id --rotate   # with the node stopped")]
+    Id {
+        /// Draw the contact URI as a QR code
+        #[arg(long)]
+        qr: bool,
+        /// Replace the identity key with a new one signed by the old one (the UUID stays;
+        /// the peer id changes). Stop the node first.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Run your node in the foreground (creates the identity on first run)
+    #[command(after_help = "Example:\n  ptpchat run --listen /ip4/0.0.0.0/tcp/4001 --bootstrap /ip4/198.51.100.7/tcp/4001/p2p/12D3Koo...")]
+    Run(RunArgs),
+    /// Run an always-on relay / bootstrap node; prints its dialable multiaddrs on stdout
+    #[command(after_help = "Example:\n  ptpchat relay --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1")]
+    Relay(RelayArgs),
+    /// Show the running node's status
+    #[command(after_help = "Example:\n  ptpchat status --json")]
+    Status,
+    /// List connected peers
+    #[command(after_help = "Example:\n  ptpchat peers --json")]
+    Peers,
+    /// Look an identity up in the directory (DHT); exit 4 if none valid is found
+    #[command(after_help = "Example:\n  ptpchat whois 0b7e3f0c-1d2a-8c4e-9f00-1234567890ab --json")]
+    Whois {
+        /// The UUID (or a ptpchat: contact URI)
+        uuid: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address to listen on (repeatable). Default: TCP and QUIC on all interfaces, port 4001 or the next free
+    #[arg(long, value_name = "MA")]
+    pub listen: Vec<String>,
+    /// Bootstrap peer multiaddr ending in /p2p/<peer id> (repeatable). Default: bootstrap/peers.txt
+    #[arg(long, value_name = "MA")]
+    pub bootstrap: Vec<String>,
+    /// Relay to use for reachability (repeatable)
+    #[arg(long, value_name = "MA")]
+    pub relay: Vec<String>,
+    /// Do not discover peers on the LAN with mDNS
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Publish direct addresses and serve the DHT (only if this host is publicly reachable)
+    #[arg(long)]
+    pub public: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to listen on (repeatable). Default: TCP and QUIC on all interfaces, port 4001 or the next free
+    #[arg(long, value_name = "MA")]
+    pub listen: Vec<String>,
+    /// Other bootstrap peers to join (repeatable)
+    #[arg(long, value_name = "MA")]
+    pub bootstrap: Vec<String>,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9090
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: i32, message: impl std::fmt::Display) -> Self {
+        CliError {
+            code,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        CliError::new(exit::ERROR, e)
+    }
+}
+
+/// What `whois --json` prints for a document.
+#[derive(Debug, Serialize)]
+pub struct WhoisView {
+    pub uuid: String,
+    pub peer_id: String,
+    pub public_key: String,
+    pub fingerprint: String,
+    pub seq: u64,
+    pub reach: Vec<String>,
+    pub enc_key: String,
+    pub key_rotations: usize,
+    pub issued: u64,
+    pub expires: u64,
+}
+
+impl WhoisView {
+    pub fn of(doc: &SignedDocument) -> Self {
+        let d = doc.doc();
+        WhoisView {
+            uuid: d.uuid().to_string(),
+            peer_id: d.peer_id().map(|p| p.to_string()).unwrap_or_default(),
+            public_key: hex::encode(d.current_key),
+            fingerprint: d.fingerprint().to_string(),
+            seq: d.seq,
+            reach: d.reach.clone(),
+            enc_key: hex::encode(d.enc_key),
+            key_rotations: d.key_chain.len(),
+            issued: d.issued,
+            expires: d.expires,
+        }
+    }
+}
+
+/// Carries out the parsed command. `main` turns the error into an exit code.
+pub async fn execute(cli: Cli) -> Result<(), CliError> {
+    let mode = match cli.command {
+        Command::Relay(_) => Mode::Relay,
+        _ => Mode::User,
+    };
+    let home = config::resolve_home(cli.home.as_deref(), mode).map_err(|e| CliError::new(exit::ERROR, e))?;
+    let json = cli.json;
+    match cli.command {
+        Command::Init => init(&home, json).await,
+        Command::Id { qr, rotate } => id(&home, json, qr, rotate).await,
+        Command::Run(args) => run(node_config_for_run(home, args)?).await,
+        Command::Relay(args) => run(node_config_for_relay(home, args)?).await,
+        Command::Status => {
+            let data = ask(&home, ControlRequest::Status).await?;
+            if json {
+                print_json(&data);
+            } else {
+                print_status(&data);
+            }
+            Ok(())
+        }
+        Command::Peers => {
+            let data = ask(&home, ControlRequest::Peers).await?;
+            for p in data.as_array().into_iter().flatten() {
+                if json {
+                    print_json(p);
+                } else {
+                    println!(
+                        "{}  {}{}  {}",
+                        p["peer_id"].as_str().unwrap_or(""),
+                        p["addr"].as_str().unwrap_or(""),
+                        if p["relayed"].as_bool() == Some(true) { " (relayed)" } else { "" },
+                        p["agent"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Whois { uuid } => {
+            let (uuid, _) = parse_contact(&uuid).map_err(|e| CliError::new(exit::USAGE, e))?;
+            let data = ask(&home, ControlRequest::Whois { uuid: uuid.to_string() }).await?;
+            if json {
+                print_json(&data);
+            } else {
+                for key in ["uuid", "peer_id", "fingerprint", "public_key", "seq", "reach"] {
+                    println!("{key:12} {}", plain(&data[key]));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Sends a request to the running node; a refusal becomes the CLI error it names.
+async fn ask(home: &std::path::Path, req: ControlRequest) -> Result<serde_json::Value, CliError> {
+    let resp = control::request(home, &req).await?;
+    if resp.ok {
+        Ok(resp.data.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(CliError::new(
+            resp.code.unwrap_or(exit::ERROR),
+            resp.error.unwrap_or_else(|| "the node refused".into()),
+        ))
+    }
+}
+
+fn print_json(v: &impl Serialize) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
+}
+
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    }
+}
+
+fn print_status(s: &serde_json::Value) {
+    if let Some(uuid) = s["uuid"].as_str() {
+        println!("uuid            {uuid}");
+    }
+    println!("peer_id         {}", plain(&s["peer_id"]));
+    println!("mode            {}", plain(&s["mode"]));
+    println!("nat             {}", plain(&s["nat"]));
+    println!("connected_peers {}", plain(&s["connected_peers"]));
+    for a in s["listen_addrs"].as_array().into_iter().flatten() {
+        println!("listening       {}", plain(a));
+    }
+}
+
+fn print_id(info: &IdInfo, json: bool, qr: bool) -> Result<(), CliError> {
+    if json {
+        print_json(info);
+    } else {
+        println!("uuid         {}", info.uuid);
+        println!("peer_id      {}", info.peer_id);
+        println!("fingerprint  {}", info.fingerprint);
+        println!("public_key   {}", info.public_key);
+        println!("contact      {}", info.contact_uri);
+    }
+    if qr {
+        let code = qr_code(&info.contact_uri).map_err(|e| CliError::new(exit::ERROR, e))?;
+        // With --json, stdout holds only JSON; the picture goes to stderr.
+        if json {
+            eprint!("{code}");
+        } else {
+            print!("{code}");
+        }
+    }
+    Ok(())
+}
+
+/// Opens the store directly when no node holds it, else `None`.
+fn open_store_if_free(home: &std::path::Path) -> Result<Option<Store>, CliError> {
+    node::prepare_home(home).map_err(|e| CliError::new(exit::ERROR, e))?;
+    match Store::open(home) {
+        Ok(s) => Ok(Some(s)),
+        Err(crate::store::StoreError::InUse(_)) => Ok(None),
+        Err(e) => Err(CliError::new(exit::ERROR, e)),
+    }
+}
+
+async fn init(home: &std::path::Path, json: bool) -> Result<(), CliError> {
+    let info = match open_store_if_free(home)? {
+        Some(store) => {
+            let (id, created) = store
+                .load_or_create_identity(crate::unix_now())
+                .map_err(|e| CliError::new(exit::ERROR, e))?;
+            if created && !json {
+                eprintln!("created a new identity in {}", home.display());
+            }
+            IdInfo::of(&id)
+        }
+        None => serde_json::from_value(ask(home, ControlRequest::Id).await?)
+            .map_err(|e| CliError::new(exit::ERROR, e))?,
+    };
+    if json {
+        print_json(&serde_json::json!({
+            "uuid": info.uuid,
+            "peer_id": info.peer_id,
+            "fingerprint": info.fingerprint,
+        }));
+    } else {
+        println!("{}", info.uuid);
+    }
+    Ok(())
+}
+
+async fn id(home: &std::path::Path, json: bool, qr: bool, rotate: bool) -> Result<(), CliError> {
+    let Some(store) = open_store_if_free(home)? else {
+        if rotate {
+            return Err(CliError::new(
+                exit::ERROR,
+                format!(
+                    "the node for {} is running; stop it before rotating the identity key (the peer id changes)",
+                    home.display()
+                ),
+            ));
+        }
+        let info: IdInfo = serde_json::from_value(ask(home, ControlRequest::Id).await?)
+            .map_err(|e| CliError::new(exit::ERROR, e))?;
+        return print_id(&info, json, qr);
+    };
+    let mut identity = store
+        .load_identity()
+        .map_err(|e| CliError::new(exit::ERROR, e))?
+        .ok_or_else(|| CliError::new(exit::ERROR, format!("no identity in {}; run `ptpchat init`", home.display())))?;
+    if rotate {
+        identity.rotate_identity_key().map_err(|e| CliError::new(exit::ERROR, e))?;
+        store.save_identity(&identity).map_err(|e| CliError::new(exit::ERROR, e))?;
+        if !json {
+            eprintln!("identity key rotated; the new key is signed by the old one and is published at the next start");
+        }
+    }
+    print_id(&IdInfo::of(&identity), json, qr)
+}
+
+fn usage(e: impl std::fmt::Display) -> CliError {
+    CliError::new(exit::USAGE, e)
+}
+
+/// Merges `run` flags with the environment, `<home>/config.toml` and the defaults.
+pub fn node_config_for_run(home: PathBuf, args: RunArgs) -> Result<NodeConfig, CliError> {
+    let file = FileConfig::load(&home).map_err(|e| CliError::new(exit::ERROR, e))?;
+    let mut cfg = NodeConfig::new(Mode::User, home);
+    cfg.listen = pick(args.listen, file.listen, "--listen")?.unwrap_or_default();
+    if let Some(b) = pick(args.bootstrap, file.bootstrap, "--bootstrap")? {
+        cfg.bootstrap = b;
+    }
+    cfg.relays = pick(args.relay, file.relay, "--relay")?.unwrap_or_default();
+    cfg.mdns = !args.no_mdns && file.mdns.unwrap_or(true);
+    cfg.public = args.public || file.public.unwrap_or(false);
+    Ok(cfg)
+}
+
+/// Merges `relay` flags likewise.
+pub fn node_config_for_relay(home: PathBuf, args: RelayArgs) -> Result<NodeConfig, CliError> {
+    let file = FileConfig::load(&home).map_err(|e| CliError::new(exit::ERROR, e))?;
+    let mut cfg = NodeConfig::new(Mode::Relay, home);
+    cfg.listen = pick(args.listen, file.listen, "--listen")?.unwrap_or_default();
+    if let Some(b) = pick(args.bootstrap, file.bootstrap, "--bootstrap")? {
+        cfg.bootstrap = b;
+    }
+    cfg.mdns = false;
+    cfg.public = true;
+    let metrics = args.metrics.or(file.metrics);
+    cfg.metrics = metrics
+        .map(|m| m.parse::<SocketAddr>().map_err(|e| usage(format!("invalid --metrics address {m:?}: {e}"))))
+        .transpose()?;
+    Ok(cfg)
+}
+
+/// Flag values win over the file's; returns `None` when neither gave any.
+fn pick(
+    flag: Vec<String>,
+    file: Option<Vec<String>>,
+    origin: &str,
+) -> Result<Option<Vec<libp2p::Multiaddr>>, CliError> {
+    let (values, origin) = if !flag.is_empty() {
+        (flag, origin.to_string())
+    } else if let Some(f) = file {
+        (f, format!("config.toml ({})", origin.trim_start_matches('-')))
+    } else {
+        return Ok(None);
+    };
+    config::parse_addrs(&values, &origin).map(Some).map_err(usage)
+}
+
+/// Runs a node in the foreground until SIGINT or SIGTERM.
+async fn run(config: NodeConfig) -> Result<(), CliError> {
+    let mode = config.mode;
+    let node = node::start(config).await.map_err(|e| CliError::new(exit::ERROR, e))?;
+    if mode == Mode::Relay {
+        // Operators paste these into bootstrap lists: print them as soon as we listen.
+        for addr in node.listen_addrs().await {
+            println!("{addr}");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The validated node configuration. Flags are parsed once at the edge (cli.rs) and merged
+//! here with `$PTPCHAT_HOME`, `<home>/config.toml` and the defaults; library code only
+//! ever sees a [`NodeConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// The default bootstrap list shipped in `bootstrap/peers.txt`.
+const DEFAULT_BOOTSTRAP: &str = include_str!("../bootstrap/peers.txt");
+/// The default port; the next free one is used if it is taken.
+pub const DEFAULT_PORT: u16 = 4001;
+
+/// What kind of node to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A person's node (`ptpchat run`).
+    User,
+    /// An always-on relay, bootstrap and (later) mailbox node (`ptpchat relay`).
+    Relay,
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub mode: Mode,
+    pub home: PathBuf,
+    /// Empty means the defaults: TCP and QUIC on all interfaces, port 4001 or the next free.
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub relays: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Publish direct addresses and serve the DHT (the user opted to be publicly reachable).
+    pub public: bool,
+    pub metrics: Option<SocketAddr>,
+    /// Serve the control socket (tests of in-process nodes may turn it off).
+    pub control_socket: bool,
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for `home` (no file or environment consulted).
+    pub fn new(mode: Mode, home: PathBuf) -> Self {
+        NodeConfig {
+            mode,
+            home,
+            listen: Vec::new(),
+            bootstrap: default_bootstrap(),
+            relays: Vec::new(),
+            mdns: true,
+            public: false,
+            metrics: None,
+            control_socket: true,
+        }
+    }
+
+    /// Path of the control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        socket_path(&self.home)
+    }
+}
+
+/// Path of the control socket for a home.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join("ptpchat.sock")
+}
+
+/// The node home: `--home`, else `$PTPCHAT_HOME`, else `$XDG_DATA_HOME/ptpchat`
+/// (`~/.local/share/ptpchat`). A relay without an explicit home uses `ptpchat-relay`
+/// beside it, so a relay and a user node on one machine do not collide.
+pub fn resolve_home(flag: Option<&Path>, mode: Mode) -> Result<PathBuf, ConfigError> {
+    if let Some(h) = flag {
+        return Ok(h.to_path_buf());
+    }
+    if let Some(h) = std::env::var_os("PTPCHAT_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    let data = match std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let home = std::env::var_os("HOME").ok_or(ConfigError::NoHome)?;
+            PathBuf::from(home).join(".local/share")
+        }
+    };
+    Ok(data.join(match mode {
+        Mode::User => "ptpchat",
+        Mode::Relay => "ptpchat-relay",
+    }))
+}
+
+/// `<home>/config.toml`: every key optional, unknown keys refused (a typo should not be
+/// silently ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<Vec<String>>,
+    pub bootstrap: Option<Vec<String>>,
+    pub relay: Option<Vec<String>>,
+    pub mdns: Option<bool>,
+    pub public: Option<bool>,
+    pub metrics: Option<String>,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("neither --home, PTPCHAT_HOME, XDG_DATA_HOME nor HOME is set")]
+    NoHome,
+    #[error("{path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error("invalid multiaddr {addr:?} in {origin}: {detail}")]
+    BadAddr {
+        addr: String,
+        origin: String,
+        detail: String,
+    },
+}
+
+impl FileConfig {
+    /// Reads `<home>/config.toml` if it exists.
+    pub fn load(home: &Path) -> Result<Self, ConfigError> {
+        let path = home.join("config.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => {
+                return Err(ConfigError::File {
+                    path,
+                    detail: e.to_string(),
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path,
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// Parses multiaddrs, naming where a bad one came from.
+pub fn parse_addrs(addrs: &[String], origin: &str) -> Result<Vec<Multiaddr>, ConfigError> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.trim().parse().map_err(|e: libp2p::multiaddr::Error| ConfigError::BadAddr {
+                addr: a.clone(),
+                origin: origin.to_string(),
+                detail: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The shipped bootstrap list (comments and blank lines skipped).
+pub fn default_bootstrap() -> Vec<Multiaddr> {
+    DEFAULT_BOOTSTRAP
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_bootstrap_list_parses() {
+        for line in DEFAULT_BOOTSTRAP.lines().map(str::trim) {
+            if !line.is_empty() && !line.starts_with('#') {
+                assert!(line.parse::<Multiaddr>().is_ok(), "bad line in bootstrap/peers.txt: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn file_config_rejects_unknown_keys_and_bad_addrs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "listne = []\n").unwrap();
+        assert!(FileConfig::load(dir.path()).is_err());
+        std::fs::write(dir.path().join("config.toml"), "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\n").unwrap();
+        let f = FileConfig::load(dir.path()).unwrap();
+        assert_eq!(f.mdns, Some(false));
+        assert!(parse_addrs(&["/ip4/nope".into()], "--listen").is_err());
+    }
+}

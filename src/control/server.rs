@@ -1,0 +1,149 @@
+//! Serving the control socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::{ControlRequest, ControlResponse, MAX_LINE_BYTES};
+use crate::net::{Client, LookupError};
+use crate::node::IdInfo;
+
+/// Most client connections served at once.
+const MAX_CLIENTS: usize = 64;
+
+/// The listening control socket; removed from disk on [`ControlServer::shutdown`].
+pub struct ControlServer {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Binds `path` (replacing a stale socket left by a crashed node) with mode 0600.
+    pub async fn bind(path: &Path, client: Client, id: Option<IdInfo>) -> std::io::Result<Self> {
+        if path.exists() {
+            if super::socket_is_live(path).await {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another node answers on this socket",
+                ));
+            }
+            warn!(path = %path.display(), "removing stale control socket from an earlier run");
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let task = tokio::spawn(accept_loop(listener, client, id));
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            task,
+        })
+    }
+
+    /// Stops serving and removes the socket file.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn accept_loop(listener: UnixListener, client: Client, id: Option<IdInfo>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let my_uid = own_uid();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == my_uid => {}
+            _ => {
+                warn!("refused a control connection from another user");
+                continue;
+            }
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!("too many control connections; refusing one");
+            continue;
+        };
+        let client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, client, id).await {
+                debug!(error = %e, "control connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The uid of this process, read from /proc so no `unsafe` libc call is needed.
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
+async fn serve(stream: UnixStream, client: Client, id: Option<IdInfo>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = String::new();
+        let n = (&mut reader).take(MAX_LINE_BYTES as u64).read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(req) => handle(req, &client, id.as_ref()).await,
+            Err(e) => ControlResponse::err(2, format!("bad control request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_default();
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+}
+
+async fn handle(req: ControlRequest, client: &Client, id: Option<&IdInfo>) -> ControlResponse {
+    const GONE: &str = "the node is shutting down";
+    match req {
+        ControlRequest::Status => match client.status().await {
+            Ok(s) => ControlResponse::ok(s),
+            Err(_) => ControlResponse::err(1, GONE),
+        },
+        ControlRequest::Peers => match client.peers().await {
+            Ok(p) => ControlResponse::ok(p),
+            Err(_) => ControlResponse::err(1, GONE),
+        },
+        ControlRequest::Id => match id {
+            Some(id) => ControlResponse::ok(id),
+            None => ControlResponse::err(1, "this node is a relay and has no user identity"),
+        },
+        ControlRequest::Whois { uuid } => {
+            let Ok(uuid) = Uuid::parse_str(&uuid) else {
+                return ControlResponse::err(2, format!("not a UUID: {uuid:?}"));
+            };
+            match client.whois(uuid).await {
+                Ok(doc) => ControlResponse::ok(crate::cli::WhoisView::of(&doc)),
+                Err(LookupError::NotFound(_)) => {
+                    ControlResponse::err(4, format!("no valid identity document found for {uuid}"))
+                }
+                Err(LookupError::NodeGone) => ControlResponse::err(1, GONE),
+            }
+        }
+        ControlRequest::Dial { addr } => match addr.parse() {
+            Ok(addr) => match client.dial(addr).await {
+                Ok(()) => ControlResponse::ok(serde_json::json!({})),
+                Err(e) => ControlResponse::err(1, e),
+            },
+            Err(e) => ControlResponse::err(2, format!("invalid multiaddr {addr:?}: {e}")),
+        },
+    }
+}

@@ -1,0 +1,21 @@
+//! ptpchat: a decentralized chat node on rust-libp2p. The binary (`src/main.rs`) is a thin
+//! edge over this library: `node` starts a node, `control` serves and speaks the local
+//! control socket, `identity` and `store` hold who we are, `net` owns the swarm.
+
+pub mod cbor;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod identity;
+pub mod net;
+pub mod node;
+pub mod store;
+pub mod verbs;
+
+/// Seconds since the Unix epoch (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

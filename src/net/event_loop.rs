@@ -1,0 +1,695 @@
+//! The one task that owns the [`Swarm`]: it serves [`Command`]s from clients, answers
+//! peers, validates everything the DHT asks it to store, and keeps our identity document
+//! published.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::{
+    autonat, identify, kad, mdns, multiaddr::Protocol, request_response,
+    swarm::{dial_opts::DialOpts, SwarmEvent},
+    Multiaddr, PeerId, Swarm,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use super::ratelimit::RateLimiter;
+use super::{Command, LookupError, PeerInfo, Status};
+use crate::config::{Mode, NodeConfig};
+use crate::identity::{dht_key, Identity, SignedDocument};
+use crate::store::Store;
+use crate::unix_now;
+use crate::verbs::{Request, Response};
+
+/// How often our identity document is re-issued (it is valid for 14 days).
+const REPUBLISH_EVERY: Duration = Duration::from_secs(12 * 3600);
+/// Wait after a change of reachability before publishing, to batch address events.
+const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest wait between retries of a failed publish.
+const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(60);
+/// Most connected peers asked directly when the DHT has no answer.
+const FALLBACK_FETCH_PEERS: usize = 8;
+/// Most addresses taken from one peer's identify message.
+const MAX_ADDRS_PER_PEER: usize = 8;
+
+type Reply = oneshot::Sender<Result<SignedDocument, LookupError>>;
+
+/// A `whois` in progress: the best valid document so far and who waits for it.
+struct Lookup {
+    uuid: Uuid,
+    best: Option<SignedDocument>,
+    replies: Vec<Reply>,
+    /// Direct GETCERTIFICATE requests still outstanding (fallback phase).
+    fetches: usize,
+    dht_done: bool,
+}
+
+struct PublishState {
+    /// When to publish next.
+    due: Instant,
+    /// Current retry delay after a failure.
+    backoff: Duration,
+    /// The last PUT did not reach any peer; retry when a peer connects.
+    failed: bool,
+    current: Option<SignedDocument>,
+}
+
+/// The event loop. Create with [`EventLoop::new`], run with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    store: Store,
+    identity: Option<Identity>,
+    mode: Mode,
+    public: bool,
+    lookups: HashMap<u64, Lookup>,
+    next_lookup: u64,
+    lookup_queries: HashMap<kad::QueryId, u64>,
+    lookup_fetches: HashMap<request_response::OutboundRequestId, u64>,
+    direct_fetches: HashMap<request_response::OutboundRequestId, (Uuid, Reply)>,
+    publish: PublishState,
+    peers: HashMap<PeerId, PeerState>,
+    nat: autonat::NatStatus,
+    put_limiter: RateLimiter<PeerId>,
+    request_limiter: RateLimiter<PeerId>,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+struct PeerState {
+    addr: Multiaddr,
+    agent: Option<String>,
+    connections: usize,
+}
+
+impl EventLoop {
+    /// Prepares the loop; `identity` is `None` for a relay (it publishes no document).
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        store: Store,
+        identity: Option<Identity>,
+        config: &NodeConfig,
+    ) -> Self {
+        EventLoop {
+            swarm,
+            commands,
+            store,
+            identity,
+            mode: config.mode,
+            public: config.public,
+            lookups: HashMap::new(),
+            next_lookup: 0,
+            lookup_queries: HashMap::new(),
+            lookup_fetches: HashMap::new(),
+            direct_fetches: HashMap::new(),
+            publish: PublishState {
+                due: Instant::now() + PUBLISH_DEBOUNCE,
+                backoff: Duration::from_secs(1),
+                failed: false,
+                current: None,
+            },
+            peers: HashMap::new(),
+            nat: autonat::NatStatus::Unknown,
+            put_limiter: RateLimiter::new(20, 0.5, 4096),
+            request_limiter: RateLimiter::new(50, 10.0, 4096),
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    /// Re-inserts documents remembered from before a restart into the DHT store.
+    pub(crate) fn seed_dht_from_store(&mut self) {
+        let now = unix_now();
+        match self.store.cached_documents(now) {
+            Ok(docs) => {
+                use libp2p::kad::store::RecordStore;
+                for doc in docs {
+                    let record = record_for(&doc, now);
+                    let _ = self.swarm.behaviour_mut().kad.store_mut().put(record);
+                }
+            }
+            Err(e) => warn!(error = %e, "could not read the directory cache"),
+        }
+    }
+
+    /// Starts a DHT bootstrap (fills the routing table); a no-op without known peers.
+    pub(crate) fn bootstrap_dht(&mut self) {
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    /// Runs until every [`super::Client`] is dropped.
+    pub async fn run(mut self) {
+        loop {
+            let publish_at = tokio::time::Instant::from_std(self.publish.due);
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(publish_at), if self.identity.is_some() => self.publish_document(),
+            }
+        }
+        debug!("event loop stopped");
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.rejected.entry(what).or_default() += 1;
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers(reply) => {
+                let mut peers: Vec<PeerInfo> = self
+                    .peers
+                    .iter()
+                    .map(|(p, s)| PeerInfo {
+                        peer_id: p.to_string(),
+                        addr: s.addr.to_string(),
+                        relayed: is_relayed(&s.addr),
+                        agent: s.agent.clone(),
+                    })
+                    .collect();
+                peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                let _ = reply.send(peers);
+            }
+            Command::Whois { uuid, reply } => self.start_lookup(uuid, reply),
+            Command::FetchCertificate { peer, uuid, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .verbs
+                    .send_request(&peer, Request::GetCertificate { uuid: *uuid.as_bytes() });
+                self.direct_fetches.insert(id, (uuid, reply));
+            }
+            Command::Dial { addr, reply } => {
+                let _ = reply.send(self.dial(addr).map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    /// Dials `addr`, telling Kademlia about the peer if the address names it.
+    pub(crate) fn dial(&mut self, addr: Multiaddr) -> Result<(), libp2p::swarm::DialError> {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            let mut bare = addr.clone();
+            bare.pop();
+            self.swarm.behaviour_mut().kad.add_address(&peer, bare);
+        }
+        self.swarm.dial(DialOpts::from(addr))
+    }
+
+    fn status(&mut self) -> Status {
+        let mut listen: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
+        listen.sort();
+        Status {
+            uuid: self.identity.as_ref().map(|i| i.uuid()),
+            peer_id: self.swarm.local_peer_id().to_string(),
+            mode: match self.mode {
+                Mode::User => "user",
+                Mode::Relay => "relay",
+            },
+            listen_addrs: listen,
+            external_addrs: self.swarm.external_addresses().map(|a| a.to_string()).collect(),
+            nat: match self.nat {
+                autonat::NatStatus::Public(_) => "public",
+                autonat::NatStatus::Private => "private",
+                autonat::NatStatus::Unknown => "unknown",
+            },
+            connected_peers: self.swarm.connected_peers().count(),
+            relays: Vec::new(),
+            channels: Vec::new(),
+            dht_records: {
+                use libp2p::kad::store::RecordStore;
+                self.swarm.behaviour_mut().kad.store_mut().records().count()
+            },
+            published_seq: self.publish.current.as_ref().map(|d| d.doc().seq),
+            rejected: self.rejected.clone(),
+        }
+    }
+
+    // ---- publishing our identity document ----
+
+    /// The addresses our document advertises: direct ones only if the user opted to be
+    /// public (relay circuit addresses come with reachability).
+    fn reach(&self) -> Vec<Multiaddr> {
+        if !self.public {
+            return Vec::new();
+        }
+        let external: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        if !external.is_empty() {
+            return external;
+        }
+        let mut listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        let non_loopback: Vec<Multiaddr> = listen.iter().filter(|a| !is_loopback(a)).cloned().collect();
+        if !non_loopback.is_empty() {
+            listen = non_loopback;
+        }
+        listen
+    }
+
+    fn publish_document(&mut self) {
+        let now = unix_now();
+        let reach = self.reach();
+        let Some(identity) = self.identity.as_mut() else {
+            return;
+        };
+        if identity.rotate_encryption_key_if_due(now) {
+            info!("encryption key rotated");
+        }
+        let doc = identity.issue_document(&reach, now);
+        if let Err(e) = self.store.save_identity(identity) {
+            warn!(error = %e, "could not save identity; not publishing");
+            self.publish.due = Instant::now() + self.publish.backoff;
+            return;
+        }
+        let _ = self.store.cache_document(&doc, now);
+        let record = record_for(&doc, now);
+        self.publish.current = Some(doc);
+        // Publish cannot fail locally except for store limits, which do not apply to our own record.
+        if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+            warn!(error = ?e, "could not store our own document locally");
+        }
+        self.publish.due = Instant::now() + REPUBLISH_EVERY;
+    }
+
+    fn schedule_publish_soon(&mut self) {
+        let soon = Instant::now() + PUBLISH_DEBOUNCE;
+        if self.identity.is_some() && self.publish.due > soon {
+            self.publish.due = soon;
+        }
+    }
+
+    // ---- lookups ----
+
+    fn start_lookup(&mut self, uuid: Uuid, reply: Reply) {
+        // Coalesce with a lookup already in flight for the same UUID.
+        if let Some(l) = self.lookups.values_mut().find(|l| l.uuid == uuid) {
+            l.replies.push(reply);
+            return;
+        }
+        let id = self.next_lookup;
+        self.next_lookup += 1;
+        let query = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&dht_key(&uuid)));
+        self.lookup_queries.insert(query, id);
+        self.lookups.insert(
+            id,
+            Lookup {
+                uuid,
+                best: None,
+                replies: vec![reply],
+                fetches: 0,
+                dht_done: false,
+            },
+        );
+    }
+
+    /// Considers a candidate document for lookup `id`; bad ones are counted and dropped.
+    fn offer(&mut self, id: u64, bytes: &[u8], from: Option<PeerId>) {
+        let Some(uuid) = self.lookups.get(&id).map(|l| l.uuid) else {
+            return;
+        };
+        match SignedDocument::decode_for(bytes, &uuid, unix_now()) {
+            Ok(doc) => {
+                let lookup = self.lookups.get_mut(&id).expect("checked above");
+                let better = match &lookup.best {
+                    Some(best) => doc.may_replace(best) == Ok(true),
+                    None => true,
+                };
+                if better {
+                    lookup.best = Some(doc);
+                }
+            }
+            Err(e) => {
+                self.count("lookup_invalid_document");
+                warn!(peer = ?from, %uuid, error = %e, "ignored invalid identity document in lookup");
+            }
+        }
+    }
+
+    fn dht_lookup_finished(&mut self, id: u64) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        lookup.dht_done = true;
+        if lookup.best.is_none() {
+            // Fall back to asking connected peers directly.
+            let uuid = lookup.uuid;
+            let peers: Vec<PeerId> = self.swarm.connected_peers().take(FALLBACK_FETCH_PEERS).cloned().collect();
+            for peer in peers {
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .verbs
+                    .send_request(&peer, Request::GetCertificate { uuid: *uuid.as_bytes() });
+                self.lookup_fetches.insert(rid, id);
+                if let Some(l) = self.lookups.get_mut(&id) {
+                    l.fetches += 1;
+                }
+            }
+        }
+        self.maybe_finish_lookup(id);
+    }
+
+    fn maybe_finish_lookup(&mut self, id: u64) {
+        let done = self.lookups.get(&id).is_some_and(|l| l.dht_done && l.fetches == 0);
+        if !done {
+            return;
+        }
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        let now = unix_now();
+        let result = match lookup.best {
+            Some(doc) => {
+                let _ = self.store.cache_document(&doc, now);
+                // Keep a copy in the DHT store too, so we can answer others.
+                let _ = self.accept_into_dht(&doc, now);
+                Ok(doc)
+            }
+            None => match self.store.cached_document(&lookup.uuid, now) {
+                Ok(Some(doc)) => Ok(doc),
+                _ => Err(LookupError::NotFound(lookup.uuid)),
+            },
+        };
+        for reply in lookup.replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    // ---- DHT record validation ----
+
+    /// Checks a record a peer asked us to store and stores it if it is a valid document
+    /// that may replace what we hold.
+    fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
+        if !self.put_limiter.allow(&source, Instant::now()) {
+            self.count("dht_put_rate_limited");
+            return;
+        }
+        let now = unix_now();
+        let Some(uuid) = uuid_from_dht_key(record.key.as_ref()) else {
+            self.count("dht_put_bad_key");
+            debug!(peer = %source, "rejected DHT record with a key that is not ours");
+            return;
+        };
+        let doc = match SignedDocument::decode_for(&record.value, &uuid, now) {
+            Ok(d) => d,
+            Err(e) => {
+                self.count("dht_put_invalid_document");
+                warn!(peer = %source, %uuid, reason = e.reason(), error = %e, "rejected DHT record");
+                return;
+            }
+        };
+        match self.accept_into_dht(&doc, now) {
+            Ok(true) => {
+                let _ = self.store.cache_document(&doc, now);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.count("dht_put_superseded");
+                debug!(peer = %source, %uuid, error = %e, "rejected DHT record");
+            }
+        }
+    }
+
+    /// Puts a verified document into the DHT store if it may replace the held one.
+    fn accept_into_dht(&mut self, doc: &SignedDocument, now: u64) -> Result<bool, crate::identity::DocumentError> {
+        use libp2p::kad::store::RecordStore;
+        let key = kad::RecordKey::new(&dht_key(&doc.doc().uuid()));
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        if let Some(held) = store.get(&key) {
+            if let Ok(held) = SignedDocument::decode(&held.value, now) {
+                if !doc.may_replace(&held)? {
+                    return Ok(false);
+                }
+            }
+        }
+        if let Err(e) = store.put(record_for(doc, now)) {
+            debug!(error = ?e, "DHT store full");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn on_inbound_provider(&mut self, source: PeerId, record: kad::ProviderRecord) {
+        use libp2p::kad::store::RecordStore;
+        // Only channel keys, and only a peer announcing itself.
+        if record.provider != source || !record.key.as_ref().starts_with(b"/ptpchat/channel/") {
+            self.count("dht_provider_rejected");
+            return;
+        }
+        if !self.put_limiter.allow(&source, Instant::now()) {
+            self.count("dht_put_rate_limited");
+            return;
+        }
+        let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(record);
+    }
+
+    // ---- verbs ----
+
+    fn on_request(&mut self, peer: PeerId, request: Request, channel: request_response::ResponseChannel<Response>) {
+        let response = if !self.request_limiter.allow(&peer, Instant::now()) {
+            self.count("request_rate_limited");
+            Response::Nack { reason: "rate_limited".into() }
+        } else {
+            match request {
+                Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
+                Request::Malformed(e) => {
+                    self.count("request_malformed");
+                    warn!(%peer, error = %e, "malformed request");
+                    Response::Nack { reason: "malformed".into() }
+                }
+            }
+        };
+        let _ = self.swarm.behaviour_mut().verbs.send_response(channel, response);
+    }
+
+    fn certificate_for(&mut self, uuid: &Uuid) -> Response {
+        use libp2p::kad::store::RecordStore;
+        let now = unix_now();
+        if let Some(doc) = &self.publish.current {
+            if doc.doc().uuid() == *uuid {
+                return Response::Certificate { doc: doc.bytes().to_vec() };
+            }
+        }
+        let key = kad::RecordKey::new(&dht_key(uuid));
+        if let Some(rec) = self.swarm.behaviour_mut().kad.store_mut().get(&key) {
+            if SignedDocument::decode_for(&rec.value, uuid, now).is_ok() {
+                return Response::Certificate { doc: rec.value.clone() };
+            }
+        }
+        match self.store.cached_document(uuid, now) {
+            Ok(Some(doc)) => Response::Certificate { doc: doc.bytes().to_vec() },
+            _ => Response::NotFound,
+        }
+    }
+
+    fn on_response(&mut self, peer: PeerId, id: request_response::OutboundRequestId, response: Option<Response>) {
+        if let Some((uuid, reply)) = self.direct_fetches.remove(&id) {
+            let result = match response {
+                Some(Response::Certificate { doc }) => match SignedDocument::decode_for(&doc, &uuid, unix_now()) {
+                    Ok(d) => Ok(d),
+                    Err(e) => {
+                        self.count("certificate_invalid");
+                        warn!(%peer, %uuid, error = %e, "peer sent an invalid certificate");
+                        Err(LookupError::NotFound(uuid))
+                    }
+                },
+                _ => Err(LookupError::NotFound(uuid)),
+            };
+            let _ = reply.send(result);
+            return;
+        }
+        if let Some(lookup) = self.lookup_fetches.remove(&id) {
+            if let Some(Response::Certificate { doc }) = response {
+                self.offer(lookup, &doc, Some(peer));
+            }
+            if let Some(l) = self.lookups.get_mut(&lookup) {
+                l.fetches = l.fetches.saturating_sub(1);
+            }
+            self.maybe_finish_lookup(lookup);
+        }
+    }
+
+    // ---- swarm events ----
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let me = *self.swarm.local_peer_id();
+                info!(address = %address.clone().with(Protocol::P2p(me)), "listening");
+                self.schedule_publish_soon();
+            }
+            SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
+                self.schedule_publish_soon();
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                let addr = endpoint.get_remote_address().clone();
+                let state = self.peers.entry(peer_id).or_insert(PeerState {
+                    addr,
+                    agent: None,
+                    connections: 0,
+                });
+                state.connections += 1;
+                if self.publish.failed {
+                    self.publish.failed = false;
+                    self.publish.due = Instant::now() + PUBLISH_DEBOUNCE;
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                    self.put_limiter.forget(&peer_id);
+                    self.request_limiter.forget(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if let Some(state) = self.peers.get_mut(&peer_id) {
+                    state.agent = Some(info.agent_version.chars().take(128).collect());
+                }
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut seen = HashSet::new();
+                for (peer, addr) in found {
+                    if seen.insert(peer) && !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                    }
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                info!(?old, ?new, "NAT status changed");
+                self.nat = new;
+            }
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Verbs(event) => match event {
+                request_response::Event::Message { peer, message, .. } => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        self.on_request(peer, request, channel)
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        self.on_response(peer, request_id, Some(response))
+                    }
+                },
+                request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                    debug!(%peer, %error, "request failed");
+                    self.on_response(peer, request_id, None);
+                }
+                request_response::Event::InboundFailure { peer, error, .. } => {
+                    debug!(%peer, %error, "inbound request failed");
+                }
+                request_response::Event::ResponseSent { .. } => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest { request } => match request {
+                kad::InboundRequest::PutRecord { source, record: Some(record), .. } => {
+                    self.on_inbound_put(source, record)
+                }
+                kad::InboundRequest::AddProvider { record: Some(record), .. } => {
+                    let source = record.provider;
+                    self.on_inbound_provider(source, record)
+                }
+                _ => {}
+            },
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                kad::QueryResult::GetRecord(result) => {
+                    let Some(&lookup) = self.lookup_queries.get(&id) else {
+                        return;
+                    };
+                    if let Ok(kad::GetRecordOk::FoundRecord(peer_record)) = &result {
+                        self.offer(lookup, &peer_record.record.value, peer_record.peer);
+                    }
+                    if step.last {
+                        self.lookup_queries.remove(&id);
+                        self.dht_lookup_finished(lookup);
+                    }
+                }
+                kad::QueryResult::PutRecord(result) => {
+                    if let Some(doc) = &self.publish.current {
+                        let key = kad::RecordKey::new(&dht_key(&doc.doc().uuid()));
+                        match result {
+                            Ok(_) => {
+                                info!(seq = doc.doc().seq, "identity document published");
+                                self.publish.backoff = Duration::from_secs(1);
+                                self.publish.failed = false;
+                            }
+                            Err(e) if e.key() == &key => {
+                                debug!(error = ?e, backoff = ?self.publish.backoff, "publish failed; will retry");
+                                self.publish.failed = true;
+                                self.publish.due = Instant::now() + self.publish.backoff;
+                                self.publish.backoff = (self.publish.backoff * 2).min(MAX_PUBLISH_BACKOFF);
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+/// The DHT record for a document, expiring with it.
+fn record_for(doc: &SignedDocument, now: u64) -> kad::Record {
+    let mut record = kad::Record::new(dht_key(&doc.doc().uuid()), doc.bytes().to_vec());
+    record.expires = Some(Instant::now() + Duration::from_secs(doc.doc().expires.saturating_sub(now)));
+    record
+}
+
+/// The UUID named by a DHT key `/ptpchat/id/<uuid>` (lowercase, hyphenated only).
+fn uuid_from_dht_key(key: &[u8]) -> Option<Uuid> {
+    let s = std::str::from_utf8(key).ok()?.strip_prefix("/ptpchat/id/")?;
+    let uuid = Uuid::parse_str(s).ok()?;
+    (uuid.hyphenated().to_string() == s).then_some(uuid)
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dht_keys_must_be_canonical() {
+        let u = Uuid::new_v4();
+        assert_eq!(uuid_from_dht_key(&dht_key(&u)), Some(u));
+        assert_eq!(uuid_from_dht_key(format!("/ptpchat/id/{}", u.simple()).as_bytes()), None);
+        assert_eq!(uuid_from_dht_key(format!("/ptpchat/id/{}", u.hyphenated().to_string().to_uppercase()).as_bytes()), None);
+        assert_eq!(uuid_from_dht_key(b"/ipfs/whatever"), None);
+        assert_eq!(uuid_from_dht_key(&[0xff, 0xfe]), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! Networking: the behaviour, the event loop that alone owns the swarm, and the cloneable
+//! [`Client`] every other part of the program uses to ask it for things.
+
+mod behaviour;
+mod event_loop;
+mod ratelimit;
+
+pub use behaviour::{agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL};
+pub use event_loop::EventLoop;
+
+use std::collections::BTreeMap;
+
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::identity::SignedDocument;
+
+/// Capacity of the command channel into the event loop.
+pub const COMMAND_CAPACITY: usize = 256;
+
+/// What the node reports about itself (`ptpchat status`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub uuid: Option<Uuid>,
+    pub peer_id: String,
+    pub mode: &'static str,
+    pub listen_addrs: Vec<String>,
+    pub external_addrs: Vec<String>,
+    pub nat: &'static str,
+    pub connected_peers: usize,
+    pub relays: Vec<String>,
+    pub channels: Vec<String>,
+    pub dht_records: usize,
+    /// Our identity document's seq, once published.
+    pub published_seq: Option<u64>,
+    /// Bad input seen, by kind (see docs/security.md).
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+/// One connected peer (`ptpchat peers`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub addr: String,
+    pub relayed: bool,
+    pub agent: Option<String>,
+}
+
+/// Why a directory lookup found nothing usable.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LookupError {
+    #[error("no valid identity document found for {0}")]
+    NotFound(Uuid),
+    #[error("the node stopped")]
+    NodeGone,
+}
+
+/// Why a request to the node failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("the node has stopped")]
+pub struct NodeGone;
+
+/// Requests to the event loop; each carries its reply channel.
+pub(crate) enum Command {
+    Status(oneshot::Sender<Status>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Whois {
+        uuid: Uuid,
+        reply: oneshot::Sender<Result<SignedDocument, LookupError>>,
+    },
+    FetchCertificate {
+        peer: PeerId,
+        uuid: Uuid,
+        reply: oneshot::Sender<Result<SignedDocument, LookupError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// A cloneable handle to a running node's event loop.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Client {
+    pub(crate) fn new(tx: mpsc::Sender<Command>) -> Self {
+        Client { tx }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| NodeGone)?;
+        rx.await.map_err(|_| NodeGone)
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<Status, NodeGone> {
+        self.ask(Command::Status).await
+    }
+
+    /// Currently connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeGone> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Looks a UUID up in the directory (DHT, then connected peers, then the local cache).
+    pub async fn whois(&self, uuid: Uuid) -> Result<SignedDocument, LookupError> {
+        self.ask(|reply| Command::Whois { uuid, reply })
+            .await
+            .map_err(|_| LookupError::NodeGone)?
+    }
+
+    /// Asks one connected peer directly for the document it holds (GETCERTIFICATE).
+    pub async fn fetch_certificate(&self, peer: PeerId, uuid: Uuid) -> Result<SignedDocument, LookupError> {
+        self.ask(|reply| Command::FetchCertificate { peer, uuid, reply })
+            .await
+            .map_err(|_| LookupError::NodeGone)?
+    }
+
+    /// Dials an address (bootstrap peers are dialed at start; this adds one later).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), String> {
+        self.ask(|reply| Command::Dial { addr, reply })
+            .await
+            .map_err(|e| e.to_string())?
+    }
+}

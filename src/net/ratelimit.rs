@@ -1,0 +1,79 @@
+//! Per-peer token buckets, so one stranger cannot make us do unbounded work.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Instant;
+
+/// A token bucket per key, with a bound on how many keys are tracked.
+pub struct RateLimiter<K> {
+    buckets: HashMap<K, (f64, Instant)>,
+    burst: f64,
+    per_sec: f64,
+    max_keys: usize,
+}
+
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// Allows bursts of `burst` and `per_sec` on average for each key.
+    pub fn new(burst: u32, per_sec: f64, max_keys: usize) -> Self {
+        RateLimiter {
+            buckets: HashMap::new(),
+            burst: burst as f64,
+            per_sec,
+            max_keys,
+        }
+    }
+
+    /// Takes a token for `key` if one is left.
+    pub fn allow(&mut self, key: &K, now: Instant) -> bool {
+        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
+            // Forget buckets that have refilled completely; they carry no information.
+            let (burst, per_sec) = (self.burst, self.per_sec);
+            self.buckets
+                .retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * per_sec < burst);
+            if self.buckets.len() >= self.max_keys {
+                return false;
+            }
+        }
+        let (tokens, at) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drops the state for `key` (e.g. when the peer disconnects).
+    pub fn forget(&mut self, key: &K) {
+        self.buckets.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bursts_then_refills() {
+        let mut rl = RateLimiter::new(3, 1.0, 10);
+        let t = Instant::now();
+        assert!((0..3).all(|_| rl.allow(&1, t)));
+        assert!(!rl.allow(&1, t));
+        assert!(rl.allow(&2, t), "other keys are not affected");
+        assert!(rl.allow(&1, t + Duration::from_millis(1100)));
+    }
+
+    #[test]
+    fn tracks_a_bounded_number_of_keys() {
+        let mut rl = RateLimiter::new(2, 0.001, 4);
+        let t = Instant::now();
+        for k in 0..4 {
+            assert!(rl.allow(&k, t));
+        }
+        assert!(!rl.allow(&99, t));
+        assert!(rl.buckets.len() <= 4);
+    }
+}

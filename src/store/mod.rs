@@ -1,0 +1,291 @@
+//! The node's one database file, `<home>/ptpchat.redb` (redb: ACID, crash-safe; see
+//! docs/decisions/0001-storage-redb.md). Every write commits durably before it returns,
+//! so anything acknowledged to a peer or user survives `kill -9`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use uuid::Uuid;
+
+use crate::identity::{Identity, SignedDocument};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
+/// Verified identity documents seen on the network (whois cache, DHT record cache).
+const DIRECTORY: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("directory");
+
+const SCHEMA_VERSION: &[u8] = b"1";
+/// File name of the database inside `<home>`.
+pub const DB_FILE: &str = "ptpchat.redb";
+/// Most documents kept in the directory cache; beyond it the oldest-expiring are dropped.
+pub const MAX_CACHED_DOCUMENTS: usize = 10_000;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another ptpchat node is already using {0}")]
+    InUse(PathBuf),
+    #[error("database {path} is corrupt or not a ptpchat database: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("cannot use {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `home`. The file is made readable by the
+    /// owner only, since it holds secret keys.
+    pub fn open(home: &Path) -> Result<Store, StoreError> {
+        let path = home.join(DB_FILE);
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        if !path.exists() {
+            // Create it 0600 before redb writes any key material into it.
+            std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::InUse(home.to_path_buf()))
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if e.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(io(e))
+            }
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    detail: e.to_string(),
+                })
+            }
+        };
+        let store = Store {
+            db: Arc::new(db),
+            path,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let existing = meta.get("schema")?.map(|v| v.value().to_vec());
+            match existing {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => {
+                    return Err(self.corrupt(format!(
+                        "schema version {:?}, this ptpchat understands {:?}",
+                        String::from_utf8_lossy(&v),
+                        String::from_utf8_lossy(SCHEMA_VERSION)
+                    )))
+                }
+            }
+            tx.open_table(IDENTITY)?;
+            tx.open_table(DIRECTORY)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The stored identity, if one was created.
+    pub fn load_identity(&self) -> Result<Option<Identity>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(IDENTITY)?;
+        let Some(v) = table.get("self")? else {
+            return Ok(None);
+        };
+        Identity::from_bytes(v.value())
+            .map(Some)
+            .map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    /// Writes the identity (after creation, rotation or a new document seq).
+    pub fn save_identity(&self, id: &Identity) -> Result<(), StoreError> {
+        let bytes = id.to_bytes();
+        let tx = self.db.begin_write()?;
+        tx.open_table(IDENTITY)?.insert("self", bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The stored identity, creating and saving a new one if there is none.
+    /// Returns whether it was created now.
+    pub fn load_or_create_identity(&self, now: u64) -> Result<(Identity, bool), StoreError> {
+        if let Some(id) = self.load_identity()? {
+            return Ok((id, false));
+        }
+        let id = Identity::generate(now);
+        self.save_identity(&id)?;
+        Ok((id, true))
+    }
+
+    /// Keeps a verified document if it may replace the one held for its UUID.
+    /// Returns whether it was new.
+    pub fn cache_document(&self, doc: &SignedDocument, now: u64) -> Result<bool, StoreError> {
+        let key = *doc.doc().uuid().as_bytes();
+        let tx = self.db.begin_write()?;
+        let is_new = {
+            let mut table = tx.open_table(DIRECTORY)?;
+            let held = table.get(&key)?.map(|v| v.value().to_vec());
+            let replace = match held.and_then(|b| SignedDocument::decode(&b, now).ok()) {
+                Some(held) => doc.may_replace(&held).unwrap_or(false),
+                None => true,
+            };
+            if replace {
+                if table.len()? as usize >= MAX_CACHED_DOCUMENTS && table.get(&key)?.is_none() {
+                    return Ok(false);
+                }
+                table.insert(&key, doc.bytes())?;
+            }
+            replace
+        };
+        tx.commit()?;
+        Ok(is_new)
+    }
+
+    /// The held document for `uuid`, re-verified (expired ones are not returned).
+    pub fn cached_document(&self, uuid: &Uuid, now: u64) -> Result<Option<SignedDocument>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DIRECTORY)?;
+        let Some(v) = table.get(uuid.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(SignedDocument::decode_for(v.value(), uuid, now).ok())
+    }
+
+    /// Every held document that still verifies at `now` (to re-seed the DHT store after a
+    /// restart). Expired or unreadable entries are removed.
+    pub fn cached_documents(&self, now: u64) -> Result<Vec<SignedDocument>, StoreError> {
+        let mut good = Vec::new();
+        let mut stale = Vec::new();
+        {
+            let tx = self.db.begin_read()?;
+            let table = tx.open_table(DIRECTORY)?;
+            for row in table.iter()? {
+                let (k, v) = row?;
+                match SignedDocument::decode_for(v.value(), &Uuid::from_bytes(*k.value()), now) {
+                    Ok(d) => good.push(d),
+                    Err(_) => stale.push(*k.value()),
+                }
+            }
+        }
+        if !stale.is_empty() {
+            let tx = self.db.begin_write()?;
+            {
+                let mut table = tx.open_table(DIRECTORY)?;
+                for k in &stale {
+                    table.remove(k)?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(good)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_790_000_000;
+
+    #[test]
+    fn identity_survives_reopen_and_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let uuid = {
+            let store = Store::open(dir.path()).unwrap();
+            let (id, created) = store.load_or_create_identity(NOW).unwrap();
+            assert!(created);
+            id.uuid()
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let (id, created) = store.load_or_create_identity(NOW).unwrap();
+        assert!(!created);
+        assert_eq!(id.uuid(), uuid);
+        let mode = std::fs::metadata(dir.path().join(DB_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn second_open_is_refused_while_first_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::InUse(_))));
+    }
+
+    #[test]
+    fn corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let err = Store::open(dir.path()).err().expect("garbage must not open");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn directory_cache_keeps_the_newest_valid_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut id = Identity::generate(NOW);
+        let old = id.issue_document(&[], NOW);
+        let new = id.issue_document(&[], NOW + 1);
+        assert!(store.cache_document(&new, NOW + 1).unwrap());
+        assert!(!store.cache_document(&old, NOW + 1).unwrap());
+        let held = store.cached_document(&id.uuid(), NOW + 2).unwrap().unwrap();
+        assert_eq!(held, new);
+        assert_eq!(store.cached_documents(NOW + 2).unwrap().len(), 1);
+        // Past expiry it is neither returned nor kept.
+        let later = NOW + crate::identity::DOCUMENT_VALIDITY_SECS + 10;
+        assert!(store.cached_document(&id.uuid(), later).unwrap().is_none());
+        assert!(store.cached_documents(later).unwrap().is_empty());
+    }
+}
