@@ -1,0 +1,144 @@
+//! Shared test helpers: in-process nodes on loopback, and the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use ptpchat::config::{Mode, NodeConfig};
+use ptpchat::node::{self, RunningNode};
+
+/// A node config for tests: loopback TCP on port 0, no mDNS, no default bootstrap list.
+pub fn test_config(mode: Mode, home: &Path, bootstrap: &[Multiaddr]) -> NodeConfig {
+    let mut cfg = NodeConfig::new(mode, home.to_path_buf());
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.bootstrap = bootstrap.to_vec();
+    cfg.mdns = false;
+    cfg
+}
+
+/// Starts an in-process node with its own temporary home.
+pub async fn start(mode: Mode, home: &Path, bootstrap: &[Multiaddr]) -> RunningNode {
+    node::start(test_config(mode, home, bootstrap)).await.expect("node starts")
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ptpchat binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ptpchat"))
+}
+
+/// Output of one CLI run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.stdout))
+    }
+}
+
+/// Runs `ptpchat --home HOME ARGS...` to completion.
+pub fn cli(home: &Path, args: &[&str]) -> Run {
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A long-running ptpchat process (run or relay), killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub home: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `ptpchat --home HOME ARGS...` with stdout piped.
+    pub fn spawn(home: &Path, args: &[&str]) -> Daemon {
+        let child = Command::new(bin())
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("binary starts");
+        Daemon {
+            child,
+            home: home.to_path_buf(),
+        }
+    }
+
+    /// Waits until the node answers `status` on its control socket.
+    pub fn wait_ready(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = cli(&self.home, &["status", "--json"]);
+            if r.code == 0 {
+                let s = r.json();
+                if !s["listen_addrs"].as_array().unwrap().is_empty() {
+                    return s;
+                }
+            }
+            assert!(Instant::now() < deadline, "node at {} never became ready", self.home.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The node's first listen address with its /p2p/ suffix.
+    pub fn dial_addr(&self) -> String {
+        let s = self.wait_ready();
+        format!("{}/p2p/{}", s["listen_addrs"][0].as_str().unwrap(), s["peer_id"].as_str().unwrap())
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
