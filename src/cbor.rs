@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn round_trips_and_ignores_unknown_fields() {
-        let s = Sample { a: 7, b: vec![1, 2] };
+        let s = Sample {
+            a: 7,
+            b: vec![1, 2],
+        };
         let bytes = to_vec(&s).unwrap();
         assert_eq!(from_slice::<Sample>(&bytes, 64).unwrap(), s);
 
@@ -109,7 +112,12 @@ mod tests {
             b: Vec<u8>,
             extra: Vec<u32>,
         }
-        let newer = to_vec(&Newer { a: 7, b: vec![1, 2], extra: vec![1] }).unwrap();
+        let newer = to_vec(&Newer {
+            a: 7,
+            b: vec![1, 2],
+            extra: vec![1],
+        })
+        .unwrap();
         assert_eq!(from_slice::<Sample>(&newer, 64).unwrap(), s);
     }
 
@@ -126,29 +134,49 @@ mod tests {
             a: u32,
             b: String,
         }
-        let bytes = to_vec(&WrongB { a: 1, b: "x".into() }).unwrap();
+        let bytes = to_vec(&WrongB {
+            a: 1,
+            b: "x".into(),
+        })
+        .unwrap();
         assert!(from_slice::<Sample>(&bytes, 64).is_err());
     }
 
     #[test]
     fn rejects_oversized_deep_and_trailing_input() {
-        let bytes = to_vec(&Sample { a: 1, b: vec![0; 100] }).unwrap();
-        assert!(matches!(from_slice::<Sample>(&bytes, 50), Err(CborError::TooLarge { .. })));
+        let bytes = to_vec(&Sample {
+            a: 1,
+            b: vec![0; 100],
+        })
+        .unwrap();
+        assert!(matches!(
+            from_slice::<Sample>(&bytes, 50),
+            Err(CborError::TooLarge { .. })
+        ));
 
         // An unknown field nested 100 arrays deep: the depth limit stops it.
         let mut deep = vec![0xa3, 0x61, b'a', 0x01, 0x61, b'b', 0x40, 0x61, b'x'];
         deep.extend(std::iter::repeat_n(0x81, 100));
         deep.push(0x00);
-        assert!(matches!(from_slice::<Sample>(&deep, 1024), Err(CborError::Malformed(_))));
+        assert!(matches!(
+            from_slice::<Sample>(&deep, 1024),
+            Err(CborError::Malformed(_))
+        ));
 
         let mut trailing = to_vec(&Sample { a: 1, b: vec![] }).unwrap();
         trailing.push(0);
-        assert!(matches!(from_slice::<Sample>(&trailing, 64), Err(CborError::TrailingBytes(1))));
+        assert!(matches!(
+            from_slice::<Sample>(&trailing, 64),
+            Err(CborError::TrailingBytes(1))
+        ));
 
         // Truncated input and random garbage are errors, never panics.
         assert!(from_slice::<Sample>(&bytes[..bytes.len() - 3], 1024).is_err());
         assert!(from_slice::<Sample>(&[0xff, 0x00, 0x13], 1024).is_err());
         // A byte string claiming 2^63 bytes.
-        assert!(from_slice::<Sample>(&[0xa1, 0x61, b'b', 0x5b, 0x7f, 0, 0, 0, 0, 0, 0, 0], 1024).is_err());
+        assert!(
+            from_slice::<Sample>(&[0xa1, 0x61, b'b', 0x5b, 0x7f, 0, 0, 0, 0, 0, 0, 0], 1024)
+                .is_err()
+        );
     }
 }

@@ -52,7 +52,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  ptpchat init --json")]
     Init,
     /// Show this node's identity: uuid, peer id, fingerprint, public key, contact URI
-    #[command(after_help = "Examples:\n  ptpchat id\n  ptpchat id --qr\n  ptpchat id --rotate   # with the node stopped")]
+    #[command(
+        after_help = "Examples:\n  ptpchat id\n  ptpchat id --qr\n  ptpchat id --rotate   # with the node stopped"
+    )]
     Id {
         /// Draw the contact URI as a QR code
         #[arg(long)]
@@ -63,10 +65,14 @@ pub enum Command {
         rotate: bool,
     },
     /// Run your node in the foreground (creates the identity on first run)
-    #[command(after_help = "Example:\n  ptpchat run --listen /ip4/0.0.0.0/tcp/4001 --bootstrap /ip4/198.51.100.7/tcp/4001/p2p/12D3Koo...")]
+    #[command(
+        after_help = "Example:\n  ptpchat run --listen /ip4/0.0.0.0/tcp/4001 --bootstrap /ip4/198.51.100.7/tcp/4001/p2p/12D3Koo..."
+    )]
     Run(RunArgs),
     /// Run an always-on relay / bootstrap node; prints its dialable multiaddrs on stdout
-    #[command(after_help = "Example:\n  ptpchat relay --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1")]
+    #[command(
+        after_help = "Example:\n  ptpchat relay --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1"
+    )]
     Relay(RelayArgs),
     /// Show the running node's status
     #[command(after_help = "Example:\n  ptpchat status --json")]
@@ -75,7 +81,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  ptpchat peers --json")]
     Peers,
     /// Look an identity up in the directory (DHT); exit 4 if none valid is found
-    #[command(after_help = "Example:\n  ptpchat whois 0b7e3f0c-1d2a-8c4e-9f00-1234567890ab --json")]
+    #[command(
+        after_help = "Example:\n  ptpchat whois 0b7e3f0c-1d2a-8c4e-9f00-1234567890ab --json"
+    )]
     Whois {
         /// The UUID (or a ptpchat: contact URI)
         uuid: String,
@@ -176,7 +184,8 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Relay(_) => Mode::Relay,
         _ => Mode::User,
     };
-    let home = config::resolve_home(cli.home.as_deref(), mode).map_err(|e| CliError::new(exit::ERROR, e))?;
+    let home = config::resolve_home(cli.home.as_deref(), mode)
+        .map_err(|e| CliError::new(exit::ERROR, e))?;
     let json = cli.json;
     match cli.command {
         Command::Init => init(&home, json).await,
@@ -202,7 +211,11 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
                         "{}  {}{}  {}",
                         p["peer_id"].as_str().unwrap_or(""),
                         p["addr"].as_str().unwrap_or(""),
-                        if p["relayed"].as_bool() == Some(true) { " (relayed)" } else { "" },
+                        if p["relayed"].as_bool() == Some(true) {
+                            " (relayed)"
+                        } else {
+                            ""
+                        },
                         p["agent"].as_str().unwrap_or("?")
                     );
                 }
@@ -211,11 +224,24 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         }
         Command::Whois { uuid } => {
             let (uuid, _) = parse_contact(&uuid).map_err(|e| CliError::new(exit::USAGE, e))?;
-            let data = ask(&home, ControlRequest::Whois { uuid: uuid.to_string() }).await?;
+            let data = ask(
+                &home,
+                ControlRequest::Whois {
+                    uuid: uuid.to_string(),
+                },
+            )
+            .await?;
             if json {
                 print_json(&data);
             } else {
-                for key in ["uuid", "peer_id", "fingerprint", "public_key", "seq", "reach"] {
+                for key in [
+                    "uuid",
+                    "peer_id",
+                    "fingerprint",
+                    "public_key",
+                    "seq",
+                    "reach",
+                ] {
                     println!("{key:12} {}", plain(&data[key]));
                 }
             }
@@ -338,10 +364,19 @@ async fn id(home: &std::path::Path, json: bool, qr: bool, rotate: bool) -> Resul
     let mut identity = store
         .load_identity()
         .map_err(|e| CliError::new(exit::ERROR, e))?
-        .ok_or_else(|| CliError::new(exit::ERROR, format!("no identity in {}; run `ptpchat init`", home.display())))?;
+        .ok_or_else(|| {
+            CliError::new(
+                exit::ERROR,
+                format!("no identity in {}; run `ptpchat init`", home.display()),
+            )
+        })?;
     if rotate {
-        identity.rotate_identity_key().map_err(|e| CliError::new(exit::ERROR, e))?;
-        store.save_identity(&identity).map_err(|e| CliError::new(exit::ERROR, e))?;
+        identity
+            .rotate_identity_key()
+            .map_err(|e| CliError::new(exit::ERROR, e))?;
+        store
+            .save_identity(&identity)
+            .map_err(|e| CliError::new(exit::ERROR, e))?;
         if !json {
             eprintln!("identity key rotated; the new key is signed by the old one and is published at the next start");
         }
@@ -379,7 +414,10 @@ pub fn node_config_for_relay(home: PathBuf, args: RelayArgs) -> Result<NodeConfi
     cfg.public = true;
     let metrics = args.metrics.or(file.metrics);
     cfg.metrics = metrics
-        .map(|m| m.parse::<SocketAddr>().map_err(|e| usage(format!("invalid --metrics address {m:?}: {e}"))))
+        .map(|m| {
+            m.parse::<SocketAddr>()
+                .map_err(|e| usage(format!("invalid --metrics address {m:?}: {e}")))
+        })
         .transpose()?;
     Ok(cfg)
 }
@@ -393,17 +431,24 @@ fn pick(
     let (values, origin) = if !flag.is_empty() {
         (flag, origin.to_string())
     } else if let Some(f) = file {
-        (f, format!("config.toml ({})", origin.trim_start_matches('-')))
+        (
+            f,
+            format!("config.toml ({})", origin.trim_start_matches('-')),
+        )
     } else {
         return Ok(None);
     };
-    config::parse_addrs(&values, &origin).map(Some).map_err(usage)
+    config::parse_addrs(&values, &origin)
+        .map(Some)
+        .map_err(usage)
 }
 
 /// Runs a node in the foreground until SIGINT or SIGTERM.
 async fn run(config: NodeConfig) -> Result<(), CliError> {
     let mode = config.mode;
-    let node = node::start(config).await.map_err(|e| CliError::new(exit::ERROR, e))?;
+    let node = node::start(config)
+        .await
+        .map_err(|e| CliError::new(exit::ERROR, e))?;
     if mode == Mode::Relay {
         // Operators paste these into bootstrap lists: print them as soon as we listen.
         for addr in node.listen_addrs().await {

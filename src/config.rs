@@ -143,11 +143,13 @@ pub fn parse_addrs(addrs: &[String], origin: &str) -> Result<Vec<Multiaddr>, Con
     addrs
         .iter()
         .map(|a| {
-            a.trim().parse().map_err(|e: libp2p::multiaddr::Error| ConfigError::BadAddr {
-                addr: a.clone(),
-                origin: origin.to_string(),
-                detail: e.to_string(),
-            })
+            a.trim()
+                .parse()
+                .map_err(|e: libp2p::multiaddr::Error| ConfigError::BadAddr {
+                    addr: a.clone(),
+                    origin: origin.to_string(),
+                    detail: e.to_string(),
+                })
         })
         .collect()
 }
@@ -170,7 +172,10 @@ mod tests {
     fn shipped_bootstrap_list_parses() {
         for line in DEFAULT_BOOTSTRAP.lines().map(str::trim) {
             if !line.is_empty() && !line.starts_with('#') {
-                assert!(line.parse::<Multiaddr>().is_ok(), "bad line in bootstrap/peers.txt: {line}");
+                assert!(
+                    line.parse::<Multiaddr>().is_ok(),
+                    "bad line in bootstrap/peers.txt: {line}"
+                );
             }
         }
     }
@@ -180,7 +185,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.toml"), "listne = []\n").unwrap();
         assert!(FileConfig::load(dir.path()).is_err());
-        std::fs::write(dir.path().join("config.toml"), "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\n").unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\n",
+        )
+        .unwrap();
         let f = FileConfig::load(dir.path()).unwrap();
         assert_eq!(f.mdns, Some(false));
         assert!(parse_addrs(&["/ip4/nope".into()], "--listen").is_err());

@@ -152,10 +152,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         listen_on_defaults(&mut swarm)?;
     } else {
         for addr in &config.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| StartError::Listen {
-                addr: addr.clone(),
-                detail: e.to_string(),
-            })?;
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| StartError::Listen {
+                    addr: addr.clone(),
+                    detail: e.to_string(),
+                })?;
         }
     }
 
@@ -176,7 +178,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         Some(
             ControlServer::bind(&socket, client.clone(), id.clone())
                 .await
-                .map_err(|source| StartError::Control { path: socket, source })?,
+                .map_err(|source| StartError::Control {
+                    path: socket,
+                    source,
+                })?,
         )
     } else {
         None
@@ -194,10 +199,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
 fn listen_on_defaults(swarm: &mut libp2p::Swarm<crate::net::Behaviour>) -> Result<(), StartError> {
     let mut last_err = String::new();
     for port in DEFAULT_PORT..DEFAULT_PORT + 20 {
-        let tcp: Multiaddr = format!("/ip4/0.0.0.0/tcp/{port}").parse().expect("valid literal");
+        let tcp: Multiaddr = format!("/ip4/0.0.0.0/tcp/{port}")
+            .parse()
+            .expect("valid literal");
         match swarm.listen_on(tcp) {
             Ok(_) => {
-                let quic: Multiaddr = format!("/ip4/0.0.0.0/udp/{port}/quic-v1").parse().expect("valid literal");
+                let quic: Multiaddr = format!("/ip4/0.0.0.0/udp/{port}/quic-v1")
+                    .parse()
+                    .expect("valid literal");
                 if let Err(e) = swarm.listen_on(quic) {
                     warn!(port, error = %e, "QUIC not available on this port; TCP only");
                 }
@@ -207,7 +216,12 @@ fn listen_on_defaults(swarm: &mut libp2p::Swarm<crate::net::Behaviour>) -> Resul
         }
     }
     Err(StartError::Listen {
-        addr: format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}").parse().expect("valid literal"),
-        detail: format!("ports {DEFAULT_PORT}-{} all taken ({last_err})", DEFAULT_PORT + 19),
+        addr: format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}")
+            .parse()
+            .expect("valid literal"),
+        detail: format!(
+            "ports {DEFAULT_PORT}-{} all taken ({last_err})",
+            DEFAULT_PORT + 19
+        ),
     })
 }

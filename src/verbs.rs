@@ -46,7 +46,10 @@ pub enum Response {
 #[derive(Clone, Default)]
 pub struct Codec;
 
-async fn read_limited<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> std::io::Result<Vec<u8>> {
+async fn read_limited<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     io.take(max as u64 + 1).read_to_end(&mut buf).await?;
     if buf.len() > max {
@@ -79,7 +82,8 @@ impl libp2p::request_response::Codec for Codec {
             }
             Err(e) => return Err(e),
         };
-        Ok(cbor::from_slice(&buf, MAX_REQUEST_BYTES).unwrap_or_else(|e| Request::Malformed(e.to_string())))
+        Ok(cbor::from_slice(&buf, MAX_REQUEST_BYTES)
+            .unwrap_or_else(|e| Request::Malformed(e.to_string())))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(

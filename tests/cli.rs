@@ -27,12 +27,20 @@ fn until_ok(home: &std::path::Path, args: &[&str]) -> common::Run {
 #[test]
 fn three_nodes_find_each_other_by_uuid_through_the_relay() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut relay = Daemon::spawn(dirs[0].path(), &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let mut relay = Daemon::spawn(
+        dirs[0].path(),
+        &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"],
+    );
     // The relay prints its dialable address, with /p2p/, on stdout as soon as it listens.
     let mut first = String::new();
-    BufReader::new(relay.child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    BufReader::new(relay.child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
     let relay_addr = first.trim().to_string();
-    assert!(relay_addr.starts_with("/ip4/127.0.0.1/tcp/") && relay_addr.contains("/p2p/12D3Koo"), "{relay_addr:?}");
+    assert!(
+        relay_addr.starts_with("/ip4/127.0.0.1/tcp/") && relay_addr.contains("/p2p/12D3Koo"),
+        "{relay_addr:?}"
+    );
 
     let mut args = vec!["run"];
     args.extend(loopback());
@@ -59,19 +67,34 @@ fn three_nodes_find_each_other_by_uuid_through_the_relay() {
 
     // B stops; the DHT still answers.
     assert_eq!(b.terminate(), Some(0));
-    assert!(!dirs[1].path().join("ptpchat.sock").exists(), "socket removed on clean exit");
+    assert!(
+        !dirs[1].path().join("ptpchat.sock").exists(),
+        "socket removed on clean exit"
+    );
     let again = cli(dirs[2].path(), &["whois", &uuid, "--json"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.json()["peer_id"], b_id["peer_id"]);
 
     // A UUID nobody owns: nothing on stdout, exit 4.
-    let none = cli(dirs[2].path(), &["whois", "4242aaaa-0000-8000-8000-000000000000", "--json"]);
+    let none = cli(
+        dirs[2].path(),
+        &["whois", "4242aaaa-0000-8000-8000-000000000000", "--json"],
+    );
     assert_eq!(none.code, 4, "{}", none.stderr);
     assert!(none.stdout.is_empty());
 
     // status and peers answer through the socket.
     let status = cli(dirs[2].path(), &["status", "--json"]).json();
-    for key in ["uuid", "peer_id", "listen_addrs", "external_addrs", "nat", "connected_peers", "relays", "channels"] {
+    for key in [
+        "uuid",
+        "peer_id",
+        "listen_addrs",
+        "external_addrs",
+        "nat",
+        "connected_peers",
+        "relays",
+        "channels",
+    ] {
         assert!(status.get(key).is_some(), "status lacks {key}");
     }
     assert!(status["connected_peers"].as_u64().unwrap() >= 1);
@@ -83,16 +106,28 @@ fn three_nodes_find_each_other_by_uuid_through_the_relay() {
         .find(|p| relay_addr.ends_with(p["peer_id"].as_str().unwrap()))
         .expect("the relay is a connected peer");
     assert_eq!(relay_line["relayed"], false);
-    assert!(relay_line["agent"].as_str().unwrap().starts_with("ptpchat/"));
+    assert!(relay_line["agent"]
+        .as_str()
+        .unwrap()
+        .starts_with("ptpchat/"));
 }
 
 #[test]
 fn client_commands_without_a_node_say_so() {
     let home = tempfile::tempdir().unwrap();
-    for cmd in [&["status"][..], &["peers"], &["whois", "4242aaaa-0000-8000-8000-000000000000"]] {
+    for cmd in [
+        &["status"][..],
+        &["peers"],
+        &["whois", "4242aaaa-0000-8000-8000-000000000000"],
+    ] {
         let r = cli(home.path(), cmd);
         assert_eq!(r.code, 1, "{cmd:?}");
-        assert!(r.stderr.contains(&format!("no node running for {}", home.path().display())), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("no node running for {}", home.path().display())),
+            "{}",
+            r.stderr
+        );
     }
 }
 
@@ -118,7 +153,11 @@ fn init_is_idempotent_and_id_shows_the_same_identity() {
 
     let qr = cli(home.path(), &["id", "--qr"]);
     assert_eq!(qr.code, 0);
-    assert!(qr.stdout.lines().count() > 20 && qr.stdout.contains('█'), "{}", qr.stdout);
+    assert!(
+        qr.stdout.lines().count() > 20 && qr.stdout.contains('█'),
+        "{}",
+        qr.stdout
+    );
 
     // Rotation keeps the UUID and fingerprint and changes the key and peer id.
     let rotated = cli(home.path(), &["id", "--rotate", "--json"]);
@@ -138,19 +177,29 @@ fn a_running_node_owns_its_home() {
     let mut node = Daemon::spawn(home.path(), &args);
     let status = node.wait_ready();
     let sock = home.path().join("ptpchat.sock");
-    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     // A second node on the same home refuses, plainly.
     let second = cli(home.path(), &args);
     assert_eq!(second.code, 1);
-    assert!(second.stderr.contains("already running"), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("already running"),
+        "{}",
+        second.stderr
+    );
     // Rotation needs the node stopped; id and init still answer through the socket.
     let rotate = cli(home.path(), &["id", "--rotate"]);
     assert_eq!(rotate.code, 1);
     assert!(rotate.stderr.contains("stop it"), "{}", rotate.stderr);
     let id = cli(home.path(), &["id", "--json"]).json();
     assert_eq!(id["uuid"], status["uuid"]);
-    assert_eq!(cli(home.path(), &["init", "--json"]).json()["uuid"], status["uuid"]);
+    assert_eq!(
+        cli(home.path(), &["init", "--json"]).json()["uuid"],
+        status["uuid"]
+    );
 
     // Killed without a chance to clean up, it leaves a stale socket; the next run replaces it.
     node.child.kill().unwrap();
@@ -158,7 +207,11 @@ fn a_running_node_owns_its_home() {
     assert!(sock.exists());
     assert_eq!(cli(home.path(), &["status"]).code, 1);
     let again = Daemon::spawn(home.path(), &args);
-    assert_eq!(again.wait_ready()["uuid"], status["uuid"], "same identity after a crash");
+    assert_eq!(
+        again.wait_ready()["uuid"],
+        status["uuid"],
+        "same identity after a crash"
+    );
 }
 
 #[test]
@@ -166,14 +219,41 @@ fn bad_input_gets_one_clear_line_and_no_panic() {
     let home = tempfile::tempdir().unwrap();
     let check = |r: &common::Run, code: i32, needle: &str| {
         assert_eq!(r.code, code, "stderr: {}", r.stderr);
-        assert!(r.stderr.contains(needle), "expected {needle:?} in {:?}", r.stderr);
-        assert!(!r.stderr.contains("panicked") && !r.stderr.contains("backtrace"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains(needle),
+            "expected {needle:?} in {:?}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("panicked") && !r.stderr.contains("backtrace"),
+            "{}",
+            r.stderr
+        );
     };
-    check(&cli(home.path(), &["run", "--no-mdns", "--listen", "/ip4/nope/tcp/1"]), 2, "invalid multiaddr");
-    check(&cli(home.path(), &["run", "--no-mdns", "--bootstrap", "garbage"]), 2, "invalid multiaddr");
+    check(
+        &cli(
+            home.path(),
+            &["run", "--no-mdns", "--listen", "/ip4/nope/tcp/1"],
+        ),
+        2,
+        "invalid multiaddr",
+    );
+    check(
+        &cli(home.path(), &["run", "--no-mdns", "--bootstrap", "garbage"]),
+        2,
+        "invalid multiaddr",
+    );
     check(&cli(home.path(), &["whois", "not-a-uuid"]), 2, "not a UUID");
-    check(&cli(home.path(), &["frobnicate"]), 2, "unrecognized subcommand");
-    check(&cli(home.path(), &["relay", "--metrics", "nowhere"]), 2, "invalid --metrics");
+    check(
+        &cli(home.path(), &["frobnicate"]),
+        2,
+        "unrecognized subcommand",
+    );
+    check(
+        &cli(home.path(), &["relay", "--metrics", "nowhere"]),
+        2,
+        "invalid --metrics",
+    );
 
     // A home that is a file, not a directory.
     let file = home.path().join("plainfile");
@@ -184,7 +264,14 @@ fn bad_input_gets_one_clear_line_and_no_panic() {
     let corrupt = tempfile::tempdir().unwrap();
     std::fs::write(corrupt.path().join("ptpchat.redb"), vec![0x33; 4096]).unwrap();
     check(&cli(corrupt.path(), &["init"]), 1, "corrupt");
-    check(&cli(corrupt.path(), &["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]), 1, "corrupt");
+    check(
+        &cli(
+            corrupt.path(),
+            &["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"],
+        ),
+        1,
+        "corrupt",
+    );
 
     // A config file with a typo.
     let typo = tempfile::tempdir().unwrap();

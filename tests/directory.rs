@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::{eventually, start, test_config};
 use futures::StreamExt;
-use libp2p::{kad, multiaddr::Protocol, noise, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{
+    kad, multiaddr::Protocol, noise, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm,
+};
 use ptpchat::config::Mode;
 use ptpchat::identity::{dht_key, Identity};
 use ptpchat::net::{LookupError, KAD_PROTOCOL};
@@ -19,15 +21,29 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn first_addr(node: &RunningNode) -> Multiaddr {
-    node.listen_addrs().await.into_iter().next().expect("listening")
+    node.listen_addrs()
+        .await
+        .into_iter()
+        .next()
+        .expect("listening")
 }
 
 async fn rejected(node: &RunningNode, what: &str) -> u64 {
-    node.client.status().await.unwrap().rejected.get(what).copied().unwrap_or(0)
+    node.client
+        .status()
+        .await
+        .unwrap()
+        .rejected
+        .get(what)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Waits until `node` has published its document to at least one DHT peer.
-async fn wait_published(lookup_from: &RunningNode, uuid: Uuid) -> ptpchat::identity::SignedDocument {
+async fn wait_published(
+    lookup_from: &RunningNode,
+    uuid: Uuid,
+) -> ptpchat::identity::SignedDocument {
     eventually(WAIT, "the document to be findable", || async {
         lookup_from.client.whois(uuid).await.ok()
     })
@@ -47,7 +63,10 @@ async fn whois_finds_a_document_and_the_dht_keeps_it_after_its_owner_stops() {
     assert_eq!(doc.doc().uuid(), b_id.uuid);
     assert_eq!(doc.doc().peer_id().unwrap(), b.peer_id);
     assert_eq!(doc.doc().fingerprint().to_string(), b_id.fingerprint);
-    assert!(doc.doc().reach.is_empty(), "a non-public node publishes no direct address");
+    assert!(
+        doc.doc().reach.is_empty(),
+        "a non-public node publishes no direct address"
+    );
 
     b.shutdown().await;
     // A node that never saw B finds it through the DHT alone.
@@ -57,7 +76,10 @@ async fn whois_finds_a_document_and_the_dht_keeps_it_after_its_owner_stops() {
 
     // Nobody owns this UUID.
     let nobody = Uuid::from_bytes([0x42; 16]);
-    assert_eq!(d.client.whois(nobody).await, Err(LookupError::NotFound(nobody)));
+    assert_eq!(
+        d.client.whois(nobody).await,
+        Err(LookupError::NotFound(nobody))
+    );
 
     for n in [a, c, d] {
         n.shutdown().await;
@@ -83,20 +105,27 @@ async fn public_node_publishes_its_direct_addresses() {
 fn evil_swarm() -> Swarm<kad::Behaviour<kad::store::MemoryStore>> {
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .unwrap()
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
             let mut cfg = kad::Config::new(KAD_PROTOCOL);
             cfg.set_query_timeout(Duration::from_secs(5));
-            let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
+            let mut kad =
+                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
             kad.set_mode(Some(kad::Mode::Server));
             kad
         })
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
-    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
     swarm
 }
 
@@ -118,7 +147,9 @@ async fn evil_put(
     swarm.behaviour_mut().add_address(&target, target_addr);
     let mut pending = records.len();
     for r in records {
-        swarm.behaviour_mut().put_record_to(r, std::iter::once(target), kad::Quorum::One);
+        swarm
+            .behaviour_mut()
+            .put_record_to(r, std::iter::once(target), kad::Quorum::One);
     }
     tokio::time::timeout(WAIT, async {
         while pending > 0 {
@@ -162,7 +193,10 @@ async fn the_dht_refuses_forged_stale_expired_and_oversized_documents() {
     let own = attacker.issue_document(&[], now);
     let expired = attacker.issue_document(&[], now - 15 * 24 * 3600);
     let mut forged = own.bytes().to_vec();
-    let pos = forged.windows(16).position(|w| w == attacker.uuid().as_bytes()).unwrap();
+    let pos = forged
+        .windows(16)
+        .position(|w| w == attacker.uuid().as_bytes())
+        .unwrap();
     forged[pos..pos + 16].copy_from_slice(b_uuid.as_bytes());
 
     let mut evil = evil_swarm();
@@ -223,7 +257,10 @@ async fn a_peer_answering_lookups_with_garbage_does_not_stop_the_valid_answer() 
     {
         use libp2p::kad::store::RecordStore;
         let doc = other.issue_document(&[], unix_now());
-        evil.behaviour_mut().store_mut().put(record(&b_uuid, doc.bytes().to_vec())).unwrap();
+        evil.behaviour_mut()
+            .store_mut()
+            .put(record(&b_uuid, doc.bytes().to_vec()))
+            .unwrap();
     }
     let evil_task = tokio::spawn(async move {
         loop {
@@ -233,7 +270,10 @@ async fn a_peer_answering_lookups_with_garbage_does_not_stop_the_valid_answer() 
 
     // C knows the evil peer first (it bootstraps from it and the relay).
     let c = start(Mode::User, dirs[2].path(), &[evil_addr, a_addr]).await;
-    let found = eventually(WAIT, "a valid answer", || async { c.client.whois(b_uuid).await.ok() }).await;
+    let found = eventually(WAIT, "a valid answer", || async {
+        c.client.whois(b_uuid).await.ok()
+    })
+    .await;
     assert_eq!(found.doc().peer_id().unwrap(), b.peer_id);
     assert!(
         rejected(&c, "lookup_invalid_document").await >= 1,

@@ -89,7 +89,9 @@ async fn accept_loop(listener: UnixListener, client: Client, id: Option<IdInfo>)
 /// The uid of this process, read from /proc so no `unsafe` libc call is needed.
 fn own_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 async fn serve(stream: UnixStream, client: Client, id: Option<IdInfo>) -> std::io::Result<()> {
@@ -97,7 +99,10 @@ async fn serve(stream: UnixStream, client: Client, id: Option<IdInfo>) -> std::i
     let mut reader = BufReader::new(read);
     loop {
         let mut line = String::new();
-        let n = (&mut reader).take(MAX_LINE_BYTES as u64).read_line(&mut line).await?;
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_line(&mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }

@@ -238,7 +238,8 @@ impl SignedDocument {
         }
         let mut signer = verifying_key(&doc.genesis_key, "genesis_key")?;
         for (i, link) in doc.key_chain.iter().enumerate() {
-            let next = verifying_key(&link.key, "key_chain").map_err(|_| DocumentError::BadChain(i))?;
+            let next =
+                verifying_key(&link.key, "key_chain").map_err(|_| DocumentError::BadChain(i))?;
             let msg = KeyLink::signed_bytes(&uuid, i as u32, &link.key);
             if !verify(&signer, &msg, &link.sig) {
                 return Err(DocumentError::BadChain(i));
@@ -264,7 +265,9 @@ impl SignedDocument {
             return Err(DocumentError::PeerIdMismatch);
         }
         if doc.reach.len() > MAX_REACH {
-            return Err(DocumentError::BadReach(format!("more than {MAX_REACH} addresses")));
+            return Err(DocumentError::BadReach(format!(
+                "more than {MAX_REACH} addresses"
+            )));
         }
         for a in &doc.reach {
             if a.len() > MAX_ADDR_LEN || a.parse::<Multiaddr>().is_err() {

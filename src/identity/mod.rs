@@ -11,7 +11,6 @@ pub use document::{
 
 use ed25519_dalek::{Signer, SigningKey};
 use libp2p::{Multiaddr, PeerId};
-use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -48,7 +47,10 @@ impl Fingerprint {
 
     /// Parses hex with or without spaces (as a user may type or paste it).
     pub fn parse(s: &str) -> Option<Self> {
-        let compact: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+        let compact: String = s
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != ':')
+            .collect();
         let bytes = hex::decode(compact.to_ascii_lowercase()).ok()?;
         Some(Fingerprint(bytes.try_into().ok()?))
     }
@@ -92,7 +94,10 @@ pub fn parse_contact(s: &str) -> Result<(Uuid, Option<Fingerprint>), String> {
     if let Some(q) = query {
         for pair in q.split('&') {
             if let Some(v) = pair.strip_prefix("fp=") {
-                fp = Some(Fingerprint::parse(v).ok_or_else(|| format!("bad fingerprint in URI: {v:?}"))?);
+                fp = Some(
+                    Fingerprint::parse(v)
+                        .ok_or_else(|| format!("bad fingerprint in URI: {v:?}"))?,
+                );
             }
         }
     }
@@ -188,7 +193,7 @@ pub struct Identity {
 impl Identity {
     /// Creates a new identity with a fresh genesis key and encryption key.
     pub fn generate(now: u64) -> Self {
-        let signing = SigningKey::generate(&mut OsRng);
+        let signing = SigningKey::from_bytes(&random_secret());
         Identity {
             genesis_key: signing.verifying_key().to_bytes(),
             key_chain: Vec::new(),
@@ -266,10 +271,16 @@ impl Identity {
     /// Replaces the identity key with a new one signed by the current key. The UUID stays;
     /// the PeerId changes. The caller persists the result and restarts the swarm.
     pub fn rotate_identity_key(&mut self) -> Result<(), IdentityError> {
+        self.rotate_identity_key_to(SigningKey::from_bytes(&random_secret()).to_bytes())
+    }
+
+    /// Rotation to a given next secret key (for test vectors; use
+    /// [`Identity::rotate_identity_key`] otherwise).
+    pub fn rotate_identity_key_to(&mut self, next_secret: [u8; 32]) -> Result<(), IdentityError> {
         if self.key_chain.len() >= MAX_CHAIN_LINKS {
             return Err(IdentityError::ChainFull);
         }
-        let next = SigningKey::generate(&mut OsRng);
+        let next = SigningKey::from_bytes(&next_secret);
         let key = next.verifying_key().to_bytes();
         let msg = KeyLink::signed_bytes(&self.uuid(), self.key_chain.len() as u32, &key);
         let sig = self.signing.sign(&msg).to_bytes();
@@ -288,8 +299,10 @@ impl Identity {
             changed = true;
         }
         let before = self.enc_keys.len();
-        self.enc_keys
-            .retain(|k| k.retired.is_none_or(|r| now.saturating_sub(r) < ENC_GRACE_SECS));
+        self.enc_keys.retain(|k| {
+            k.retired
+                .is_none_or(|r| now.saturating_sub(r) < ENC_GRACE_SECS)
+        });
         changed || self.enc_keys.len() != before
     }
 
@@ -337,8 +350,8 @@ impl Identity {
 
     /// Decodes and checks stored secret material.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, IdentityError> {
-        let s: StoredIdentity =
-            cbor::from_slice(bytes, 64 * 1024).map_err(|e| IdentityError::Corrupt(e.to_string()))?;
+        let s: StoredIdentity = cbor::from_slice(bytes, 64 * 1024)
+            .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
         if s.v != 1 {
             return Err(IdentityError::Corrupt(format!("unknown version {}", s.v)));
         }
@@ -362,10 +375,19 @@ impl Identity {
     }
 }
 
+/// 32 bytes from the operating system's CSPRNG. Without one the node cannot create keys
+/// safely at all, so failing to read it is fatal.
+fn random_secret() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut b) {
+        panic!("the operating system's random number generator failed: {e}");
+    }
+    b
+}
+
 fn new_enc_key(now: u64) -> EncKey {
-    let secret = x25519_dalek::StaticSecret::random_from_rng(OsRng);
     EncKey {
-        secret: secret.to_bytes(),
+        secret: random_secret(),
         created: now,
         retired: None,
     }

@@ -51,8 +51,13 @@ fn forged_document_for_someone_elses_uuid_is_rejected() {
     let mut attacker = Identity::generate(NOW);
     let real = victim.issue_document(&[], NOW);
     // The attacker signs a document naming the victim's UUID with its own key.
-    let forged = tamper_body(&attacker.issue_document(&[], NOW), |d| d.uuid = *victim.uuid().as_bytes());
-    assert_eq!(SignedDocument::decode(&forged, NOW), Err(DocumentError::UuidMismatch));
+    let forged = tamper_body(&attacker.issue_document(&[], NOW), |d| {
+        d.uuid = *victim.uuid().as_bytes()
+    });
+    assert_eq!(
+        SignedDocument::decode(&forged, NOW),
+        Err(DocumentError::UuidMismatch)
+    );
     // Or claims the victim's genesis key but cannot sign with it.
     let forged = tamper_body(&attacker.issue_document(&[], NOW), |d| {
         d.uuid = *victim.uuid().as_bytes();
@@ -61,9 +66,15 @@ fn forged_document_for_someone_elses_uuid_is_rejected() {
     assert!(SignedDocument::decode(&forged, NOW).is_err());
     // Changing any signed field of a genuine document breaks the signature.
     let bumped = tamper_body(&real, |d| d.seq += 1);
-    assert_eq!(SignedDocument::decode(&bumped, NOW), Err(DocumentError::BadSignature));
+    assert_eq!(
+        SignedDocument::decode(&bumped, NOW),
+        Err(DocumentError::BadSignature)
+    );
     let moved = tamper_body(&real, |d| d.reach = vec!["/ip4/203.0.113.9/tcp/1".into()]);
-    assert_eq!(SignedDocument::decode(&moved, NOW), Err(DocumentError::BadSignature));
+    assert_eq!(
+        SignedDocument::decode(&moved, NOW),
+        Err(DocumentError::BadSignature)
+    );
 }
 
 #[test]
@@ -71,21 +82,37 @@ fn expired_and_future_documents_are_rejected() {
     let mut id = Identity::generate(NOW);
     let doc = id.issue_document(&[], NOW);
     let later = NOW + DOCUMENT_VALIDITY_SECS;
-    assert_eq!(SignedDocument::decode(doc.bytes(), later), Err(DocumentError::Expired));
+    assert_eq!(
+        SignedDocument::decode(doc.bytes(), later),
+        Err(DocumentError::Expired)
+    );
     let early = NOW - MAX_CLOCK_SKEW - 1;
-    assert_eq!(SignedDocument::decode(doc.bytes(), early), Err(DocumentError::BadValidity));
+    assert_eq!(
+        SignedDocument::decode(doc.bytes(), early),
+        Err(DocumentError::BadValidity)
+    );
 }
 const MAX_CLOCK_SKEW: u64 = 600;
 
 #[test]
 fn oversized_and_garbage_documents_are_rejected() {
     let big = vec![0u8; MAX_DOCUMENT_BYTES + 1];
-    assert!(matches!(SignedDocument::decode(&big, NOW), Err(DocumentError::TooLarge(_))));
-    for garbage in [&b""[..], b"\xa0", b"\xa2\x64body\x40\x63sig\x40", &[0xffu8; 64][..]] {
+    assert!(matches!(
+        SignedDocument::decode(&big, NOW),
+        Err(DocumentError::TooLarge(_))
+    ));
+    for garbage in [
+        &b""[..],
+        b"\xa0",
+        b"\xa2\x64body\x40\x63sig\x40",
+        &[0xffu8; 64][..],
+    ] {
         assert!(SignedDocument::decode(garbage, NOW).is_err());
     }
     let mut id = Identity::generate(NOW);
-    let addrs: Vec<Multiaddr> = (0..20).map(|i| format!("/ip4/192.0.2.{i}/tcp/1").parse().unwrap()).collect();
+    let addrs: Vec<Multiaddr> = (0..20)
+        .map(|i| format!("/ip4/192.0.2.{i}/tcp/1").parse().unwrap())
+        .collect();
     // issue_document itself caps reach; a hand-made document with too many is refused.
     let doc = id.issue_document(&addrs, NOW);
     assert_eq!(doc.doc().reach.len(), 8);
@@ -99,7 +126,10 @@ fn lower_seq_and_conflicts_do_not_replace() {
     assert!(new.doc().seq > old.doc().seq);
     assert_eq!(new.may_replace(&old), Ok(true));
     assert_eq!(new.may_replace(&new), Ok(false));
-    assert!(matches!(old.may_replace(&new), Err(DocumentError::StaleSeq { .. })));
+    assert!(matches!(
+        old.may_replace(&new),
+        Err(DocumentError::StaleSeq { .. })
+    ));
 }
 
 #[test]

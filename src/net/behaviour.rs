@@ -55,7 +55,11 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
     let mode = config.mode;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| err(&e))?
         .with_quic()
         .with_dns()
@@ -88,7 +92,9 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
                 .set_max_packet_size(16 * 1024)
                 // We re-issue our own document on our own schedule (node.rs).
                 .set_publication_interval(None)
-                .set_record_ttl(Some(Duration::from_secs(crate::identity::DOCUMENT_VALIDITY_SECS)));
+                .set_record_ttl(Some(Duration::from_secs(
+                    crate::identity::DOCUMENT_VALIDITY_SECS,
+                )));
             let store = kad::store::MemoryStore::with_config(
                 peer_id,
                 kad::store::MemoryStoreConfig {
@@ -104,7 +110,10 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
             }
 
             let mdns = if mdns_enabled {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
             } else {
                 None
             };

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::{
-    autonat, identify, kad, mdns, multiaddr::Protocol, request_response,
+    autonat, identify, kad, mdns,
+    multiaddr::Protocol,
+    request_response,
     swarm::{dial_opts::DialOpts, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
@@ -180,11 +182,12 @@ impl EventLoop {
             }
             Command::Whois { uuid, reply } => self.start_lookup(uuid, reply),
             Command::FetchCertificate { peer, uuid, reply } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .verbs
-                    .send_request(&peer, Request::GetCertificate { uuid: *uuid.as_bytes() });
+                let id = self.swarm.behaviour_mut().verbs.send_request(
+                    &peer,
+                    Request::GetCertificate {
+                        uuid: *uuid.as_bytes(),
+                    },
+                );
                 self.direct_fetches.insert(id, (uuid, reply));
             }
             Command::Dial { addr, reply } => {
@@ -214,7 +217,11 @@ impl EventLoop {
                 Mode::Relay => "relay",
             },
             listen_addrs: listen,
-            external_addrs: self.swarm.external_addresses().map(|a| a.to_string()).collect(),
+            external_addrs: self
+                .swarm
+                .external_addresses()
+                .map(|a| a.to_string())
+                .collect(),
             nat: match self.nat {
                 autonat::NatStatus::Public(_) => "public",
                 autonat::NatStatus::Private => "private",
@@ -245,7 +252,8 @@ impl EventLoop {
             return external;
         }
         let mut listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
-        let non_loopback: Vec<Multiaddr> = listen.iter().filter(|a| !is_loopback(a)).cloned().collect();
+        let non_loopback: Vec<Multiaddr> =
+            listen.iter().filter(|a| !is_loopback(a)).cloned().collect();
         if !non_loopback.is_empty() {
             listen = non_loopback;
         }
@@ -271,7 +279,12 @@ impl EventLoop {
         let record = record_for(&doc, now);
         self.publish.current = Some(doc);
         // Publish cannot fail locally except for store limits, which do not apply to our own record.
-        if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, kad::Quorum::One)
+        {
             warn!(error = ?e, "could not store our own document locally");
         }
         self.publish.due = Instant::now() + REPUBLISH_EVERY;
@@ -294,7 +307,11 @@ impl EventLoop {
         }
         let id = self.next_lookup;
         self.next_lookup += 1;
-        let query = self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&dht_key(&uuid)));
+        let query = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_record(kad::RecordKey::new(&dht_key(&uuid)));
         self.lookup_queries.insert(query, id);
         self.lookups.insert(
             id,
@@ -339,13 +356,19 @@ impl EventLoop {
         if lookup.best.is_none() {
             // Fall back to asking connected peers directly.
             let uuid = lookup.uuid;
-            let peers: Vec<PeerId> = self.swarm.connected_peers().take(FALLBACK_FETCH_PEERS).cloned().collect();
+            let peers: Vec<PeerId> = self
+                .swarm
+                .connected_peers()
+                .take(FALLBACK_FETCH_PEERS)
+                .cloned()
+                .collect();
             for peer in peers {
-                let rid = self
-                    .swarm
-                    .behaviour_mut()
-                    .verbs
-                    .send_request(&peer, Request::GetCertificate { uuid: *uuid.as_bytes() });
+                let rid = self.swarm.behaviour_mut().verbs.send_request(
+                    &peer,
+                    Request::GetCertificate {
+                        uuid: *uuid.as_bytes(),
+                    },
+                );
                 self.lookup_fetches.insert(rid, id);
                 if let Some(l) = self.lookups.get_mut(&id) {
                     l.fetches += 1;
@@ -356,7 +379,10 @@ impl EventLoop {
     }
 
     fn maybe_finish_lookup(&mut self, id: u64) {
-        let done = self.lookups.get(&id).is_some_and(|l| l.dht_done && l.fetches == 0);
+        let done = self
+            .lookups
+            .get(&id)
+            .is_some_and(|l| l.dht_done && l.fetches == 0);
         if !done {
             return;
         }
@@ -417,7 +443,11 @@ impl EventLoop {
     }
 
     /// Puts a verified document into the DHT store if it may replace the held one.
-    fn accept_into_dht(&mut self, doc: &SignedDocument, now: u64) -> Result<bool, crate::identity::DocumentError> {
+    fn accept_into_dht(
+        &mut self,
+        doc: &SignedDocument,
+        now: u64,
+    ) -> Result<bool, crate::identity::DocumentError> {
         use libp2p::kad::store::RecordStore;
         let key = kad::RecordKey::new(&dht_key(&doc.doc().uuid()));
         let store = self.swarm.behaviour_mut().kad.store_mut();
@@ -446,26 +476,44 @@ impl EventLoop {
             self.count("dht_put_rate_limited");
             return;
         }
-        let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(record);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record);
     }
 
     // ---- verbs ----
 
-    fn on_request(&mut self, peer: PeerId, request: Request, channel: request_response::ResponseChannel<Response>) {
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: request_response::ResponseChannel<Response>,
+    ) {
         let response = if !self.request_limiter.allow(&peer, Instant::now()) {
             self.count("request_rate_limited");
-            Response::Nack { reason: "rate_limited".into() }
+            Response::Nack {
+                reason: "rate_limited".into(),
+            }
         } else {
             match request {
                 Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
                 Request::Malformed(e) => {
                     self.count("request_malformed");
                     warn!(%peer, error = %e, "malformed request");
-                    Response::Nack { reason: "malformed".into() }
+                    Response::Nack {
+                        reason: "malformed".into(),
+                    }
                 }
             }
         };
-        let _ = self.swarm.behaviour_mut().verbs.send_response(channel, response);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .verbs
+            .send_response(channel, response);
     }
 
     fn certificate_for(&mut self, uuid: &Uuid) -> Response {
@@ -473,32 +521,45 @@ impl EventLoop {
         let now = unix_now();
         if let Some(doc) = &self.publish.current {
             if doc.doc().uuid() == *uuid {
-                return Response::Certificate { doc: doc.bytes().to_vec() };
+                return Response::Certificate {
+                    doc: doc.bytes().to_vec(),
+                };
             }
         }
         let key = kad::RecordKey::new(&dht_key(uuid));
         if let Some(rec) = self.swarm.behaviour_mut().kad.store_mut().get(&key) {
             if SignedDocument::decode_for(&rec.value, uuid, now).is_ok() {
-                return Response::Certificate { doc: rec.value.clone() };
+                return Response::Certificate {
+                    doc: rec.value.clone(),
+                };
             }
         }
         match self.store.cached_document(uuid, now) {
-            Ok(Some(doc)) => Response::Certificate { doc: doc.bytes().to_vec() },
+            Ok(Some(doc)) => Response::Certificate {
+                doc: doc.bytes().to_vec(),
+            },
             _ => Response::NotFound,
         }
     }
 
-    fn on_response(&mut self, peer: PeerId, id: request_response::OutboundRequestId, response: Option<Response>) {
+    fn on_response(
+        &mut self,
+        peer: PeerId,
+        id: request_response::OutboundRequestId,
+        response: Option<Response>,
+    ) {
         if let Some((uuid, reply)) = self.direct_fetches.remove(&id) {
             let result = match response {
-                Some(Response::Certificate { doc }) => match SignedDocument::decode_for(&doc, &uuid, unix_now()) {
-                    Ok(d) => Ok(d),
-                    Err(e) => {
-                        self.count("certificate_invalid");
-                        warn!(%peer, %uuid, error = %e, "peer sent an invalid certificate");
-                        Err(LookupError::NotFound(uuid))
+                Some(Response::Certificate { doc }) => {
+                    match SignedDocument::decode_for(&doc, &uuid, unix_now()) {
+                        Ok(d) => Ok(d),
+                        Err(e) => {
+                            self.count("certificate_invalid");
+                            warn!(%peer, %uuid, error = %e, "peer sent an invalid certificate");
+                            Err(LookupError::NotFound(uuid))
+                        }
                     }
-                },
+                }
                 _ => Err(LookupError::NotFound(uuid)),
             };
             let _ = reply.send(result);
@@ -524,10 +585,14 @@ impl EventLoop {
                 info!(address = %address.clone().with(Protocol::P2p(me)), "listening");
                 self.schedule_publish_soon();
             }
-            SwarmEvent::ExpiredListenAddr { .. } | SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
+            SwarmEvent::ExpiredListenAddr { .. }
+            | SwarmEvent::ExternalAddrConfirmed { .. }
+            | SwarmEvent::ExternalAddrExpired { .. } => {
                 self.schedule_publish_soon();
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
                 let addr = endpoint.get_remote_address().clone();
                 let state = self.peers.entry(peer_id).or_insert(PeerState {
                     addr,
@@ -540,12 +605,14 @@ impl EventLoop {
                     self.publish.due = Instant::now() + PUBLISH_DEBOUNCE;
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
-                if num_established == 0 {
-                    self.peers.remove(&peer_id);
-                    self.put_limiter.forget(&peer_id);
-                    self.request_limiter.forget(&peer_id);
-                }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.peers.remove(&peer_id);
+                self.put_limiter.forget(&peer_id);
+                self.request_limiter.forget(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, error = %error, "dial failed");
@@ -582,14 +649,20 @@ impl EventLoop {
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Verbs(event) => match event {
                 request_response::Event::Message { peer, message, .. } => match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        self.on_request(peer, request, channel)
-                    }
-                    request_response::Message::Response { request_id, response } => {
-                        self.on_response(peer, request_id, Some(response))
-                    }
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => self.on_request(peer, request, channel),
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => self.on_response(peer, request_id, Some(response)),
                 },
-                request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                request_response::Event::OutboundFailure {
+                    peer,
+                    request_id,
+                    error,
+                    ..
+                } => {
                     debug!(%peer, %error, "request failed");
                     self.on_response(peer, request_id, None);
                 }
@@ -605,16 +678,23 @@ impl EventLoop {
     fn on_kad_event(&mut self, event: kad::Event) {
         match event {
             kad::Event::InboundRequest { request } => match request {
-                kad::InboundRequest::PutRecord { source, record: Some(record), .. } => {
-                    self.on_inbound_put(source, record)
-                }
-                kad::InboundRequest::AddProvider { record: Some(record), .. } => {
+                kad::InboundRequest::PutRecord {
+                    source,
+                    record: Some(record),
+                    ..
+                } => self.on_inbound_put(source, record),
+                kad::InboundRequest::AddProvider {
+                    record: Some(record),
+                    ..
+                } => {
                     let source = record.provider;
                     self.on_inbound_provider(source, record)
                 }
                 _ => {}
             },
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
                 kad::QueryResult::GetRecord(result) => {
                     let Some(&lookup) = self.lookup_queries.get(&id) else {
                         return;
@@ -640,7 +720,8 @@ impl EventLoop {
                                 debug!(error = ?e, backoff = ?self.publish.backoff, "publish failed; will retry");
                                 self.publish.failed = true;
                                 self.publish.due = Instant::now() + self.publish.backoff;
-                                self.publish.backoff = (self.publish.backoff * 2).min(MAX_PUBLISH_BACKOFF);
+                                self.publish.backoff =
+                                    (self.publish.backoff * 2).min(MAX_PUBLISH_BACKOFF);
                             }
                             Err(_) => {}
                         }
@@ -656,13 +737,16 @@ impl EventLoop {
 /// The DHT record for a document, expiring with it.
 fn record_for(doc: &SignedDocument, now: u64) -> kad::Record {
     let mut record = kad::Record::new(dht_key(&doc.doc().uuid()), doc.bytes().to_vec());
-    record.expires = Some(Instant::now() + Duration::from_secs(doc.doc().expires.saturating_sub(now)));
+    record.expires =
+        Some(Instant::now() + Duration::from_secs(doc.doc().expires.saturating_sub(now)));
     record
 }
 
 /// The UUID named by a DHT key `/ptpchat/id/<uuid>` (lowercase, hyphenated only).
 fn uuid_from_dht_key(key: &[u8]) -> Option<Uuid> {
-    let s = std::str::from_utf8(key).ok()?.strip_prefix("/ptpchat/id/")?;
+    let s = std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("/ptpchat/id/")?;
     let uuid = Uuid::parse_str(s).ok()?;
     (uuid.hyphenated().to_string() == s).then_some(uuid)
 }
@@ -687,8 +771,16 @@ mod tests {
     fn dht_keys_must_be_canonical() {
         let u = Uuid::new_v4();
         assert_eq!(uuid_from_dht_key(&dht_key(&u)), Some(u));
-        assert_eq!(uuid_from_dht_key(format!("/ptpchat/id/{}", u.simple()).as_bytes()), None);
-        assert_eq!(uuid_from_dht_key(format!("/ptpchat/id/{}", u.hyphenated().to_string().to_uppercase()).as_bytes()), None);
+        assert_eq!(
+            uuid_from_dht_key(format!("/ptpchat/id/{}", u.simple()).as_bytes()),
+            None
+        );
+        assert_eq!(
+            uuid_from_dht_key(
+                format!("/ptpchat/id/{}", u.hyphenated().to_string().to_uppercase()).as_bytes()
+            ),
+            None
+        );
         assert_eq!(uuid_from_dht_key(b"/ipfs/whatever"), None);
         assert_eq!(uuid_from_dht_key(&[0xff, 0xfe]), None);
     }

@@ -92,7 +92,10 @@ impl Client {
         Client { tx }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeGone> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeGone> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| NodeGone)?;
         rx.await.map_err(|_| NodeGone)
@@ -116,7 +119,11 @@ impl Client {
     }
 
     /// Asks one connected peer directly for the document it holds (GETCERTIFICATE).
-    pub async fn fetch_certificate(&self, peer: PeerId, uuid: Uuid) -> Result<SignedDocument, LookupError> {
+    pub async fn fetch_certificate(
+        &self,
+        peer: PeerId,
+        uuid: Uuid,
+    ) -> Result<SignedDocument, LookupError> {
         self.ask(|reply| Command::FetchCertificate { peer, uuid, reply })
             .await
             .map_err(|_| LookupError::NodeGone)?

@@ -194,7 +194,11 @@ impl Store {
     }
 
     /// The held document for `uuid`, re-verified (expired ones are not returned).
-    pub fn cached_document(&self, uuid: &Uuid, now: u64) -> Result<Option<SignedDocument>, StoreError> {
+    pub fn cached_document(
+        &self,
+        uuid: &Uuid,
+        now: u64,
+    ) -> Result<Option<SignedDocument>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(DIRECTORY)?;
         let Some(v) = table.get(uuid.as_bytes())? else {
@@ -252,7 +256,10 @@ mod tests {
         let (id, created) = store.load_or_create_identity(NOW).unwrap();
         assert!(!created);
         assert_eq!(id.uuid(), uuid);
-        let mode = std::fs::metadata(dir.path().join(DB_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(DB_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -267,7 +274,9 @@ mod tests {
     fn corrupt_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 8192]).unwrap();
-        let err = Store::open(dir.path()).err().expect("garbage must not open");
+        let err = Store::open(dir.path())
+            .err()
+            .expect("garbage must not open");
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 

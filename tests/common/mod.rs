@@ -20,7 +20,9 @@ pub fn test_config(mode: Mode, home: &Path, bootstrap: &[Multiaddr]) -> NodeConf
 
 /// Starts an in-process node with its own temporary home.
 pub async fn start(mode: Mode, home: &Path, bootstrap: &[Multiaddr]) -> RunningNode {
-    node::start(test_config(mode, home, bootstrap)).await.expect("node starts")
+    node::start(test_config(mode, home, bootstrap))
+        .await
+        .expect("node starts")
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
@@ -53,7 +55,8 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.stdout))
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.stdout))
     }
 }
 
@@ -110,7 +113,11 @@ impl Daemon {
                     return s;
                 }
             }
-            assert!(Instant::now() < deadline, "node at {} never became ready", self.home.display());
+            assert!(
+                Instant::now() < deadline,
+                "node at {} never became ready",
+                self.home.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -118,12 +125,19 @@ impl Daemon {
     /// The node's first listen address with its /p2p/ suffix.
     pub fn dial_addr(&self) -> String {
         let s = self.wait_ready();
-        format!("{}/p2p/{}", s["listen_addrs"][0].as_str().unwrap(), s["peer_id"].as_str().unwrap())
+        format!(
+            "{}/p2p/{}",
+            s["listen_addrs"][0].as_str().unwrap(),
+            s["peer_id"].as_str().unwrap()
+        )
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
