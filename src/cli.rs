@@ -223,7 +223,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Whois { uuid } => {
-            let (uuid, _) = parse_contact(&uuid).map_err(|e| CliError::new(exit::USAGE, e))?;
+            let (uuid, fp) = parse_contact(&uuid).map_err(|e| CliError::new(exit::USAGE, e))?;
             let data = ask(
                 &home,
                 ControlRequest::Whois {
@@ -231,6 +231,17 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
                 },
             )
             .await?;
+            if let Some(fp) = fp {
+                if data["fingerprint"].as_str() != Some(fp.to_string().as_str()) {
+                    return Err(CliError::new(
+                        exit::ERROR,
+                        format!(
+                            "fingerprint mismatch for {uuid}: the URI says {fp}, the directory's document has {}",
+                            plain(&data["fingerprint"])
+                        ),
+                    ));
+                }
+            }
             if json {
                 print_json(&data);
             } else {
@@ -438,9 +449,15 @@ fn pick(
     } else {
         return Ok(None);
     };
+    // A bad flag is a usage error; a bad value in the file is a plain error.
+    let code = if origin.starts_with("--") {
+        exit::USAGE
+    } else {
+        exit::ERROR
+    };
     config::parse_addrs(&values, &origin)
         .map(Some)
-        .map_err(usage)
+        .map_err(|e| CliError::new(code, e))
 }
 
 /// Runs a node in the foreground until SIGINT or SIGTERM.
@@ -449,18 +466,40 @@ async fn run(config: NodeConfig) -> Result<(), CliError> {
     let node = node::start(config)
         .await
         .map_err(|e| CliError::new(exit::ERROR, e))?;
-    if mode == Mode::Relay {
-        // Operators paste these into bootstrap lists: print them as soon as we listen.
-        for addr in node.listen_addrs().await {
-            println!("{addr}");
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-    }
+    let printer =
+        (mode == Mode::Relay).then(|| tokio::spawn(print_listen_addrs(node.watch_listen_addrs())));
     wait_for_signal().await;
+    if let Some(p) = printer {
+        p.abort();
+    }
     tracing::info!("stopping");
     node.shutdown().await;
     Ok(())
+}
+
+/// Prints each listen address (with `/p2p/`) once, as soon as it is bound: operators paste
+/// these into bootstrap lists, scripts read the first line.
+async fn print_listen_addrs(mut rx: tokio::sync::watch::Receiver<Vec<libp2p::Multiaddr>>) {
+    use std::io::Write;
+    let mut printed = std::collections::HashSet::new();
+    loop {
+        let fresh: Vec<_> = rx
+            .borrow_and_update()
+            .iter()
+            .filter(|a| printed.insert((*a).clone()))
+            .cloned()
+            .collect();
+        {
+            let mut out = std::io::stdout().lock();
+            for addr in fresh {
+                let _ = writeln!(out, "{addr}");
+            }
+            let _ = out.flush();
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn wait_for_signal() {

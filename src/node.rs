@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -57,6 +57,12 @@ pub enum StartError {
     Build(#[from] BuildError),
     #[error("cannot listen on {addr}: {detail}")]
     Listen { addr: Multiaddr, detail: String },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot serve the control socket {path}: {source}")]
     Control {
         path: PathBuf,
@@ -80,8 +86,12 @@ pub struct RunningNode {
     pub peer_id: PeerId,
     /// The identity, for a user node.
     pub id: Option<IdInfo>,
+    /// The metrics endpoint, when one was asked for.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    listen: watch::Receiver<Vec<Multiaddr>>,
     event_loop: JoinHandle<()>,
     control: Option<ControlServer>,
+    metrics: Option<JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -90,27 +100,27 @@ impl RunningNode {
         if let Some(control) = self.control {
             control.shutdown().await;
         }
+        if let Some(metrics) = self.metrics {
+            metrics.abort();
+            let _ = metrics.await;
+        }
         self.event_loop.abort();
         let _ = self.event_loop.await;
     }
 
     /// Waits until the node listens on at least one address and returns them with `/p2p/`.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
-        loop {
-            if let Ok(status) = self.client.status().await {
-                if !status.listen_addrs.is_empty() {
-                    return status
-                        .listen_addrs
-                        .iter()
-                        .filter_map(|a| a.parse::<Multiaddr>().ok())
-                        .map(|a| a.with(Protocol::P2p(self.peer_id)))
-                        .collect();
-                }
-            } else {
-                return Vec::new();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let mut rx = self.listen.clone();
+        let addrs = match rx.wait_for(|a| !a.is_empty()).await {
+            Ok(addrs) => addrs.clone(),
+            Err(_) => Vec::new(),
+        };
+        addrs
+    }
+
+    /// Follows the listen addresses (with `/p2p/`) as they are bound and expire.
+    pub fn watch_listen_addrs(&self) -> watch::Receiver<Vec<Multiaddr>> {
+        self.listen.clone()
     }
 }
 
@@ -172,7 +182,19 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         }
     }
     event_loop.bootstrap_dht();
+    let listen = event_loop.watch_listen_addrs();
     let event_loop = tokio::spawn(event_loop.run());
+
+    let (metrics, metrics_addr) = match config.metrics {
+        Some(addr) => {
+            let (task, bound) = crate::metrics::serve(addr, client.clone())
+                .await
+                .map_err(|source| StartError::Metrics { addr, source })?;
+            info!(address = %bound, "serving Prometheus metrics on /metrics");
+            (Some(task), Some(bound))
+        }
+        None => (None, None),
+    };
 
     let control = if config.control_socket {
         Some(
@@ -190,25 +212,36 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         client,
         peer_id,
         id,
+        metrics_addr,
+        listen,
         event_loop,
         control,
+        metrics,
     })
 }
 
-/// Listens on TCP and QUIC on all interfaces, port 4001 or the next free one.
+/// Listens on TCP and QUIC, IPv4 and IPv6, on all interfaces: port 4001 or the next free one.
 fn listen_on_defaults(swarm: &mut libp2p::Swarm<crate::net::Behaviour>) -> Result<(), StartError> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let tcp4 = |port| {
+        Multiaddr::empty()
+            .with(Protocol::Ip4(Ipv4Addr::UNSPECIFIED))
+            .with(Protocol::Tcp(port))
+    };
     let mut last_err = String::new();
     for port in DEFAULT_PORT..DEFAULT_PORT + 20 {
-        let tcp: Multiaddr = format!("/ip4/0.0.0.0/tcp/{port}")
-            .parse()
-            .expect("valid literal");
-        match swarm.listen_on(tcp) {
+        match swarm.listen_on(tcp4(port)) {
             Ok(_) => {
-                let quic: Multiaddr = format!("/ip4/0.0.0.0/udp/{port}/quic-v1")
-                    .parse()
-                    .expect("valid literal");
-                if let Err(e) = swarm.listen_on(quic) {
-                    warn!(port, error = %e, "QUIC not available on this port; TCP only");
+                let ip4 = Multiaddr::empty().with(Protocol::Ip4(Ipv4Addr::UNSPECIFIED));
+                let ip6 = Multiaddr::empty().with(Protocol::Ip6(Ipv6Addr::UNSPECIFIED));
+                for addr in [
+                    ip4.with(Protocol::Udp(port)).with(Protocol::QuicV1),
+                    ip6.clone().with(Protocol::Tcp(port)),
+                    ip6.with(Protocol::Udp(port)).with(Protocol::QuicV1),
+                ] {
+                    if let Err(e) = swarm.listen_on(addr.clone()) {
+                        warn!(%addr, error = %e, "not listening on this address");
+                    }
                 }
                 return Ok(());
             }
@@ -216,9 +249,7 @@ fn listen_on_defaults(swarm: &mut libp2p::Swarm<crate::net::Behaviour>) -> Resul
         }
     }
     Err(StartError::Listen {
-        addr: format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}")
-            .parse()
-            .expect("valid literal"),
+        addr: tcp4(DEFAULT_PORT),
         detail: format!(
             "ports {DEFAULT_PORT}-{} all taken ({last_err})",
             DEFAULT_PORT + 19

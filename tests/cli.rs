@@ -29,17 +29,31 @@ fn three_nodes_find_each_other_by_uuid_through_the_relay() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut relay = Daemon::spawn(
         dirs[0].path(),
-        &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"],
+        &[
+            "relay",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ],
     );
-    // The relay prints its dialable address, with /p2p/, on stdout as soon as it listens.
-    let mut first = String::new();
-    BufReader::new(relay.child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let relay_addr = first.trim().to_string();
+    // The relay prints each dialable address, with /p2p/, on stdout as soon as it listens.
+    let mut out = BufReader::new(relay.child.stdout.take().unwrap());
+    let mut printed = vec![String::new(), String::new()];
+    for line in printed.iter_mut() {
+        out.read_line(line).unwrap();
+        *line = line.trim().to_string();
+    }
+    printed.sort();
+    let relay_addr = printed[0].clone();
     assert!(
         relay_addr.starts_with("/ip4/127.0.0.1/tcp/") && relay_addr.contains("/p2p/12D3Koo"),
-        "{relay_addr:?}"
+        "{printed:?}"
+    );
+    assert!(
+        printed[1].starts_with("/ip4/127.0.0.1/udp/")
+            && printed[1].contains("/quic-v1/p2p/12D3Koo"),
+        "{printed:?}"
     );
 
     let mut args = vec!["run"];
@@ -64,6 +78,18 @@ fn three_nodes_find_each_other_by_uuid_through_the_relay() {
     assert_eq!(doc["fingerprint"], b_id["fingerprint"]);
     assert!(doc["seq"].as_u64().unwrap() > 0);
     assert!(doc["reach"].is_array());
+
+    // A contact URI works too, and its fingerprint is checked.
+    let uri = b_id["contact_uri"].as_str().unwrap();
+    assert_eq!(cli(dirs[2].path(), &["whois", uri, "--json"]).code, 0);
+    let wrong = format!("{}{}", &uri[..uri.len() - 4], "0000");
+    let mismatch = cli(dirs[2].path(), &["whois", &wrong]);
+    assert_eq!(mismatch.code, 1);
+    assert!(
+        mismatch.stderr.contains("fingerprint mismatch"),
+        "{}",
+        mismatch.stderr
+    );
 
     // B stops; the DHT still answers.
     assert_eq!(b.terminate(), Some(0));
@@ -272,6 +298,15 @@ fn bad_input_gets_one_clear_line_and_no_panic() {
         1,
         "corrupt",
     );
+
+    // A config file with a bad address in it.
+    let bad_addr = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad_addr.path().join("config.toml"),
+        "listen = [\"/ip4/nope\"]\n",
+    )
+    .unwrap();
+    check(&cli(bad_addr.path(), &["run"]), 1, "config.toml");
 
     // A config file with a typo.
     let typo = tempfile::tempdir().unwrap();

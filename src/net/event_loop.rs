@@ -13,7 +13,7 @@ use libp2p::{
     swarm::{dial_opts::DialOpts, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -57,6 +57,10 @@ struct PublishState {
     /// The last PUT did not reach any peer; retry when a peer connects.
     failed: bool,
     current: Option<SignedDocument>,
+    /// The reach addresses `current` was issued with.
+    reach: Vec<Multiaddr>,
+    /// When `current` was issued.
+    issued_at: Instant,
 }
 
 /// The event loop. Create with [`EventLoop::new`], run with [`EventLoop::run`].
@@ -78,12 +82,13 @@ pub struct EventLoop {
     put_limiter: RateLimiter<PeerId>,
     request_limiter: RateLimiter<PeerId>,
     rejected: BTreeMap<&'static str, u64>,
+    /// Our listen addresses (with `/p2p/`), for whoever waits for them (relay output, tests).
+    listen_watch: watch::Sender<Vec<Multiaddr>>,
 }
 
 struct PeerState {
     addr: Multiaddr,
     agent: Option<String>,
-    connections: usize,
 }
 
 impl EventLoop {
@@ -112,13 +117,31 @@ impl EventLoop {
                 backoff: Duration::from_secs(1),
                 failed: false,
                 current: None,
+                reach: Vec::new(),
+                issued_at: Instant::now(),
             },
             peers: HashMap::new(),
             nat: autonat::NatStatus::Unknown,
             put_limiter: RateLimiter::new(20, 0.5, 4096),
             request_limiter: RateLimiter::new(50, 10.0, 4096),
             rejected: BTreeMap::new(),
+            listen_watch: watch::Sender::new(Vec::new()),
         }
+    }
+
+    /// Follows our listen addresses as they are bound and expire.
+    pub(crate) fn watch_listen_addrs(&self) -> watch::Receiver<Vec<Multiaddr>> {
+        self.listen_watch.subscribe()
+    }
+
+    fn update_listen_watch(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        let addrs: Vec<Multiaddr> = self
+            .swarm
+            .listeners()
+            .map(|a| a.clone().with(Protocol::P2p(me)))
+            .collect();
+        self.listen_watch.send_replace(addrs);
     }
 
     /// Re-inserts documents remembered from before a restart into the DHT store.
@@ -263,6 +286,25 @@ impl EventLoop {
     fn publish_document(&mut self) {
         let now = unix_now();
         let reach = self.reach();
+        // A retry after a failed PUT re-sends the same document while it is still current.
+        if let Some(doc) = &self.publish.current {
+            if self.publish.failed
+                && reach == self.publish.reach
+                && self.publish.issued_at.elapsed() < REPUBLISH_EVERY
+            {
+                let record = record_for(doc, now);
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    warn!(error = ?e, "could not store our own document locally");
+                }
+                self.publish.due = Instant::now() + REPUBLISH_EVERY;
+                return;
+            }
+        }
         let Some(identity) = self.identity.as_mut() else {
             return;
         };
@@ -278,6 +320,8 @@ impl EventLoop {
         let _ = self.store.cache_document(&doc, now);
         let record = record_for(&doc, now);
         self.publish.current = Some(doc);
+        self.publish.reach = reach;
+        self.publish.issued_at = Instant::now();
         // Publish cannot fail locally except for store limits, which do not apply to our own record.
         if let Err(e) = self
             .swarm
@@ -583,23 +627,23 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let me = *self.swarm.local_peer_id();
                 info!(address = %address.clone().with(Protocol::P2p(me)), "listening");
+                self.update_listen_watch();
                 self.schedule_publish_soon();
             }
-            SwarmEvent::ExpiredListenAddr { .. }
-            | SwarmEvent::ExternalAddrConfirmed { .. }
-            | SwarmEvent::ExternalAddrExpired { .. } => {
+            SwarmEvent::ExpiredListenAddr { .. } => {
+                self.update_listen_watch();
+                self.schedule_publish_soon();
+            }
+            SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
                 self.schedule_publish_soon();
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
                 let addr = endpoint.get_remote_address().clone();
-                let state = self.peers.entry(peer_id).or_insert(PeerState {
-                    addr,
-                    agent: None,
-                    connections: 0,
-                });
-                state.connections += 1;
+                self.peers
+                    .entry(peer_id)
+                    .or_insert(PeerState { addr, agent: None });
                 if self.publish.failed {
                     self.publish.failed = false;
                     self.publish.due = Instant::now() + PUBLISH_DEBOUNCE;
@@ -625,6 +669,15 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // mDNS and inbound dials can bring any libp2p program; keep only ptpchat peers.
+                if !info.protocols.contains(&crate::verbs::PROTOCOL)
+                    && !info.protocols.contains(&KAD_PROTOCOL)
+                {
+                    self.count("foreign_peer");
+                    debug!(peer = %peer_id, agent = %info.agent_version, "disconnecting a peer that speaks no ptpchat protocol");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 if let Some(state) = self.peers.get_mut(&peer_id) {
                     state.agent = Some(info.agent_version.chars().take(128).collect());
                 }

@@ -19,7 +19,8 @@ const DIRECTORY: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("direc
 const SCHEMA_VERSION: &[u8] = b"1";
 /// File name of the database inside `<home>`.
 pub const DB_FILE: &str = "ptpchat.redb";
-/// Most documents kept in the directory cache; beyond it the oldest-expiring are dropped.
+/// Most documents kept in the directory cache; when full, documents for new UUIDs are not
+/// cached (held ones are still updated), so a flood of identities cannot evict known ones.
 pub const MAX_CACHED_DOCUMENTS: usize = 10_000;
 
 /// Why the store could not do what was asked.
