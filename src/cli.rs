@@ -463,18 +463,24 @@ fn pick(
 /// Runs a node in the foreground until SIGINT or SIGTERM.
 async fn run(config: NodeConfig) -> Result<(), CliError> {
     let mode = config.mode;
-    let node = node::start(config)
+    let mut node = node::start(config)
         .await
         .map_err(|e| CliError::new(exit::ERROR, e))?;
     let printer =
         (mode == Mode::Relay).then(|| tokio::spawn(print_listen_addrs(node.watch_listen_addrs())));
-    wait_for_signal().await;
+    let failure = tokio::select! {
+        _ = wait_for_signal() => None,
+        why = node.stopped() => Some(why),
+    };
     if let Some(p) = printer {
         p.abort();
     }
     tracing::info!("stopping");
     node.shutdown().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(why) => Err(CliError::new(exit::ERROR, why)),
+    }
 }
 
 /// Prints each listen address (with `/p2p/`) once, as soon as it is bound: operators paste

@@ -14,6 +14,8 @@ use crate::net::{Client, Status};
 
 /// Longest request head read from a scraper.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Most scrapes served at once.
+const MAX_SCRAPERS: usize = 8;
 /// How long a scraper may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -25,9 +27,19 @@ pub async fn serve(
 ) -> std::io::Result<(JoinHandle<()>, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
                 continue;
             };
             let client = client.clone();
@@ -35,6 +47,7 @@ pub async fn serve(
                 if let Err(e) = answer(stream, client).await {
                     debug!(error = %e, "metrics request failed");
                 }
+                drop(permit);
             });
         }
     });

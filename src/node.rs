@@ -89,7 +89,8 @@ pub struct RunningNode {
     /// The metrics endpoint, when one was asked for.
     pub metrics_addr: Option<std::net::SocketAddr>,
     listen: watch::Receiver<Vec<Multiaddr>>,
-    event_loop: JoinHandle<()>,
+    /// `None` once it has been awaited (see [`RunningNode::stopped`]).
+    event_loop: Option<JoinHandle<()>>,
     control: Option<ControlServer>,
     metrics: Option<JoinHandle<()>>,
 }
@@ -104,8 +105,24 @@ impl RunningNode {
             metrics.abort();
             let _ = metrics.await;
         }
-        self.event_loop.abort();
-        let _ = self.event_loop.await;
+        if let Some(event_loop) = self.event_loop {
+            event_loop.abort();
+            let _ = event_loop.await;
+        }
+    }
+
+    /// Resolves if the event loop ends on its own, which only a bug can cause; the
+    /// returned text says how it ended. Pending forever while the node runs.
+    pub async fn stopped(&mut self) -> String {
+        let Some(event_loop) = self.event_loop.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = event_loop.await;
+        self.event_loop = None;
+        match result {
+            Ok(()) => "the event loop stopped".into(),
+            Err(e) => format!("the event loop failed: {e}"),
+        }
     }
 
     /// Waits until the node listens on at least one address and returns them with `/p2p/`.
@@ -214,7 +231,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         id,
         metrics_addr,
         listen,
-        event_loop,
+        event_loop: Some(event_loop),
         control,
         metrics,
     })

@@ -54,7 +54,17 @@ impl ControlServer {
 
 async fn accept_loop(listener: UnixListener, client: Client, id: Option<IdInfo>) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
-    let my_uid = own_uid();
+    // The node's owner is whoever owns its home directory (created by us, 0700).
+    let my_uid = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| {
+            a.as_pathname()
+                .and_then(|p| p.parent())
+                .map(|p| p.to_path_buf())
+        })
+        .and_then(|home| std::fs::metadata(home).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -65,9 +75,13 @@ async fn accept_loop(listener: UnixListener, client: Client, id: Option<IdInfo>)
             }
         };
         match stream.peer_cred() {
-            Ok(cred) if cred.uid() == my_uid => {}
-            _ => {
-                warn!("refused a control connection from another user");
+            Ok(cred) if Some(cred.uid()) == my_uid => {}
+            Ok(cred) => {
+                warn!(uid = cred.uid(), owner = ?my_uid, "refused a control connection from another user");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "refused a control connection: cannot read its credentials");
                 continue;
             }
         }
@@ -84,14 +98,6 @@ async fn accept_loop(listener: UnixListener, client: Client, id: Option<IdInfo>)
             drop(permit);
         });
     }
-}
-
-/// The uid of this process, read from /proc so no `unsafe` libc call is needed.
-fn own_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX)
 }
 
 async fn serve(stream: UnixStream, client: Client, id: Option<IdInfo>) -> std::io::Result<()> {

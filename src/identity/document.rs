@@ -165,7 +165,7 @@ pub enum DocumentError {
     StaleSeq { held: u64, new: u64 },
     #[error("a different document with the same seq {0} is already held")]
     ConflictingSeq(u64),
-    #[error("key chain does not extend the one already held (forked or rolled back)")]
+    #[error("key chain does not extend the one already held (signed by a retired key, or forked)")]
     ForkedChain,
 }
 
@@ -203,6 +203,27 @@ fn verify(key: &VerifyingKey, msg: &[u8], sig: &[u8; 64]) -> bool {
     key.verify_strict(msg, &Signature::from_bytes(sig)).is_ok()
 }
 
+/// Verifies a key chain from the genesis key and returns its last key.
+pub(crate) fn verify_chain(
+    uuid: &Uuid,
+    genesis: &[u8; 32],
+    chain: &[KeyLink],
+) -> Result<VerifyingKey, DocumentError> {
+    if chain.len() > MAX_CHAIN_LINKS {
+        return Err(DocumentError::ChainTooLong);
+    }
+    let mut signer = verifying_key(genesis, "genesis_key")?;
+    for (i, link) in chain.iter().enumerate() {
+        let next = verifying_key(&link.key, "key_chain").map_err(|_| DocumentError::BadChain(i))?;
+        let msg = KeyLink::signed_bytes(uuid, i as u32, &link.key);
+        if !verify(&signer, &msg, &link.sig) {
+            return Err(DocumentError::BadChain(i));
+        }
+        signer = next;
+    }
+    Ok(signer)
+}
+
 impl SignedDocument {
     /// Signs `doc` with `signing` (which must be the document's current key).
     pub(crate) fn sign(doc: IdentityDocument, signing: &ed25519_dalek::SigningKey) -> Self {
@@ -236,16 +257,7 @@ impl SignedDocument {
         if doc.key_chain.len() > MAX_CHAIN_LINKS {
             return Err(DocumentError::ChainTooLong);
         }
-        let mut signer = verifying_key(&doc.genesis_key, "genesis_key")?;
-        for (i, link) in doc.key_chain.iter().enumerate() {
-            let next =
-                verifying_key(&link.key, "key_chain").map_err(|_| DocumentError::BadChain(i))?;
-            let msg = KeyLink::signed_bytes(&uuid, i as u32, &link.key);
-            if !verify(&signer, &msg, &link.sig) {
-                return Err(DocumentError::BadChain(i));
-            }
-            signer = next;
-        }
+        let signer = verify_chain(&uuid, &doc.genesis_key, &doc.key_chain)?;
         if signer.to_bytes() != doc.current_key {
             return Err(DocumentError::BadChain(doc.key_chain.len()));
         }
@@ -280,6 +292,11 @@ impl SignedDocument {
         {
             return Err(DocumentError::BadValidity);
         }
+        // seq counts milliseconds at most up to the issue time (plus skew), so nobody can
+        // claim a seq that freezes out every later document.
+        if doc.seq > (doc.issued + MAX_CLOCK_SKEW_SECS).saturating_mul(1000) {
+            return Err(DocumentError::BadValidity);
+        }
         if doc.expires <= now {
             return Err(DocumentError::Expired);
         }
@@ -301,9 +318,14 @@ impl SignedDocument {
         Ok(d)
     }
 
-    /// Whether this document may replace `held` (a verified document for the same UUID):
-    /// seq not lower, same seq only for the identical document, and the key chain must
-    /// extend the held one, so a stolen retired key cannot fork the identity.
+    /// Whether this document may replace `held` (a verified document for the same UUID).
+    /// The key chain decides first, so a rotation always wins over documents signed by a
+    /// retired key, whatever seq those claim:
+    /// - a chain that strictly extends the held one replaces it;
+    /// - an older chain (the held one extends it) or a diverging one (a fork made with a
+    ///   stolen retired key) never does;
+    /// - with equal chains, a higher seq replaces; the same seq only for the same content.
+    ///
     /// Returns `Ok(true)` if it is new, `Ok(false)` if it is the one already held.
     pub fn may_replace(&self, held: &SignedDocument) -> Result<bool, DocumentError> {
         if held.doc.uuid != self.doc.uuid {
@@ -312,6 +334,14 @@ impl SignedDocument {
                 found: self.doc.uuid(),
             });
         }
+        let (new, old) = (&self.doc.key_chain, &held.doc.key_chain);
+        if new != old {
+            return if new.len() > old.len() && new.starts_with(old) {
+                Ok(true)
+            } else {
+                Err(DocumentError::ForkedChain)
+            };
+        }
         if self.doc.seq < held.doc.seq {
             return Err(DocumentError::StaleSeq {
                 held: held.doc.seq,
@@ -319,14 +349,11 @@ impl SignedDocument {
             });
         }
         if self.doc.seq == held.doc.seq {
-            return if self.bytes == held.bytes {
+            return if self.doc == held.doc {
                 Ok(false)
             } else {
                 Err(DocumentError::ConflictingSeq(self.doc.seq))
             };
-        }
-        if !self.doc.key_chain.starts_with(&held.doc.key_chain) {
-            return Err(DocumentError::ForkedChain);
         }
         Ok(true)
     }

@@ -239,9 +239,10 @@ impl Identity {
     pub fn libp2p_keypair(&self) -> libp2p::identity::Keypair {
         let secret = Zeroizing::new(self.signing.to_bytes());
         let mut bytes = *secret;
-        // `ed25519_from_bytes` zeroizes the buffer it is given; a 32-byte secret is always valid.
+        // `ed25519_from_bytes` zeroizes the buffer it is given. It only fails for a wrong length,
+        // which a `[u8; 32]` cannot have, so a failure here is a bug, not bad input.
         libp2p::identity::Keypair::ed25519_from_bytes(&mut bytes)
-            .unwrap_or_else(|_| libp2p::identity::Keypair::generate_ed25519())
+            .expect("any 32 bytes are a valid ed25519 secret key")
     }
 
     /// The PeerId of the current identity key.
@@ -309,7 +310,8 @@ impl Identity {
     /// Issues a new signed document with a higher seq. The seq is at least the current time
     /// in milliseconds, so a document issued after restoring an old backup still supersedes.
     pub fn issue_document(&mut self, reach: &[Multiaddr], now: u64) -> SignedDocument {
-        self.seq = (self.seq + 1).max(now.saturating_mul(1000));
+        // At least the issue time in ms, and never beyond what verifiers accept for it.
+        self.seq = self.seq.saturating_add(1).max(now.saturating_mul(1000));
         let uuid = self.uuid();
         let enc_key = self.encryption_public();
         let enc_sig = self.sign(&IdentityDocument::enc_signed_bytes(&uuid, &enc_key));
@@ -355,12 +357,17 @@ impl Identity {
         if s.v != 1 {
             return Err(IdentityError::Corrupt(format!("unknown version {}", s.v)));
         }
-        if s.enc_keys.is_empty() {
-            return Err(IdentityError::Corrupt("no encryption key".into()));
+        if s.enc_keys.first().is_none_or(|k| k.retired.is_some()) {
+            return Err(IdentityError::Corrupt("no current encryption key".into()));
         }
         let signing = SigningKey::from_bytes(&s.signing_key);
-        let tip = s.key_chain.last().map(|l| l.key).unwrap_or(s.genesis_key);
-        if signing.verifying_key().to_bytes() != tip {
+        let tip = document::verify_chain(
+            &uuid_from_genesis(&s.genesis_key),
+            &s.genesis_key,
+            &s.key_chain,
+        )
+        .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
+        if signing.verifying_key() != tip {
             return Err(IdentityError::Corrupt(
                 "signing key does not match the key chain".into(),
             ));

@@ -212,3 +212,47 @@ fn fingerprints_and_contact_uris_parse() {
     assert!(parse_contact("ptpchat:1234").is_err());
     assert!(qr_code(&uri).unwrap().lines().count() > 10);
 }
+
+#[test]
+fn a_rotation_beats_a_thief_with_the_retired_key_in_either_order() {
+    let mut id = Identity::generate(NOW);
+    let uuid = id.uuid();
+    let genesis_secret = id.signing.to_bytes();
+    // The thief holds the genesis key and issues a document claiming a far higher seq.
+    let mut thief = Identity::from_secret_keys(genesis_secret, [9; 32], NOW);
+    thief.seq = (NOW + 500) * 1000;
+    let stolen = thief.issue_document(&[], NOW + 1);
+    let stolen = SignedDocument::decode_for(stolen.bytes(), &uuid, NOW + 1).unwrap();
+    id.rotate_identity_key().unwrap();
+    let rotated = id.issue_document(&[], NOW + 2);
+    assert!(rotated.doc().seq < stolen.doc().seq);
+    // Held: the thief's. New: the rotation. The chain decides, not the seq.
+    assert_eq!(rotated.may_replace(&stolen), Ok(true));
+    // And the other way round the stolen key cannot roll the identity back.
+    assert_eq!(
+        stolen.may_replace(&rotated),
+        Err(DocumentError::ForkedChain)
+    );
+}
+
+#[test]
+fn a_seq_beyond_the_issue_time_is_refused() {
+    let mut id = Identity::generate(NOW);
+    id.seq = u64::MAX - 10;
+    let doc = id.issue_document(&[], NOW);
+    assert_eq!(
+        SignedDocument::decode(doc.bytes(), NOW),
+        Err(DocumentError::BadValidity)
+    );
+}
+
+#[test]
+fn stored_identity_with_a_broken_chain_or_no_current_key_is_corrupt() {
+    let mut id = Identity::generate(NOW);
+    id.rotate_identity_key().unwrap();
+    id.key_chain[0].sig[3] ^= 1;
+    assert!(Identity::from_bytes(&id.to_bytes()).is_err());
+    let mut id = Identity::generate(NOW);
+    id.enc_keys[0].retired = Some(NOW);
+    assert!(Identity::from_bytes(&id.to_bytes()).is_err());
+}

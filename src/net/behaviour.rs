@@ -22,6 +22,7 @@ pub const MAX_DHT_RECORDS: usize = 20_000;
 pub const MAX_CONNECTIONS: u32 = 1_024;
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 pub const MAX_PENDING_INCOMING: u32 = 128;
+pub const MAX_PENDING_OUTGOING: u32 = 64;
 
 /// The identify agent version: `ptpchat/<crate version>`.
 pub fn agent_version() -> String {
@@ -73,7 +74,8 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
                 connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(MAX_CONNECTIONS))
                     .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
-                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                    .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING)),
             );
 
             let relay_server = (mode == Mode::Relay)
@@ -99,7 +101,8 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
                 peer_id,
                 kad::store::MemoryStoreConfig {
                     max_records: MAX_DHT_RECORDS,
-                    max_value_bytes: MAX_DOCUMENT_BYTES,
+                    // The store refuses values of this size or more.
+                    max_value_bytes: MAX_DOCUMENT_BYTES + 1,
                     max_providers_per_key: kad::K_VALUE.get(),
                     max_provided_keys: 1024,
                 },

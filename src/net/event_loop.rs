@@ -317,6 +317,12 @@ impl EventLoop {
             self.publish.due = Instant::now() + self.publish.backoff;
             return;
         }
+        // Check our own document as every other node will: a clock far off, a corrupt
+        // chain or an over-long one would otherwise fail silently everywhere else.
+        if let Err(e) = SignedDocument::decode_for(doc.bytes(), &doc.doc().uuid(), now) {
+            self.count("own_document_invalid");
+            tracing::error!(error = %e, "our own identity document does not verify; peers will refuse it (is the clock right?)");
+        }
         let _ = self.store.cache_document(&doc, now);
         let record = record_for(&doc, now);
         self.publish.current = Some(doc);
@@ -456,6 +462,14 @@ impl EventLoop {
     /// Checks a record a peer asked us to store and stores it if it is a valid document
     /// that may replace what we hold.
     fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
+        use libp2p::kad::store::RecordStore;
+        // Kademlia re-replicates what it holds every hour: a copy of what we already have
+        // costs nothing and must not eat the sender's allowance.
+        if let Some(held) = self.swarm.behaviour_mut().kad.store_mut().get(&record.key) {
+            if held.value == record.value {
+                return;
+            }
+        }
         if !self.put_limiter.allow(&source, Instant::now()) {
             self.count("dht_put_rate_limited");
             return;
@@ -503,29 +517,18 @@ impl EventLoop {
             }
         }
         if let Err(e) = store.put(record_for(doc, now)) {
-            debug!(error = ?e, "DHT store full");
+            self.count("dht_store_full");
+            warn!(error = ?e, "DHT store full; record not kept");
             return Ok(false);
         }
         Ok(true)
     }
 
-    fn on_inbound_provider(&mut self, source: PeerId, record: kad::ProviderRecord) {
-        use libp2p::kad::store::RecordStore;
-        // Only channel keys, and only a peer announcing itself.
-        if record.provider != source || !record.key.as_ref().starts_with(b"/ptpchat/channel/") {
-            self.count("dht_provider_rejected");
-            return;
-        }
-        if !self.put_limiter.allow(&source, Instant::now()) {
-            self.count("dht_put_rate_limited");
-            return;
-        }
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .store_mut()
-            .add_provider(record);
+    /// Provider records are for channel membership, which has no validation yet: none is
+    /// stored, so strangers cannot fill the provider store.
+    fn on_inbound_provider(&mut self, source: PeerId) {
+        self.count("dht_provider_rejected");
+        debug!(peer = %source, "refused a provider record");
     }
 
     // ---- verbs ----
@@ -654,9 +657,8 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
+                // Rate-limit buckets are kept (bounded): reconnecting must not refill them.
                 self.peers.remove(&peer_id);
-                self.put_limiter.forget(&peer_id);
-                self.request_limiter.forget(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, error = %error, "dial failed");
@@ -739,10 +741,7 @@ impl EventLoop {
                 kad::InboundRequest::AddProvider {
                     record: Some(record),
                     ..
-                } => {
-                    let source = record.provider;
-                    self.on_inbound_provider(source, record)
-                }
+                } => self.on_inbound_provider(record.provider),
                 _ => {}
             },
             kad::Event::OutboundQueryProgressed {

@@ -44,11 +44,6 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             false
         }
     }
-
-    /// Drops the state for `key` (e.g. when the peer disconnects).
-    pub fn forget(&mut self, key: &K) {
-        self.buckets.remove(key);
-    }
 }
 
 #[cfg(test)]
