@@ -75,8 +75,21 @@ pub async fn socket_is_live(socket: &Path) -> bool {
     UnixStream::connect(socket).await.is_ok()
 }
 
+/// How long a client waits for the node's answer (a `whois` takes at most about 20 s).
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Sends one request to the node for `home` and reads its answer.
 pub async fn request(home: &Path, req: &ControlRequest) -> Result<ControlResponse, ClientError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, request_now(home, req)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ClientError::BadAnswer(format!(
+            "no answer within {} s; the node may be stuck",
+            ANSWER_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+async fn request_now(home: &Path, req: &ControlRequest) -> Result<ControlResponse, ClientError> {
     let socket = crate::config::socket_path(home);
     let mut stream = match UnixStream::connect(&socket).await {
         Ok(s) => s,
