@@ -293,15 +293,7 @@ impl EventLoop {
                 && self.publish.issued_at.elapsed() < REPUBLISH_EVERY
             {
                 let record = record_for(doc, now);
-                if let Err(e) = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .put_record(record, kad::Quorum::One)
-                {
-                    warn!(error = ?e, "could not store our own document locally");
-                }
-                self.publish.due = Instant::now() + REPUBLISH_EVERY;
+                self.put_own_record(record);
                 return;
             }
         }
@@ -328,7 +320,13 @@ impl EventLoop {
         self.publish.current = Some(doc);
         self.publish.reach = reach;
         self.publish.issued_at = Instant::now();
-        // Publish cannot fail locally except for store limits, which do not apply to our own record.
+        self.put_own_record(record);
+    }
+
+    /// Sends our document to the DHT and schedules the next regular re-issue (a failed PUT
+    /// brings it forward, see the PutRecord result handling).
+    fn put_own_record(&mut self, record: kad::Record) {
+        // Only store limits can fail locally, and they do not apply to our own record.
         if let Err(e) = self
             .swarm
             .behaviour_mut()
