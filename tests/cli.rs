@@ -26,7 +26,7 @@ fn until_ok(home: &std::path::Path, args: &[&str]) -> common::Run {
 
 #[test]
 fn three_nodes_find_each_other_by_uuid_through_the_relay() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut relay = Daemon::spawn(
         dirs[0].path(),
         &[
@@ -97,7 +97,10 @@ fn three_nodes_find_each_other_by_uuid_through_the_relay() {
         !dirs[1].path().join("ptpchat.sock").exists(),
         "socket removed on clean exit"
     );
-    let again = cli(dirs[2].path(), &["whois", &uuid, "--json"]);
+    // A node started only now, which never met B, finds it in the DHT (not in a cache).
+    let d = Daemon::spawn(dirs[3].path(), &args);
+    d.wait_ready();
+    let again = until_ok(dirs[3].path(), &["whois", &uuid, "--json"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.json()["peer_id"], b_id["peer_id"]);
 

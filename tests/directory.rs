@@ -39,6 +39,22 @@ async fn rejected(node: &RunningNode, what: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A relay, and a user node bootstrapped from it whose document the relay already holds.
+async fn relay_holding_a_user(
+    relay_home: &std::path::Path,
+    user_home: &std::path::Path,
+) -> (RunningNode, Multiaddr, RunningNode, Uuid) {
+    let a = start(Mode::Relay, relay_home, &[]).await;
+    let a_addr = first_addr(&a).await;
+    let b = start(Mode::User, user_home, std::slice::from_ref(&a_addr)).await;
+    let b_uuid = b.id.clone().unwrap().uuid;
+    eventually(WAIT, "the relay to hold B's document", || async {
+        a.client.whois(b_uuid).await.ok()
+    })
+    .await;
+    (a, a_addr, b, b_uuid)
+}
+
 /// Waits until `node` has published its document to at least one DHT peer.
 async fn wait_published(
     lookup_from: &RunningNode,
@@ -240,17 +256,9 @@ async fn the_dht_refuses_forged_stale_expired_and_oversized_documents() {
 #[tokio::test]
 async fn a_peer_answering_lookups_with_garbage_does_not_stop_the_valid_answer() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(Mode::Relay, dirs[0].path(), &[]).await;
-    let a_addr = first_addr(&a).await;
-    let b = start(Mode::User, dirs[1].path(), std::slice::from_ref(&a_addr)).await;
-    let b_uuid = b.id.clone().unwrap().uuid;
-    // Wait until the relay holds B's document.
-    eventually(WAIT, "the relay to hold B's document", || async {
-        a.client.whois(b_uuid).await.ok()
-    })
-    .await;
+    let (a, a_addr, b, b_uuid) = relay_holding_a_user(dirs[0].path(), dirs[1].path()).await;
 
-    // The evil peer holds a well-formed document of someone else, and garbage, under B's key.
+    // The evil peer serves a well-formed, validly signed document of someone else under B's key.
     let mut evil = evil_swarm();
     let evil_addr = evil_listen_addr(&mut evil).await;
     let mut other = Identity::generate(unix_now());
@@ -348,14 +356,7 @@ async fn getcertificate_fetches_a_document_straight_from_a_peer() {
 #[tokio::test]
 async fn documents_held_by_a_relay_survive_its_restart() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(Mode::Relay, dirs[0].path(), &[]).await;
-    let a_addr = first_addr(&a).await;
-    let b = start(Mode::User, dirs[1].path(), std::slice::from_ref(&a_addr)).await;
-    let b_uuid = b.id.clone().unwrap().uuid;
-    eventually(WAIT, "the relay to hold B's document", || async {
-        a.client.whois(b_uuid).await.ok()
-    })
-    .await;
+    let (a, a_addr, b, b_uuid) = relay_holding_a_user(dirs[0].path(), dirs[1].path()).await;
     b.shutdown().await;
     a.shutdown().await;
 

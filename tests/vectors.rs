@@ -176,39 +176,26 @@ fn verbs_vectors() {
     for (name, bytes) in &cases {
         assert_eq!(&hex::decode(&v[*name]["cbor"]).unwrap(), bytes, "{name}");
     }
-    let req: Request = cbor::from_slice(
-        &hex::decode(&v["getcertificate-request"]["cbor"]).unwrap(),
-        MAX_REQUEST_BYTES,
-    )
-    .unwrap();
+    let decode_req = |name: &str| -> Request {
+        cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), MAX_REQUEST_BYTES).unwrap()
+    };
+    let decode_resp = |name: &str| -> Response {
+        cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), MAX_RESPONSE_BYTES).unwrap()
+    };
     assert_eq!(
-        req,
+        decode_req("getcertificate-request"),
         Request::GetCertificate {
             uuid: *uuid.as_bytes()
         }
     );
-    let resp: Response = cbor::from_slice(
-        &hex::decode(&v["nack-response"]["cbor"]).unwrap(),
-        MAX_RESPONSE_BYTES,
-    )
-    .unwrap();
     assert_eq!(
-        resp,
+        decode_resp("nack-response"),
         Response::Nack {
             reason: "malformed".into()
         }
     );
-    let resp: Response = cbor::from_slice(
-        &hex::decode(&v["notfound-response"]["cbor"]).unwrap(),
-        MAX_RESPONSE_BYTES,
-    )
-    .unwrap();
-    assert_eq!(resp, Response::NotFound);
-    let Response::Certificate { doc: d } = cbor::from_slice(
-        &hex::decode(&v["certificate-response"]["cbor"]).unwrap(),
-        MAX_RESPONSE_BYTES,
-    )
-    .unwrap() else {
+    assert_eq!(decode_resp("notfound-response"), Response::NotFound);
+    let Response::Certificate { doc: d } = decode_resp("certificate-response") else {
         panic!("not a certificate");
     };
     assert!(SignedDocument::decode_for(&d, &uuid, NOW).is_ok());
