@@ -14,11 +14,15 @@ use crate::identity::{parse_contact, qr_code, SignedDocument};
 use crate::node::{self, IdInfo};
 use crate::store::Store;
 
+mod messages;
+pub use messages::ContactsCommand;
+
 /// Exit codes (CLI.md).
 pub mod exit {
     pub const OK: i32 = 0;
     pub const ERROR: i32 = 1;
     pub const USAGE: i32 = 2;
+    pub const QUEUED: i32 = 3;
     pub const NOT_FOUND: i32 = 4;
 }
 
@@ -88,6 +92,46 @@ pub enum Command {
         /// The UUID (or a ptpchat: contact URI)
         uuid: String,
     },
+    /// Send a direct message; exit 0 once the recipient ACKed, 3 if queued for later, 1 if refused
+    #[command(
+        after_help = "Examples:\n  ptpchat send bob \"hello\"\n  echo hi | ptpchat send 0b7e3f0c-1d2a-8c4e-9f00-1234567890ab -\n  ptpchat send bob \"the report\" --attach report.pdf --json"
+    )]
+    Send {
+        /// A UUID, ptpchat: URI or contact name
+        to: String,
+        /// The text; `-` or nothing reads it from stdin
+        text: Option<String>,
+        /// A file to send along (repeatable)
+        #[arg(long, value_name = "FILE")]
+        attach: Vec<PathBuf>,
+        /// Seconds to wait for the ACK before answering "queued" (exit 3)
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Print received messages, oldest first; --follow keeps streaming new ones
+    #[command(
+        after_help = "Examples:\n  ptpchat recv\n  ptpchat recv --follow --json\n  ptpchat recv --since 5f0c…   # only what came after that message"
+    )]
+    Recv {
+        /// Keep running and print messages as they arrive
+        #[arg(long)]
+        follow: bool,
+        /// Only messages received after this msg_id
+        #[arg(long, value_name = "MSG_ID")]
+        since: Option<String>,
+        /// Only messages of this channel
+        #[arg(long, value_name = "CH")]
+        channel: Option<String>,
+    },
+    /// Show the stored conversation, both directions (with one contact or UUID, or all)
+    #[command(after_help = "Examples:\n  ptpchat history bob\n  ptpchat history --json")]
+    History {
+        /// A contact name or UUID
+        with: Option<String>,
+    },
+    /// Manage contacts: names for UUIDs, with pinned keys
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +151,9 @@ pub struct RunArgs {
     /// Publish direct addresses and serve the DHT (only if this host is publicly reachable)
     #[arg(long)]
     pub public: bool,
+    /// Largest attachment sent or accepted, in bytes (default 16 MiB)
+    #[arg(long, value_name = "BYTES")]
+    pub max_attachment: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +182,14 @@ impl CliError {
         CliError {
             code,
             message: message.to_string(),
+        }
+    }
+
+    /// An exit code with nothing more to say (the output already said it).
+    pub fn silent(code: i32) -> Self {
+        CliError {
+            code,
+            message: String::new(),
         }
     }
 }
@@ -258,7 +313,28 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Send {
+            to,
+            text,
+            attach,
+            timeout,
+        } => messages::send(&home, json, to, text, attach, timeout).await,
+        Command::Recv {
+            follow,
+            since,
+            channel,
+        } => messages::recv(&home, json, follow, since, channel).await,
+        Command::History { with } => messages::history(&home, json, with).await,
+        Command::Contacts(cmd) => messages::contacts(&home, json, cmd).await,
     }
+}
+
+/// Sends a request to the running node and returns its whole answer.
+async fn ask_full(
+    home: &std::path::Path,
+    req: ControlRequest,
+) -> Result<control::ControlResponse, CliError> {
+    Ok(control::request(home, &req).await?)
 }
 
 /// Sends a request to the running node; a refusal becomes the CLI error it names.
@@ -410,6 +486,9 @@ pub fn node_config_for_run(home: PathBuf, args: RunArgs) -> Result<NodeConfig, C
     cfg.relays = pick(args.relay, file.relay, "--relay")?.unwrap_or_default();
     cfg.mdns = !args.no_mdns && file.mdns.unwrap_or(true);
     cfg.public = args.public || file.public.unwrap_or(false);
+    if let Some(max) = args.max_attachment.or(file.max_attachment_bytes) {
+        cfg.max_attachment = max;
+    }
     Ok(cfg)
 }
 

@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// Serve the control socket (tests of in-process nodes may turn it off).
     pub control_socket: bool,
+    /// Largest attachment sent or accepted, in bytes.
+    pub max_attachment: u64,
 }
 
 impl NodeConfig {
@@ -52,6 +54,7 @@ impl NodeConfig {
             public: false,
             metrics: None,
             control_socket: true,
+            max_attachment: crate::messaging::envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
         }
     }
 
@@ -100,6 +103,7 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     pub public: Option<bool>,
     pub metrics: Option<String>,
+    pub max_attachment_bytes: Option<u64>,
 }
 
 /// Why the configuration is unusable.

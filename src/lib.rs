@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod identity;
+pub mod messaging;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -31,7 +31,9 @@ fn main() {
     let code = match runtime.block_on(cli::execute(cli)) {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("ptpchat: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("ptpchat: {}", e.message);
+            }
             e.code
         }
     };

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::config::{Mode, NodeConfig, DEFAULT_PORT};
 use crate::control::ControlServer;
 use crate::identity::{contact_uri, Identity};
+use crate::messaging::{Counters, Messenger, MessagingConfig};
 use crate::net::{build_swarm, BuildError, Client, EventLoop, COMMAND_CAPACITY};
 use crate::store::{Store, StoreError};
 
@@ -88,6 +89,8 @@ pub struct RunningNode {
     pub id: Option<IdInfo>,
     /// The metrics endpoint, when one was asked for.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Direct messages (user nodes).
+    pub messenger: Option<Messenger>,
     listen: watch::Receiver<Vec<Multiaddr>>,
     /// `None` once it has been awaited (see [`RunningNode::stopped`]).
     event_loop: Option<JoinHandle<()>>,
@@ -100,6 +103,9 @@ impl RunningNode {
     pub async fn shutdown(self) {
         if let Some(control) = self.control {
             control.shutdown().await;
+        }
+        if let Some(messenger) = self.messenger {
+            messenger.shutdown().await;
         }
         if let Some(metrics) = self.metrics {
             metrics.abort();
@@ -191,7 +197,18 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let client = Client::new(tx);
     let identity = (config.mode == Mode::User).then_some(identity);
-    let mut event_loop = EventLoop::new(swarm, rx, store, identity, &config);
+    let counters = Counters::default();
+    let (hooks, messaging_channels) = crate::messaging::channels();
+    let hooks = (config.mode == Mode::User).then_some(hooks);
+    let mut event_loop = EventLoop::new(
+        swarm,
+        rx,
+        store.clone(),
+        identity,
+        &config,
+        counters.clone(),
+        hooks,
+    );
     event_loop.seed_dht_from_store();
     for addr in config.bootstrap.iter().chain(config.relays.iter()) {
         if let Err(e) = event_loop.dial(addr.clone()) {
@@ -201,6 +218,19 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     event_loop.bootstrap_dht();
     let listen = event_loop.watch_listen_addrs();
     let event_loop = tokio::spawn(event_loop.run());
+    let messenger = match config.mode {
+        Mode::User => Some(Messenger::start(
+            MessagingConfig {
+                home: config.home.clone(),
+                max_attachment: config.max_attachment,
+            },
+            store,
+            client.clone(),
+            messaging_channels,
+            counters,
+        )?),
+        Mode::Relay => None,
+    };
 
     let (metrics, metrics_addr) = match config.metrics {
         Some(addr) => {
@@ -215,7 +245,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
 
     let control = if config.control_socket {
         Some(
-            ControlServer::bind(&socket, client.clone(), id.clone())
+            ControlServer::bind(&socket, client.clone(), id.clone(), messenger.clone())
                 .await
                 .map_err(|source| StartError::Control {
                     path: socket,
@@ -232,6 +262,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         metrics_addr,
         listen,
         event_loop: Some(event_loop),
+        messenger,
         control,
         metrics,
     })

@@ -10,8 +10,10 @@ use crate::cbor;
 
 /// The protocol name on the wire.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ptpchat/verbs/1");
-/// Largest request accepted.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest request accepted (a batch of messages or one attachment chunk).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024 + 4096;
+/// Most messages in one MESSAGE request.
+pub const MAX_BATCH: usize = 64;
 /// Largest response accepted.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -22,6 +24,19 @@ pub enum Request {
     GetCertificate {
         #[serde(with = "serde_bytes")]
         uuid: [u8; 16],
+    },
+    /// MESSAGE: one or more sealed messages for the receiving node's user (at most
+    /// [`MAX_BATCH`]). Answered with [`Response::Outcomes`], one per message, in order.
+    Message { sealed: Vec<serde_bytes::ByteBuf> },
+    /// CHUNK: part of an attachment of a message the receiver asked for with
+    /// [`Outcome::Need`]. Answered with [`Response::Outcomes`] holding one outcome.
+    Chunk {
+        #[serde(with = "serde_bytes")]
+        msg_id: [u8; 16],
+        attachment: u32,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
     /// Not sent: what an undecodable request becomes on the receiving side.
     #[serde(skip)]
@@ -40,6 +55,20 @@ pub enum Response {
     NotFound,
     /// The request was refused; `reason` is a short stable word (see protocols/verbs.md).
     Nack { reason: String },
+    /// The fate of each message of a MESSAGE (or of the message a CHUNK belongs to).
+    Outcomes { outcomes: Vec<Outcome> },
+}
+
+/// What the receiver did with one message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// ACK: the message is durably stored (or was already).
+    Ack,
+    /// NACK: refused for good; `reason` is a stable word.
+    Nack { reason: String },
+    /// The message is accepted but its attachments are not all here: send attachment
+    /// number `attachment` from byte `offset`.
+    Need { attachment: u32, offset: u64 },
 }
 
 /// The request-response codec with our size and depth limits.

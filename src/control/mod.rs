@@ -3,7 +3,10 @@
 //! (specified in `protocols/control.md`). The socket is mode 0600 inside a 0700 home, and
 //! connections from other users are refused even if permissions are loosened.
 
+mod messages;
 mod server;
+
+pub use messages::{rfc3339, ContactView, MessageView};
 
 pub use server::ControlServer;
 
@@ -25,6 +28,31 @@ pub enum ControlRequest {
     Id,
     Whois { uuid: String },
     Dial { addr: String },
+    /// Send a direct message; answered once ACKed, refused, or `timeout_ms` passed.
+    Send {
+        to: String,
+        text: String,
+        #[serde(default)]
+        attach: Vec<String>,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Received messages after `since` (a msg_id); with `follow`, then new ones as they come.
+    Recv {
+        #[serde(default)]
+        since: Option<String>,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// The stored conversation, both directions, optionally with one contact or UUID.
+    History {
+        #[serde(default)]
+        with: Option<String>,
+    },
+    ContactsAdd { name: String, target: String },
+    ContactsList,
+    ContactsVerify { name: String, fingerprint: String },
+    ContactsRm { name: String },
 }
 
 /// The answer: `ok` with `data`, or an `error` with the exit `code` the CLI should use.
@@ -37,6 +65,12 @@ pub struct ControlResponse {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,
+    /// Ends a stream of results (`recv`, `history`, `contacts list`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
+    /// Something the user must see (on stderr), e.g. a contact's key changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl ControlResponse {
@@ -46,6 +80,20 @@ impl ControlResponse {
             data: Some(serde_json::to_value(data).unwrap_or(serde_json::Value::Null)),
             error: None,
             code: None,
+            done: false,
+            warning: None,
+        }
+    }
+
+    /// The end of a stream.
+    pub fn done() -> Self {
+        ControlResponse {
+            ok: true,
+            data: None,
+            error: None,
+            code: None,
+            done: true,
+            warning: None,
         }
     }
 
@@ -55,6 +103,8 @@ impl ControlResponse {
             data: None,
             error: Some(error.into()),
             code: Some(code),
+            done: false,
+            warning: None,
         }
     }
 }
@@ -78,18 +128,37 @@ pub async fn socket_is_live(socket: &Path) -> bool {
 /// How long a client waits for the node's answer (a `whois` takes at most about 20 s).
 pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Sends one request to the node for `home` and reads its answer.
-pub async fn request(home: &Path, req: &ControlRequest) -> Result<ControlResponse, ClientError> {
-    match tokio::time::timeout(ANSWER_TIMEOUT, request_now(home, req)).await {
-        Ok(answer) => answer,
-        Err(_) => Err(ClientError::BadAnswer(format!(
-            "no answer within {} s; the node may be stuck",
-            ANSWER_TIMEOUT.as_secs()
-        ))),
+/// Sends a request whose answer is a stream (`recv`, `history`, `contacts list`) and calls
+/// `item` with each result until the node ends the stream (never, for `recv --follow`).
+/// Returns the final response (the end marker, or an error).
+pub async fn request_stream(
+    home: &Path,
+    req: &ControlRequest,
+    mut item: impl FnMut(&ControlResponse),
+) -> Result<ControlResponse, ClientError> {
+    let mut reader = send_request(home, req).await?;
+    loop {
+        let mut answer = String::new();
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_line(&mut answer)
+            .await?;
+        if n == 0 {
+            return Err(ClientError::BadAnswer("connection closed".into()));
+        }
+        let r: ControlResponse =
+            serde_json::from_str(&answer).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        if r.done || !r.ok {
+            return Ok(r);
+        }
+        item(&r);
     }
 }
 
-async fn request_now(home: &Path, req: &ControlRequest) -> Result<ControlResponse, ClientError> {
+async fn send_request(
+    home: &Path,
+    req: &ControlRequest,
+) -> Result<BufReader<UnixStream>, ClientError> {
     let socket = crate::config::socket_path(home);
     let mut stream = match UnixStream::connect(&socket).await {
         Ok(s) => s,
@@ -106,7 +175,29 @@ async fn request_now(home: &Path, req: &ControlRequest) -> Result<ControlRespons
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
     line.push(b'\n');
     stream.write_all(&line).await?;
-    let mut reader = BufReader::new(stream);
+    Ok(BufReader::new(stream))
+}
+
+/// Sends one request to the node for `home` and reads its answer.
+pub async fn request(home: &Path, req: &ControlRequest) -> Result<ControlResponse, ClientError> {
+    let limit = match req {
+        ControlRequest::Send {
+            timeout_ms: Some(ms),
+            ..
+        } => ANSWER_TIMEOUT + std::time::Duration::from_millis(*ms),
+        _ => ANSWER_TIMEOUT,
+    };
+    match tokio::time::timeout(limit, request_now(home, req)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ClientError::BadAnswer(format!(
+            "no answer within {} s; the node may be stuck",
+            limit.as_secs()
+        ))),
+    }
+}
+
+async fn request_now(home: &Path, req: &ControlRequest) -> Result<ControlResponse, ClientError> {
+    let mut reader = send_request(home, req).await?;
     let mut answer = String::new();
     let n = (&mut reader)
         .take(MAX_LINE_BYTES as u64)

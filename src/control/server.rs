@@ -9,7 +9,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::{ControlRequest, ControlResponse, MAX_LINE_BYTES};
+use super::{messages, ControlRequest, ControlResponse, MAX_LINE_BYTES};
+use crate::messaging::Messenger;
 use crate::net::{Client, LookupError};
 use crate::node::IdInfo;
 
@@ -24,7 +25,12 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Binds `path` (replacing a stale socket left by a crashed node) with mode 0600.
-    pub async fn bind(path: &Path, client: Client, id: Option<IdInfo>) -> std::io::Result<Self> {
+    pub async fn bind(
+        path: &Path,
+        client: Client,
+        id: Option<IdInfo>,
+        messenger: Option<Messenger>,
+    ) -> std::io::Result<Self> {
         if path.exists() {
             if super::socket_is_live(path).await {
                 return Err(std::io::Error::new(
@@ -37,7 +43,7 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let task = tokio::spawn(accept_loop(listener, client, id));
+        let task = tokio::spawn(accept_loop(listener, client, id, messenger));
         Ok(ControlServer {
             path: path.to_path_buf(),
             task,
@@ -52,7 +58,14 @@ impl ControlServer {
     }
 }
 
-async fn accept_loop(listener: UnixListener, client: Client, id: Option<IdInfo>) {
+async fn accept_loop(
+    listener: UnixListener,
+    client: Client,
+    id: Option<IdInfo>,
+    messenger: Option<Messenger>,
+) {
+    // Connections end with the server: aborting this task drops the set, which aborts them.
+    let mut connections = tokio::task::JoinSet::new();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     // The node's owner is whoever owns its home directory (created by us, 0700).
     let my_uid = listener
@@ -91,8 +104,10 @@ async fn accept_loop(listener: UnixListener, client: Client, id: Option<IdInfo>)
         };
         let client = client.clone();
         let id = id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve(stream, client, id).await {
+        let messenger = messenger.clone();
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            if let Err(e) = serve(stream, client, id, messenger).await {
                 debug!(error = %e, "control connection ended");
             }
             drop(permit);
@@ -100,7 +115,12 @@ async fn accept_loop(listener: UnixListener, client: Client, id: Option<IdInfo>)
     }
 }
 
-async fn serve(stream: UnixStream, client: Client, id: Option<IdInfo>) -> std::io::Result<()> {
+async fn serve(
+    stream: UnixStream,
+    client: Client,
+    id: Option<IdInfo>,
+    messenger: Option<Messenger>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -113,7 +133,27 @@ async fn serve(stream: UnixStream, client: Client, id: Option<IdInfo>) -> std::i
             return Ok(());
         }
         let response = match serde_json::from_str::<ControlRequest>(&line) {
-            Ok(req) => handle(req, &client, id.as_ref()).await,
+            Ok(req) => {
+                if let (Some(m), Some(me)) = (&messenger, id.as_ref().map(|i| i.uuid)) {
+                    match req {
+                        ControlRequest::Recv { since, follow } => {
+                            messages::recv(m, me, since, follow, &mut reader, &mut write).await?;
+                            continue;
+                        }
+                        ControlRequest::History { with } => {
+                            messages::history(m, me, with, &mut write).await?;
+                            continue;
+                        }
+                        ControlRequest::ContactsList => {
+                            messages::contacts_list(m, &mut write).await?;
+                            continue;
+                        }
+                        req => handle(req, &client, id.as_ref(), Some(m)).await,
+                    }
+                } else {
+                    handle(req, &client, id.as_ref(), None).await
+                }
+            }
             Err(e) => ControlResponse::err(2, format!("bad control request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
@@ -122,7 +162,12 @@ async fn serve(stream: UnixStream, client: Client, id: Option<IdInfo>) -> std::i
     }
 }
 
-async fn handle(req: ControlRequest, client: &Client, id: Option<&IdInfo>) -> ControlResponse {
+async fn handle(
+    req: ControlRequest,
+    client: &Client,
+    id: Option<&IdInfo>,
+    messenger: Option<&Messenger>,
+) -> ControlResponse {
     const GONE: &str = "the node is shutting down";
     match req {
         ControlRequest::Status => match client.status().await {
@@ -156,5 +201,26 @@ async fn handle(req: ControlRequest, client: &Client, id: Option<&IdInfo>) -> Co
             },
             Err(e) => ControlResponse::err(2, format!("invalid multiaddr {addr:?}: {e}")),
         },
+        req => {
+            let Some(m) = messenger else {
+                return ControlResponse::err(1, "this node is a relay and has no user identity");
+            };
+            match req {
+                ControlRequest::Send {
+                    to,
+                    text,
+                    attach,
+                    timeout_ms,
+                } => messages::send(m, to, text, attach, timeout_ms).await,
+                ControlRequest::ContactsAdd { name, target } => {
+                    messages::contacts_add(m, client, name, target).await
+                }
+                ControlRequest::ContactsVerify { name, fingerprint } => {
+                    messages::contacts_verify(m, name, fingerprint)
+                }
+                ControlRequest::ContactsRm { name } => messages::contacts_rm(m, name),
+                _ => ControlResponse::err(1, "this node is a relay and has no user identity"),
+            }
+        }
     }
 }

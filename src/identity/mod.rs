@@ -180,6 +180,16 @@ pub enum IdentityError {
     ChainFull,
 }
 
+/// The keys messages are signed and opened with, and the document sent along with them.
+pub struct MessageKeys {
+    pub uuid: Uuid,
+    pub signing: SigningKey,
+    /// Every encryption key still held, current first: (public, secret).
+    pub enc: Vec<([u8; 32], x25519_dalek::StaticSecret)>,
+    /// Our current identity document.
+    pub doc: SignedDocument,
+}
+
 /// The owner's secret identity material.
 pub struct Identity {
     genesis_key: [u8; 32],
@@ -267,6 +277,20 @@ impl Identity {
             .iter()
             .map(|k| x25519_dalek::StaticSecret::from(k.secret))
             .collect()
+    }
+
+    /// A snapshot of what the messaging layer needs (re-taken whenever keys change).
+    pub fn message_keys(&self, doc: SignedDocument) -> MessageKeys {
+        MessageKeys {
+            uuid: self.uuid(),
+            signing: self.signing.clone(),
+            enc: self
+                .encryption_secrets()
+                .into_iter()
+                .map(|s| (x25519_dalek::PublicKey::from(&s).to_bytes(), s))
+                .collect(),
+            doc,
+        }
     }
 
     /// Replaces the identity key with a new one signed by the current key. The UUID stays;
@@ -384,7 +408,8 @@ impl Identity {
 
 /// 32 bytes from the operating system's CSPRNG. Without one the node cannot create keys
 /// safely at all, so failing to read it is fatal.
-fn random_secret() -> [u8; 32] {
+/// 32 bytes from the operating system's random number generator.
+pub(crate) fn random_secret() -> [u8; 32] {
     let mut b = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut b) {
         panic!("the operating system's random number generator failed: {e}");

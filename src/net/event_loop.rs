@@ -2,7 +2,8 @@
 //! peers, validates everything the DHT asks it to store, and keeps our identity document
 //! published.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,6 +23,7 @@ use super::ratelimit::RateLimiter;
 use super::{Command, LookupError, PeerInfo, Status};
 use crate::config::{Mode, NodeConfig};
 use crate::identity::{dht_key, Identity, SignedDocument};
+use crate::messaging::{Counters, EventLoopHooks, InboundVerb};
 use crate::store::Store;
 use crate::unix_now;
 use crate::verbs::{Request, Response};
@@ -81,7 +83,14 @@ pub struct EventLoop {
     nat: autonat::NatStatus,
     put_limiter: RateLimiter<PeerId>,
     request_limiter: RateLimiter<PeerId>,
-    rejected: BTreeMap<&'static str, u64>,
+    rejected: Counters,
+    /// Channels to the messenger (user nodes only).
+    hooks: Option<EventLoopHooks>,
+    /// Inbound MESSAGE/CHUNK requests handed to the messenger, awaiting its answer.
+    handed_over: HashMap<u64, request_response::ResponseChannel<Response>>,
+    next_token: u64,
+    /// Our own verb requests awaiting answers.
+    outbound: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
     /// Our listen addresses (with `/p2p/`), for whoever waits for them (relay output, tests).
     listen_watch: watch::Sender<Vec<Multiaddr>>,
 }
@@ -99,6 +108,8 @@ impl EventLoop {
         store: Store,
         identity: Option<Identity>,
         config: &NodeConfig,
+        counters: Counters,
+        hooks: Option<EventLoopHooks>,
     ) -> Self {
         EventLoop {
             swarm,
@@ -124,7 +135,11 @@ impl EventLoop {
             nat: autonat::NatStatus::Unknown,
             put_limiter: RateLimiter::new(20, 0.5, 4096),
             request_limiter: RateLimiter::new(50, 10.0, 4096),
-            rejected: BTreeMap::new(),
+            rejected: counters,
+            hooks,
+            handed_over: HashMap::new(),
+            next_token: 0,
+            outbound: HashMap::new(),
             listen_watch: watch::Sender::new(Vec::new()),
         }
     }
@@ -181,7 +196,7 @@ impl EventLoop {
     }
 
     fn count(&mut self, what: &'static str) {
-        *self.rejected.entry(what).or_default() += 1;
+        self.rejected.count(what);
     }
 
     fn on_command(&mut self, command: Command) {
@@ -215,6 +230,29 @@ impl EventLoop {
             }
             Command::Dial { addr, reply } => {
                 let _ = reply.send(self.dial(addr).map_err(|e| e.to_string()));
+            }
+            Command::Request {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                let addrs = addrs.into_iter().take(MAX_ADDRS_PER_PEER).collect();
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .verbs
+                    .send_request_with_addresses(&peer, request, addrs);
+                self.outbound.insert(id, reply);
+            }
+            Command::Respond { token, response } => {
+                if let Some(channel) = self.handed_over.remove(&token) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .verbs
+                        .send_response(channel, response);
+                }
             }
         }
     }
@@ -258,7 +296,7 @@ impl EventLoop {
                 self.swarm.behaviour_mut().kad.store_mut().records().count()
             },
             published_seq: self.publish.current.as_ref().map(|d| d.doc().seq),
-            rejected: self.rejected.clone(),
+            rejected: self.rejected.snapshot(),
         }
     }
 
@@ -304,6 +342,7 @@ impl EventLoop {
             info!("encryption key rotated");
         }
         let doc = identity.issue_document(&reach, now);
+        let keys = Arc::new(identity.message_keys(doc.clone()));
         if let Err(e) = self.store.save_identity(identity) {
             warn!(error = %e, "could not save identity; not publishing");
             self.publish.due = Instant::now() + self.publish.backoff;
@@ -316,6 +355,11 @@ impl EventLoop {
             tracing::error!(error = %e, "our own identity document does not verify; peers will refuse it (is the clock right?)");
         }
         let _ = self.store.cache_document(&doc, now);
+        if let Some(hooks) = &self.hooks {
+            hooks
+                .keys
+                .send_replace(Some(keys));
+        }
         let record = record_for(&doc, now);
         self.publish.current = Some(doc);
         self.publish.reach = reach;
@@ -544,7 +588,17 @@ impl EventLoop {
             }
         } else {
             match request {
+                Request::Message { .. } | Request::Chunk { .. } => {
+                    return self.hand_over(peer, request, channel)
+                }
                 Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
+                Request::Malformed(e) if e == "too_large" => {
+                    self.count("request_too_large");
+                    warn!(%peer, "request over the size limit");
+                    Response::Nack {
+                        reason: "too_large".into(),
+                    }
+                }
                 Request::Malformed(e) => {
                     self.count("request_malformed");
                     warn!(%peer, error = %e, "malformed request");
@@ -553,6 +607,43 @@ impl EventLoop {
                     }
                 }
             }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .verbs
+            .send_response(channel, response);
+    }
+
+    /// Gives a MESSAGE or CHUNK to the messenger; it answers later through
+    /// [`Command::Respond`]. A relay (no user) or a full queue answers at once.
+    fn hand_over(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: request_response::ResponseChannel<Response>,
+    ) {
+        let nack = |reason: &str| Response::Nack {
+            reason: reason.into(),
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        let response = match &self.hooks {
+            None => nack("no_user"),
+            Some(hooks) => match hooks.inbound.try_send(InboundVerb {
+                token,
+                peer,
+                request,
+            }) {
+                Ok(()) => {
+                    self.handed_over.insert(token, channel);
+                    return;
+                }
+                Err(_) => {
+                    self.count("inbound_busy");
+                    nack("busy")
+                }
+            },
         };
         let _ = self
             .swarm
@@ -591,8 +682,13 @@ impl EventLoop {
         &mut self,
         peer: PeerId,
         id: request_response::OutboundRequestId,
-        response: Option<Response>,
+        response: Result<Response, String>,
     ) {
+        if let Some(reply) = self.outbound.remove(&id) {
+            let _ = reply.send(response);
+            return;
+        }
+        let response = response.ok();
         if let Some((uuid, reply)) = self.direct_fetches.remove(&id) {
             let result = match response {
                 Some(Response::Certificate { doc }) => {
@@ -645,6 +741,9 @@ impl EventLoop {
                 self.peers
                     .entry(peer_id)
                     .or_insert(PeerState { addr, agent: None });
+                if let Some(hooks) = &self.hooks {
+                    let _ = hooks.connected.send(peer_id);
+                }
                 if self.publish.failed {
                     self.publish.failed = false;
                     self.publish.due = Instant::now() + PUBLISH_DEBOUNCE;
@@ -708,7 +807,7 @@ impl EventLoop {
                     request_response::Message::Response {
                         request_id,
                         response,
-                    } => self.on_response(peer, request_id, Some(response)),
+                    } => self.on_response(peer, request_id, Ok(response)),
                 },
                 request_response::Event::OutboundFailure {
                     peer,
@@ -717,7 +816,7 @@ impl EventLoop {
                     ..
                 } => {
                     debug!(%peer, %error, "request failed");
-                    self.on_response(peer, request_id, None);
+                    self.on_response(peer, request_id, Err(error.to_string()));
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
                     debug!(%peer, %error, "inbound request failed");

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::identity::SignedDocument;
+use crate::verbs::{Request, Response};
 
 /// Capacity of the command channel into the event loop.
 pub const COMMAND_CAPACITY: usize = 256;
@@ -79,6 +80,16 @@ pub(crate) enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    Request {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, String>>,
+    },
+    Respond {
+        token: u64,
+        response: Response,
+    },
 }
 
 /// A cloneable handle to a running node's event loop.
@@ -127,6 +138,32 @@ impl Client {
         self.ask(|reply| Command::FetchCertificate { peer, uuid, reply })
             .await
             .map_err(|_| LookupError::NodeGone)?
+    }
+
+    /// Sends a verb to `peer` (dialing it at `addrs` if not connected) and waits for the
+    /// answer; `Err` says why none came (dial failure, timeout, closed connection).
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Request,
+    ) -> Result<Response, String> {
+        self.ask(|reply| Command::Request {
+            peer,
+            addrs,
+            request,
+            reply,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Answers an inbound request handed over with `token`.
+    pub async fn respond(&self, token: u64, response: Response) -> Result<(), NodeGone> {
+        self.tx
+            .send(Command::Respond { token, response })
+            .await
+            .map_err(|_| NodeGone)
     }
 
     /// Dials an address (bootstrap peers are dialed at start; this adds one later).

@@ -11,6 +11,10 @@ use uuid::Uuid;
 
 use crate::identity::{Identity, SignedDocument};
 
+pub mod messages;
+
+pub use messages::{Contact, HistoryEntry, OutboxEntry, PendingIn, StoredAttachment, Writer};
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 /// Verified identity documents seen on the network (whois cache, DHT record cache).
@@ -133,6 +137,7 @@ impl Store {
             }
             tx.open_table(IDENTITY)?;
             tx.open_table(DIRECTORY)?;
+            Store::create_message_tables(&tx)?;
         }
         tx.commit()?;
         Ok(())

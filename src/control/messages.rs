@@ -1,0 +1,510 @@
+//! Control requests for messages and contacts: `send`, `recv`, `history`, `contacts …`,
+//! and the JSON views they print (the shapes CLI.md promises).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::ControlResponse;
+use crate::identity::{parse_contact, Fingerprint};
+use crate::messaging::{Delivery, Messenger, SendError};
+use crate::net::{Client, LookupError};
+use crate::store::{Contact, HistoryEntry};
+
+/// How long `send` waits for the ACK by default.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// History rows read per step.
+const PAGE: usize = 1000;
+
+/// One attachment in a message line.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachmentView {
+    pub name: String,
+    pub mime: String,
+    pub size: u64,
+    pub path: String,
+}
+
+/// One message as `recv` and `history` print it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageView {
+    pub msg_id: String,
+    pub direction: &'static str,
+    pub from: String,
+    pub from_name: Option<String>,
+    pub to: String,
+    pub to_name: Option<String>,
+    /// Always null for direct messages.
+    pub channel: Option<String>,
+    pub timestamp: String,
+    pub text: String,
+    pub attachments: Vec<AttachmentView>,
+    /// The sender is a contact whose fingerprint you verified.
+    pub verified: bool,
+    /// The contact's identity key is not the one pinned for it.
+    pub key_changed: bool,
+    /// `received`, or for sent messages `queued`, `delivered`, `failed`, `expired`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One contact as `contacts list` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContactView {
+    pub name: String,
+    pub uuid: String,
+    pub fingerprint: String,
+    pub verified: bool,
+    pub key_changed: bool,
+}
+
+/// RFC 3339 (UTC, milliseconds) for ms since the Unix epoch.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Contacts by UUID, for naming senders.
+struct Names {
+    by_uuid: HashMap<[u8; 16], (String, Contact)>,
+}
+
+impl Names {
+    fn load(m: &Messenger) -> Names {
+        let by_uuid = m
+            .store()
+            .contacts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, c)| (c.uuid, (n, c)))
+            .collect();
+        Names { by_uuid }
+    }
+
+    fn name(&self, uuid: &[u8; 16]) -> Option<String> {
+        self.by_uuid.get(uuid).map(|(n, _)| n.clone())
+    }
+
+    fn key_changed(&self, m: &Messenger, uuid: &[u8; 16]) -> bool {
+        self.by_uuid
+            .get(uuid)
+            .is_some_and(|(_, c)| key_changed(m, c))
+    }
+}
+
+fn key_changed(m: &Messenger, c: &Contact) -> bool {
+    m.known_document(&Uuid::from_bytes(c.uuid))
+        .is_some_and(|d| d.doc().current_key != c.pinned_key)
+}
+
+fn view(m: &Messenger, me: &Uuid, names: &Names, e: &HistoryEntry) -> MessageView {
+    let me = *me.as_bytes();
+    let (from, to) = if e.incoming {
+        (e.peer, me)
+    } else {
+        (me, e.peer)
+    };
+    MessageView {
+        msg_id: Uuid::from_bytes(e.msg_id).to_string(),
+        direction: if e.incoming { "in" } else { "out" },
+        from: Uuid::from_bytes(from).to_string(),
+        from_name: names.name(&from),
+        to: Uuid::from_bytes(to).to_string(),
+        to_name: names.name(&to),
+        channel: None,
+        timestamp: rfc3339(e.ts),
+        text: e.text.clone(),
+        attachments: e
+            .attachments
+            .iter()
+            .map(|a| AttachmentView {
+                name: a.name.clone(),
+                mime: a.mime.clone(),
+                size: a.size,
+                path: a.path.clone(),
+            })
+            .collect(),
+        verified: names
+            .by_uuid
+            .get(&e.peer)
+            .is_some_and(|(_, c)| c.verified && e.incoming),
+        key_changed: names.key_changed(m, &e.peer),
+        status: e.status.clone(),
+        detail: e.detail.clone(),
+    }
+}
+
+/// A UUID, a `ptpchat:` URI or a contact name, as the UUID it names.
+fn resolve(m: &Messenger, target: &str) -> Result<(Uuid, Option<Fingerprint>), ControlResponse> {
+    if let Ok(found) = parse_contact(target) {
+        return Ok(found);
+    }
+    match m.store().contact(target) {
+        Ok(Some(c)) => Ok((Uuid::from_bytes(c.uuid), None)),
+        Ok(None) => Err(ControlResponse::err(
+            1,
+            format!("{target:?} is neither a UUID nor a contact name"),
+        )),
+        Err(e) => Err(ControlResponse::err(1, e.to_string())),
+    }
+}
+
+pub(super) async fn send(
+    m: &Messenger,
+    to: String,
+    text: String,
+    attach: Vec<String>,
+    timeout_ms: Option<u64>,
+) -> ControlResponse {
+    let (uuid, fp) = match resolve(m, &to) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if let (Some(fp), Some(doc)) = (fp, m.known_document(&uuid)) {
+        if doc.doc().fingerprint() != fp {
+            return ControlResponse::err(1, "the fingerprint in the URI does not match that UUID");
+        }
+    }
+    let names = Names::load(m);
+    let warning = names.key_changed(m, uuid.as_bytes()).then(|| {
+        format!(
+            "WARNING: the identity key of contact {} changed since you added it; check its fingerprint (contacts verify)",
+            names.name(uuid.as_bytes()).unwrap_or_default()
+        )
+    });
+    let files = attach.into_iter().map(PathBuf::from).collect();
+    let sending = match m.send(uuid, text, files).await {
+        Ok(s) => s,
+        Err(SendError::BadInput(e)) => return ControlResponse::err(1, e),
+        Err(e) => return ControlResponse::err(1, e.to_string()),
+    };
+    let wait = timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_SEND_TIMEOUT);
+    let msg_id = sending.msg_id.to_string();
+    let mut r = match tokio::time::timeout(wait, sending.outcome).await {
+        Ok(Ok(Delivery::Delivered)) => {
+            ControlResponse::ok(serde_json::json!({"msg_id": msg_id, "status": "delivered"}))
+        }
+        Ok(Ok(Delivery::Failed(reason))) => {
+            let mut r = ControlResponse::err(1, format!("the recipient refused the message: {reason}"));
+            r.data = Some(serde_json::json!({"msg_id": msg_id, "status": "failed", "reason": reason}));
+            r
+        }
+        Ok(Ok(Delivery::Expired)) => {
+            let mut r = ControlResponse::err(1, "the message expired undelivered");
+            r.data = Some(serde_json::json!({"msg_id": msg_id, "status": "expired"}));
+            r
+        }
+        // Not ACKed yet (or the node is stopping): it stays in the outbox.
+        Ok(Err(_)) | Err(_) => {
+            let mut r =
+                ControlResponse::ok(serde_json::json!({"msg_id": msg_id, "status": "queued"}));
+            r.code = Some(3);
+            r
+        }
+    };
+    r.warning = warning;
+    r
+}
+
+async fn write_line<W: AsyncWrite + Unpin>(w: &mut W, r: &ControlResponse) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(r).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+/// Streams received messages after `since`; with `follow`, keeps streaming new ones until
+/// the client goes away.
+pub(super) async fn recv<R, W>(
+    m: &Messenger,
+    me: Uuid,
+    since: Option<String>,
+    follow: bool,
+    reader: &mut R,
+    w: &mut W,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut last = match since {
+        None => 0,
+        Some(s) => {
+            let found = Uuid::parse_str(&s)
+                .ok()
+                .and_then(|id| m.store().history_seq_of(&id).ok().flatten());
+            match found {
+                Some(seq) => seq,
+                None => {
+                    let r = ControlResponse::err(4, format!("no stored message with id {s:?}"));
+                    return write_line(w, &r).await;
+                }
+            }
+        }
+    };
+    // Subscribe before reading the history so nothing falls between the two.
+    let mut live = follow.then(|| m.subscribe());
+    let mut names = Names::load(m);
+    last = catch_up(m, &me, &names, last, w).await?;
+    let Some(live) = live.as_mut() else {
+        return write_line(w, &ControlResponse::done()).await;
+    };
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            got = live.recv() => match got {
+                Ok((seq, entry)) if seq > last => {
+                    if names.name(&entry.peer).is_none() {
+                        names = Names::load(m);
+                    }
+                    let r = ControlResponse::ok(view(m, &me, &names, &entry));
+                    write_line(w, &r).await?;
+                    last = seq;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    last = catch_up(m, &me, &names, last, w).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            n = reader.read(&mut probe) => {
+                // The client closed its end (or sent more): stop following.
+                if n.unwrap_or(0) == 0 {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Writes every received message after `last`; returns the new position.
+async fn catch_up<W: AsyncWrite + Unpin>(
+    m: &Messenger,
+    me: &Uuid,
+    names: &Names,
+    mut last: u64,
+    w: &mut W,
+) -> std::io::Result<u64> {
+    loop {
+        let page = match m.store().history_after(last, PAGE) {
+            Ok(p) => p,
+            Err(e) => {
+                write_line(w, &ControlResponse::err(1, e.to_string())).await?;
+                return Ok(last);
+            }
+        };
+        if page.is_empty() {
+            return Ok(last);
+        }
+        for (seq, e) in page {
+            last = seq;
+            if e.incoming {
+                write_line(w, &ControlResponse::ok(view(m, me, names, &e))).await?;
+            }
+        }
+    }
+}
+
+pub(super) async fn history<W: AsyncWrite + Unpin>(
+    m: &Messenger,
+    me: Uuid,
+    with: Option<String>,
+    w: &mut W,
+) -> std::io::Result<()> {
+    let peer = match with {
+        None => None,
+        Some(t) => match resolve(m, &t) {
+            Ok((u, _)) => Some(*u.as_bytes()),
+            Err(r) => return write_line(w, &r).await,
+        },
+    };
+    let names = Names::load(m);
+    let mut last = 0;
+    loop {
+        let page = match m.store().history_after(last, PAGE) {
+            Ok(p) => p,
+            Err(e) => return write_line(w, &ControlResponse::err(1, e.to_string())).await,
+        };
+        if page.is_empty() {
+            break;
+        }
+        for (seq, e) in page {
+            last = seq;
+            if peer.is_none_or(|p| p == e.peer) {
+                write_line(w, &ControlResponse::ok(view(m, &me, &names, &e))).await?;
+            }
+        }
+    }
+    write_line(w, &ControlResponse::done()).await
+}
+
+fn valid_name(name: &str) -> Result<(), ControlResponse> {
+    if name.is_empty()
+        || name.chars().count() > 64
+        || name.chars().any(|c| c.is_control())
+        || name.trim() != name
+    {
+        return Err(ControlResponse::err(
+            2,
+            "a contact name is 1-64 characters, without control characters or outer spaces",
+        ));
+    }
+    if parse_contact(name).is_ok() {
+        return Err(ControlResponse::err(2, "a contact name cannot be a UUID"));
+    }
+    Ok(())
+}
+
+fn contact_view(m: &Messenger, name: &str, c: &Contact) -> ContactView {
+    ContactView {
+        name: name.to_string(),
+        uuid: Uuid::from_bytes(c.uuid).to_string(),
+        fingerprint: Fingerprint(c.fingerprint).to_string(),
+        verified: c.verified,
+        key_changed: key_changed(m, c),
+    }
+}
+
+pub(super) async fn contacts_add(
+    m: &Messenger,
+    net: &Client,
+    name: String,
+    target: String,
+) -> ControlResponse {
+    if let Err(r) = valid_name(&name) {
+        return r;
+    }
+    let (uuid, fp) = match parse_contact(&target) {
+        Ok(r) => r,
+        Err(e) => return ControlResponse::err(2, e),
+    };
+    let contacts = m.store().contacts().unwrap_or_default();
+    if contacts.iter().any(|(n, _)| *n == name) {
+        return ControlResponse::err(1, format!("there is already a contact named {name:?}"));
+    }
+    if let Some((n, _)) = contacts.iter().find(|(_, c)| c.uuid == *uuid.as_bytes()) {
+        return ControlResponse::err(1, format!("{uuid} is already your contact {n:?}"));
+    }
+    let doc = match net.whois(uuid).await {
+        Ok(d) => d,
+        Err(LookupError::NotFound(_)) => match m.known_document(&uuid) {
+            Some(d) => d,
+            None => {
+                return ControlResponse::err(4, format!("no valid identity document found for {uuid}"))
+            }
+        },
+        Err(LookupError::NodeGone) => return ControlResponse::err(1, "the node is shutting down"),
+    };
+    let fingerprint = doc.doc().fingerprint();
+    if fp.is_some_and(|fp| fp != fingerprint) {
+        return ControlResponse::err(
+            1,
+            "the fingerprint in the URI does not match the identity found; contact not added",
+        );
+    }
+    m.remember_document(&doc);
+    let c = Contact {
+        uuid: *uuid.as_bytes(),
+        fingerprint: fingerprint.0,
+        pinned_key: doc.doc().current_key,
+        // A URI carrying the fingerprint came out of band (a QR code, say): that is the check.
+        verified: fp.is_some(),
+        added: crate::unix_now(),
+    };
+    if let Err(e) = m.store().put_contact(&name, &c) {
+        return ControlResponse::err(1, e.to_string());
+    }
+    ControlResponse::ok(contact_view(m, &name, &c))
+}
+
+pub(super) async fn contacts_list<W: AsyncWrite + Unpin>(
+    m: &Messenger,
+    w: &mut W,
+) -> std::io::Result<()> {
+    let contacts = match m.store().contacts() {
+        Ok(c) => c,
+        Err(e) => return write_line(w, &ControlResponse::err(1, e.to_string())).await,
+    };
+    for (name, c) in contacts {
+        let v = contact_view(m, &name, &c);
+        let mut r = ControlResponse::ok(&v);
+        if v.key_changed {
+            r.warning = Some(format!(
+                "WARNING: the identity key of {name:?} changed since it was pinned; verify its fingerprint again"
+            ));
+        }
+        write_line(w, &r).await?;
+    }
+    write_line(w, &ControlResponse::done()).await
+}
+
+pub(super) fn contacts_verify(m: &Messenger, name: String, fingerprint: String) -> ControlResponse {
+    let Some(fp) = Fingerprint::parse(&fingerprint) else {
+        return ControlResponse::err(2, format!("not a fingerprint: {fingerprint:?}"));
+    };
+    let mut c = match m.store().contact(&name) {
+        Ok(Some(c)) => c,
+        Ok(None) => return ControlResponse::err(4, format!("no contact named {name:?}")),
+        Err(e) => return ControlResponse::err(1, e.to_string()),
+    };
+    if fp.0 != c.fingerprint {
+        return ControlResponse::err(
+            1,
+            format!("fingerprint mismatch for {name:?}: NOT verified, nothing changed"),
+        );
+    }
+    c.verified = true;
+    // The user checked the identity now: pin the key it has now.
+    if let Some(doc) = m.known_document(&Uuid::from_bytes(c.uuid)) {
+        c.pinned_key = doc.doc().current_key;
+    }
+    if let Err(e) = m.store().put_contact(&name, &c) {
+        return ControlResponse::err(1, e.to_string());
+    }
+    ControlResponse::ok(contact_view(m, &name, &c))
+}
+
+pub(super) fn contacts_rm(m: &Messenger, name: String) -> ControlResponse {
+    match m.store().remove_contact(&name) {
+        Ok(true) => ControlResponse::ok(serde_json::json!({"name": name, "removed": true})),
+        Ok(false) => ControlResponse::err(4, format!("no contact named {name:?}")),
+        Err(e) => ControlResponse::err(1, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_305_600_000), "2026-11-22T00:00:00.000Z");
+    }
+}

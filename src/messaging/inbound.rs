@@ -1,0 +1,544 @@
+//! The receiving side: MESSAGE and CHUNK requests handed over by the event loop.
+//!
+//! A message is opened and verified off the async threads, then deduplicated and committed
+//! in one group transaction before the ACK is sent. A message with attachments is kept as
+//! a pending transfer (durably, so it resumes after a restart); its chunks are appended to
+//! files under `<home>/files/.partial/` and each finished attachment is checked against
+//! the SHA-256 its sender signed. Only when all are here is the message added to the
+//! history, its files moved to `<home>/files/<sender>/<msg_id>/`, and ACKed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use redb::{ReadableTable, ReadableTableMetadata};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::envelope::{self, Envelope, Reject, VerifyContext, CHUNK_BYTES};
+use super::{files, Inner, InboundVerb, INBOUND_CONCURRENCY};
+use crate::store::messages::{
+    append_history, row, seen_key, INBOX_SEEN, PENDING_IN,
+};
+use crate::store::{HistoryEntry, PendingIn, StoredAttachment};
+use crate::verbs::{Outcome, Request, Response, MAX_BATCH};
+
+/// Most messages with attachments in progress at once, from everyone…
+pub const MAX_PENDING_TRANSFERS: u64 = 64;
+/// …and from one sender.
+pub const MAX_PENDING_PER_SENDER: usize = 4;
+/// A transfer not finished in this long is dropped (its sender gives up after 7 days).
+const PENDING_RETENTION_MS: u64 = 8 * 24 * 3600 * 1000;
+
+/// An attachment transfer in progress, by msg_id.
+pub(crate) struct Transfer {
+    key: [u8; 32],
+    peer: PeerId,
+    env: Envelope,
+    /// The next chunk expected.
+    attachment: u32,
+    offset: u64,
+    /// Attachments already checked against their hash.
+    verified: u32,
+    /// A chunk is being written; a concurrent duplicate is told to wait.
+    busy: bool,
+}
+
+fn nack(reason: &str) -> Response {
+    Response::Nack {
+        reason: reason.into(),
+    }
+}
+
+fn one(outcome: Outcome) -> Response {
+    Response::Outcomes {
+        outcomes: vec![outcome],
+    }
+}
+
+fn outcome_nack(reason: &str) -> Outcome {
+    Outcome::Nack {
+        reason: reason.into(),
+    }
+}
+
+/// Receives handed-over requests and answers each through the event loop.
+pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<InboundVerb>) {
+    cleanup(&inner);
+    let slots = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    while let Some(verb) = rx.recv().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            inner.counters.count("inbound_busy");
+            let _ = inner.net.respond(verb.token, nack("busy")).await;
+            continue;
+        };
+        let task_inner = inner.clone();
+        let work = async move {
+            let response = handle(&task_inner, verb.peer, verb.request).await;
+            let _ = task_inner.net.respond(verb.token, response).await;
+            drop(permit);
+        };
+        if let Ok(mut tasks) = inner.tasks.lock() {
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn(work);
+        }
+    }
+}
+
+async fn handle(inner: &Arc<Inner>, peer: PeerId, request: Request) -> Response {
+    match request {
+        Request::Message { sealed } => messages(inner, peer, sealed).await,
+        Request::Chunk {
+            msg_id,
+            attachment,
+            offset,
+            data,
+        } => chunk(inner, peer, msg_id, attachment, offset, data).await,
+        _ => nack("unexpected"),
+    }
+}
+
+/// What the group transaction decided for one verified message.
+enum Fate {
+    Duplicate,
+    Stored(u64, HistoryEntry),
+    Pending,
+    Busy,
+}
+
+async fn messages(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+    sealed: Vec<serde_bytes::ByteBuf>,
+) -> Response {
+    if sealed.is_empty() || sealed.len() > MAX_BATCH {
+        inner.counters.count("message_batch_invalid");
+        return nack("malformed");
+    }
+    let Some(keys) = inner.current_keys() else {
+        return nack("not_ready");
+    };
+    let checker = inner.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let now_ms = Inner::now_ms();
+        let sender_document = |from: &Uuid, bytes: &[u8]| checker.sender_document(from, bytes);
+        let cx = VerifyContext {
+            me: keys.uuid,
+            peer: Some(peer),
+            now_ms,
+            max_attachment: checker.max_attachment,
+            sender_document: &sender_document,
+        };
+        sealed
+            .iter()
+            .map(|s| {
+                let opened = envelope::open(s, &keys, &checker.open)?;
+                let v = envelope::verify(&opened, &cx)?;
+                Ok((v.envelope, opened.to_vec()))
+            })
+            .collect::<Vec<Result<(Envelope, Vec<u8>), Reject>>>()
+    })
+    .await;
+    let Ok(checked) = checked else {
+        return nack("busy");
+    };
+
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(checked.len());
+    let mut accepted = Vec::new();
+    for (i, c) in checked.into_iter().enumerate() {
+        match c {
+            Ok(ok) => {
+                outcomes.push(None);
+                accepted.push((i, ok));
+            }
+            Err(reject) => {
+                inner.counters.count(reject.counter());
+                warn!(%peer, reason = reject.reason(), error = %reject, "refused a message");
+                outcomes.push(Some(outcome_nack(reject.reason())));
+            }
+        }
+    }
+    if !accepted.is_empty() {
+        let jobs: Vec<(Envelope, Vec<u8>)> = accepted.iter().map(|(_, v)| v.clone()).collect();
+        let fates = inner
+            .writer
+            .write(move |txn| {
+                let now = super::Inner::now_ms();
+                let mut fates = Vec::with_capacity(jobs.len());
+                for (env, signed) in jobs {
+                    let key = seen_key(&env.from(), &env.msg_id());
+                    if txn.open_table(INBOX_SEEN)?.get(&key)?.is_some() {
+                        fates.push(Fate::Duplicate);
+                        continue;
+                    }
+                    if env.attachments.is_empty() {
+                        let entry = received_entry(&env, Vec::new());
+                        let seq = append_history(txn, &entry)?;
+                        txn.open_table(INBOX_SEEN)?.insert(&key, seq)?;
+                        fates.push(Fate::Stored(seq, entry));
+                        continue;
+                    }
+                    let mut pending = txn.open_table(PENDING_IN)?;
+                    if pending.get(&key)?.is_some() {
+                        fates.push(Fate::Pending);
+                        continue;
+                    }
+                    let mut lo = [0u8; 32];
+                    lo[..16].copy_from_slice(&env.from);
+                    let mut hi = [0xffu8; 32];
+                    hi[..16].copy_from_slice(&env.from);
+                    let from_sender = pending.range::<&[u8; 32]>(&lo..=&hi)?.count();
+                    if pending.len()? >= MAX_PENDING_TRANSFERS
+                        || from_sender >= MAX_PENDING_PER_SENDER
+                    {
+                        fates.push(Fate::Busy);
+                        continue;
+                    }
+                    pending.insert(
+                        &key,
+                        row(&PendingIn {
+                            signed,
+                            received_ms: now,
+                        })?
+                        .as_slice(),
+                    )?;
+                    fates.push(Fate::Pending);
+                }
+                Ok(fates)
+            })
+            .await;
+        let fates = match fates {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "could not store received messages");
+                return nack("busy");
+            }
+        };
+        for ((i, (env, _)), fate) in accepted.into_iter().zip(fates) {
+            outcomes[i] = Some(match fate {
+                Fate::Duplicate => {
+                    inner.counters.count("message_duplicate");
+                    debug!(msg_id = %env.msg_id(), "duplicate message ACKed again");
+                    Outcome::Ack
+                }
+                Fate::Stored(seq, entry) => {
+                    let _ = inner.received.send((seq, entry));
+                    Outcome::Ack
+                }
+                Fate::Busy => {
+                    inner.counters.count("transfer_limit");
+                    outcome_nack("busy")
+                }
+                Fate::Pending => resume(inner, peer, env).await,
+            });
+        }
+    }
+    Response::Outcomes {
+        outcomes: outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| outcome_nack("busy")))
+            .collect(),
+    }
+}
+
+fn received_entry(env: &Envelope, attachments: Vec<StoredAttachment>) -> HistoryEntry {
+    HistoryEntry {
+        msg_id: env.msg_id,
+        incoming: true,
+        peer: env.from,
+        ts: env.ts,
+        text: env.body.clone(),
+        attachments,
+        status: "received".into(),
+        detail: None,
+    }
+}
+
+fn partial_dir(inner: &Inner, key: &[u8; 32]) -> PathBuf {
+    inner.files.join(".partial").join(hex::encode(key))
+}
+
+/// Where a pending transfer stands: the next chunk wanted, or `None` when every
+/// attachment is complete and checked. Partial chunks (a crash mid-write) are cut off.
+fn next_need(dir: &Path, env: &Envelope, verified: &mut u32) -> Result<Option<(u32, u64)>, String> {
+    for (i, a) in env.attachments.iter().enumerate() {
+        let path = dir.join(i.to_string());
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < a.size {
+            let aligned = len - len % CHUNK_BYTES as u64;
+            if aligned != len {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| e.to_string())?;
+                f.set_len(aligned).map_err(|e| e.to_string())?;
+            }
+            return Ok(Some((i as u32, aligned)));
+        }
+        if (i as u32) < *verified {
+            continue;
+        }
+        if a.size == 0 && !path.exists() {
+            std::fs::write(&path, b"").map_err(|e| e.to_string())?;
+        }
+        if len > a.size || files::hash_file(&path).map_err(|e| e.to_string())? != a.sha256 {
+            return Err(format!("attachment {i} does not match its signed hash"));
+        }
+        *verified = i as u32 + 1;
+    }
+    Ok(None)
+}
+
+/// Registers (or re-finds) the transfer for a pending message and says what to send next.
+async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
+    let key = seen_key(&env.from(), &env.msg_id());
+    let dir = partial_dir(inner, &key);
+    if let Err(e) = files::private_dir(&dir) {
+        warn!(error = %e, "cannot create a directory for an incoming attachment");
+        return outcome_nack("busy");
+    }
+    let mut verified = inner
+        .transfers
+        .lock()
+        .ok()
+        .and_then(|t| t.get(&env.msg_id).filter(|t| t.key == key).map(|t| t.verified))
+        .unwrap_or(0);
+    let env2 = env.clone();
+    let need = tokio::task::spawn_blocking(move || {
+        let r = next_need(&dir, &env2, &mut verified);
+        (r, verified)
+    })
+    .await;
+    let Ok((need, verified)) = need else {
+        return outcome_nack("busy");
+    };
+    match need {
+        Ok(Some((attachment, offset))) => {
+            if let Ok(mut t) = inner.transfers.lock() {
+                t.insert(
+                    env.msg_id,
+                    Transfer {
+                        key,
+                        peer,
+                        env,
+                        attachment,
+                        offset,
+                        verified,
+                        busy: false,
+                    },
+                );
+            }
+            Outcome::Need { attachment, offset }
+        }
+        Ok(None) => complete(inner, key, env).await,
+        Err(e) => {
+            inner.counters.count("attachment_bad_hash");
+            warn!(error = %e, "refused an attachment");
+            drop_transfer(inner, key, &env.msg_id).await;
+            outcome_nack("bad_attachment")
+        }
+    }
+}
+
+async fn chunk(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+    msg_id: [u8; 16],
+    attachment: u32,
+    offset: u64,
+    data: Vec<u8>,
+) -> Response {
+    let claimed = match inner.transfers.lock() {
+        Ok(mut t) => match t.get_mut(&msg_id) {
+            Some(t) if t.peer == peer => {
+                if t.busy {
+                    return one(outcome_nack("busy"));
+                }
+                if (t.attachment, t.offset) != (attachment, offset) {
+                    return one(Outcome::Need {
+                        attachment: t.attachment,
+                        offset: t.offset,
+                    });
+                }
+                t.busy = true;
+                Some((t.key, t.env.clone(), t.verified))
+            }
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    let Some((key, env, mut verified)) = claimed else {
+        inner.counters.count("chunk_unknown");
+        return one(outcome_nack("unknown_message"));
+    };
+    let Some(meta) = env.attachments.get(attachment as usize).cloned() else {
+        return one(outcome_nack("bad_chunk"));
+    };
+    let want = (meta.size - offset).min(CHUNK_BYTES as u64) as usize;
+    let plain = envelope::open_chunk(
+        &meta.key,
+        &msg_id,
+        attachment,
+        offset / CHUNK_BYTES as u64,
+        &data,
+    );
+    let plain = match plain {
+        Ok(p) if p.len() == want => p,
+        _ => {
+            inner.counters.count("chunk_invalid");
+            warn!(%peer, "refused an attachment chunk that does not open or has the wrong size");
+            drop_transfer(inner, key, &msg_id).await;
+            return one(outcome_nack("bad_chunk"));
+        }
+    };
+    let dir = partial_dir(inner, &key);
+    let env2 = env.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let path = dir.join(attachment.to_string());
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| e.to_string())?;
+        f.write_all(&plain).map_err(|e| e.to_string())?;
+        drop(f);
+        next_need(&dir, &env2, &mut verified).map(|n| (n, verified))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match written {
+        Ok((Some((a, o)), verified)) => {
+            if let Ok(mut t) = inner.transfers.lock() {
+                if let Some(t) = t.get_mut(&msg_id) {
+                    t.attachment = a;
+                    t.offset = o;
+                    t.verified = verified;
+                    t.busy = false;
+                }
+            }
+            one(Outcome::Need {
+                attachment: a,
+                offset: o,
+            })
+        }
+        Ok((None, _)) => one(complete(inner, key, env).await),
+        Err(e) => {
+            inner.counters.count("attachment_bad_hash");
+            warn!(error = %e, "refused an attachment");
+            drop_transfer(inner, key, &msg_id).await;
+            one(outcome_nack("bad_attachment"))
+        }
+    }
+}
+
+/// Every attachment is here and checked: move the files into place, then commit the
+/// message to the history. Only then is it ACKed.
+async fn complete(inner: &Arc<Inner>, key: [u8; 32], env: Envelope) -> Outcome {
+    let partial = partial_dir(inner, &key);
+    let dest = inner
+        .files
+        .join(env.from().to_string())
+        .join(env.msg_id().to_string());
+    let env2 = env.clone();
+    let moved = tokio::task::spawn_blocking(move || {
+        files::private_dir(&dest)?;
+        let mut taken = HashSet::new();
+        let mut stored = Vec::new();
+        for (i, a) in env2.attachments.iter().enumerate() {
+            let mut name = files::safe_name(&a.name, &format!("attachment-{i}"));
+            if !taken.insert(name.clone()) {
+                name = format!("{i}-{name}");
+                taken.insert(name.clone());
+            }
+            let from = partial.join(i.to_string());
+            std::fs::File::open(&from)?.sync_all()?;
+            let to = dest.join(&name);
+            std::fs::rename(&from, &to)?;
+            stored.push(StoredAttachment {
+                name,
+                mime: a.mime.clone(),
+                size: a.size,
+                path: to.to_string_lossy().into_owned(),
+            });
+        }
+        std::fs::File::open(&dest)?.sync_all()?;
+        Ok::<_, std::io::Error>(stored)
+    })
+    .await;
+    let stored = match moved {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot move received attachments into place");
+            return outcome_nack("busy");
+        }
+        Err(_) => return outcome_nack("busy"),
+    };
+    let entry = received_entry(&env, stored);
+    let committed = inner
+        .writer
+        .write(move |txn| {
+            txn.open_table(PENDING_IN)?.remove(&key)?;
+            if txn.open_table(INBOX_SEEN)?.get(&key)?.is_some() {
+                return Ok(None);
+            }
+            let seq = append_history(txn, &entry)?;
+            txn.open_table(INBOX_SEEN)?.insert(&key, seq)?;
+            Ok(Some((seq, entry)))
+        })
+        .await;
+    match committed {
+        Ok(stored) => {
+            if let Ok(mut t) = inner.transfers.lock() {
+                t.remove(&env.msg_id);
+            }
+            let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
+            if let Some(s) = stored {
+                let _ = inner.received.send(s);
+            }
+            Outcome::Ack
+        }
+        Err(e) => {
+            warn!(error = %e, "could not store a received message");
+            outcome_nack("busy")
+        }
+    }
+}
+
+async fn drop_transfer(inner: &Inner, key: [u8; 32], msg_id: &[u8; 16]) {
+    if let Ok(mut t) = inner.transfers.lock() {
+        t.remove(msg_id);
+    }
+    let _ = inner
+        .writer
+        .write(move |txn| {
+            txn.open_table(PENDING_IN)?.remove(&key)?;
+            Ok(())
+        })
+        .await;
+    let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
+}
+
+/// Drops transfers abandoned for longer than their senders retry.
+fn cleanup(inner: &Inner) {
+    let Ok(pending) = inner.store.pending_ins() else {
+        return;
+    };
+    let now = Inner::now_ms();
+    for (key, p) in pending {
+        if p.received_ms.saturating_add(PENDING_RETENTION_MS) < now {
+            let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
+            let writer = inner.writer.clone();
+            tokio::spawn(async move {
+                let _ = writer
+                    .write(move |txn| {
+                        txn.open_table(PENDING_IN)?.remove(&key)?;
+                        Ok(())
+                    })
+                    .await;
+            });
+        }
+    }
+}

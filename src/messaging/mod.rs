@@ -1,0 +1,329 @@
+//! Direct messages: the [`Messenger`] signs, seals and sends through a durable outbox,
+//! retries until the recipient ACKs (or 7 days pass), and on the receiving side opens,
+//! verifies, deduplicates and commits before it ACKs. It runs beside the network event
+//! loop and talks to it only through [`crate::net::Client`] and the channels in
+//! [`MessagingChannels`].
+
+pub mod envelope;
+pub mod files;
+mod inbound;
+mod outbox;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use libp2p::PeerId;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::identity::{DocumentError, MessageKeys, SignedDocument};
+use crate::net::Client;
+use crate::store::{HistoryEntry, Store, Writer};
+use crate::verbs::Request;
+use envelope::{OpenCache, Reject, SealCache};
+
+pub use outbox::Delivery;
+
+/// How long an undelivered message is retried.
+pub const OUTBOX_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Sender and recipient documents kept in memory.
+const DOC_CACHE: usize = 4096;
+/// Inbound requests handled at once; more get NACK `busy`.
+const INBOUND_CONCURRENCY: usize = 64;
+/// Capacity of the stream of newly received messages (a slow `recv --follow` that falls
+/// further behind re-reads the history).
+const RECEIVED_CAPACITY: usize = 1024;
+
+/// Shared counters of refused input, by kind (see docs/security.md).
+#[derive(Clone, Default)]
+pub struct Counters(Arc<Mutex<BTreeMap<&'static str, u64>>>);
+
+impl Counters {
+    /// Adds one to `what`.
+    pub fn count(&self, what: &'static str) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(what).or_default() += 1;
+        }
+    }
+
+    /// A copy of every counter.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// A request from a peer that the event loop hands over, to be answered with
+/// [`Client::respond`] and `token`.
+pub struct InboundVerb {
+    pub token: u64,
+    pub peer: PeerId,
+    pub request: Request,
+}
+
+/// The event loop's side of the channels between it and the messenger.
+pub struct EventLoopHooks {
+    pub inbound: mpsc::Sender<InboundVerb>,
+    pub keys: watch::Sender<Option<Arc<MessageKeys>>>,
+    pub connected: broadcast::Sender<PeerId>,
+}
+
+/// The messenger's side.
+pub struct MessagingChannels {
+    inbound: mpsc::Receiver<InboundVerb>,
+    keys: watch::Receiver<Option<Arc<MessageKeys>>>,
+    connected: broadcast::Receiver<PeerId>,
+}
+
+/// Makes the channels between the event loop and the messenger.
+pub fn channels() -> (EventLoopHooks, MessagingChannels) {
+    let (inbound_tx, inbound) = mpsc::channel(INBOUND_CONCURRENCY * 2);
+    let (keys_tx, keys) = watch::channel(None);
+    let (connected_tx, connected) = broadcast::channel(256);
+    (
+        EventLoopHooks {
+            inbound: inbound_tx,
+            keys: keys_tx,
+            connected: connected_tx,
+        },
+        MessagingChannels {
+            inbound,
+            keys,
+            connected,
+        },
+    )
+}
+
+/// Settings for the messenger.
+#[derive(Clone, Debug)]
+pub struct MessagingConfig {
+    pub home: PathBuf,
+    /// Largest attachment sent or accepted.
+    pub max_attachment: u64,
+}
+
+/// Why a send was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("storage error: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the node is stopping")]
+    Stopped,
+}
+
+/// A message accepted into the outbox.
+pub struct Sending {
+    pub msg_id: Uuid,
+    /// Resolves when the message is delivered, refused or expired.
+    pub outcome: oneshot::Receiver<Delivery>,
+}
+
+/// A received or sent message as stored, with its history position.
+pub type Stored = (u64, HistoryEntry);
+
+pub(crate) struct Inner {
+    files: PathBuf,
+    store: Store,
+    writer: Writer,
+    net: Client,
+    keys: watch::Receiver<Option<Arc<MessageKeys>>>,
+    max_attachment: u64,
+    seal: Mutex<SealCache>,
+    open: Mutex<OpenCache>,
+    docs: Mutex<HashMap<Uuid, SignedDocument>>,
+    outbox: Mutex<outbox::Outbox>,
+    wake: Notify,
+    transfers: Mutex<HashMap<[u8; 16], inbound::Transfer>>,
+    received: broadcast::Sender<Stored>,
+    counters: Counters,
+    tasks: Mutex<JoinSet<()>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Handle to the messaging service; cheap to clone.
+#[derive(Clone)]
+pub struct Messenger {
+    inner: Arc<Inner>,
+}
+
+impl Messenger {
+    /// Starts the messenger: loads the outbox and begins delivering and receiving.
+    pub fn start(
+        config: MessagingConfig,
+        store: Store,
+        net: Client,
+        channels: MessagingChannels,
+        counters: Counters,
+    ) -> Result<Messenger, crate::store::StoreError> {
+        // Absolute, so the paths printed for received files work from any directory.
+        let home = std::fs::canonicalize(&config.home).unwrap_or(config.home);
+        let files = home.join("files");
+        let (writer, writer_thread) = store.writer();
+        let (received, _) = broadcast::channel(RECEIVED_CAPACITY);
+        let inner = Arc::new(Inner {
+            files,
+            store,
+            writer,
+            net,
+            keys: channels.keys,
+            max_attachment: config.max_attachment,
+            seal: Mutex::default(),
+            open: Mutex::default(),
+            docs: Mutex::default(),
+            outbox: Mutex::default(),
+            wake: Notify::new(),
+            transfers: Mutex::default(),
+            received,
+            counters,
+            tasks: Mutex::new(JoinSet::new()),
+            writer_thread: Mutex::new(writer_thread),
+        });
+        outbox::load(&inner)?;
+        let m = Messenger { inner };
+        m.spawn(outbox::scheduler(m.inner.clone()));
+        m.spawn(inbound::dispatcher(m.inner.clone(), channels.inbound));
+        m.spawn(outbox::on_connections(m.inner.clone(), channels.connected));
+        Ok(m)
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.spawn(f);
+        }
+    }
+
+    /// Stops every messaging task (the outbox stays on disk for the next start).
+    pub async fn shutdown(self) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .ok();
+        if let Some(mut tasks) = tasks {
+            tasks.shutdown().await;
+        }
+        let thread = self.inner.writer_thread.lock().ok().and_then(|mut t| t.take());
+        // Dropping the last handle ends the writer thread, which closes the database.
+        drop(self);
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), joined).await;
+        }
+    }
+
+    /// Accepts a message for `to`: signs it, copies its attachments, writes it to the
+    /// outbox and history durably, then starts delivering it.
+    pub async fn send(
+        &self,
+        to: Uuid,
+        text: String,
+        attachments: Vec<PathBuf>,
+    ) -> Result<Sending, SendError> {
+        outbox::send(&self.inner, to, text, attachments).await
+    }
+
+    /// Newly stored received messages, as they are committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Stored> {
+        self.inner.received.subscribe()
+    }
+
+    /// The store (history and contacts are read from it directly).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Counters of refused input.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// The verified identity document we hold for `uuid`, if any (memory, then disk).
+    pub fn known_document(&self, uuid: &Uuid) -> Option<SignedDocument> {
+        self.inner.known_document(uuid)
+    }
+
+    /// Remembers a document found by a lookup (e.g. `contacts add`).
+    pub fn remember_document(&self, doc: &SignedDocument) {
+        self.inner.remember(doc);
+    }
+
+    /// Where received attachments are saved.
+    pub fn files_dir(&self) -> &Path {
+        &self.inner.files
+    }
+}
+
+impl Inner {
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn current_keys(&self) -> Option<Arc<MessageKeys>> {
+        self.keys.borrow().clone()
+    }
+
+    fn known_document(&self, uuid: &Uuid) -> Option<SignedDocument> {
+        let now = crate::unix_now();
+        if let Some(d) = self.docs.lock().ok().and_then(|d| d.get(uuid).cloned()) {
+            if d.doc().expires > now {
+                return Some(d);
+            }
+        }
+        let d = self.store.cached_document(uuid, now).ok().flatten()?;
+        self.remember_in_memory(&d);
+        Some(d)
+    }
+
+    fn remember_in_memory(&self, doc: &SignedDocument) {
+        if let Ok(mut docs) = self.docs.lock() {
+            if docs.len() >= DOC_CACHE && !docs.contains_key(&doc.doc().uuid()) {
+                docs.clear();
+            }
+            docs.insert(doc.doc().uuid(), doc.clone());
+        }
+    }
+
+    fn remember(&self, doc: &SignedDocument) {
+        self.remember_in_memory(doc);
+        let _ = self.store.cache_document(doc, crate::unix_now());
+    }
+
+    fn forget_document(&self, uuid: &Uuid) {
+        if let Ok(mut docs) = self.docs.lock() {
+            docs.remove(uuid);
+        }
+    }
+
+    /// Checks the document a message came with: the one we hold (fast path), or a newer
+    /// one for the same identity. A document older than ours is accepted only if it names
+    /// the same identity key, so a retired (maybe stolen) key cannot speak for the sender.
+    fn sender_document(&self, from: &Uuid, bytes: &[u8]) -> Result<SignedDocument, Reject> {
+        let now = crate::unix_now();
+        let held = self.known_document(from);
+        if let Some(h) = &held {
+            if h.bytes() == bytes {
+                return Ok(h.clone());
+            }
+        }
+        let doc = SignedDocument::decode_for(bytes, from, now).map_err(|e| match e {
+            DocumentError::WrongUuid { .. } => Reject::SenderMismatch,
+            e => Reject::BadSenderDocument(e.to_string()),
+        })?;
+        match held {
+            Some(h) => match doc.may_replace(&h) {
+                Ok(_) => self.remember(&doc),
+                Err(_) if doc.doc().current_key == h.doc().current_key => {}
+                Err(_) => return Err(Reject::StaleSenderKey),
+            },
+            None => self.remember(&doc),
+        }
+        Ok(doc)
+    }
+}

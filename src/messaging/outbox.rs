@@ -1,0 +1,644 @@
+//! The sending side: accepting a message into the durable outbox, and delivering it.
+//!
+//! Each recipient has a queue. A scheduler starts one worker per recipient whose queue is
+//! due; the worker finds the recipient through the directory, seals up to
+//! [`MAX_BATCH`](crate::verbs::MAX_BATCH) messages per MESSAGE request with up to
+//! [`IN_FLIGHT`] requests outstanding, streams attachments when asked for them, and
+//! commits each outcome. A failure puts the batch back and backs off (2 s doubling to
+//! 10 min); a connection from the recipient makes its queue due at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use redb::ReadableTable;
+use libp2p::PeerId;
+use tokio::sync::{broadcast, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
+use super::{files, Inner, SendError, Sending, OUTBOX_RETENTION_MS};
+use crate::identity::SignedDocument;
+use crate::store::messages::{append_history, row, update_history, OUTBOX, SENT};
+use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
+use crate::verbs::{Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES};
+
+/// MESSAGE requests outstanding to one recipient at once.
+const IN_FLIGHT: usize = 4;
+/// First retry delay after a failed attempt.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// NACK reasons that mean "try again later", not "never".
+const TRANSIENT: &[&str] = &["busy", "rate_limited", "not_ready", "undecryptable"];
+
+/// How a sent message ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The recipient ACKed: it has the message stored.
+    Delivered,
+    /// The recipient refused it (NACK with this reason).
+    Failed(String),
+    /// Not delivered within 7 days.
+    Expired,
+}
+
+impl Delivery {
+    fn status(&self) -> &'static str {
+        match self {
+            Delivery::Delivered => "delivered",
+            Delivery::Failed(_) => "failed",
+            Delivery::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Queued {
+    msg_id: Uuid,
+    signed: Arc<Vec<u8>>,
+    files: Vec<String>,
+    created_ms: u64,
+}
+
+struct Queue {
+    pending: VecDeque<Queued>,
+    due: Instant,
+    backoff: Duration,
+    working: bool,
+    /// The recipient's PeerId, once known (a connection from it makes the queue due).
+    peer: Option<PeerId>,
+}
+
+impl Queue {
+    fn new() -> Self {
+        Queue {
+            pending: VecDeque::new(),
+            due: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            working: false,
+            peer: None,
+        }
+    }
+}
+
+/// Every recipient's queue and who waits for which message.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    queues: HashMap<Uuid, Queue>,
+    waiters: HashMap<Uuid, Vec<oneshot::Sender<Delivery>>>,
+}
+
+/// Loads what was undelivered when the node last stopped.
+pub(super) fn load(inner: &Inner) -> Result<(), crate::store::StoreError> {
+    let entries = inner.store.outbox()?;
+    let mut outbox = inner.outbox.lock().map_err(|_| poisoned())?;
+    for (id, e) in entries {
+        outbox
+            .queues
+            .entry(Uuid::from_bytes(e.to))
+            .or_insert_with(Queue::new)
+            .pending
+            .push_back(Queued {
+                msg_id: Uuid::from_bytes(id),
+                signed: Arc::new(e.signed),
+                files: e.files,
+                created_ms: e.created_ms,
+            });
+    }
+    if !outbox.queues.is_empty() {
+        info!(
+            recipients = outbox.queues.len(),
+            "resuming delivery of queued messages"
+        );
+    }
+    Ok(())
+}
+
+fn poisoned() -> crate::store::StoreError {
+    crate::store::StoreError::Db("outbox lock poisoned".into())
+}
+
+pub(super) async fn send(
+    inner: &Arc<Inner>,
+    to: Uuid,
+    text: String,
+    attachments: Vec<PathBuf>,
+) -> Result<Sending, SendError> {
+    if text.len() > envelope::MAX_TEXT_BYTES {
+        return Err(SendError::BadInput(format!(
+            "the text is {} bytes; the limit is {}",
+            text.len(),
+            envelope::MAX_TEXT_BYTES
+        )));
+    }
+    if attachments.len() > envelope::MAX_ATTACHMENTS {
+        return Err(SendError::BadInput(format!(
+            "at most {} attachments per message",
+            envelope::MAX_ATTACHMENTS
+        )));
+    }
+    let mut keys_rx = inner.keys.clone();
+    let keys = keys_rx
+        .wait_for(|k| k.is_some())
+        .await
+        .map_err(|_| SendError::Stopped)?
+        .clone()
+        .ok_or(SendError::Stopped)?;
+    if to == keys.uuid {
+        return Err(SendError::BadInput("that is your own UUID".into()));
+    }
+    let msg_id = Uuid::new_v4();
+    let (metas, stored, paths) = copy_attachments(inner, &msg_id, attachments).await?;
+    let ts = Inner::now_ms();
+    let env = Envelope {
+        v: envelope::ENVELOPE_VERSION,
+        msg_id: *msg_id.as_bytes(),
+        from: *keys.uuid.as_bytes(),
+        to: *to.as_bytes(),
+        ts,
+        kind: "text".into(),
+        body: text.clone(),
+        attachments: metas,
+    };
+    let signed = envelope::sign(&env, &keys);
+    let entry = OutboxEntry {
+        to: *to.as_bytes(),
+        signed: signed.clone(),
+        files: paths.clone(),
+        created_ms: ts,
+    };
+    let history = HistoryEntry {
+        msg_id: *msg_id.as_bytes(),
+        incoming: false,
+        peer: *to.as_bytes(),
+        ts,
+        text,
+        attachments: stored,
+        status: "queued".into(),
+        detail: None,
+    };
+    let id = *msg_id.as_bytes();
+    inner
+        .writer
+        .write(move |txn| {
+            txn.open_table(OUTBOX)?
+                .insert(&id, row(&entry)?.as_slice())?;
+            let seq = append_history(txn, &history)?;
+            txn.open_table(SENT)?.insert(&id, seq)?;
+            Ok(seq)
+        })
+        .await?;
+    let (tx, outcome) = oneshot::channel();
+    {
+        let mut outbox = inner.outbox.lock().map_err(|_| poisoned())?;
+        outbox.waiters.entry(msg_id).or_default().push(tx);
+        let q = outbox.queues.entry(to).or_insert_with(Queue::new);
+        q.pending.push_back(Queued {
+            msg_id,
+            signed: Arc::new(signed),
+            files: paths,
+            created_ms: ts,
+        });
+        if !q.working {
+            q.due = Instant::now();
+        }
+    }
+    inner.wake.notify_one();
+    Ok(Sending { msg_id, outcome })
+}
+
+type Copied = (Vec<AttachmentMeta>, Vec<StoredAttachment>, Vec<String>);
+
+/// Copies each attachment into `<home>/files/sent/<msg_id>/`, hashing it on the way, so
+/// retries never depend on the user's file staying put.
+async fn copy_attachments(
+    inner: &Inner,
+    msg_id: &Uuid,
+    paths: Vec<PathBuf>,
+) -> Result<Copied, SendError> {
+    let mut metas = Vec::new();
+    let mut stored = Vec::new();
+    let mut copies = Vec::new();
+    if paths.is_empty() {
+        return Ok((metas, stored, copies));
+    }
+    let dir = inner.files.join("sent").join(msg_id.to_string());
+    let max = inner.max_attachment;
+    let dir2 = dir.clone();
+    let copied = tokio::task::spawn_blocking(move || {
+        files::private_dir(&dir2)?;
+        let mut out = Vec::new();
+        for (i, src) in paths.iter().enumerate() {
+            let raw = src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let name = files::safe_name(&raw, &format!("attachment-{i}"));
+            let dst = dir2.join(format!("{i}-{name}"));
+            let (size, sha) = files::copy_hashing(src, &dst, max).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", src.display()))
+            })?;
+            out.push((name, size, sha, dst));
+        }
+        Ok::<_, std::io::Error>(out)
+    })
+    .await
+    .map_err(|_| SendError::Stopped)?;
+    let copied = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(SendError::BadInput(format!("cannot attach {e}")));
+        }
+    };
+    for (name, size, sha256, dst) in copied {
+        let mime = files::mime_for(&name).to_string();
+        metas.push(AttachmentMeta {
+            name: name.clone(),
+            mime: mime.clone(),
+            size,
+            sha256,
+            key: crate::identity::random_secret(),
+        });
+        let path = dst.to_string_lossy().into_owned();
+        stored.push(StoredAttachment {
+            name,
+            mime,
+            size,
+            path: path.clone(),
+        });
+        copies.push(path);
+    }
+    Ok((metas, stored, copies))
+}
+
+/// Starts a worker for every queue that is due, and sleeps until the next one is.
+pub(super) async fn scheduler(inner: Arc<Inner>) {
+    loop {
+        let now = Instant::now();
+        let mut start = Vec::new();
+        let mut next: Option<Instant> = None;
+        if let Ok(mut outbox) = inner.outbox.lock() {
+            outbox.queues.retain(|_, q| !q.pending.is_empty() || q.working);
+            for (uuid, q) in outbox.queues.iter_mut() {
+                if q.working || q.pending.is_empty() {
+                    continue;
+                }
+                if q.due <= now {
+                    q.working = true;
+                    start.push(*uuid);
+                } else {
+                    next = Some(next.map_or(q.due, |n| n.min(q.due)));
+                }
+            }
+        }
+        for uuid in start {
+            let worker_inner = inner.clone();
+            if let Ok(mut tasks) = inner.tasks.lock() {
+                while tasks.try_join_next().is_some() {}
+                tasks.spawn(worker(worker_inner, uuid));
+            }
+        }
+        let sleep = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep_until(sleep) => {}
+        }
+    }
+}
+
+/// Makes a recipient's queue due when that recipient connects to us.
+pub(super) async fn on_connections(inner: Arc<Inner>, mut rx: broadcast::Receiver<PeerId>) {
+    loop {
+        let peer = match rx.recv().await {
+            Ok(p) => p,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let mut woke = false;
+        if let Ok(mut outbox) = inner.outbox.lock() {
+            for q in outbox.queues.values_mut() {
+                if q.peer == Some(peer) && !q.working && !q.pending.is_empty() {
+                    q.due = Instant::now();
+                    woke = true;
+                }
+            }
+        }
+        if woke {
+            inner.wake.notify_one();
+        }
+    }
+}
+
+async fn worker(inner: Arc<Inner>, to: Uuid) {
+    let ok = work(&inner, to).await;
+    if let Ok(mut outbox) = inner.outbox.lock() {
+        if let Some(q) = outbox.queues.get_mut(&to) {
+            q.working = false;
+            if ok {
+                q.backoff = FIRST_BACKOFF;
+                q.due = Instant::now();
+            } else {
+                q.due = Instant::now() + q.backoff;
+                debug!(recipient = %to, retry_in = ?q.backoff, queued = q.pending.len(), "delivery failed; will retry");
+                q.backoff = (q.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    inner.wake.notify_one();
+}
+
+/// Delivers everything queued for `to`; false if it had to stop on a failure.
+async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
+    expire_old(inner, &to).await;
+    let doc = match recipient_document(inner, &to).await {
+        Some(d) => d,
+        None => return false,
+    };
+    let peer = doc.doc().peer_id();
+    if let Ok(mut outbox) = inner.outbox.lock() {
+        if let Some(q) = outbox.queues.get_mut(&to) {
+            q.peer = peer;
+        }
+    }
+    let mut in_flight = FuturesUnordered::new();
+    let mut failed = false;
+    loop {
+        while !failed && in_flight.len() < IN_FLIGHT {
+            match take_batch(inner, &to) {
+                Some(batch) => in_flight.push(deliver(inner, &doc, batch)),
+                None => break,
+            }
+        }
+        let Some(result) = in_flight.next().await else {
+            break;
+        };
+        if let Err(back) = result {
+            failed = true;
+            if let Ok(mut outbox) = inner.outbox.lock() {
+                if let Some(q) = outbox.queues.get_mut(&to) {
+                    for m in back.into_iter().rev() {
+                        q.pending.push_front(m);
+                    }
+                }
+            }
+        }
+    }
+    if failed {
+        // The next attempt looks the recipient up again: it may have moved.
+        inner.forget_document(&to);
+    }
+    !failed
+}
+
+async fn recipient_document(inner: &Inner, to: &Uuid) -> Option<SignedDocument> {
+    if let Some(d) = inner.known_document(to) {
+        return Some(d);
+    }
+    match inner.net.whois(*to).await {
+        Ok(d) => {
+            inner.remember(&d);
+            Some(d)
+        }
+        Err(e) => {
+            debug!(recipient = %to, error = %e, "recipient not found in the directory");
+            None
+        }
+    }
+}
+
+/// Takes the next batch: plain messages up to the batch and size limits, or one message
+/// with attachments on its own.
+fn take_batch(inner: &Inner, to: &Uuid) -> Option<Vec<Queued>> {
+    let mut outbox = inner.outbox.lock().ok()?;
+    let q = outbox.queues.get_mut(to)?;
+    let first = q.pending.pop_front()?;
+    if !first.files.is_empty() {
+        return Some(vec![first]);
+    }
+    let mut bytes = first.signed.len();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match q.pending.front() {
+            Some(m) if m.files.is_empty() && bytes + m.signed.len() + 512 < MAX_REQUEST_BYTES / 2 => {
+                bytes += m.signed.len() + 512;
+                batch.extend(q.pending.pop_front());
+            }
+            _ => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn expire_old(inner: &Inner, to: &Uuid) {
+    let now = Inner::now_ms();
+    let expired: Vec<Queued> = match inner.outbox.lock() {
+        Ok(mut outbox) => match outbox.queues.get_mut(to) {
+            Some(q) => {
+                let (old, keep): (Vec<_>, Vec<_>) = q
+                    .pending
+                    .drain(..)
+                    .partition(|m| m.created_ms.saturating_add(OUTBOX_RETENTION_MS) < now);
+                q.pending = keep.into();
+                old
+            }
+            None => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    };
+    if !expired.is_empty() {
+        warn!(recipient = %to, count = expired.len(), "messages expired undelivered after 7 days");
+        finish(
+            inner,
+            expired
+                .into_iter()
+                .map(|m| (m.msg_id, Delivery::Expired))
+                .collect(),
+        )
+        .await;
+    }
+}
+
+/// Sends one batch; `Err` gives back what must be retried later.
+async fn deliver(
+    inner: &Inner,
+    doc: &SignedDocument,
+    batch: Vec<Queued>,
+) -> Result<(), Vec<Queued>> {
+    let Some(peer) = doc.doc().peer_id() else {
+        return Err(batch);
+    };
+    let addrs = doc.doc().reach_addrs();
+    let sealed: Vec<serde_bytes::ByteBuf> = match inner.seal.lock() {
+        Ok(mut seal) => batch
+            .iter()
+            .map(|m| serde_bytes::ByteBuf::from(seal.seal(&doc.doc().enc_key, &m.signed)))
+            .collect(),
+        Err(_) => return Err(batch),
+    };
+    let response = inner
+        .net
+        .request(peer, addrs.clone(), Request::Message { sealed })
+        .await;
+    let outcomes = match response {
+        Ok(Response::Outcomes { outcomes }) if outcomes.len() == batch.len() => outcomes,
+        Ok(Response::Nack { reason }) => {
+            debug!(%peer, %reason, "recipient refused the whole request");
+            return Err(batch);
+        }
+        Ok(other) => {
+            inner.counters.count("bad_response");
+            debug!(%peer, ?other, "unexpected answer to MESSAGE");
+            return Err(batch);
+        }
+        Err(e) => {
+            debug!(%peer, error = %e, "MESSAGE request failed");
+            return Err(batch);
+        }
+    };
+    let mut done = Vec::new();
+    let mut retry = Vec::new();
+    for (m, outcome) in batch.into_iter().zip(outcomes) {
+        match outcome {
+            Outcome::Ack => done.push((m.msg_id, Delivery::Delivered)),
+            Outcome::Nack { reason } if TRANSIENT.contains(&reason.as_str()) => retry.push(m),
+            Outcome::Nack { reason } => {
+                warn!(msg_id = %m.msg_id, %reason, "recipient refused the message");
+                done.push((m.msg_id, Delivery::Failed(reason)));
+            }
+            Outcome::Need { attachment, offset } => {
+                match transfer(inner, peer, &addrs, &m, attachment, offset).await {
+                    Ok(d) => done.push((m.msg_id, d)),
+                    Err(()) => retry.push(m),
+                }
+            }
+        }
+    }
+    finish(inner, done).await;
+    if retry.is_empty() {
+        Ok(())
+    } else {
+        Err(retry)
+    }
+}
+
+/// Streams attachment chunks for as long as the recipient asks for them. One chunk is in
+/// flight at a time, so memory stays at one chunk whatever the file size, and the
+/// recipient's pace (its answer) is the back-pressure.
+async fn transfer(
+    inner: &Inner,
+    peer: PeerId,
+    addrs: &[libp2p::Multiaddr],
+    m: &Queued,
+    mut attachment: u32,
+    mut offset: u64,
+) -> Result<Delivery, ()> {
+    let Some(env) = envelope::read_own(&m.signed) else {
+        return Ok(Delivery::Failed("unreadable_outbox_entry".into()));
+    };
+    loop {
+        let (Some(meta), Some(path)) = (
+            env.attachments.get(attachment as usize),
+            m.files.get(attachment as usize),
+        ) else {
+            return Ok(Delivery::Failed("protocol".into()));
+        };
+        if offset > meta.size || offset % CHUNK_BYTES as u64 != 0 {
+            return Ok(Delivery::Failed("protocol".into()));
+        }
+        let len = (meta.size - offset).min(CHUNK_BYTES as u64) as usize;
+        let path = PathBuf::from(path);
+        let data = tokio::task::spawn_blocking(move || files::read_at(&path, offset, len))
+            .await
+            .map_err(|_| ())?
+            .map_err(|e| warn!(error = %e, "cannot read our copy of an attachment"))?;
+        if data.len() != len {
+            return Ok(Delivery::Failed("attachment_changed".into()));
+        }
+        let sealed = envelope::seal_chunk(
+            &meta.key,
+            &env.msg_id,
+            attachment,
+            offset / CHUNK_BYTES as u64,
+            &data,
+        );
+        drop(data);
+        let response = inner
+            .net
+            .request(
+                peer,
+                addrs.to_vec(),
+                Request::Chunk {
+                    msg_id: env.msg_id,
+                    attachment,
+                    offset,
+                    data: sealed,
+                },
+            )
+            .await;
+        match response {
+            Ok(Response::Outcomes { mut outcomes }) if outcomes.len() == 1 => {
+                match outcomes.remove(0) {
+                    Outcome::Ack => return Ok(Delivery::Delivered),
+                    Outcome::Nack { reason } if TRANSIENT.contains(&reason.as_str()) => {
+                        return Err(())
+                    }
+                    Outcome::Nack { reason } => return Ok(Delivery::Failed(reason)),
+                    Outcome::Need {
+                        attachment: a,
+                        offset: o,
+                    } => {
+                        attachment = a;
+                        offset = o;
+                    }
+                }
+            }
+            // Unknown transfer (the recipient restarted) or a lost connection: the next
+            // attempt starts with MESSAGE again and resumes where the recipient is.
+            _ => return Err(()),
+        }
+    }
+}
+
+/// Records how messages ended and tells whoever waits.
+async fn finish(inner: &Inner, done: Vec<(Uuid, Delivery)>) {
+    if done.is_empty() {
+        return;
+    }
+    let records = done.clone();
+    let written = inner
+        .writer
+        .write(move |txn| {
+            for (id, d) in &records {
+                txn.open_table(OUTBOX)?.remove(id.as_bytes())?;
+                let seq = txn.open_table(SENT)?.get(id.as_bytes())?.map(|v| v.value());
+                if let Some(seq) = seq {
+                    update_history(txn, seq, |e| {
+                        e.status = d.status().into();
+                        if let Delivery::Failed(r) = d {
+                            e.detail = Some(r.clone());
+                        }
+                    })?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = written {
+        // The outbox keeps them: delivery is repeated after a restart and deduplicated.
+        warn!(error = %e, "could not record delivery outcomes");
+        return;
+    }
+    if let Ok(mut outbox) = inner.outbox.lock() {
+        for (id, d) in done {
+            for w in outbox.waiters.remove(&id).unwrap_or_default() {
+                let _ = w.send(d.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Message tables: history (both directions), the outbox, inbound dedup, transfers of
+//! attachments in progress, and contacts. Writes go through [`Writer`], which commits
+//! everything queued at the same moment in one durable transaction (group commit): one
+//! fsync for a burst of messages instead of one each, and still nothing is ACKed or
+//! reported before it is on disk.
+
+use std::sync::mpsc as std_mpsc;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::cbor;
+
+/// Conversation history: seq → [`HistoryEntry`]; seq grows with every stored message.
+pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+/// Received messages by (sender uuid ‖ msg_id) → history seq: the dedup index.
+pub(crate) const INBOX_SEEN: TableDefinition<&[u8; 32], u64> = TableDefinition::new("inbox_seen");
+/// Sent messages by msg_id → history seq.
+pub(crate) const SENT: TableDefinition<&[u8; 16], u64> = TableDefinition::new("sent");
+/// Messages not yet delivered: msg_id → [`OutboxEntry`].
+pub(crate) const OUTBOX: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("outbox");
+/// Received messages whose attachments are still arriving: (sender ‖ msg_id) → [`PendingIn`].
+pub(crate) const PENDING_IN: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("pending_in");
+/// Contacts by name → [`Contact`].
+pub(crate) const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
+
+/// Most jobs committed together.
+const MAX_GROUP: usize = 512;
+/// Capacity of the queue into the writer thread.
+const WRITER_QUEUE: usize = 4096;
+/// Largest stored row we decode.
+const MAX_ROW_BYTES: usize = 1024 * 1024;
+
+/// One stored attachment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAttachment {
+    pub name: String,
+    pub mime: String,
+    pub size: u64,
+    /// Where the file is, under the node's home.
+    pub path: String,
+}
+
+/// One message in the history, sent or received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(with = "serde_bytes")]
+    pub msg_id: [u8; 16],
+    pub incoming: bool,
+    /// The other party.
+    #[serde(with = "serde_bytes")]
+    pub peer: [u8; 16],
+    /// The sender's timestamp, ms since the epoch.
+    pub ts: u64,
+    pub text: String,
+    pub attachments: Vec<StoredAttachment>,
+    /// `received`, or for sent messages `queued`, `delivered`, `failed` or `expired`.
+    pub status: String,
+    /// Why a sent message failed (the NACK reason).
+    pub detail: Option<String>,
+}
+
+/// A message waiting for its recipient's ACK.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    #[serde(with = "serde_bytes")]
+    pub to: [u8; 16],
+    /// The signed form (sealed afresh at every attempt, to the recipient's current key).
+    #[serde(with = "serde_bytes")]
+    pub signed: Vec<u8>,
+    /// Our copies of the attachments, in envelope order.
+    pub files: Vec<String>,
+    /// When it was accepted, ms since the epoch.
+    pub created_ms: u64,
+}
+
+/// A verified message whose attachments are still arriving.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingIn {
+    /// The verified signed form.
+    #[serde(with = "serde_bytes")]
+    pub signed: Vec<u8>,
+    pub received_ms: u64,
+}
+
+/// A contact: a name for a UUID and the key first seen for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    #[serde(with = "serde_bytes")]
+    pub uuid: [u8; 16],
+    /// SHA-256 of the contact's genesis key (what `contacts verify` compares).
+    #[serde(with = "serde_bytes")]
+    pub fingerprint: [u8; 32],
+    /// The identity key pinned when the contact was added (or last verified).
+    #[serde(with = "serde_bytes")]
+    pub pinned_key: [u8; 32],
+    pub verified: bool,
+    pub added: u64,
+}
+
+/// Encodes a row.
+pub(crate) fn row<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    cbor::to_vec(v).map_err(|e| StoreError::Db(e.to_string()))
+}
+
+/// Decodes a row; an unreadable one is reported as corruption, never a panic.
+pub(crate) fn unrow<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    cbor::from_slice(bytes, MAX_ROW_BYTES).map_err(|e| StoreError::Db(format!("bad row: {e}")))
+}
+
+/// The dedup key of a received message.
+pub fn seen_key(from: &Uuid, msg_id: &Uuid) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(from.as_bytes());
+    k[16..].copy_from_slice(msg_id.as_bytes());
+    k
+}
+
+/// Appends to the history inside a write transaction; returns the new seq.
+pub fn append_history(txn: &WriteTransaction, entry: &HistoryEntry) -> Result<u64, StoreError> {
+    let mut t = txn.open_table(HISTORY)?;
+    let seq = match t.last()? {
+        Some((k, _)) => k.value() + 1,
+        None => 1,
+    };
+    t.insert(seq, row(entry)?.as_slice())?;
+    Ok(seq)
+}
+
+/// Rewrites the history entry at `seq` inside a write transaction.
+pub fn update_history(
+    txn: &WriteTransaction,
+    seq: u64,
+    f: impl FnOnce(&mut HistoryEntry),
+) -> Result<Option<HistoryEntry>, StoreError> {
+    let mut t = txn.open_table(HISTORY)?;
+    let Some(bytes) = t.get(seq)?.map(|v| v.value().to_vec()) else {
+        return Ok(None);
+    };
+    let mut entry: HistoryEntry = unrow(&bytes)?;
+    f(&mut entry);
+    t.insert(seq, row(&entry)?.as_slice())?;
+    Ok(Some(entry))
+}
+
+impl Store {
+    pub(crate) fn create_message_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+        txn.open_table(HISTORY)?;
+        txn.open_table(INBOX_SEEN)?;
+        txn.open_table(SENT)?;
+        txn.open_table(OUTBOX)?;
+        txn.open_table(PENDING_IN)?;
+        txn.open_table(CONTACTS)?;
+        Ok(())
+    }
+
+    /// History entries with seq greater than `after`, oldest first, at most `limit`.
+    pub fn history_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, HistoryEntry)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for r in t.range(after.saturating_add(1)..)? {
+            let (k, v) = r?;
+            out.push((k.value(), unrow(v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The history seq of a message, sent or received, by its id.
+    pub fn history_seq_of(&self, msg_id: &Uuid) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read()?;
+        if let Some(v) = tx.open_table(SENT)?.get(msg_id.as_bytes())? {
+            return Ok(Some(v.value()));
+        }
+        for r in tx.open_table(INBOX_SEEN)?.iter()? {
+            let (k, v) = r?;
+            if k.value()[16..] == msg_id.as_bytes()[..] {
+                return Ok(Some(v.value()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a message from `from` with this id was already stored.
+    pub fn inbox_seen(&self, key: &[u8; 32]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(INBOX_SEEN)?.get(key)?.is_some())
+    }
+
+    /// Every undelivered message, oldest first.
+    pub fn outbox(&self) -> Result<Vec<([u8; 16], OutboxEntry)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            out.push((*k.value(), unrow::<OutboxEntry>(v.value())?));
+        }
+        out.sort_by_key(|(_, e)| e.created_ms);
+        Ok(out)
+    }
+
+    /// A transfer in progress.
+    pub fn pending_in(&self, key: &[u8; 32]) -> Result<Option<PendingIn>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PENDING_IN)?;
+        t.get(key)?.map(|v| unrow(v.value())).transpose()
+    }
+
+    /// Every transfer in progress.
+    pub fn pending_ins(&self) -> Result<Vec<([u8; 32], PendingIn)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PENDING_IN)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            out.push((*k.value(), unrow(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every contact, by name.
+    pub fn contacts(&self) -> Result<Vec<(String, Contact)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CONTACTS)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            out.push((k.value().to_string(), unrow(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// One contact.
+    pub fn contact(&self, name: &str) -> Result<Option<Contact>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CONTACTS)?;
+        t.get(name)?.map(|v| unrow(v.value())).transpose()
+    }
+
+    /// Adds or replaces a contact.
+    pub fn put_contact(&self, name: &str, c: &Contact) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CONTACTS)?.insert(name, row(c)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a contact; returns whether it existed.
+    pub fn remove_contact(&self, name: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let existed = tx.open_table(CONTACTS)?.remove(name)?.is_some();
+        tx.commit()?;
+        Ok(existed)
+    }
+
+    /// Starts the group-commit writer thread for this database. The thread ends (and
+    /// lets go of the database) when the last [`Writer`] is dropped.
+    pub fn writer(&self) -> (Writer, Option<std::thread::JoinHandle<()>>) {
+        let (tx, rx) = std_mpsc::sync_channel::<Box<dyn Job>>(WRITER_QUEUE);
+        let db = self.db.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ptpchat-store-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let outcome = (|| {
+                        let txn = db.begin_write()?;
+                        let mut failed = None;
+                        for j in jobs.iter_mut() {
+                            if let Err(e) = j.run(&txn) {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                        match failed {
+                            // Never commit half of a job: the whole group is retried by its owners.
+                            Some(e) => {
+                                let _ = txn.abort();
+                                Err(e)
+                            }
+                            None => {
+                                txn.commit()?;
+                                Ok(())
+                            }
+                        }
+                    })();
+                    for j in jobs {
+                        j.finish(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    }
+                }
+            });
+        let handle = match spawned {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the store writer thread");
+                None
+            }
+        };
+        (Writer { tx }, handle)
+    }
+}
+
+trait Job: Send {
+    fn run(&mut self, txn: &WriteTransaction) -> Result<(), StoreError>;
+    fn finish(self: Box<Self>, committed: Result<(), String>);
+}
+
+struct TypedJob<T, F> {
+    f: Option<F>,
+    result: Option<T>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        if let Some(f) = self.f.take() {
+            self.result = Some(f(txn)?);
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), String>) {
+        let out = match (committed, self.result) {
+            (Ok(()), Some(v)) => Ok(v),
+            (Err(e), _) => Err(StoreError::Db(e)),
+            (Ok(()), None) => Err(StoreError::Db("write was not run".into())),
+        };
+        let _ = self.reply.send(out);
+    }
+}
+
+/// Handle to the writer thread; cheap to clone. The thread ends when the last handle drops.
+#[derive(Clone)]
+pub struct Writer {
+    tx: std_mpsc::SyncSender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Runs `f` in the next group transaction and returns its result once that is durably
+    /// committed. If any job in the group fails, nothing of the group is committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(TypedJob {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        // A full queue blocks briefly; the writer drains it in groups.
+        let tx = self.tx.clone();
+        let sent = match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(std_mpsc::TrySendError::Full(job)) => tokio::task::spawn_blocking(move || tx.send(job))
+                .await
+                .map_err(|_| ())
+                .and_then(|r| r.map_err(|_| ())),
+            Err(std_mpsc::TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() {
+            return Err(StoreError::Db("the store writer has stopped".into()));
+        }
+        rx.await
+            .map_err(|_| StoreError::Db("the store writer has stopped".into()))?
+    }
+}
