@@ -72,6 +72,9 @@ struct Queue {
     working: bool,
     /// The recipient's PeerId, once known (a connection from it makes the queue due).
     peer: Option<PeerId>,
+    /// The last attempt failed: look the recipient up in the directory again rather than
+    /// trusting the cached document (it may have moved).
+    refresh: bool,
 }
 
 impl Queue {
@@ -82,6 +85,7 @@ impl Queue {
             backoff: FIRST_BACKOFF,
             working: false,
             peer: None,
+            refresh: false,
         }
     }
 }
@@ -340,6 +344,7 @@ async fn worker(inner: Arc<Inner>, to: Uuid) {
     if let Ok(mut outbox) = inner.outbox.lock() {
         if let Some(q) = outbox.queues.get_mut(&to) {
             q.working = false;
+            q.refresh = !ok;
             if ok {
                 q.backoff = FIRST_BACKOFF;
                 q.due = Instant::now();
@@ -356,7 +361,13 @@ async fn worker(inner: Arc<Inner>, to: Uuid) {
 /// Delivers everything queued for `to`; false if it had to stop on a failure.
 async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
     expire_old(inner, &to).await;
-    let doc = match recipient_document(inner, &to).await {
+    let refresh = inner
+        .outbox
+        .lock()
+        .ok()
+        .and_then(|o| o.queues.get(&to).map(|q| q.refresh))
+        .unwrap_or(false);
+    let doc = match recipient_document(inner, &to, refresh).await {
         Some(d) => d,
         None => return false,
     };
@@ -396,9 +407,13 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
     !failed
 }
 
-async fn recipient_document(inner: &Inner, to: &Uuid) -> Option<SignedDocument> {
-    if let Some(d) = inner.known_document(to) {
-        return Some(d);
+/// The recipient's document: the one we hold, unless `refresh` asks the directory first
+/// (the last attempt failed, so the recipient may have new addresses or keys).
+async fn recipient_document(inner: &Inner, to: &Uuid, refresh: bool) -> Option<SignedDocument> {
+    if !refresh {
+        if let Some(d) = inner.known_document(to) {
+            return Some(d);
+        }
     }
     match inner.net.whois(*to).await {
         Ok(d) => {
@@ -407,7 +422,7 @@ async fn recipient_document(inner: &Inner, to: &Uuid) -> Option<SignedDocument> 
         }
         Err(e) => {
             debug!(recipient = %to, error = %e, "recipient not found in the directory");
-            None
+            inner.known_document(to)
         }
     }
 }
