@@ -117,7 +117,7 @@ impl Names {
 }
 
 fn key_changed(m: &Messenger, c: &Contact) -> bool {
-    m.known_document(&Uuid::from_bytes(c.uuid))
+    m.latest_document(&Uuid::from_bytes(c.uuid))
         .is_some_and(|d| d.doc().current_key != c.pinned_key)
 }
 
@@ -480,7 +480,7 @@ pub(super) fn contacts_verify(m: &Messenger, name: String, fingerprint: String) 
     }
     c.verified = true;
     // The user checked the identity now: pin the key it has now.
-    if let Some(doc) = m.known_document(&Uuid::from_bytes(c.uuid)) {
+    if let Some(doc) = m.latest_document(&Uuid::from_bytes(c.uuid)) {
         c.pinned_key = doc.doc().current_key;
     }
     if let Err(e) = m.store().put_contact(&name, &c) {

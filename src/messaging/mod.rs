@@ -246,6 +246,26 @@ impl Messenger {
         self.inner.known_document(uuid)
     }
 
+    /// The newest verified document we hold for `uuid`, from memory or disk (lookups made
+    /// by the directory update the disk copy).
+    pub fn latest_document(&self, uuid: &Uuid) -> Option<SignedDocument> {
+        let memory = self.inner.known_document(uuid);
+        let disk = self
+            .inner
+            .store
+            .cached_document(uuid, crate::unix_now())
+            .ok()
+            .flatten();
+        match (memory, disk) {
+            (Some(m), Some(d)) if d.may_replace(&m) == Ok(true) => {
+                self.inner.remember_in_memory(&d);
+                Some(d)
+            }
+            (Some(m), _) => Some(m),
+            (None, d) => d,
+        }
+    }
+
     /// Remembers a document found by a lookup (e.g. `contacts add`).
     pub fn remember_document(&self, doc: &SignedDocument) {
         self.inner.remember(doc);
