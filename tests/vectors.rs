@@ -200,3 +200,162 @@ fn verbs_vectors() {
     };
     assert!(SignedDocument::decode_for(&d, &uuid, NOW).is_ok());
 }
+
+const RECIPIENT_SIGNING: &str = "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7";
+const RECIPIENT_ENC: &str = "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb";
+const EPHEMERAL: &str = "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4";
+const NONCE: &str = "000102030405060708090a0b";
+const MSG_ID: &str = "6f1c2b3a4d5e4f60a1b2c3d4e5f60718";
+const ATTACHMENT_KEY: &str = "4242424242424242424242424242424242424242424242424242424242424242";
+
+#[test]
+fn message_vectors() {
+    use ptpchat::messaging::envelope::{self, AttachmentMeta, Envelope, OpenCache, VerifyContext};
+    use ptpchat::verbs::Outcome;
+    use sha2::Digest;
+
+    let mut sender = identity();
+    let sender_keys = {
+        let doc = sender.issue_document(&[], NOW);
+        sender.message_keys(doc)
+    };
+    let mut recipient =
+        Identity::from_secret_keys(hex32(RECIPIENT_SIGNING), hex32(RECIPIENT_ENC), NOW);
+    let recipient_keys = {
+        let doc = recipient.issue_document(&[], NOW);
+        recipient.message_keys(doc)
+    };
+    let msg_id: [u8; 16] = hex::decode(MSG_ID).unwrap().try_into().unwrap();
+    let env = Envelope {
+        v: 1,
+        msg_id,
+        from: *sender_keys.uuid.as_bytes(),
+        to: *recipient_keys.uuid.as_bytes(),
+        ts: NOW * 1000,
+        kind: "text".into(),
+        body: "hello".into(),
+        attachments: vec![AttachmentMeta {
+            name: "a.txt".into(),
+            mime: "text/plain".into(),
+            size: 5,
+            sha256: sha2::Sha256::digest(b"hello").into(),
+            key: hex32(ATTACHMENT_KEY),
+        }],
+    };
+    let body = cbor::to_vec(&env).unwrap();
+    let signed = envelope::sign(&env, &sender_keys);
+    let nonce: [u8; 12] = hex::decode(NONCE).unwrap().try_into().unwrap();
+    let sealed = envelope::seal_with(
+        hex32(EPHEMERAL),
+        nonce,
+        &recipient_keys.doc.doc().enc_key,
+        &signed,
+    );
+    let chunk = envelope::seal_chunk(&hex32(ATTACHMENT_KEY), &msg_id, 0, 0, b"hello");
+    let message_request = cbor::to_vec(&Request::Message {
+        sealed: vec![serde_bytes::ByteBuf::from(vec![0xde, 0xad])],
+    })
+    .unwrap();
+    let chunk_request = cbor::to_vec(&Request::Chunk {
+        msg_id,
+        attachment: 0,
+        offset: 0,
+        data: chunk.clone(),
+    })
+    .unwrap();
+    let outcomes = Response::Outcomes {
+        outcomes: vec![
+            Outcome::Ack,
+            Outcome::Nack {
+                reason: "bad_signature".into(),
+            },
+            Outcome::Need {
+                attachment: 0,
+                offset: 262_144,
+            },
+        ],
+    };
+    let outcomes_response = cbor::to_vec(&outcomes).unwrap();
+    print(
+        "message-envelope",
+        &[
+            ("sender_signing_secret", SIGNING.into()),
+            ("sender_enc_secret", ENC.into()),
+            ("recipient_signing_secret", RECIPIENT_SIGNING.into()),
+            ("recipient_enc_secret", RECIPIENT_ENC.into()),
+            ("now", NOW.to_string()),
+            ("envelope", hex::encode(&body)),
+        ],
+    );
+    print(
+        "message-signed",
+        &[
+            ("sender_document", hex::encode(sender_keys.doc.bytes())),
+            ("signed", hex::encode(&signed)),
+        ],
+    );
+    print(
+        "message-sealed",
+        &[
+            ("recipient_enc_public", hex::encode(recipient_keys.doc.doc().enc_key)),
+            ("ephemeral_secret", EPHEMERAL.into()),
+            ("nonce", NONCE.into()),
+            ("sealed", hex::encode(&sealed)),
+        ],
+    );
+    print(
+        "attachment-chunk",
+        &[
+            ("key", ATTACHMENT_KEY.into()),
+            ("plaintext", hex::encode(b"hello")),
+            ("sealed", hex::encode(&chunk)),
+        ],
+    );
+    print("message-request", &[("cbor", hex::encode(&message_request))]);
+    print("chunk-request", &[("cbor", hex::encode(&chunk_request))]);
+    print("outcomes-response", &[("cbor", hex::encode(&outcomes_response))]);
+
+    let v = vectors("messages.md");
+    let field = |vector: &str, key: &str| hex::decode(&v[vector][key]).unwrap();
+    // Encoding reproduces the spec's bytes exactly.
+    assert_eq!(field("message-envelope", "envelope"), body);
+    assert_eq!(field("message-signed", "signed"), signed);
+    assert_eq!(field("message-sealed", "sealed"), sealed);
+    assert_eq!(field("attachment-chunk", "sealed"), chunk);
+    assert_eq!(field("message-request", "cbor"), message_request);
+    assert_eq!(field("chunk-request", "cbor"), chunk_request);
+    assert_eq!(field("outcomes-response", "cbor"), outcomes_response);
+
+    // And the spec's bytes decode: the recipient opens and verifies the sealed vector.
+    let cache = std::sync::Mutex::new(OpenCache::default());
+    let opened = envelope::open(&field("message-sealed", "sealed"), &recipient_keys, &cache)
+        .expect("the recipient opens the vector");
+    assert_eq!(opened.as_slice(), signed.as_slice());
+    let docs = |from: &uuid::Uuid, bytes: &[u8]| {
+        SignedDocument::decode_for(bytes, from, NOW)
+            .map_err(|e| envelope::Reject::BadSenderDocument(e.to_string()))
+    };
+    let cx = VerifyContext {
+        me: recipient_keys.uuid,
+        peer: Some(sender_keys.doc.doc().peer_id().unwrap()),
+        now_ms: NOW * 1000,
+        max_attachment: envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
+        sender_document: &docs,
+    };
+    let verified = envelope::verify(&opened, &cx).expect("the vector verifies");
+    assert_eq!(verified.envelope, env);
+    // The sender cannot open what it sealed to someone else.
+    assert!(envelope::open(&sealed, &sender_keys, &cache).is_err());
+    assert_eq!(
+        envelope::open_chunk(&hex32(ATTACHMENT_KEY), &msg_id, 0, 0, &field("attachment-chunk", "sealed"))
+            .unwrap(),
+        b"hello"
+    );
+    assert!(envelope::open_chunk(&hex32(ATTACHMENT_KEY), &msg_id, 0, 1, &chunk).is_err());
+    let req: Request =
+        cbor::from_slice(&field("chunk-request", "cbor"), MAX_REQUEST_BYTES).unwrap();
+    assert!(matches!(req, Request::Chunk { offset: 0, attachment: 0, .. }));
+    let resp: Response =
+        cbor::from_slice(&field("outcomes-response", "cbor"), MAX_RESPONSE_BYTES).unwrap();
+    assert_eq!(resp, outcomes);
+}
