@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::config::{Mode, NodeConfig, DEFAULT_PORT};
 use crate::control::ControlServer;
 use crate::identity::{contact_uri, Identity};
-use crate::messaging::{Counters, Messenger, MessagingConfig};
+use crate::messaging::{Counters, MessagingConfig, Messenger};
 use crate::net::{build_swarm, BuildError, Client, EventLoop, COMMAND_CAPACITY};
 use crate::store::{Store, StoreError};
 

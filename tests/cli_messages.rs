@@ -47,7 +47,10 @@ fn uuid_of(home: &Path) -> String {
 impl Net {
     fn start() -> Net {
         let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut relay = Daemon::spawn(dirs[0].path(), &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        let mut relay = Daemon::spawn(
+            dirs[0].path(),
+            &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"],
+        );
         let mut line = String::new();
         BufReader::new(relay.child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -68,7 +71,11 @@ impl Net {
             b_uuid,
             a_uuid,
         };
-        net.until(net.a_home(), &["whois", &net.b_uuid.clone()], Duration::from_secs(30));
+        net.until(
+            net.a_home(),
+            &["whois", &net.b_uuid.clone()],
+            Duration::from_secs(30),
+        );
         net
     }
 
@@ -92,7 +99,11 @@ impl Net {
             if r.code == 0 {
                 return r;
             }
-            assert!(Instant::now() < deadline, "{args:?} kept failing: {}", r.stderr);
+            assert!(
+                Instant::now() < deadline,
+                "{args:?} kept failing: {}",
+                r.stderr
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -145,7 +156,11 @@ fn send_recv_history_and_contacts_work_as_the_cli_contract_says() {
     let added = cli(&a, &["contacts", "add", "bob", &net.b_uuid, "--json"]);
     assert_eq!(added.code, 0, "{}", added.stderr);
     assert_eq!(added.json()["verified"], false);
-    assert_eq!(cli(&a, &["contacts", "add", "bob", &net.b_uuid]).code, 1, "name taken");
+    assert_eq!(
+        cli(&a, &["contacts", "add", "bob", &net.b_uuid]).code,
+        1,
+        "name taken"
+    );
 
     // Send by contact name; exit 0 means B ACKed.
     let sent = cli(&a, &["send", "bob", "hello bob", "--json"]);
@@ -194,7 +209,14 @@ fn send_recv_history_and_contacts_work_as_the_cli_contract_says() {
     std::fs::write(&file, "attached words").unwrap();
     let with_file = cli(
         &a,
-        &["send", "bob", "live", "--attach", file.to_str().unwrap(), "--json"],
+        &[
+            "send",
+            "bob",
+            "live",
+            "--attach",
+            file.to_str().unwrap(),
+            "--json",
+        ],
     );
     assert_eq!(with_file.code, 0, "{}", with_file.stderr);
     let live: serde_json::Value =
@@ -214,12 +236,24 @@ fn send_recv_history_and_contacts_work_as_the_cli_contract_says() {
     // History shows both directions.
     let a_hist = lines(&cli(&a, &["history", "bob", "--json"]));
     assert_eq!(a_hist.len(), 3);
-    assert!(a_hist.iter().all(|m| m["direction"] == "out" && m["status"] == "delivered"));
+    assert!(a_hist
+        .iter()
+        .all(|m| m["direction"] == "out" && m["status"] == "delivered"));
     assert_eq!(a_hist[0]["to_name"], "bob");
 
     // Unreachable recipient: exit 3, queued; delivered once B is back.
     net.b.terminate();
-    let queued = cli(&a, &["send", "bob", "while you were out", "--timeout", "1", "--json"]);
+    let queued = cli(
+        &a,
+        &[
+            "send",
+            "bob",
+            "while you were out",
+            "--timeout",
+            "1",
+            "--json",
+        ],
+    );
     assert_eq!(queued.code, 3, "{}", queued.stderr);
     assert_eq!(queued.json()["status"], "queued");
     // B returns with a 1000-byte attachment limit.
@@ -231,7 +265,10 @@ fn send_recv_history_and_contacts_work_as_the_cli_contract_says() {
             .map(|m| m["text"].as_str().unwrap().to_string())
             .collect();
         if texts.iter().any(|t| t == "while you were out") {
-            assert_eq!(texts.iter().filter(|t| *t == "while you were out").count(), 1);
+            assert_eq!(
+                texts.iter().filter(|t| *t == "while you were out").count(),
+                1
+            );
             break;
         }
         assert!(Instant::now() < deadline, "queued message never arrived");
@@ -241,7 +278,10 @@ fn send_recv_history_and_contacts_work_as_the_cli_contract_says() {
     // A NACK (attachment over B's limit) is exit 1 with the reason.
     let big = net.scratch().join("big.bin");
     std::fs::write(&big, vec![0u8; 2000]).unwrap();
-    let refused = cli(&a, &["send", "bob", "too big", "--attach", big.to_str().unwrap()]);
+    let refused = cli(
+        &a,
+        &["send", "bob", "too big", "--attach", big.to_str().unwrap()],
+    );
     assert_eq!(refused.code, 1);
     assert!(refused.stderr.contains("too_large"), "{}", refused.stderr);
     let status = cli(&b, &["status", "--json"]).json();
@@ -257,7 +297,10 @@ fn send_recv_history_and_contacts_work_as_the_cli_contract_says() {
         .to_string();
     let wrong = "00".repeat(32);
     assert_eq!(cli(&a, &["contacts", "verify", "bob", &wrong]).code, 1);
-    assert_eq!(lines(&cli(&a, &["contacts", "list", "--json"]))[0]["verified"], false);
+    assert_eq!(
+        lines(&cli(&a, &["contacts", "list", "--json"]))[0]["verified"],
+        false
+    );
     let ok = cli(&a, &["contacts", "verify", "bob", &fp, "--json"]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     let listed = lines(&cli(&a, &["contacts", "list", "--json"]));
@@ -274,9 +317,15 @@ fn send_recv_history_and_contacts_work_as_the_cli_contract_says() {
         .to_string();
     let added = cli(&b, &["contacts", "add", "alice", &a_uri, "--json"]);
     assert_eq!(added.code, 0, "{}", added.stderr);
-    assert_eq!(added.json()["verified"], true, "a URI with fp= is a verification");
+    assert_eq!(
+        added.json()["verified"],
+        true,
+        "a URI with fp= is a verification"
+    );
     let got = lines(&cli(&b, &["recv", "--json"]));
-    assert!(got.iter().all(|m| m["from_name"] == "alice" && m["verified"] == true));
+    assert!(got
+        .iter()
+        .all(|m| m["from_name"] == "alice" && m["verified"] == true));
 
     assert_eq!(cli(&a, &["contacts", "rm", "bob"]).code, 0);
     assert_eq!(cli(&a, &["contacts", "rm", "bob"]).code, 4);
@@ -331,8 +380,23 @@ fn sigkill_during_a_stream_loses_nothing_acked_and_delivers_the_rest_exactly_onc
     let sender = std::thread::spawn(move || {
         let mut results = Vec::new();
         for i in 0..N {
-            let r = cli(&a, &["send", &b_uuid, &format!("m{i}"), "--timeout", "2", "--json"]);
-            assert!(r.code == 0 || r.code == 3, "send {i}: {} {}", r.code, r.stderr);
+            let r = cli(
+                &a,
+                &[
+                    "send",
+                    &b_uuid,
+                    &format!("m{i}"),
+                    "--timeout",
+                    "2",
+                    "--json",
+                ],
+            );
+            assert!(
+                r.code == 0 || r.code == 3,
+                "send {i}: {} {}",
+                r.code,
+                r.stderr
+            );
             results.push((r.json()["msg_id"].as_str().unwrap().to_string(), r.code));
             let _ = tx.send(i);
         }
@@ -345,7 +409,11 @@ fn sigkill_during_a_stream_loses_nothing_acked_and_delivers_the_rest_exactly_onc
     std::thread::sleep(Duration::from_millis(500));
     net.restart_b(&[]);
     let results = sender.join().unwrap();
-    let acked: Vec<&String> = results.iter().filter(|(_, c)| *c == 0).map(|(m, _)| m).collect();
+    let acked: Vec<&String> = results
+        .iter()
+        .filter(|(_, c)| *c == 0)
+        .map(|(m, _)| m)
+        .collect();
     assert!(acked.len() >= N / 3, "most were ACKed before the kill");
 
     // Every message ends up in B's history exactly once.
@@ -354,9 +422,14 @@ fn sigkill_during_a_stream_loses_nothing_acked_and_delivers_the_rest_exactly_onc
         let hist = lines(&cli(&b, &["history", "--json"]));
         let mut count: HashMap<String, usize> = HashMap::new();
         for m in &hist {
-            *count.entry(m["msg_id"].as_str().unwrap().to_string()).or_default() += 1;
+            *count
+                .entry(m["msg_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
-        assert!(count.values().all(|c| *c == 1), "a message was stored twice");
+        assert!(
+            count.values().all(|c| *c == 1),
+            "a message was stored twice"
+        );
         // Everything B ACKed survived the kill.
         if results.iter().all(|(m, _)| count.contains_key(m)) {
             assert_eq!(hist.len(), N);
@@ -427,7 +500,16 @@ fn a_200_mib_attachment_streams_through_in_bounded_memory() {
     }
     let sent = cli(
         dirs[0].path(),
-        &["send", &b_uuid, "the video", "--attach", file.to_str().unwrap(), "--timeout", "600", "--json"],
+        &[
+            "send",
+            &b_uuid,
+            "the video",
+            "--attach",
+            file.to_str().unwrap(),
+            "--timeout",
+            "600",
+            "--json",
+        ],
     );
     assert_eq!(sent.code, 0, "{}", sent.stderr);
     let got = lines(&cli(dirs[1].path(), &["recv", "--json"]));

@@ -250,11 +250,16 @@ async fn a_bad_signature_is_refused() {
     let mut f = Fixture::new().await;
     let keys = f.x_keys();
     let env = text_envelope(keys.uuid, f.b_uuid(), "forged");
-    let mut form: SignedForm = ptpchat::cbor::from_slice(&envelope::sign(&env, &keys), 1 << 20).unwrap();
+    let mut form: SignedForm =
+        ptpchat::cbor::from_slice(&envelope::sign(&env, &keys), 1 << 20).unwrap();
     form.sig[10] ^= 1;
     let signed = ptpchat::cbor::to_vec(&form).unwrap();
-    f.assert_refused(seal(&f.b_doc, &signed), "bad_signature", "message_bad_signature")
-        .await;
+    f.assert_refused(
+        seal(&f.b_doc, &signed),
+        "bad_signature",
+        "message_bad_signature",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -268,8 +273,12 @@ async fn a_message_signed_by_a_key_other_than_the_senders_is_refused() {
     stranger_keys.doc = keys.doc.clone();
     let env = text_envelope(keys.uuid, f.b_uuid(), "not really X");
     let signed = envelope::sign(&env, &stranger_keys);
-    f.assert_refused(seal(&f.b_doc, &signed), "bad_signature", "message_bad_signature")
-        .await;
+    f.assert_refused(
+        seal(&f.b_doc, &signed),
+        "bad_signature",
+        "message_bad_signature",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -280,8 +289,12 @@ async fn a_sender_uuid_that_is_not_the_documents_is_refused() {
     let someone = Identity::generate(now()).uuid();
     let env = text_envelope(someone, f.b_uuid(), "I am someone");
     let signed = envelope::sign(&env, &keys);
-    f.assert_refused(seal(&f.b_doc, &signed), "sender_mismatch", "message_sender_mismatch")
-        .await;
+    f.assert_refused(
+        seal(&f.b_doc, &signed),
+        "sender_mismatch",
+        "message_sender_mismatch",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -292,8 +305,12 @@ async fn a_message_relayed_by_a_peer_that_is_not_its_sender_is_refused() {
     let y_keys = keys_of(&mut y);
     let env = text_envelope(y_keys.uuid, f.b_uuid(), "from Y");
     let signed = envelope::sign(&env, &y_keys);
-    f.assert_refused(seal(&f.b_doc, &signed), "peer_mismatch", "message_peer_mismatch")
-        .await;
+    f.assert_refused(
+        seal(&f.b_doc, &signed),
+        "peer_mismatch",
+        "message_peer_mismatch",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -303,8 +320,12 @@ async fn a_message_addressed_to_someone_else_is_refused() {
     let other = Identity::generate(now()).uuid();
     let env = text_envelope(keys.uuid, other, "not for B");
     let signed = envelope::sign(&env, &keys);
-    f.assert_refused(seal(&f.b_doc, &signed), "wrong_recipient", "message_wrong_recipient")
-        .await;
+    f.assert_refused(
+        seal(&f.b_doc, &signed),
+        "wrong_recipient",
+        "message_wrong_recipient",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -343,7 +364,11 @@ async fn oversized_messages_and_attachments_are_refused() {
     f.assert_refused(seal(&f.b_doc, &signed), "too_large", "message_too_large")
         .await;
     // A text over 64 KiB.
-    let env = text_envelope(keys.uuid, f.b_uuid(), &"x".repeat(envelope::MAX_TEXT_BYTES + 1));
+    let env = text_envelope(
+        keys.uuid,
+        f.b_uuid(),
+        &"x".repeat(envelope::MAX_TEXT_BYTES + 1),
+    );
     let signed = envelope::sign(&env, &keys);
     f.assert_refused(seal(&f.b_doc, &signed), "too_large", "message_too_large")
         .await;
@@ -409,8 +434,12 @@ async fn a_message_signed_by_a_retired_identity_key_is_refused() {
     // Whoever holds the old key can no longer speak for X.
     let env = text_envelope(old_keys.uuid, f.b_uuid(), "old key");
     let signed = envelope::sign(&env, &old_keys);
-    f.assert_refused(seal(&f.b_doc, &signed), "stale_sender_key", "message_stale_sender_key")
-        .await;
+    f.assert_refused(
+        seal(&f.b_doc, &signed),
+        "stale_sender_key",
+        "message_stale_sender_key",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -454,7 +483,9 @@ async fn attachments_arrive_intact_with_names_and_types() {
     .await;
     a.messenger.as_ref().unwrap().remember_document(&doc);
     // Three files: several chunks, empty, and a name that tries to escape.
-    let big: Vec<u8> = (0..(600 * 1024 + 123)).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..(600 * 1024 + 123))
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("photo.png"), &big).unwrap();
@@ -475,9 +506,18 @@ async fn attachments_arrive_intact_with_names_and_types() {
         )
         .await
         .unwrap();
-    let outcome = tokio::time::timeout(WAIT, sending.outcome).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(WAIT, sending.outcome)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome, Delivery::Delivered);
-    let hist = b.messenger.as_ref().unwrap().store().history_after(0, 10).unwrap();
+    let hist = b
+        .messenger
+        .as_ref()
+        .unwrap()
+        .store()
+        .history_after(0, 10)
+        .unwrap();
     assert_eq!(hist.len(), 1);
     let atts = &hist[0].1.attachments;
     assert_eq!(atts.len(), 3);
@@ -519,11 +559,21 @@ async fn an_attachment_over_the_recipients_limit_is_nacked() {
         .send(b_uuid, "too big for B".into(), vec![file])
         .await
         .unwrap();
-    let outcome = tokio::time::timeout(WAIT, sending.outcome).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(WAIT, sending.outcome)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome, Delivery::Failed("too_large".into()));
     let status = b.client.status().await.unwrap();
     assert_eq!(status.rejected.get("message_too_large"), Some(&1));
-    assert!(b.messenger.as_ref().unwrap().store().history_after(0, 10).unwrap().is_empty());
+    assert!(b
+        .messenger
+        .as_ref()
+        .unwrap()
+        .store()
+        .history_after(0, 10)
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -553,7 +603,13 @@ async fn a_message_to_an_offline_recipient_is_delivered_when_it_returns() {
             .is_err(),
         "cannot be delivered while B is down"
     );
-    let a_hist = a.messenger.as_ref().unwrap().store().history_after(0, 10).unwrap();
+    let a_hist = a
+        .messenger
+        .as_ref()
+        .unwrap()
+        .store()
+        .history_after(0, 10)
+        .unwrap();
     assert_eq!(a_hist[0].1.status, "queued");
     // B comes back (new port, new document); A's retries find it through the directory.
     let b = public_node(&dir.path().join("b"), &relay_addrs).await;
@@ -562,7 +618,13 @@ async fn a_message_to_an_offline_recipient_is_delivered_when_it_returns() {
         .expect("delivered after B returned")
         .unwrap();
     assert_eq!(delivered, Delivery::Delivered);
-    let b_hist = b.messenger.as_ref().unwrap().store().history_after(0, 10).unwrap();
+    let b_hist = b
+        .messenger
+        .as_ref()
+        .unwrap()
+        .store()
+        .history_after(0, 10)
+        .unwrap();
     assert_eq!(b_hist.len(), 1);
     assert_eq!(b_hist[0].1.text, "are you there?");
 }

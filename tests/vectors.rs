@@ -297,7 +297,10 @@ fn message_vectors() {
     print(
         "message-sealed",
         &[
-            ("recipient_enc_public", hex::encode(recipient_keys.doc.doc().enc_key)),
+            (
+                "recipient_enc_public",
+                hex::encode(recipient_keys.doc.doc().enc_key),
+            ),
             ("ephemeral_secret", EPHEMERAL.into()),
             ("nonce", NONCE.into()),
             ("sealed", hex::encode(&sealed)),
@@ -311,9 +314,15 @@ fn message_vectors() {
             ("sealed", hex::encode(&chunk)),
         ],
     );
-    print("message-request", &[("cbor", hex::encode(&message_request))]);
+    print(
+        "message-request",
+        &[("cbor", hex::encode(&message_request))],
+    );
     print("chunk-request", &[("cbor", hex::encode(&chunk_request))]);
-    print("outcomes-response", &[("cbor", hex::encode(&outcomes_response))]);
+    print(
+        "outcomes-response",
+        &[("cbor", hex::encode(&outcomes_response))],
+    );
 
     let v = vectors("messages.md");
     let field = |vector: &str, key: &str| hex::decode(&v[vector][key]).unwrap();
@@ -341,20 +350,34 @@ fn message_vectors() {
         now_ms: NOW * 1000,
         max_attachment: envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
         sender_document: &docs,
+        key_cache: None,
     };
     let verified = envelope::verify(&opened, &cx).expect("the vector verifies");
     assert_eq!(verified.envelope, env);
     // The sender cannot open what it sealed to someone else.
     assert!(envelope::open(&sealed, &sender_keys, &cache).is_err());
     assert_eq!(
-        envelope::open_chunk(&hex32(ATTACHMENT_KEY), &msg_id, 0, 0, &field("attachment-chunk", "sealed"))
-            .unwrap(),
+        envelope::open_chunk(
+            &hex32(ATTACHMENT_KEY),
+            &msg_id,
+            0,
+            0,
+            &field("attachment-chunk", "sealed")
+        )
+        .unwrap(),
         b"hello"
     );
     assert!(envelope::open_chunk(&hex32(ATTACHMENT_KEY), &msg_id, 0, 1, &chunk).is_err());
     let req: Request =
         cbor::from_slice(&field("chunk-request", "cbor"), MAX_REQUEST_BYTES).unwrap();
-    assert!(matches!(req, Request::Chunk { offset: 0, attachment: 0, .. }));
+    assert!(matches!(
+        req,
+        Request::Chunk {
+            offset: 0,
+            attachment: 0,
+            ..
+        }
+    ));
     let resp: Response =
         cbor::from_slice(&field("outcomes-response", "cbor"), MAX_RESPONSE_BYTES).unwrap();
     assert_eq!(resp, outcomes);

@@ -76,8 +76,9 @@ pub async fn send(
     let text = message_text(text)?;
     let mut files = Vec::new();
     for a in attach {
-        let abs = std::fs::canonicalize(&a)
-            .map_err(|e| CliError::new(exit::ERROR, format!("cannot attach {}: {e}", a.display())))?;
+        let abs = std::fs::canonicalize(&a).map_err(|e| {
+            CliError::new(exit::ERROR, format!("cannot attach {}: {e}", a.display()))
+        })?;
         files.push(abs.to_string_lossy().into_owned());
     }
     let resp = ask_full(
@@ -157,7 +158,12 @@ fn print_message(m: &serde_json::Value) {
     }
 }
 
-async fn stream(home: &Path, json: bool, req: ControlRequest, line: fn(&serde_json::Value)) -> Result<(), CliError> {
+async fn stream(
+    home: &Path,
+    json: bool,
+    req: ControlRequest,
+    line: fn(&serde_json::Value),
+) -> Result<(), CliError> {
     let end = control::request_stream(home, &req, |r| {
         if let Some(w) = &r.warning {
             eprintln!("ptpchat: {w}");
@@ -187,7 +193,13 @@ pub async fn recv(
             "channel messages are not available in this version yet",
         ));
     }
-    stream(home, json, ControlRequest::Recv { since, follow }, print_message).await
+    stream(
+        home,
+        json,
+        ControlRequest::Recv { since, follow },
+        print_message,
+    )
+    .await
 }
 
 pub async fn history(home: &Path, json: bool, with: Option<String>) -> Result<(), CliError> {
@@ -200,8 +212,16 @@ fn print_contact(c: &serde_json::Value) {
         plain(&c["name"]),
         plain(&c["uuid"]),
         plain(&c["fingerprint"]),
-        if c["verified"] == true { "  verified" } else { "" },
-        if c["key_changed"] == true { "  KEY CHANGED" } else { "" },
+        if c["verified"] == true {
+            "  verified"
+        } else {
+            ""
+        },
+        if c["key_changed"] == true {
+            "  KEY CHANGED"
+        } else {
+            ""
+        },
     );
 }
 

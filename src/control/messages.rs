@@ -211,8 +211,10 @@ pub(super) async fn send(
             ControlResponse::ok(serde_json::json!({"msg_id": msg_id, "status": "delivered"}))
         }
         Ok(Ok(Delivery::Failed(reason))) => {
-            let mut r = ControlResponse::err(1, format!("the recipient refused the message: {reason}"));
-            r.data = Some(serde_json::json!({"msg_id": msg_id, "status": "failed", "reason": reason}));
+            let mut r =
+                ControlResponse::err(1, format!("the recipient refused the message: {reason}"));
+            r.data =
+                Some(serde_json::json!({"msg_id": msg_id, "status": "failed", "reason": reason}));
             r
         }
         Ok(Ok(Delivery::Expired)) => {
@@ -415,7 +417,10 @@ pub(super) async fn contacts_add(
         Err(LookupError::NotFound(_)) => match m.known_document(&uuid) {
             Some(d) => d,
             None => {
-                return ControlResponse::err(4, format!("no valid identity document found for {uuid}"))
+                return ControlResponse::err(
+                    4,
+                    format!("no valid identity document found for {uuid}"),
+                )
             }
         },
         Err(LookupError::NodeGone) => return ControlResponse::err(1, "the node is shutting down"),

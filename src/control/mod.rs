@@ -26,8 +26,12 @@ pub enum ControlRequest {
     Status,
     Peers,
     Id,
-    Whois { uuid: String },
-    Dial { addr: String },
+    Whois {
+        uuid: String,
+    },
+    Dial {
+        addr: String,
+    },
     /// Send a direct message; answered once ACKed, refused, or `timeout_ms` passed.
     Send {
         to: String,
@@ -49,10 +53,18 @@ pub enum ControlRequest {
         #[serde(default)]
         with: Option<String>,
     },
-    ContactsAdd { name: String, target: String },
+    ContactsAdd {
+        name: String,
+        target: String,
+    },
     ContactsList,
-    ContactsVerify { name: String, fingerprint: String },
-    ContactsRm { name: String },
+    ContactsVerify {
+        name: String,
+        fingerprint: String,
+    },
+    ContactsRm {
+        name: String,
+    },
 }
 
 /// The answer: `ok` with `data`, or an `error` with the exit `code` the CLI should use.

@@ -304,7 +304,8 @@ impl SealCache {
     /// Seals `plaintext` to the recipient encryption key `recipient`.
     pub fn seal(&mut self, recipient: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
         let now = Instant::now();
-        let fresh = |e: &Ephemeral| e.uses < EPHEMERAL_MAX_USES && now - e.born < EPHEMERAL_LIFETIME;
+        let fresh =
+            |e: &Ephemeral| e.uses < EPHEMERAL_MAX_USES && now - e.born < EPHEMERAL_LIFETIME;
         if !self.by_recipient.get(recipient).is_some_and(fresh) {
             if self.by_recipient.len() >= SEAL_CACHE_RECIPIENTS {
                 self.by_recipient.retain(|_, e| fresh(e));
@@ -337,19 +338,22 @@ impl SealCache {
     }
 }
 
+/// (recipient key tag, ephemeral public key).
+type OpenSlot = ([u8; 8], [u8; 32]);
+
 /// The recipient's cache of derived keys, by (recipient key tag, ephemeral key).
 #[derive(Default)]
 pub struct OpenCache {
-    keys: HashMap<([u8; 8], [u8; 32]), Zeroizing<[u8; 32]>>,
-    order: VecDeque<([u8; 8], [u8; 32])>,
+    keys: HashMap<OpenSlot, Zeroizing<[u8; 32]>>,
+    order: VecDeque<OpenSlot>,
 }
 
 impl OpenCache {
-    fn get(&self, k: &([u8; 8], [u8; 32])) -> Option<[u8; 32]> {
+    fn get(&self, k: &OpenSlot) -> Option<[u8; 32]> {
         self.keys.get(k).map(|z| **z)
     }
 
-    fn insert(&mut self, k: ([u8; 8], [u8; 32]), key: Zeroizing<[u8; 32]>) {
+    fn insert(&mut self, k: OpenSlot, key: Zeroizing<[u8; 32]>) {
         if self.keys.insert(k, key).is_none() {
             self.order.push_back(k);
             while self.order.len() > OPEN_CACHE_ENTRIES {
@@ -412,6 +416,9 @@ pub fn open(
         .map_err(|_| Reject::Undecryptable)
 }
 
+/// Checks a sender document given the envelope's `from` and the document bytes.
+pub type SenderDocumentCheck<'a> = dyn Fn(&Uuid, &[u8]) -> Result<SignedDocument, Reject> + 'a;
+
 /// What the recipient checks a message against.
 pub struct VerifyContext<'a> {
     /// Our UUID: the only acceptable `to`.
@@ -423,7 +430,31 @@ pub struct VerifyContext<'a> {
     pub max_attachment: u64,
     /// Checks the sender's document (decoding it unless it is the one already held, and
     /// refusing one older than what we hold). Given the envelope's `from` and the bytes.
-    pub sender_document: &'a dyn Fn(&Uuid, &[u8]) -> Result<SignedDocument, Reject>,
+    pub sender_document: &'a SenderDocumentCheck<'a>,
+    /// Parsed sender keys, so a burst from one sender decompresses its key once.
+    pub key_cache: Option<&'a KeyCache>,
+}
+
+/// Verifying keys already parsed (bounded; cleared when full).
+#[derive(Default)]
+pub struct KeyCache(std::sync::Mutex<HashMap<[u8; 32], VerifyingKey>>);
+
+impl KeyCache {
+    const MAX: usize = 4096;
+
+    fn get(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, Reject> {
+        if let Some(k) = self.0.lock().ok().and_then(|m| m.get(bytes).copied()) {
+            return Ok(k);
+        }
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| Reject::BadSignature)?;
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(*bytes, key);
+        }
+        Ok(key)
+    }
 }
 
 /// A message whose signature, sender, recipient and limits were all checked.
@@ -449,8 +480,12 @@ pub fn verify(signed: &[u8], cx: &VerifyContext<'_>) -> Result<Verified, Reject>
     if sender.doc().uuid != env.from {
         return Err(Reject::SenderMismatch);
     }
-    let key = VerifyingKey::from_bytes(&sender.doc().current_key)
-        .map_err(|_| Reject::BadSignature)?;
+    let key = match cx.key_cache {
+        Some(cache) => cache.get(&sender.doc().current_key)?,
+        None => {
+            VerifyingKey::from_bytes(&sender.doc().current_key).map_err(|_| Reject::BadSignature)?
+        }
+    };
     let sig = ed25519_dalek::Signature::from_bytes(&form.sig);
     key.verify_strict(&signed_bytes(&form.body), &sig)
         .map_err(|_| Reject::BadSignature)?;

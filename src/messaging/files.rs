@@ -87,11 +87,7 @@ pub fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>>
 /// control characters, at most 100 characters; `fallback` if nothing is left.
 pub fn safe_name(name: &str, fallback: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = base
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(100)
-        .collect();
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(100).collect();
     let cleaned = cleaned.trim().trim_start_matches('.').to_string();
     if cleaned.is_empty() {
         fallback.to_string()

@@ -22,7 +22,7 @@ use crate::identity::{DocumentError, MessageKeys, SignedDocument};
 use crate::net::Client;
 use crate::store::{HistoryEntry, Store, Writer};
 use crate::verbs::Request;
-use envelope::{OpenCache, Reject, SealCache};
+use envelope::{KeyCache, OpenCache, Reject, SealCache};
 
 pub use outbox::Delivery;
 
@@ -133,6 +133,7 @@ pub(crate) struct Inner {
     max_attachment: u64,
     seal: Mutex<SealCache>,
     open: Mutex<OpenCache>,
+    verifying_keys: KeyCache,
     docs: Mutex<HashMap<Uuid, SignedDocument>>,
     outbox: Mutex<outbox::Outbox>,
     wake: Notify,
@@ -172,6 +173,7 @@ impl Messenger {
             max_attachment: config.max_attachment,
             seal: Mutex::default(),
             open: Mutex::default(),
+            verifying_keys: KeyCache::default(),
             docs: Mutex::default(),
             outbox: Mutex::default(),
             wake: Notify::new(),
@@ -206,7 +208,12 @@ impl Messenger {
         if let Some(mut tasks) = tasks {
             tasks.shutdown().await;
         }
-        let thread = self.inner.writer_thread.lock().ok().and_then(|mut t| t.take());
+        let thread = self
+            .inner
+            .writer_thread
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
         // Dropping the last handle ends the writer thread, which closes the database.
         drop(self);
         if let Some(thread) = thread {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use redb::ReadableTable;
 use libp2p::PeerId;
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
@@ -23,18 +22,25 @@ use uuid::Uuid;
 use super::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
 use super::{files, Inner, SendError, Sending, OUTBOX_RETENTION_MS};
 use crate::identity::SignedDocument;
-use crate::store::messages::{append_history, row, update_history, OUTBOX, SENT};
+use crate::store::messages::{append_history, row, OUTBOX, SENT_STATUS};
 use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
 use crate::verbs::{Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES};
 
 /// MESSAGE requests outstanding to one recipient at once.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 16;
 /// First retry delay after a failed attempt.
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// NACK reasons that mean "try again later", not "never".
-const TRANSIENT: &[&str] = &["busy", "rate_limited", "not_ready", "undecryptable"];
+/// (`unknown_message`: the recipient restarted mid-transfer; MESSAGE again resumes it.)
+const TRANSIENT: &[&str] = &[
+    "busy",
+    "rate_limited",
+    "not_ready",
+    "undecryptable",
+    "unknown_message",
+];
 
 /// How a sent message ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +65,8 @@ impl Delivery {
 
 #[derive(Clone)]
 struct Queued {
+    /// Its history seq (also its outbox key).
+    seq: u64,
     msg_id: Uuid,
     signed: Arc<Vec<u8>>,
     files: Vec<String>,
@@ -101,14 +109,15 @@ pub(crate) struct Outbox {
 pub(super) fn load(inner: &Inner) -> Result<(), crate::store::StoreError> {
     let entries = inner.store.outbox()?;
     let mut outbox = inner.outbox.lock().map_err(|_| poisoned())?;
-    for (id, e) in entries {
+    for (seq, e) in entries {
         outbox
             .queues
             .entry(Uuid::from_bytes(e.to))
             .or_insert_with(Queue::new)
             .pending
             .push_back(Queued {
-                msg_id: Uuid::from_bytes(id),
+                seq,
+                msg_id: Uuid::from_bytes(e.msg_id),
                 signed: Arc::new(e.signed),
                 files: e.files,
                 created_ms: e.created_ms,
@@ -171,6 +180,7 @@ pub(super) async fn send(
     };
     let signed = envelope::sign(&env, &keys);
     let entry = OutboxEntry {
+        msg_id: *msg_id.as_bytes(),
         to: *to.as_bytes(),
         signed: signed.clone(),
         files: paths.clone(),
@@ -186,14 +196,12 @@ pub(super) async fn send(
         status: "queued".into(),
         detail: None,
     };
-    let id = *msg_id.as_bytes();
-    inner
+    let seq = inner
         .writer
         .write(move |txn| {
-            txn.open_table(OUTBOX)?
-                .insert(&id, row(&entry)?.as_slice())?;
             let seq = append_history(txn, &history)?;
-            txn.open_table(SENT)?.insert(&id, seq)?;
+            txn.open_table(OUTBOX)?
+                .insert(seq, row(&entry)?.as_slice())?;
             Ok(seq)
         })
         .await?;
@@ -203,6 +211,7 @@ pub(super) async fn send(
         outbox.waiters.entry(msg_id).or_default().push(tx);
         let q = outbox.queues.entry(to).or_insert_with(Queue::new);
         q.pending.push_back(Queued {
+            seq,
             msg_id,
             signed: Arc::new(signed),
             files: paths,
@@ -244,9 +253,8 @@ async fn copy_attachments(
                 .unwrap_or_default();
             let name = files::safe_name(&raw, &format!("attachment-{i}"));
             let dst = dir2.join(format!("{i}-{name}"));
-            let (size, sha) = files::copy_hashing(src, &dst, max).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("{}: {e}", src.display()))
-            })?;
+            let (size, sha) = files::copy_hashing(src, &dst, max)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
             out.push((name, size, sha, dst));
         }
         Ok::<_, std::io::Error>(out)
@@ -288,7 +296,9 @@ pub(super) async fn scheduler(inner: Arc<Inner>) {
         let mut start = Vec::new();
         let mut next: Option<Instant> = None;
         if let Ok(mut outbox) = inner.outbox.lock() {
-            outbox.queues.retain(|_, q| !q.pending.is_empty() || q.working);
+            outbox
+                .queues
+                .retain(|_, q| !q.pending.is_empty() || q.working);
             for (uuid, q) in outbox.queues.iter_mut() {
                 if q.working || q.pending.is_empty() {
                     continue;
@@ -440,7 +450,9 @@ fn take_batch(inner: &Inner, to: &Uuid) -> Option<Vec<Queued>> {
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
         match q.pending.front() {
-            Some(m) if m.files.is_empty() && bytes + m.signed.len() + 512 < MAX_REQUEST_BYTES / 2 => {
+            Some(m)
+                if m.files.is_empty() && bytes + m.signed.len() + 512 < MAX_REQUEST_BYTES / 2 =>
+            {
                 bytes += m.signed.len() + 512;
                 batch.extend(q.pending.pop_front());
             }
@@ -472,7 +484,7 @@ async fn expire_old(inner: &Inner, to: &Uuid) {
             inner,
             expired
                 .into_iter()
-                .map(|m| (m.msg_id, Delivery::Expired))
+                .map(|m| (m.seq, m.msg_id, Delivery::Expired))
                 .collect(),
         )
         .await;
@@ -520,15 +532,15 @@ async fn deliver(
     let mut retry = Vec::new();
     for (m, outcome) in batch.into_iter().zip(outcomes) {
         match outcome {
-            Outcome::Ack => done.push((m.msg_id, Delivery::Delivered)),
+            Outcome::Ack => done.push((m.seq, m.msg_id, Delivery::Delivered)),
             Outcome::Nack { reason } if TRANSIENT.contains(&reason.as_str()) => retry.push(m),
             Outcome::Nack { reason } => {
                 warn!(msg_id = %m.msg_id, %reason, "recipient refused the message");
-                done.push((m.msg_id, Delivery::Failed(reason)));
+                done.push((m.seq, m.msg_id, Delivery::Failed(reason)));
             }
             Outcome::Need { attachment, offset } => {
                 match transfer(inner, peer, &addrs, &m, attachment, offset).await {
-                    Ok(d) => done.push((m.msg_id, d)),
+                    Ok(d) => done.push((m.seq, m.msg_id, d)),
                     Err(()) => retry.push(m),
                 }
             }
@@ -563,7 +575,7 @@ async fn transfer(
         ) else {
             return Ok(Delivery::Failed("protocol".into()));
         };
-        if offset > meta.size || offset % CHUNK_BYTES as u64 != 0 {
+        if offset > meta.size || !offset.is_multiple_of(CHUNK_BYTES as u64) {
             return Ok(Delivery::Failed("protocol".into()));
         }
         let len = (meta.size - offset).min(CHUNK_BYTES as u64) as usize;
@@ -621,25 +633,23 @@ async fn transfer(
 }
 
 /// Records how messages ended and tells whoever waits.
-async fn finish(inner: &Inner, done: Vec<(Uuid, Delivery)>) {
+async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
     if done.is_empty() {
         return;
     }
-    let records = done.clone();
+    let records: Vec<(u64, Delivery)> = done.iter().map(|(s, _, d)| (*s, d.clone())).collect();
     let written = inner
         .writer
         .write(move |txn| {
-            for (id, d) in &records {
-                txn.open_table(OUTBOX)?.remove(id.as_bytes())?;
-                let seq = txn.open_table(SENT)?.get(id.as_bytes())?.map(|v| v.value());
-                if let Some(seq) = seq {
-                    update_history(txn, seq, |e| {
-                        e.status = d.status().into();
-                        if let Delivery::Failed(r) = d {
-                            e.detail = Some(r.clone());
-                        }
-                    })?;
-                }
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut status = txn.open_table(SENT_STATUS)?;
+            for (seq, d) in &records {
+                outbox.remove(*seq)?;
+                let s = match d {
+                    Delivery::Failed(r) => format!("failed:{r}"),
+                    d => d.status().to_string(),
+                };
+                status.insert(*seq, s.as_str())?;
             }
             Ok(())
         })
@@ -650,7 +660,7 @@ async fn finish(inner: &Inner, done: Vec<(Uuid, Delivery)>) {
         return;
     }
     if let Ok(mut outbox) = inner.outbox.lock() {
-        for (id, d) in done {
+        for (_, id, d) in done {
             for w in outbox.waiters.remove(&id).unwrap_or_default() {
                 let _ = w.send(d.clone());
             }

@@ -83,6 +83,9 @@ pub struct EventLoop {
     nat: autonat::NatStatus,
     put_limiter: RateLimiter<PeerId>,
     request_limiter: RateLimiter<PeerId>,
+    /// MESSAGE and CHUNK have their own, larger allowance: a batch or a file transfer is
+    /// many requests, and their real bound is the messenger's 64 handlers.
+    message_limiter: RateLimiter<PeerId>,
     rejected: Counters,
     /// Channels to the messenger (user nodes only).
     hooks: Option<EventLoopHooks>,
@@ -90,7 +93,8 @@ pub struct EventLoop {
     handed_over: HashMap<u64, request_response::ResponseChannel<Response>>,
     next_token: u64,
     /// Our own verb requests awaiting answers.
-    outbound: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    outbound:
+        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
     /// Our listen addresses (with `/p2p/`), for whoever waits for them (relay output, tests).
     listen_watch: watch::Sender<Vec<Multiaddr>>,
 }
@@ -135,6 +139,7 @@ impl EventLoop {
             nat: autonat::NatStatus::Unknown,
             put_limiter: RateLimiter::new(20, 0.5, 4096),
             request_limiter: RateLimiter::new(50, 10.0, 4096),
+            message_limiter: RateLimiter::new(256, 200.0, 4096),
             rejected: counters,
             hooks,
             handed_over: HashMap::new(),
@@ -356,9 +361,7 @@ impl EventLoop {
         }
         let _ = self.store.cache_document(&doc, now);
         if let Some(hooks) = &self.hooks {
-            hooks
-                .keys
-                .send_replace(Some(keys));
+            hooks.keys.send_replace(Some(keys));
         }
         let record = record_for(&doc, now);
         self.publish.current = Some(doc);
@@ -581,7 +584,13 @@ impl EventLoop {
         request: Request,
         channel: request_response::ResponseChannel<Response>,
     ) {
-        let response = if !self.request_limiter.allow(&peer, Instant::now()) {
+        let is_message = matches!(request, Request::Message { .. } | Request::Chunk { .. });
+        let limiter = if is_message {
+            &mut self.message_limiter
+        } else {
+            &mut self.request_limiter
+        };
+        let response = if !limiter.allow(&peer, Instant::now()) {
             self.count("request_rate_limited");
             Response::Nack {
                 reason: "rate_limited".into(),

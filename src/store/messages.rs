@@ -16,14 +16,17 @@ use crate::cbor;
 
 /// Conversation history: seq → [`HistoryEntry`]; seq grows with every stored message.
 pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
-/// Received messages by (sender uuid ‖ msg_id) → history seq: the dedup index.
-pub(crate) const INBOX_SEEN: TableDefinition<&[u8; 32], u64> = TableDefinition::new("inbox_seen");
-/// Sent messages by msg_id → history seq.
-pub(crate) const SENT: TableDefinition<&[u8; 16], u64> = TableDefinition::new("sent");
-/// Messages not yet delivered: msg_id → [`OutboxEntry`].
-pub(crate) const OUTBOX: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("outbox");
-/// Received messages whose attachments are still arriving: (sender ‖ msg_id) → [`PendingIn`].
-pub(crate) const PENDING_IN: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("pending_in");
+/// Received messages by [`seen_key`] → history seq: the dedup index. The sender's
+/// timestamp in the key keeps inserts near the end of each sender's range, so a burst
+/// dirties a few pages rather than one per message.
+pub(crate) const INBOX_SEEN: TableDefinition<&[u8; 40], u64> = TableDefinition::new("inbox_seen");
+/// How sent messages ended, by history seq: `delivered`, `expired` or `failed:<reason>`.
+/// Kept apart from the history row so recording an ACK writes a few bytes, not the message.
+pub(crate) const SENT_STATUS: TableDefinition<u64, &str> = TableDefinition::new("sent_status");
+/// Messages not yet delivered, by their history seq → [`OutboxEntry`].
+pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Received messages whose attachments are still arriving: [`seen_key`] → [`PendingIn`].
+pub(crate) const PENDING_IN: TableDefinition<&[u8; 40], &[u8]> = TableDefinition::new("pending_in");
 /// Contacts by name → [`Contact`].
 pub(crate) const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 
@@ -66,6 +69,8 @@ pub struct HistoryEntry {
 /// A message waiting for its recipient's ACK.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OutboxEntry {
+    #[serde(with = "serde_bytes")]
+    pub msg_id: [u8; 16],
     #[serde(with = "serde_bytes")]
     pub to: [u8; 16],
     /// The signed form (sealed afresh at every attempt, to the recipient's current key).
@@ -111,11 +116,13 @@ pub(crate) fn unrow<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> 
     cbor::from_slice(bytes, MAX_ROW_BYTES).map_err(|e| StoreError::Db(format!("bad row: {e}")))
 }
 
-/// The dedup key of a received message.
-pub fn seen_key(from: &Uuid, msg_id: &Uuid) -> [u8; 32] {
-    let mut k = [0u8; 32];
+/// The dedup key of a received message: sender ‖ sender's timestamp (big-endian ms) ‖
+/// msg_id. All three are signed, so a retry or replay has the same key.
+pub fn seen_key(from: &Uuid, ts: u64, msg_id: &Uuid) -> [u8; 40] {
+    let mut k = [0u8; 40];
     k[..16].copy_from_slice(from.as_bytes());
-    k[16..].copy_from_slice(msg_id.as_bytes());
+    k[16..24].copy_from_slice(&ts.to_be_bytes());
+    k[24..].copy_from_slice(msg_id.as_bytes());
     k
 }
 
@@ -130,27 +137,22 @@ pub fn append_history(txn: &WriteTransaction, entry: &HistoryEntry) -> Result<u6
     Ok(seq)
 }
 
-/// Rewrites the history entry at `seq` inside a write transaction.
-pub fn update_history(
-    txn: &WriteTransaction,
-    seq: u64,
-    f: impl FnOnce(&mut HistoryEntry),
-) -> Result<Option<HistoryEntry>, StoreError> {
-    let mut t = txn.open_table(HISTORY)?;
-    let Some(bytes) = t.get(seq)?.map(|v| v.value().to_vec()) else {
-        return Ok(None);
-    };
-    let mut entry: HistoryEntry = unrow(&bytes)?;
-    f(&mut entry);
-    t.insert(seq, row(&entry)?.as_slice())?;
-    Ok(Some(entry))
+/// Applies a recorded final status (`SENT_STATUS`) to a sent message's history entry.
+fn apply_status(entry: &mut HistoryEntry, status: &str) {
+    match status.split_once(':') {
+        Some((s, detail)) => {
+            entry.status = s.to_string();
+            entry.detail = Some(detail.to_string());
+        }
+        None => entry.status = status.to_string(),
+    }
 }
 
 impl Store {
     pub(crate) fn create_message_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
         txn.open_table(HISTORY)?;
         txn.open_table(INBOX_SEEN)?;
-        txn.open_table(SENT)?;
+        txn.open_table(SENT_STATUS)?;
         txn.open_table(OUTBOX)?;
         txn.open_table(PENDING_IN)?;
         txn.open_table(CONTACTS)?;
@@ -165,10 +167,17 @@ impl Store {
     ) -> Result<Vec<(u64, HistoryEntry)>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(HISTORY)?;
+        let status = tx.open_table(SENT_STATUS)?;
         let mut out = Vec::new();
         for r in t.range(after.saturating_add(1)..)? {
             let (k, v) = r?;
-            out.push((k.value(), unrow(v.value())?));
+            let mut entry: HistoryEntry = unrow(v.value())?;
+            if !entry.incoming {
+                if let Some(s) = status.get(k.value())? {
+                    apply_status(&mut entry, s.value());
+                }
+            }
+            out.push((k.value(), entry));
             if out.len() >= limit {
                 break;
             }
@@ -176,49 +185,53 @@ impl Store {
         Ok(out)
     }
 
-    /// The history seq of a message, sent or received, by its id.
+    /// The history seq of a message, sent or received, by its id (a scan: it serves
+    /// `recv --since`, not the message path).
     pub fn history_seq_of(&self, msg_id: &Uuid) -> Result<Option<u64>, StoreError> {
         let tx = self.db.begin_read()?;
-        if let Some(v) = tx.open_table(SENT)?.get(msg_id.as_bytes())? {
-            return Ok(Some(v.value()));
-        }
         for r in tx.open_table(INBOX_SEEN)?.iter()? {
             let (k, v) = r?;
-            if k.value()[16..] == msg_id.as_bytes()[..] {
+            if k.value()[24..] == msg_id.as_bytes()[..] {
                 return Ok(Some(v.value()));
+            }
+        }
+        for r in tx.open_table(HISTORY)?.iter()? {
+            let (k, v) = r?;
+            let e: HistoryEntry = unrow(v.value())?;
+            if e.msg_id == *msg_id.as_bytes() {
+                return Ok(Some(k.value()));
             }
         }
         Ok(None)
     }
 
-    /// Whether a message from `from` with this id was already stored.
-    pub fn inbox_seen(&self, key: &[u8; 32]) -> Result<bool, StoreError> {
+    /// Whether a message with this [`seen_key`] was already stored.
+    pub fn inbox_seen(&self, key: &[u8; 40]) -> Result<bool, StoreError> {
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(INBOX_SEEN)?.get(key)?.is_some())
     }
 
     /// Every undelivered message, oldest first.
-    pub fn outbox(&self) -> Result<Vec<([u8; 16], OutboxEntry)>, StoreError> {
+    pub fn outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(OUTBOX)?;
         let mut out = Vec::new();
         for r in t.iter()? {
             let (k, v) = r?;
-            out.push((*k.value(), unrow::<OutboxEntry>(v.value())?));
+            out.push((k.value(), unrow::<OutboxEntry>(v.value())?));
         }
-        out.sort_by_key(|(_, e)| e.created_ms);
         Ok(out)
     }
 
     /// A transfer in progress.
-    pub fn pending_in(&self, key: &[u8; 32]) -> Result<Option<PendingIn>, StoreError> {
+    pub fn pending_in(&self, key: &[u8; 40]) -> Result<Option<PendingIn>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(PENDING_IN)?;
         t.get(key)?.map(|v| unrow(v.value())).transpose()
     }
 
     /// Every transfer in progress.
-    pub fn pending_ins(&self) -> Result<Vec<([u8; 32], PendingIn)>, StoreError> {
+    pub fn pending_ins(&self) -> Result<Vec<([u8; 40], PendingIn)>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(PENDING_IN)?;
         let mut out = Vec::new();
@@ -374,10 +387,12 @@ impl Writer {
         let tx = self.tx.clone();
         let sent = match tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(std_mpsc::TrySendError::Full(job)) => tokio::task::spawn_blocking(move || tx.send(job))
-                .await
-                .map_err(|_| ())
-                .and_then(|r| r.map_err(|_| ())),
+            Err(std_mpsc::TrySendError::Full(job)) => {
+                tokio::task::spawn_blocking(move || tx.send(job))
+                    .await
+                    .map_err(|_| ())
+                    .and_then(|r| r.map_err(|_| ()))
+            }
             Err(std_mpsc::TrySendError::Disconnected(_)) => Err(()),
         };
         if sent.is_err() {
