@@ -139,7 +139,7 @@ impl EventLoop {
             nat: autonat::NatStatus::Unknown,
             put_limiter: RateLimiter::new(20, 0.5, 4096),
             request_limiter: RateLimiter::new(50, 10.0, 4096),
-            message_limiter: RateLimiter::new(256, 200.0, 4096),
+            message_limiter: RateLimiter::new(1024, 1000.0, 4096),
             rejected: counters,
             hooks,
             handed_over: HashMap::new(),
