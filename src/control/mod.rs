@@ -150,16 +150,7 @@ pub async fn request_stream(
 ) -> Result<ControlResponse, ClientError> {
     let mut reader = send_request(home, req).await?;
     loop {
-        let mut answer = String::new();
-        let n = (&mut reader)
-            .take(MAX_LINE_BYTES as u64)
-            .read_line(&mut answer)
-            .await?;
-        if n == 0 {
-            return Err(ClientError::BadAnswer("connection closed".into()));
-        }
-        let r: ControlResponse =
-            serde_json::from_str(&answer).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let r = read_answer(&mut reader).await?;
         if r.done || !r.ok {
             return Ok(r);
         }
@@ -209,9 +200,13 @@ pub async fn request(home: &Path, req: &ControlRequest) -> Result<ControlRespons
 }
 
 async fn request_now(home: &Path, req: &ControlRequest) -> Result<ControlResponse, ClientError> {
-    let mut reader = send_request(home, req).await?;
+    read_answer(&mut send_request(home, req).await?).await
+}
+
+/// Reads one answer line (at most [`MAX_LINE_BYTES`]).
+async fn read_answer(reader: &mut BufReader<UnixStream>) -> Result<ControlResponse, ClientError> {
     let mut answer = String::new();
-    let n = (&mut reader)
+    let n = reader
         .take(MAX_LINE_BYTES as u64)
         .read_line(&mut answer)
         .await?;
