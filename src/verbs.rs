@@ -41,6 +41,9 @@ pub enum Request {
     /// Not sent: what an undecodable request becomes on the receiving side.
     #[serde(skip)]
     Malformed(String),
+    /// Not sent: what a request over [`MAX_REQUEST_BYTES`] becomes on the receiving side.
+    #[serde(skip)]
+    TooLarge,
 }
 
 /// A response verb.
@@ -106,9 +109,7 @@ impl libp2p::request_response::Codec for Codec {
     ) -> std::io::Result<Request> {
         let buf = match read_limited(io, MAX_REQUEST_BYTES).await {
             Ok(buf) => buf,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Ok(Request::Malformed("too_large".into()))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Ok(Request::TooLarge),
             Err(e) => return Err(e),
         };
         Ok(cbor::from_slice(&buf, MAX_REQUEST_BYTES)

@@ -601,7 +601,7 @@ impl EventLoop {
                     return self.hand_over(peer, request, channel)
                 }
                 Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
-                Request::Malformed(e) if e == "too_large" => {
+                Request::TooLarge => {
                     self.count("request_too_large");
                     warn!(%peer, "request over the size limit");
                     Response::Nack {
