@@ -117,7 +117,7 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
     let checker = inner.clone();
     let small = sealed.len() <= 2;
     let work = move || {
-        let now_ms = Inner::now_ms();
+        let now_ms = crate::unix_now_ms();
         let sender_document = |from: &Uuid, bytes: &[u8]| checker.sender_document(from, bytes);
         let cx = VerifyContext {
             me: keys.uuid,
@@ -132,7 +132,13 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
             .map(|s| {
                 let opened = envelope::open(s, &keys, &checker.open)?;
                 let v = envelope::verify(&opened, &cx)?;
-                Ok((v.envelope, opened.to_vec()))
+                // Kept only while attachments arrive; a plain message needs no copy.
+                let keep = if v.envelope.attachments.is_empty() {
+                    Vec::new()
+                } else {
+                    opened.to_vec()
+                };
+                Ok((v.envelope, keep))
             })
             .collect::<Vec<Result<(Envelope, Vec<u8>), Reject>>>()
     };
@@ -167,7 +173,7 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
         let fates = inner
             .writer
             .write(move |txn| {
-                let now = super::Inner::now_ms();
+                let now = crate::unix_now_ms();
                 let mut fates = Vec::with_capacity(jobs.len());
                 for (env, signed) in jobs {
                     let key = seen_key(&env.from(), env.ts, &env.msg_id());
@@ -541,7 +547,7 @@ fn cleanup(inner: &Inner) {
     let Ok(pending) = inner.store.pending_ins() else {
         return;
     };
-    let now = Inner::now_ms();
+    let now = crate::unix_now_ms();
     for (key, p) in pending {
         if p.received_ms.saturating_add(PENDING_RETENTION_MS) < now {
             let _ = std::fs::remove_dir_all(partial_dir(inner, &key));

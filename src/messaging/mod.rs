@@ -285,13 +285,6 @@ impl Messenger {
 }
 
 impl Inner {
-    fn now_ms() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-
     fn current_keys(&self) -> Option<Arc<MessageKeys>> {
         self.keys.borrow().clone()
     }

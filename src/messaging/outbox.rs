@@ -167,7 +167,7 @@ pub(super) async fn send(
     }
     let msg_id = Uuid::new_v4();
     let (metas, stored, paths) = copy_attachments(inner, &msg_id, attachments).await?;
-    let ts = Inner::now_ms();
+    let ts = crate::unix_now_ms();
     let env = Envelope {
         v: envelope::ENVELOPE_VERSION,
         msg_id: *msg_id.as_bytes(),
@@ -463,7 +463,7 @@ fn take_batch(inner: &Inner, to: &Uuid) -> Option<Vec<Queued>> {
 }
 
 async fn expire_old(inner: &Inner, to: &Uuid) {
-    let now = Inner::now_ms();
+    let now = crate::unix_now_ms();
     let expired: Vec<Queued> = match inner.outbox.lock() {
         Ok(mut outbox) => match outbox.queues.get_mut(to) {
             Some(q) => {
