@@ -470,18 +470,31 @@ async fn a_batch_is_judged_message_by_message() {
     assert_eq!(f.b_history_len(), 1);
 }
 
-#[tokio::test]
-async fn attachments_arrive_intact_with_names_and_types() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = public_node(&dir.path().join("b"), &[]).await;
+/// B (public, with `max_attachment`) and A bootstrapped to it, A already holding B's document.
+async fn sender_and_recipient(
+    dir: &std::path::Path,
+    max_attachment: u64,
+) -> (RunningNode, RunningNode) {
+    let mut cfg = test_config(Mode::User, &dir.join("b"), &[]);
+    cfg.public = true;
+    cfg.max_attachment = max_attachment;
+    let b = node::start(cfg).await.expect("B starts");
     let b_addrs = b.listen_addrs().await;
-    let a = start(Mode::User, &dir.path().join("a"), &b_addrs).await;
+    let a = start(Mode::User, &dir.join("a"), &b_addrs).await;
     let b_uuid = b.id.as_ref().unwrap().uuid;
     let doc = eventually(WAIT, "B's document", || async {
         a.client.fetch_certificate(b.peer_id, b_uuid).await.ok()
     })
     .await;
     a.messenger.as_ref().unwrap().remember_document(&doc);
+    (a, b)
+}
+
+#[tokio::test]
+async fn attachments_arrive_intact_with_names_and_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = sender_and_recipient(dir.path(), envelope::DEFAULT_MAX_ATTACHMENT_BYTES).await;
+    let b_uuid = b.id.as_ref().unwrap().uuid;
     // Three files: several chunks, empty, and a name that tries to escape.
     let big: Vec<u8> = (0..(600 * 1024 + 123))
         .map(|i| (i * 7 % 251) as u8)
@@ -524,6 +537,11 @@ async fn attachments_arrive_intact_with_names_and_types() {
     assert_eq!(atts[0].name, "photo.png");
     assert_eq!(atts[0].mime, "image/png");
     assert_eq!(std::fs::read(&atts[0].path).unwrap(), big);
+    use std::os::unix::fs::PermissionsExt;
+    for att in atts.iter() {
+        let mode = std::fs::metadata(&att.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{} is readable by others", att.name);
+    }
     assert_eq!(atts[1].size, 0);
     assert_eq!(std::fs::read(&atts[1].path).unwrap(), b"");
     assert_eq!(atts[2].name, "notes.md");
@@ -538,18 +556,8 @@ async fn attachments_arrive_intact_with_names_and_types() {
 #[tokio::test]
 async fn an_attachment_over_the_recipients_limit_is_nacked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(Mode::User, &dir.path().join("b"), &[]);
-    cfg.public = true;
-    cfg.max_attachment = 1024 * 1024;
-    let b = node::start(cfg).await.unwrap();
-    let b_addrs = b.listen_addrs().await;
-    let a = start(Mode::User, &dir.path().join("a"), &b_addrs).await;
+    let (a, b) = sender_and_recipient(dir.path(), 1024 * 1024).await;
     let b_uuid = b.id.as_ref().unwrap().uuid;
-    let doc = eventually(WAIT, "B's document", || async {
-        a.client.fetch_certificate(b.peer_id, b_uuid).await.ok()
-    })
-    .await;
-    a.messenger.as_ref().unwrap().remember_document(&doc);
     let file = dir.path().join("two-mib.bin");
     std::fs::write(&file, vec![3u8; 2 * 1024 * 1024]).unwrap();
     let sending = a
