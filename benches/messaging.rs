@@ -6,7 +6,12 @@
 //!    each signed, sealed, verified, opened and durably committed on both sides (outbox and
 //!    history), until every ACK is back — reported with its ratio to (1);
 //! 3. latency: one 100-byte message, from writing `send` on A's control socket to reading
-//!    the line on B's `recv --follow` stream, p50/p90/p99 over many sequential messages.
+//!    the line on B's `recv --follow` stream, p50/p90/p99 over many sequential messages;
+//! 4. the disk's floor under that latency: a 4 KiB write + `fdatasync`, and a durable redb
+//!    commit of one small row, each p50 — the latency path holds two durable commits in
+//!    series (A's outbox before sending, B's history before showing and ACKing).
+//!
+//! Throughput and latency run over TCP and over QUIC.
 //!
 //! Results go in docs/benchmarks.md. `BENCH_MESSAGES` and `BENCH_LATENCY_SAMPLES` override
 //! the sizes.
@@ -48,9 +53,20 @@ fn verify_rate() -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn config(home: &Path, public: bool, bootstrap: Vec<libp2p::Multiaddr>) -> NodeConfig {
+/// The loopback transports measured, by name and listen address.
+const TRANSPORTS: [(&str, &str); 2] = [
+    ("TCP", "/ip4/127.0.0.1/tcp/0"),
+    ("QUIC", "/ip4/127.0.0.1/udp/0/quic-v1"),
+];
+
+fn config(
+    home: &Path,
+    listen: &str,
+    public: bool,
+    bootstrap: Vec<libp2p::Multiaddr>,
+) -> NodeConfig {
     let mut cfg = NodeConfig::new(Mode::User, home.to_path_buf());
-    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.listen = vec![listen.parse().expect("a listen multiaddr")];
     cfg.bootstrap = bootstrap;
     cfg.mdns = false;
     cfg.public = public;
@@ -58,12 +74,12 @@ fn config(home: &Path, public: bool, bootstrap: Vec<libp2p::Multiaddr>) -> NodeC
 }
 
 /// A and B, connected, A holding B's document.
-async fn pair(dir: &Path) -> (RunningNode, RunningNode) {
-    let b = node::start(config(&dir.join("b"), true, vec![]))
+async fn pair(dir: &Path, listen: &str) -> (RunningNode, RunningNode) {
+    let b = node::start(config(&dir.join("b"), listen, true, vec![]))
         .await
         .expect("B starts");
     let b_addrs = b.listen_addrs().await;
-    let a = node::start(config(&dir.join("a"), false, b_addrs))
+    let a = node::start(config(&dir.join("a"), listen, false, b_addrs))
         .await
         .expect("A starts");
     let b_uuid = b.id.as_ref().unwrap().uuid;
@@ -79,9 +95,9 @@ async fn pair(dir: &Path) -> (RunningNode, RunningNode) {
     (a, b)
 }
 
-async fn throughput(messages: usize) -> f64 {
+async fn throughput(listen: &str, messages: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = pair(dir.path()).await;
+    let (a, b) = pair(dir.path(), listen).await;
     let b_uuid = b.id.as_ref().unwrap().uuid;
     let messenger = a.messenger.clone().unwrap();
     let text = "x".repeat(1024);
@@ -122,15 +138,19 @@ async fn throughput(messages: usize) -> f64 {
     rate
 }
 
-async fn line(reader: &mut BufReader<UnixStream>) -> ControlResponse {
+async fn raw_line(reader: &mut BufReader<UnixStream>) -> String {
     let mut l = String::new();
     reader.read_line(&mut l).await.unwrap();
-    serde_json::from_str(&l).unwrap()
+    l
 }
 
-async fn latency(samples: usize) -> Vec<Duration> {
+async fn line(reader: &mut BufReader<UnixStream>) -> ControlResponse {
+    serde_json::from_str(&raw_line(reader).await).unwrap()
+}
+
+async fn latency(listen: &str, samples: usize) -> Vec<Duration> {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = pair(dir.path()).await;
+    let (a, b) = pair(dir.path(), listen).await;
     let b_uuid = b.id.as_ref().unwrap().uuid.to_string();
     let request = |r: &ControlRequest| {
         let mut v = serde_json::to_vec(r).unwrap();
@@ -167,8 +187,10 @@ async fn latency(samples: usize) -> Vec<Duration> {
         });
         let t0 = Instant::now();
         ctl.get_mut().write_all(&send).await.unwrap();
-        let got = line(&mut follow).await;
+        // The clock stops when the line is read; checking it comes after.
+        let got = raw_line(&mut follow).await;
         let dt = t0.elapsed();
+        let got: ControlResponse = serde_json::from_str(&got).unwrap();
         assert!(got.ok && got.data.is_some());
         let answer = line(&mut ctl).await;
         assert!(answer.ok, "{:?}", answer.error);
@@ -180,6 +202,39 @@ async fn latency(samples: usize) -> Vec<Duration> {
     a.shutdown().await;
     b.shutdown().await;
     out
+}
+
+/// p50 of a 4 KiB overwrite + fdatasync, and of a durable one-row redb commit.
+fn disk_floor(samples: usize) -> (Duration, Duration) {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
+    f.write_all(&[0u8; 4096]).unwrap();
+    f.sync_all().unwrap();
+    let mut raw = Vec::with_capacity(samples);
+    for i in 0..samples {
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let t = Instant::now();
+        f.write_all(&[i as u8; 4096]).unwrap();
+        f.sync_data().unwrap();
+        raw.push(t.elapsed());
+    }
+    const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+    let db = redb::Database::create(dir.path().join("db.redb")).unwrap();
+    let mut commits = Vec::with_capacity(samples);
+    for i in 0..samples as u64 {
+        let t = Instant::now();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(T)
+            .unwrap()
+            .insert(i, [7u8; 300].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        commits.push(t.elapsed());
+    }
+    raw.sort();
+    commits.sort();
+    (pct(&raw, 0.5), pct(&commits, 0.5))
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -201,24 +256,34 @@ fn main() {
     );
 
     let verify_before = verify_rate();
-    let rate = rt.block_on(throughput(messages));
+    let mut rates = Vec::new();
+    for (name, listen) in TRANSPORTS {
+        rates.push((name, rt.block_on(throughput(listen, messages))));
+    }
     let verify_after = verify_rate();
     let verify = (verify_before + verify_after) / 2.0;
     println!("ed25519 verify_strict, one core: {verify:.0}/s (before {verify_before:.0}, after {verify_after:.0})");
-    println!("1 KiB messages A->B, signed+sealed+verified+opened+committed: {rate:.0}/s ({messages} messages)");
+    for (name, rate) in rates {
+        println!(
+            "{name}: 1 KiB messages A->B, signed+sealed+verified+opened+committed: {rate:.0}/s ({messages} messages); ratio to one core's verify rate: {:.2} (target >= 0.50)",
+            rate / verify
+        );
+    }
+    let (raw, commit) = disk_floor(500);
     println!(
-        "ratio to one core's verify rate: {:.2} (target >= 0.50)",
-        rate / verify
+        "disk: 4 KiB write + fdatasync p50 {raw:?}; durable redb commit p50 {commit:?}; two commits in series {:?}",
+        commit * 2
     );
-
-    let mut lat = rt.block_on(latency(samples));
-    lat.sort();
-    println!(
-        "100-byte message, A's control socket -> B's recv --follow line ({} samples): p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
-        lat.len(),
-        pct(&lat, 0.50),
-        pct(&lat, 0.90),
-        pct(&lat, 0.99),
-        lat[lat.len() - 1]
-    );
+    for (name, listen) in TRANSPORTS {
+        let mut lat = rt.block_on(latency(listen, samples));
+        lat.sort();
+        println!(
+            "{name}: 100-byte message, A's control socket -> B's recv --follow line ({} samples): p50 {:?}  p90 {:?}  p99 {:?}  max {:?}",
+            lat.len(),
+            pct(&lat, 0.50),
+            pct(&lat, 0.90),
+            pct(&lat, 0.99),
+            lat[lat.len() - 1]
+        );
+    }
 }
