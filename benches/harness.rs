@@ -1,0 +1,549 @@
+//! The performance harness (`cargo bench --bench harness`): every comparison is measured
+//! side by side in one run, because the machine is shared and noisy. It prints a table and
+//! writes the same figures as JSON to `target/bench/results.json` (or `BENCH_JSON`).
+//!
+//! 1. crypto floor: ed25519 sign, strict verify and batch verify; seal and open of a 1 KiB
+//!    envelope (a fresh ephemeral key each, the worst case); CBOR encode/decode of it;
+//! 2. direct messages over TCP and QUIC, two nodes in one process on loopback with a
+//!    connection open: sustained 1 KiB messages/s until every ACK is back (each signed,
+//!    sealed, verified, opened and durably committed on both sides) with its ratio to one
+//!    core's verify rate; and one 100-byte message from writing `send` on A's control
+//!    socket to reading the line on B's `recv --follow`, p50/p90/p99;
+//! 3. the disk's floor under that latency: a 4 KiB write + `fdatasync`, and a durable redb
+//!    commit of one row (the latency path holds two durable commits in series);
+//! 4. the real binary: `ptpchat status` round trip against a running node, process start
+//!    included, and the resident memory of that idle node.
+//!
+//! Channel fan-out against Mosquitto, the 200-node directory and relay memory come with the
+//! features they measure (channels, relays). `BENCH_SMOKE=1` runs every section with tiny
+//! sizes in a few seconds (CI does, so the harness never rots); `BENCH_MESSAGES` and
+//! `BENCH_LATENCY_SAMPLES` override the sizes. Results go in docs/benchmarks.md.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ptpchat::config::{Mode, NodeConfig};
+use ptpchat::control::{ControlRequest, ControlResponse};
+use ptpchat::identity::Identity;
+use ptpchat::messaging::envelope::{self, Envelope};
+use ptpchat::messaging::Delivery;
+use ptpchat::node::{self, RunningNode};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn verify_rate(secs: f64) -> f64 {
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let public = key.verifying_key();
+    let msg = vec![0x5au8; 1100];
+    let sig = key.sign(&msg);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..100 {
+            public
+                .verify_strict(std::hint::black_box(&msg), &sig)
+                .expect("valid");
+        }
+        n += 100;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The loopback transports measured, by name and listen address.
+const TRANSPORTS: [(&str, &str); 2] = [
+    ("TCP", "/ip4/127.0.0.1/tcp/0"),
+    ("QUIC", "/ip4/127.0.0.1/udp/0/quic-v1"),
+];
+
+fn config(
+    home: &Path,
+    listen: &str,
+    public: bool,
+    bootstrap: Vec<libp2p::Multiaddr>,
+) -> NodeConfig {
+    let mut cfg = NodeConfig::new(Mode::User, home.to_path_buf());
+    cfg.listen = vec![listen.parse().expect("a listen multiaddr")];
+    cfg.bootstrap = bootstrap;
+    cfg.mdns = false;
+    cfg.public = public;
+    cfg
+}
+
+/// A and B, connected, A holding B's document.
+async fn pair(dir: &Path, listen: &str) -> (RunningNode, RunningNode) {
+    let b = node::start(config(&dir.join("b"), listen, true, vec![]))
+        .await
+        .expect("B starts");
+    let b_addrs = b.listen_addrs().await;
+    let a = node::start(config(&dir.join("a"), listen, false, b_addrs))
+        .await
+        .expect("A starts");
+    let b_uuid = b.id.as_ref().unwrap().uuid;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let doc = loop {
+        if let Ok(d) = a.client.fetch_certificate(b.peer_id, b_uuid).await {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "B never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    a.messenger.as_ref().unwrap().remember_document(&doc);
+    (a, b)
+}
+
+async fn throughput(listen: &str, messages: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = pair(dir.path(), listen).await;
+    let b_uuid = b.id.as_ref().unwrap().uuid;
+    let messenger = a.messenger.clone().unwrap();
+    let text = "x".repeat(1024);
+    // Warm up: one message opens the streams and caches.
+    let s = messenger.send(b_uuid, text.clone(), vec![]).await.unwrap();
+    assert_eq!(s.outcome.await.unwrap(), Delivery::Delivered);
+
+    let window = Arc::new(tokio::sync::Semaphore::new(4096));
+    let start = Instant::now();
+    let mut waits = tokio::task::JoinSet::new();
+    for _ in 0..messages {
+        let permit = window.clone().acquire_owned().await.unwrap();
+        let m = messenger.clone();
+        let t = text.clone();
+        waits.spawn(async move {
+            let s = m.send(b_uuid, t, vec![]).await.expect("accepted");
+            let d = s.outcome.await.expect("outcome");
+            drop(permit);
+            d
+        });
+    }
+    while let Some(d) = waits.join_next().await {
+        assert_eq!(d.unwrap(), Delivery::Delivered);
+    }
+    let rate = messages as f64 / start.elapsed().as_secs_f64();
+    let stored = b
+        .messenger
+        .as_ref()
+        .unwrap()
+        .store()
+        .history_after(0, messages + 10)
+        .unwrap()
+        .len();
+    assert_eq!(stored, messages + 1, "every message committed at B");
+    drop(messenger);
+    a.shutdown().await;
+    b.shutdown().await;
+    rate
+}
+
+async fn raw_line(reader: &mut BufReader<UnixStream>) -> String {
+    let mut l = String::new();
+    reader.read_line(&mut l).await.unwrap();
+    l
+}
+
+async fn line(reader: &mut BufReader<UnixStream>) -> ControlResponse {
+    serde_json::from_str(&raw_line(reader).await).unwrap()
+}
+
+async fn latency(listen: &str, samples: usize) -> Vec<Duration> {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = pair(dir.path(), listen).await;
+    let b_uuid = b.id.as_ref().unwrap().uuid.to_string();
+    let request = |r: &ControlRequest| {
+        let mut v = serde_json::to_vec(r).unwrap();
+        v.push(b'\n');
+        v
+    };
+    // B's recv --follow stream, and one control connection to A.
+    let mut follow = BufReader::new(
+        UnixStream::connect(dir.path().join("b/ptpchat.sock"))
+            .await
+            .unwrap(),
+    );
+    follow
+        .get_mut()
+        .write_all(&request(&ControlRequest::Recv {
+            since: None,
+            follow: true,
+        }))
+        .await
+        .unwrap();
+    let mut ctl = BufReader::new(
+        UnixStream::connect(dir.path().join("a/ptpchat.sock"))
+            .await
+            .unwrap(),
+    );
+    let text = "y".repeat(100);
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..samples + 20 {
+        let send = request(&ControlRequest::Send {
+            to: b_uuid.clone(),
+            text: text.clone(),
+            attach: vec![],
+            timeout_ms: None,
+        });
+        let t0 = Instant::now();
+        ctl.get_mut().write_all(&send).await.unwrap();
+        // The clock stops when the line is read; checking it comes after.
+        let got = raw_line(&mut follow).await;
+        let dt = t0.elapsed();
+        let got: ControlResponse = serde_json::from_str(&got).unwrap();
+        assert!(got.ok && got.data.is_some());
+        let answer = line(&mut ctl).await;
+        assert!(answer.ok, "{:?}", answer.error);
+        // The first messages warm up connections and caches.
+        if i >= 20 {
+            out.push(dt);
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    out
+}
+
+/// p50 of a 4 KiB overwrite + fdatasync, and of a durable one-row redb commit.
+fn disk_floor(samples: usize) -> (Duration, Duration) {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
+    f.write_all(&[0u8; 4096]).unwrap();
+    f.sync_all().unwrap();
+    let mut raw = Vec::with_capacity(samples);
+    for i in 0..samples {
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let t = Instant::now();
+        f.write_all(&[i as u8; 4096]).unwrap();
+        f.sync_data().unwrap();
+        raw.push(t.elapsed());
+    }
+    const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+    let db = redb::Database::create(dir.path().join("db.redb")).unwrap();
+    let mut commits = Vec::with_capacity(samples);
+    for i in 0..samples as u64 {
+        let t = Instant::now();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(T)
+            .unwrap()
+            .insert(i, [7u8; 300].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        commits.push(t.elapsed());
+    }
+    raw.sort();
+    commits.sort();
+    (pct(&raw, 0.5), pct(&commits, 0.5))
+}
+
+/// Runs `f` for about `secs` and returns operations per second.
+fn rate(secs: f64, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..20 {
+            f();
+        }
+        n += 20;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The crypto and encoding floor, in operations per second (one core).
+fn crypto_floor(secs: f64) -> Vec<(&'static str, f64)> {
+    let now = ptpchat::unix_now();
+    let mut id = Identity::generate(now);
+    let doc = id.issue_document(&[], now);
+    let keys = id.message_keys(doc);
+    let recipient = Identity::generate(now);
+    let recipient_pub = recipient.encryption_public();
+    let mut recipient_id = recipient;
+    let recipient_doc = recipient_id.issue_document(&[], now);
+    let recipient_keys = recipient_id.message_keys(recipient_doc);
+
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let public = key.verifying_key();
+    let msg = vec![0x5au8; 1100];
+    let sig = key.sign(&msg);
+    let batch = 64;
+    let batch_keys: Vec<SigningKey> = (0..batch as u8)
+        .map(|i| SigningKey::from_bytes(&[i; 32]))
+        .collect();
+    let batch_msgs: Vec<Vec<u8>> = (0..batch).map(|i| vec![i as u8; 1100]).collect();
+    let batch_sigs: Vec<_> = batch_keys
+        .iter()
+        .zip(&batch_msgs)
+        .map(|(k, m)| k.sign(m))
+        .collect();
+    let batch_pubs: Vec<VerifyingKey> = batch_keys.iter().map(|k| k.verifying_key()).collect();
+    let batch_refs: Vec<&[u8]> = batch_msgs.iter().map(|m| m.as_slice()).collect();
+
+    let env = Envelope {
+        v: envelope::ENVELOPE_VERSION,
+        msg_id: [1; 16],
+        from: *keys.uuid.as_bytes(),
+        to: *recipient_keys.uuid.as_bytes(),
+        ts: now * 1000,
+        kind: "text".into(),
+        body: "x".repeat(1024),
+        attachments: vec![],
+    };
+    let signed = envelope::sign(&env, &keys);
+    let sealed = envelope::seal_with([9; 32], [3; 12], &recipient_pub, &signed);
+    let open_cache = std::sync::Mutex::new(envelope::OpenCache::default());
+    let encoded = ptpchat::cbor::to_vec(&env).unwrap();
+
+    let mut eph_counter = 0u64;
+    vec![
+        (
+            "ed25519 sign (1.1 KiB)",
+            rate(secs, || {
+                std::hint::black_box(key.sign(std::hint::black_box(&msg)));
+            }),
+        ),
+        (
+            "ed25519 verify_strict (1.1 KiB)",
+            rate(secs, || {
+                public
+                    .verify_strict(std::hint::black_box(&msg), &sig)
+                    .expect("valid");
+            }),
+        ),
+        (
+            "ed25519 batch verify, per signature (batches of 64)",
+            rate(secs, || {
+                ed25519_dalek::verify_batch(&batch_refs, &batch_sigs, &batch_pubs).expect("valid");
+            }) * batch as f64,
+        ),
+        (
+            "seal 1 KiB envelope (fresh X25519 ephemeral)",
+            rate(secs, || {
+                eph_counter += 1;
+                let mut eph = [5u8; 32];
+                eph[..8].copy_from_slice(&eph_counter.to_le_bytes());
+                std::hint::black_box(envelope::seal_with(
+                    eph,
+                    [3; 12],
+                    &recipient_pub,
+                    std::hint::black_box(&signed),
+                ));
+            }),
+        ),
+        (
+            "open 1 KiB envelope (new ephemeral: DH each time)",
+            rate(secs, || {
+                // A fresh cache each time makes every open pay its Diffie-Hellman.
+                let cache = std::sync::Mutex::new(envelope::OpenCache::default());
+                envelope::open(std::hint::black_box(&sealed), &recipient_keys, &cache)
+                    .expect("opens");
+            }),
+        ),
+        (
+            "open 1 KiB envelope (ephemeral key cached)",
+            rate(secs, || {
+                envelope::open(std::hint::black_box(&sealed), &recipient_keys, &open_cache)
+                    .expect("opens");
+            }),
+        ),
+        (
+            "CBOR encode envelope",
+            rate(secs, || {
+                std::hint::black_box(ptpchat::cbor::to_vec(std::hint::black_box(&env)).unwrap());
+            }),
+        ),
+        (
+            "CBOR decode envelope",
+            rate(secs, || {
+                let e: Envelope =
+                    ptpchat::cbor::from_slice(std::hint::black_box(&encoded), 1 << 20).unwrap();
+                std::hint::black_box(e);
+            }),
+        ),
+    ]
+}
+
+/// The real binary: a running node's idle RSS after it settles, and `ptpchat status`
+/// round trips (process start included).
+fn binary(samples: usize) -> (u64, Vec<Duration>) {
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_ptpchat");
+    let home = tempfile::tempdir().unwrap();
+    /// Kills the node however this function ends.
+    struct Node(std::process::Child);
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let node = Command::new(bin)
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--quiet",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map(Node)
+        .expect("ptpchat starts");
+    let status = |home: &Path| {
+        Command::new(bin)
+            .arg("--home")
+            .arg(home)
+            .args(["status", "--json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("ptpchat status runs")
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !status(home.path()) {
+        assert!(Instant::now() < deadline, "the node never answered status");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        assert!(status(home.path()));
+        times.push(t.elapsed());
+    }
+    // Idle: let start-up work (bootstrap attempts, first publish) finish.
+    std::thread::sleep(Duration::from_secs(if smoke() { 1 } else { 5 }));
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", node.0.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    drop(node);
+    times.sort();
+    (rss, times)
+}
+
+fn smoke() -> bool {
+    std::env::var_os("BENCH_SMOKE").is_some()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let smoke = smoke();
+    let messages = env_usize("BENCH_MESSAGES", if smoke { 200 } else { 20_000 });
+    let samples = env_usize("BENCH_LATENCY_SAMPLES", if smoke { 20 } else { 1_000 });
+    let secs = if smoke { 0.05 } else { 1.0 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "ptpchat performance harness ({cores} cores){}",
+        if smoke {
+            " — smoke mode, figures meaningless"
+        } else {
+            ""
+        }
+    );
+    let mut json = serde_json::json!({ "cores": cores, "smoke": smoke });
+
+    println!("\n## 1. crypto floor (one core)");
+    let crypto = crypto_floor(secs);
+    for (name, r) in &crypto {
+        println!("{name:<55} {r:>12.0}/s  {:>8.2} µs", 1e6 / r);
+    }
+    json["crypto_per_second"] = crypto
+        .iter()
+        .map(|(n, r)| (n.to_string(), serde_json::json!(r.round())))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+
+    println!("\n## 2. direct messages");
+    let verify_before = verify_rate(secs * 2.0);
+    let mut rates = Vec::new();
+    for (name, listen) in TRANSPORTS {
+        rates.push((name, rt.block_on(throughput(listen, messages))));
+    }
+    let verify_after = verify_rate(secs * 2.0);
+    let verify = (verify_before + verify_after) / 2.0;
+    println!("ed25519 verify_strict, one core, around the runs: {verify:.0}/s (before {verify_before:.0}, after {verify_after:.0})");
+    json["verify_per_second"] = serde_json::json!(verify.round());
+    for (name, rate) in &rates {
+        println!(
+            "{name:<5} 1 KiB messages A->B, signed+sealed+verified+opened+committed: {rate:>8.0}/s ({messages} messages); ratio to verify: {:.2} (goal >= 0.50)",
+            rate / verify
+        );
+        json["direct"][name] = serde_json::json!({ "messages_per_second": rate.round(), "ratio_to_verify": rate / verify });
+    }
+    let (raw, commit) = disk_floor(if smoke { 20 } else { 500 });
+    println!(
+        "disk: 4 KiB write + fdatasync p50 {:.3} ms; durable redb commit p50 {:.3} ms; two commits in series {:.3} ms",
+        ms(raw), ms(commit), ms(commit * 2)
+    );
+    json["disk"] =
+        serde_json::json!({ "fdatasync_4k_p50_ms": ms(raw), "redb_commit_p50_ms": ms(commit) });
+    for (name, listen) in TRANSPORTS {
+        let mut lat = rt.block_on(latency(listen, samples));
+        lat.sort();
+        println!(
+            "{name:<5} 100-byte message, A's control socket -> B's recv --follow line ({} samples): p50 {:.3} ms  p90 {:.3}  p99 {:.3}  max {:.3} (goal p50 < 1, p99 < 5)",
+            lat.len(),
+            ms(pct(&lat, 0.50)),
+            ms(pct(&lat, 0.90)),
+            ms(pct(&lat, 0.99)),
+            ms(lat[lat.len() - 1])
+        );
+        json["direct"][name]["latency_ms"] = serde_json::json!({
+            "p50": ms(pct(&lat, 0.50)), "p90": ms(pct(&lat, 0.90)), "p99": ms(pct(&lat, 0.99))
+        });
+    }
+
+    println!("\n## 3. the real binary");
+    let (rss_kib, status) = binary(if smoke { 5 } else { 100 });
+    println!(
+        "`ptpchat status` round trip, process start included ({} runs): p50 {:.1} ms  p90 {:.1} ms (goal < 20 ms)",
+        status.len(),
+        ms(pct(&status, 0.5)),
+        ms(pct(&status, 0.9))
+    );
+    println!(
+        "idle node resident memory: {:.1} MiB (goal < 30 MiB)",
+        rss_kib as f64 / 1024.0
+    );
+    json["cli_status_ms"] =
+        serde_json::json!({ "p50": ms(pct(&status, 0.5)), "p90": ms(pct(&status, 0.9)) });
+    json["idle_node_rss_mib"] = serde_json::json!(rss_kib as f64 / 1024.0);
+
+    let path = std::env::var("BENCH_JSON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/results.json")
+        });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("results directory");
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).expect("results written");
+    println!("\nresults: {}", path.display());
+}
