@@ -19,6 +19,9 @@
 //! sizes in a few seconds (CI does, so the harness never rots); `BENCH_MESSAGES` and
 //! `BENCH_LATENCY_SAMPLES` override the sizes. Results go in docs/benchmarks.md.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,22 +43,18 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// ed25519 `verify_strict` of a 1.1 KiB message per second on one core: the baseline the
+/// direct-message throughput is compared with.
 fn verify_rate(secs: f64) -> f64 {
     let key = SigningKey::from_bytes(&[7u8; 32]);
     let public = key.verifying_key();
     let msg = vec![0x5au8; 1100];
     let sig = key.sign(&msg);
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed().as_secs_f64() < secs {
-        for _ in 0..100 {
-            public
-                .verify_strict(std::hint::black_box(&msg), &sig)
-                .expect("valid");
-        }
-        n += 100;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
+    rate(secs, || {
+        public
+            .verify_strict(std::hint::black_box(&msg), &sig)
+            .expect("valid");
+    })
 }
 
 /// The loopback transports measured, by name and listen address.
@@ -64,38 +63,27 @@ const TRANSPORTS: [(&str, &str); 2] = [
     ("QUIC", "/ip4/127.0.0.1/udp/0/quic-v1"),
 ];
 
-fn config(
-    home: &Path,
-    listen: &str,
-    public: bool,
-    bootstrap: Vec<libp2p::Multiaddr>,
-) -> NodeConfig {
-    let mut cfg = NodeConfig::new(Mode::User, home.to_path_buf());
+fn config(home: &Path, listen: &str, public: bool, bootstrap: &[libp2p::Multiaddr]) -> NodeConfig {
+    let mut cfg = common::test_config(Mode::User, home, bootstrap);
     cfg.listen = vec![listen.parse().expect("a listen multiaddr")];
-    cfg.bootstrap = bootstrap;
-    cfg.mdns = false;
     cfg.public = public;
     cfg
 }
 
 /// A and B, connected, A holding B's document.
 async fn pair(dir: &Path, listen: &str) -> (RunningNode, RunningNode) {
-    let b = node::start(config(&dir.join("b"), listen, true, vec![]))
+    let b = node::start(config(&dir.join("b"), listen, true, &[]))
         .await
         .expect("B starts");
     let b_addrs = b.listen_addrs().await;
-    let a = node::start(config(&dir.join("a"), listen, false, b_addrs))
+    let a = node::start(config(&dir.join("a"), listen, false, &b_addrs))
         .await
         .expect("A starts");
     let b_uuid = b.id.as_ref().unwrap().uuid;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let doc = loop {
-        if let Ok(d) = a.client.fetch_certificate(b.peer_id, b_uuid).await {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "B never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let doc = common::eventually(Duration::from_secs(30), "B's certificate", || async {
+        a.client.fetch_certificate(b.peer_id, b_uuid).await.ok()
+    })
+    .await;
     a.messenger.as_ref().unwrap().remember_document(&doc);
     (a, b)
 }
@@ -261,16 +249,13 @@ fn crypto_floor(secs: f64) -> Vec<(&'static str, f64)> {
     let mut id = Identity::generate(now);
     let doc = id.issue_document(&[], now);
     let keys = id.message_keys(doc);
-    let recipient = Identity::generate(now);
+    let mut recipient = Identity::generate(now);
     let recipient_pub = recipient.encryption_public();
-    let mut recipient_id = recipient;
-    let recipient_doc = recipient_id.issue_document(&[], now);
-    let recipient_keys = recipient_id.message_keys(recipient_doc);
+    let recipient_doc = recipient.issue_document(&[], now);
+    let recipient_keys = recipient.message_keys(recipient_doc);
 
     let key = SigningKey::from_bytes(&[7u8; 32]);
-    let public = key.verifying_key();
     let msg = vec![0x5au8; 1100];
-    let sig = key.sign(&msg);
     let batch = 64;
     let batch_keys: Vec<SigningKey> = (0..batch as u8)
         .map(|i| SigningKey::from_bytes(&[i; 32]))
@@ -307,14 +292,7 @@ fn crypto_floor(secs: f64) -> Vec<(&'static str, f64)> {
                 std::hint::black_box(key.sign(std::hint::black_box(&msg)));
             }),
         ),
-        (
-            "ed25519 verify_strict (1.1 KiB)",
-            rate(secs, || {
-                public
-                    .verify_strict(std::hint::black_box(&msg), &sig)
-                    .expect("valid");
-            }),
-        ),
+        ("ed25519 verify_strict (1.1 KiB)", verify_rate(secs)),
         (
             "ed25519 batch verify, per signature (batches of 64)",
             rate(secs, || {
@@ -368,69 +346,38 @@ fn crypto_floor(secs: f64) -> Vec<(&'static str, f64)> {
     ]
 }
 
-/// The real binary: a running node's idle RSS after it settles, and `ptpchat status`
-/// round trips (process start included).
+/// The real binary: `ptpchat status` round trips (process start included) against a
+/// running node, and that node's resident memory once idle, in KiB.
 fn binary(samples: usize) -> (u64, Vec<Duration>) {
-    use std::process::{Command, Stdio};
-    let bin = env!("CARGO_BIN_EXE_ptpchat");
     let home = tempfile::tempdir().unwrap();
-    /// Kills the node however this function ends.
-    struct Node(std::process::Child);
-    impl Drop for Node {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let node = Command::new(bin)
-        .arg("--home")
-        .arg(home.path())
-        .args([
+    let node = common::Daemon::spawn(
+        home.path(),
+        &[
             "run",
             "--no-mdns",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
             "--quiet",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .map(Node)
-        .expect("ptpchat starts");
-    let status = |home: &Path| {
-        Command::new(bin)
-            .arg("--home")
-            .arg(home)
-            .args(["status", "--json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("ptpchat status runs")
-            .success()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !status(home.path()) {
-        assert!(Instant::now() < deadline, "the node never answered status");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ],
+    );
+    node.wait_ready();
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
-        assert!(status(home.path()));
+        let run = common::cli(home.path(), &["status", "--json"]);
         times.push(t.elapsed());
+        assert_eq!(run.code, 0, "status failed: {}", run.stderr);
     }
     // Idle: let start-up work (bootstrap attempts, first publish) finish.
     std::thread::sleep(Duration::from_secs(if smoke() { 1 } else { 5 }));
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", node.0.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    drop(node);
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id()))
+        .expect("the node's /proc status");
+    let rss = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .expect("VmRSS in /proc/<pid>/status");
     times.sort();
     (rss, times)
 }
