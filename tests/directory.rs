@@ -55,6 +55,18 @@ async fn relay_holding_a_user(
     (a, a_addr, b, b_uuid)
 }
 
+/// A relay A and two user nodes B and C bootstrapped from it (homes `dirs[0..3]`); also
+/// returns the bootstrap list, for restarting B or C.
+async fn relay_and_two_users(
+    dirs: &[tempfile::TempDir],
+) -> (RunningNode, Vec<Multiaddr>, RunningNode, RunningNode) {
+    let a = start(Mode::Relay, dirs[0].path(), &[]).await;
+    let boot = vec![first_addr(&a).await];
+    let b = start(Mode::User, dirs[1].path(), &boot).await;
+    let c = start(Mode::User, dirs[2].path(), &boot).await;
+    (a, boot, b, c)
+}
+
 /// Waits until `node` has published its document to at least one DHT peer.
 async fn wait_published(
     lookup_from: &RunningNode,
@@ -69,10 +81,7 @@ async fn wait_published(
 #[tokio::test]
 async fn whois_finds_a_document_and_the_dht_keeps_it_after_its_owner_stops() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(Mode::Relay, dirs[0].path(), &[]).await;
-    let boot = vec![first_addr(&a).await];
-    let b = start(Mode::User, dirs[1].path(), &boot).await;
-    let c = start(Mode::User, dirs[2].path(), &boot).await;
+    let (a, boot, b, c) = relay_and_two_users(&dirs).await;
     let b_id = b.id.clone().unwrap();
 
     let doc = wait_published(&c, b_id.uuid).await;
@@ -197,10 +206,8 @@ async fn the_dht_refuses_forged_stale_expired_and_oversized_documents() {
         (id.issue_document(&[], now - 100), id.uuid())
     };
 
-    let a = start(Mode::Relay, dirs[0].path(), &[]).await;
-    let a_addr = first_addr(&a).await;
-    let b = start(Mode::User, dirs[1].path(), std::slice::from_ref(&a_addr)).await;
-    let c = start(Mode::User, dirs[2].path(), std::slice::from_ref(&a_addr)).await;
+    let (a, boot, b, c) = relay_and_two_users(&dirs).await;
+    let a_addr = boot[0].clone();
     let genuine = wait_published(&c, b_uuid).await;
     assert!(genuine.doc().seq > old_doc.doc().seq);
 
@@ -296,10 +303,7 @@ async fn a_peer_answering_lookups_with_garbage_does_not_stop_the_valid_answer() 
 #[tokio::test]
 async fn a_rotated_key_supersedes_the_old_document_and_keeps_the_uuid() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(Mode::Relay, dirs[0].path(), &[]).await;
-    let boot = vec![first_addr(&a).await];
-    let b = start(Mode::User, dirs[1].path(), &boot).await;
-    let c = start(Mode::User, dirs[2].path(), &boot).await;
+    let (a, boot, b, c) = relay_and_two_users(&dirs).await;
     let b_id = b.id.clone().unwrap();
     let before = wait_published(&c, b_id.uuid).await;
     let old_peer = b.peer_id;

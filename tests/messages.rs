@@ -166,6 +166,12 @@ impl Fixture {
         assert_eq!(self.b_history_len(), 0, "nothing stored");
     }
 
+    /// Seals a signed form to B, sends it, and expects it refused (see `assert_refused`).
+    async fn assert_signed_refused(&self, signed: &[u8], reason: &str, counter: &str) {
+        self.assert_refused(seal(&self.b_doc, signed), reason, counter)
+            .await
+    }
+
     fn x_keys(&mut self) -> MessageKeys {
         keys_of(&mut self.x_id)
     }
@@ -254,12 +260,8 @@ async fn a_bad_signature_is_refused() {
         ptpchat::cbor::from_slice(&envelope::sign(&env, &keys), 1 << 20).unwrap();
     form.sig[10] ^= 1;
     let signed = ptpchat::cbor::to_vec(&form).unwrap();
-    f.assert_refused(
-        seal(&f.b_doc, &signed),
-        "bad_signature",
-        "message_bad_signature",
-    )
-    .await;
+    f.assert_signed_refused(&signed, "bad_signature", "message_bad_signature")
+        .await;
 }
 
 #[tokio::test]
@@ -273,12 +275,8 @@ async fn a_message_signed_by_a_key_other_than_the_senders_is_refused() {
     stranger_keys.doc = keys.doc.clone();
     let env = text_envelope(keys.uuid, f.b_uuid(), "not really X");
     let signed = envelope::sign(&env, &stranger_keys);
-    f.assert_refused(
-        seal(&f.b_doc, &signed),
-        "bad_signature",
-        "message_bad_signature",
-    )
-    .await;
+    f.assert_signed_refused(&signed, "bad_signature", "message_bad_signature")
+        .await;
 }
 
 #[tokio::test]
@@ -289,12 +287,8 @@ async fn a_sender_uuid_that_is_not_the_documents_is_refused() {
     let someone = Identity::generate(now()).uuid();
     let env = text_envelope(someone, f.b_uuid(), "I am someone");
     let signed = envelope::sign(&env, &keys);
-    f.assert_refused(
-        seal(&f.b_doc, &signed),
-        "sender_mismatch",
-        "message_sender_mismatch",
-    )
-    .await;
+    f.assert_signed_refused(&signed, "sender_mismatch", "message_sender_mismatch")
+        .await;
 }
 
 #[tokio::test]
@@ -305,12 +299,8 @@ async fn a_message_relayed_by_a_peer_that_is_not_its_sender_is_refused() {
     let y_keys = keys_of(&mut y);
     let env = text_envelope(y_keys.uuid, f.b_uuid(), "from Y");
     let signed = envelope::sign(&env, &y_keys);
-    f.assert_refused(
-        seal(&f.b_doc, &signed),
-        "peer_mismatch",
-        "message_peer_mismatch",
-    )
-    .await;
+    f.assert_signed_refused(&signed, "peer_mismatch", "message_peer_mismatch")
+        .await;
 }
 
 #[tokio::test]
@@ -320,12 +310,8 @@ async fn a_message_addressed_to_someone_else_is_refused() {
     let other = Identity::generate(now()).uuid();
     let env = text_envelope(keys.uuid, other, "not for B");
     let signed = envelope::sign(&env, &keys);
-    f.assert_refused(
-        seal(&f.b_doc, &signed),
-        "wrong_recipient",
-        "message_wrong_recipient",
-    )
-    .await;
+    f.assert_signed_refused(&signed, "wrong_recipient", "message_wrong_recipient")
+        .await;
 }
 
 #[tokio::test]
@@ -361,7 +347,7 @@ async fn oversized_messages_and_attachments_are_refused() {
         key: random32(),
     });
     let signed = envelope::sign(&env, &keys);
-    f.assert_refused(seal(&f.b_doc, &signed), "too_large", "message_too_large")
+    f.assert_signed_refused(&signed, "too_large", "message_too_large")
         .await;
     // A text over 64 KiB.
     let env = text_envelope(
@@ -370,7 +356,7 @@ async fn oversized_messages_and_attachments_are_refused() {
         &"x".repeat(envelope::MAX_TEXT_BYTES + 1),
     );
     let signed = envelope::sign(&env, &keys);
-    f.assert_refused(seal(&f.b_doc, &signed), "too_large", "message_too_large")
+    f.assert_signed_refused(&signed, "too_large", "message_too_large")
         .await;
     // A request over the 1 MiB verb limit is refused whole.
     let before = f.counter("request_too_large").await;
@@ -418,7 +404,7 @@ async fn malformed_cbor_is_refused() {
         body,
     };
     let signed = ptpchat::cbor::to_vec(&form).unwrap();
-    f.assert_refused(seal(&f.b_doc, &signed), "malformed", "message_malformed")
+    f.assert_signed_refused(&signed, "malformed", "message_malformed")
         .await;
 }
 
@@ -434,12 +420,8 @@ async fn a_message_signed_by_a_retired_identity_key_is_refused() {
     // Whoever holds the old key can no longer speak for X.
     let env = text_envelope(old_keys.uuid, f.b_uuid(), "old key");
     let signed = envelope::sign(&env, &old_keys);
-    f.assert_refused(
-        seal(&f.b_doc, &signed),
-        "stale_sender_key",
-        "message_stale_sender_key",
-    )
-    .await;
+    f.assert_signed_refused(&signed, "stale_sender_key", "message_stale_sender_key")
+        .await;
 }
 
 #[tokio::test]
