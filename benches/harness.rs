@@ -161,6 +161,7 @@ async fn latency(listen: &str, samples: usize) -> Vec<Duration> {
         .write_all(&request(&ControlRequest::Recv {
             since: None,
             follow: true,
+            channel: None,
         }))
         .await
         .unwrap();

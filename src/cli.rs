@@ -14,7 +14,9 @@ use crate::identity::{parse_contact, qr_code, SignedDocument};
 use crate::node::{self, IdInfo};
 use crate::store::Store;
 
+mod channels;
 mod messages;
+pub use channels::ChannelCommand;
 pub use messages::ContactsCommand;
 
 /// Exit codes (CLI.md).
@@ -132,6 +134,9 @@ pub enum Command {
     /// Manage contacts: names for UUIDs, with pinned keys
     #[command(subcommand)]
     Contacts(ContactsCommand),
+    /// Public and private channels
+    #[command(subcommand)]
+    Channel(ChannelCommand),
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +331,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         } => messages::recv(&home, json, follow, since, channel).await,
         Command::History { with } => messages::history(&home, json, with).await,
         Command::Contacts(cmd) => messages::contacts(&home, json, cmd).await,
+        Command::Channel(cmd) => channels::channel(&home, json, cmd).await,
     }
 }
 

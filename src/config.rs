@@ -39,6 +39,11 @@ pub struct NodeConfig {
     pub control_socket: bool,
     /// Largest attachment sent or accepted, in bytes.
     pub max_attachment: u64,
+    /// How long gossip remembers the ids of channel messages it has seen (tests shorten
+    /// it to show that replays are still caught once gossip has forgotten).
+    pub gossip_duplicate_cache: std::time::Duration,
+    /// How often a member re-announces a channel it is in (CHANNEL frames).
+    pub channel_announce_every: std::time::Duration,
 }
 
 impl NodeConfig {
@@ -55,6 +60,8 @@ impl NodeConfig {
             metrics: None,
             control_socket: true,
             max_attachment: crate::messaging::envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
+            gossip_duplicate_cache: std::time::Duration::from_secs(120),
+            channel_announce_every: std::time::Duration::from_secs(120),
         }
     }
 

@@ -3,6 +3,7 @@
 //! control socket, `identity` and `store` hold who we are, `net` owns the swarm.
 
 pub mod cbor;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::channels::{Channels, ChannelsConfig};
 use crate::config::{Mode, NodeConfig, DEFAULT_PORT};
 use crate::control::ControlServer;
 use crate::identity::{contact_uri, Identity};
@@ -91,6 +92,8 @@ pub struct RunningNode {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Direct messages (user nodes).
     pub messenger: Option<Messenger>,
+    /// Channels (user nodes).
+    pub channels: Option<Channels>,
     listen: watch::Receiver<Vec<Multiaddr>>,
     /// `None` once it has been awaited (see [`RunningNode::stopped`]).
     event_loop: Option<JoinHandle<()>>,
@@ -103,6 +106,9 @@ impl RunningNode {
     pub async fn shutdown(self) {
         if let Some(control) = self.control {
             control.shutdown().await;
+        }
+        if let Some(channels) = self.channels {
+            channels.shutdown().await;
         }
         if let Some(messenger) = self.messenger {
             messenger.shutdown().await;
@@ -199,7 +205,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let identity = (config.mode == Mode::User).then_some(identity);
     let counters = Counters::default();
     let (hooks, messaging_channels) = crate::messaging::channels();
-    let hooks = (config.mode == Mode::User).then_some(hooks);
+    let (gossip_tx, gossip_rx) = mpsc::channel(crate::net::GOSSIP_QUEUE);
+    let (grants_tx, grants_rx) = mpsc::channel(256);
+    let user = config.mode == Mode::User;
     let mut event_loop = EventLoop::new(
         swarm,
         rx,
@@ -207,9 +215,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         identity,
         &config,
         counters.clone(),
-        hooks,
+        user.then_some(crate::net::UserHooks {
+            messaging: hooks,
+            gossip: gossip_tx,
+        }),
     );
     event_loop.seed_dht_from_store();
+    if !user {
+        // A relay forwards public-channel announcements so users who share only a relay
+        // still discover each other's channels.
+        event_loop.subscribe(crate::channels::frame::ANNOUNCE_TOPIC, true);
+    }
     for addr in config.bootstrap.iter().chain(config.relays.iter()) {
         if let Err(e) = event_loop.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -223,13 +239,27 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             MessagingConfig {
                 home: config.home.clone(),
                 max_attachment: config.max_attachment,
+                grants: Some(grants_tx),
             },
             store,
             client.clone(),
             messaging_channels,
-            counters,
+            counters.clone(),
         )?),
         Mode::Relay => None,
+    };
+    let channels = match &messenger {
+        Some(m) => Some(Channels::start(
+            ChannelsConfig {
+                announce_every: config.channel_announce_every,
+            },
+            m.clone(),
+            client.clone(),
+            gossip_rx,
+            grants_rx,
+            counters,
+        )?),
+        None => None,
     };
 
     let (metrics, metrics_addr) = match config.metrics {
@@ -245,12 +275,18 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
 
     let control = if config.control_socket {
         Some(
-            ControlServer::bind(&socket, client.clone(), id.clone(), messenger.clone())
-                .await
-                .map_err(|source| StartError::Control {
-                    path: socket,
-                    source,
-                })?,
+            ControlServer::bind(
+                &socket,
+                client.clone(),
+                id.clone(),
+                messenger.clone(),
+                channels.clone(),
+            )
+            .await
+            .map_err(|source| StartError::Control {
+                path: socket,
+                source,
+            })?,
         )
     } else {
         None
@@ -263,6 +299,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         listen,
         event_loop: Some(event_loop),
         messenger,
+        channels,
         control,
         metrics,
     })

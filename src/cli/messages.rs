@@ -109,7 +109,7 @@ pub async fn send(
 }
 
 /// Turns a final response into the exit code it names.
-fn finish(resp: ControlResponse) -> Result<(), CliError> {
+pub(super) fn finish(resp: ControlResponse) -> Result<(), CliError> {
     if !resp.ok {
         return Err(CliError::new(
             resp.code.unwrap_or(exit::ERROR),
@@ -127,7 +127,13 @@ fn print_message(m: &serde_json::Value) {
         Some(n) => n.to_string(),
         None => plain(id),
     };
-    let arrow = if m["direction"] == "out" {
+    let arrow = if let Some(ch) = m["channel"].as_str() {
+        if m["direction"] == "out" {
+            format!("#{ch} (you)")
+        } else {
+            format!("#{ch} {}", who(&m["from_name"], &m["from"]))
+        }
+    } else if m["direction"] == "out" {
         format!("to {}", who(&m["to_name"], &m["to"]))
     } else {
         who(&m["from_name"], &m["from"])
@@ -139,7 +145,7 @@ fn print_message(m: &serde_json::Value) {
     if m["key_changed"] == true {
         flags.push_str(" [KEY CHANGED]");
     }
-    if m["direction"] == "out" && m["status"] != "delivered" {
+    if m["direction"] == "out" && m["status"] != "delivered" && m["status"] != "sent" {
         flags.push_str(&format!(" [{}]", plain(&m["status"])));
     }
     println!(
@@ -158,7 +164,7 @@ fn print_message(m: &serde_json::Value) {
     }
 }
 
-async fn stream(
+pub(super) async fn stream(
     home: &Path,
     json: bool,
     req: ControlRequest,
@@ -187,16 +193,14 @@ pub async fn recv(
     since: Option<String>,
     channel: Option<String>,
 ) -> Result<(), CliError> {
-    if channel.is_some() {
-        return Err(CliError::new(
-            exit::ERROR,
-            "channel messages are not available in this version yet",
-        ));
-    }
     stream(
         home,
         json,
-        ControlRequest::Recv { since, follow },
+        ControlRequest::Recv {
+            since,
+            follow,
+            channel,
+        },
         print_message,
     )
     .await

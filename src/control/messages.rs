@@ -39,8 +39,10 @@ pub struct MessageView {
     pub from_name: Option<String>,
     pub to: String,
     pub to_name: Option<String>,
-    /// Always null for direct messages.
+    /// The channel's name for a channel post; null for direct messages.
     pub channel: Option<String>,
+    /// The channel's id for a channel post; null for direct messages.
+    pub channel_id: Option<String>,
     pub timestamp: String,
     pub text: String,
     pub attachments: Vec<AttachmentView>,
@@ -91,6 +93,7 @@ pub fn rfc3339(ms: u64) -> String {
 /// Contacts by UUID, for naming senders.
 struct Names {
     by_uuid: HashMap<[u8; 16], (String, Contact)>,
+    channels: HashMap<[u8; 16], String>,
 }
 
 impl Names {
@@ -102,7 +105,14 @@ impl Names {
             .into_iter()
             .map(|(n, c)| (c.uuid, (n, c)))
             .collect();
-        Names { by_uuid }
+        let channels = m
+            .store()
+            .channels()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, c)| (*id.as_bytes(), c.name))
+            .collect();
+        Names { by_uuid, channels }
     }
 
     fn name(&self, uuid: &[u8; 16]) -> Option<String> {
@@ -128,14 +138,25 @@ fn view(m: &Messenger, me: &Uuid, names: &Names, e: &HistoryEntry) -> MessageVie
     } else {
         (me, e.peer)
     };
+    let channel = e.channel.map(|c| *c);
     MessageView {
         msg_id: Uuid::from_bytes(e.msg_id).to_string(),
         direction: if e.incoming { "in" } else { "out" },
         from: Uuid::from_bytes(from).to_string(),
         from_name: names.name(&from),
         to: Uuid::from_bytes(to).to_string(),
-        to_name: names.name(&to),
-        channel: None,
+        to_name: match channel {
+            Some(c) => names.channels.get(&c).cloned(),
+            None => names.name(&to),
+        },
+        channel: channel.map(|c| {
+            names
+                .channels
+                .get(&c)
+                .cloned()
+                .unwrap_or_else(|| Uuid::from_bytes(c).to_string())
+        }),
+        channel_id: channel.map(|c| Uuid::from_bytes(c).to_string()),
         timestamp: rfc3339(e.ts),
         text: e.text.clone(),
         attachments: e
@@ -159,7 +180,10 @@ fn view(m: &Messenger, me: &Uuid, names: &Names, e: &HistoryEntry) -> MessageVie
 }
 
 /// A UUID, a `ptpchat:` URI or a contact name, as the UUID it names.
-fn resolve(m: &Messenger, target: &str) -> Result<(Uuid, Option<Fingerprint>), ControlResponse> {
+pub(super) fn resolve(
+    m: &Messenger,
+    target: &str,
+) -> Result<(Uuid, Option<Fingerprint>), ControlResponse> {
     if let Ok(found) = parse_contact(target) {
         return Ok(found);
     }
@@ -234,7 +258,10 @@ pub(super) async fn send(
     r
 }
 
-async fn write_line<W: AsyncWrite + Unpin>(w: &mut W, r: &ControlResponse) -> std::io::Result<()> {
+pub(super) async fn write_line<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    r: &ControlResponse,
+) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(r).unwrap_or_default();
     out.push(b'\n');
     w.write_all(&out).await
@@ -247,6 +274,7 @@ pub(super) async fn recv<R, W>(
     me: Uuid,
     since: Option<String>,
     follow: bool,
+    channel: Option<Uuid>,
     reader: &mut R,
     w: &mut W,
 ) -> std::io::Result<()>
@@ -272,7 +300,9 @@ where
     // Subscribe before reading the history so nothing falls between the two.
     let mut live = follow.then(|| m.subscribe());
     let mut names = Names::load(m);
-    last = catch_up(m, &me, &names, last, w).await?;
+    let wanted =
+        |e: &HistoryEntry| channel.is_none_or(|c| e.channel.is_some_and(|x| *x == *c.as_bytes()));
+    last = catch_up(m, &me, &names, last, &wanted, w).await?;
     let Some(live) = live.as_mut() else {
         return write_line(w, &ControlResponse::done()).await;
     };
@@ -281,16 +311,22 @@ where
         tokio::select! {
             got = live.recv() => match got {
                 Ok((seq, entry)) if seq > last => {
-                    if names.name(&entry.peer).is_none() {
+                    last = seq;
+                    if !entry.incoming || !wanted(&entry) {
+                        continue;
+                    }
+                    let unnamed_channel = entry
+                        .channel
+                        .is_some_and(|c| !names.channels.contains_key(&*c));
+                    if names.name(&entry.peer).is_none() || unnamed_channel {
                         names = Names::load(m);
                     }
                     let r = ControlResponse::ok(view(m, &me, &names, &entry));
                     write_line(w, &r).await?;
-                    last = seq;
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    last = catch_up(m, &me, &names, last, w).await?;
+                    last = catch_up(m, &me, &names, last, &wanted, w).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
@@ -310,6 +346,7 @@ async fn catch_up<W: AsyncWrite + Unpin>(
     me: &Uuid,
     names: &Names,
     mut last: u64,
+    wanted: &(dyn Fn(&HistoryEntry) -> bool + Sync),
     w: &mut W,
 ) -> std::io::Result<u64> {
     loop {
@@ -325,7 +362,7 @@ async fn catch_up<W: AsyncWrite + Unpin>(
         }
         for (seq, e) in page {
             last = seq;
-            if e.incoming {
+            if e.incoming && wanted(&e) {
                 write_line(w, &ControlResponse::ok(view(m, me, names, &e))).await?;
             }
         }

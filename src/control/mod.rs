@@ -3,6 +3,7 @@
 //! (specified in `protocols/control.md`). The socket is mode 0600 inside a 0700 home, and
 //! connections from other users are refused even if permissions are loosened.
 
+mod channels;
 mod messages;
 mod server;
 
@@ -47,6 +48,9 @@ pub enum ControlRequest {
         since: Option<String>,
         #[serde(default)]
         follow: bool,
+        /// Only posts of this channel (name or id).
+        #[serde(default)]
+        channel: Option<String>,
     },
     /// The stored conversation, both directions, optionally with one contact or UUID.
     History {
@@ -64,6 +68,34 @@ pub enum ControlRequest {
     },
     ContactsRm {
         name: String,
+    },
+    ChannelCreate {
+        name: String,
+        #[serde(default)]
+        private: bool,
+    },
+    ChannelJoin {
+        channel: String,
+    },
+    ChannelLeave {
+        channel: String,
+    },
+    /// Joined channels (and with `all`, discovered ones), one line each.
+    ChannelList {
+        #[serde(default)]
+        all: bool,
+    },
+    /// A channel's members, one line each.
+    ChannelMembers {
+        channel: String,
+    },
+    ChannelInvite {
+        channel: String,
+        who: String,
+    },
+    ChannelSend {
+        channel: String,
+        text: String,
     },
 }
 

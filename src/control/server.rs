@@ -9,7 +9,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::{messages, ControlRequest, ControlResponse, MAX_LINE_BYTES};
+use super::{channels, messages, ControlRequest, ControlResponse, MAX_LINE_BYTES};
+use crate::channels::Channels;
 use crate::messaging::Messenger;
 use crate::net::{Client, LookupError};
 use crate::node::IdInfo;
@@ -30,6 +31,7 @@ impl ControlServer {
         client: Client,
         id: Option<IdInfo>,
         messenger: Option<Messenger>,
+        channels: Option<Channels>,
     ) -> std::io::Result<Self> {
         if path.exists() {
             if super::socket_is_live(path).await {
@@ -43,7 +45,7 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let task = tokio::spawn(accept_loop(listener, client, id, messenger));
+        let task = tokio::spawn(accept_loop(listener, client, id, messenger, channels));
         Ok(ControlServer {
             path: path.to_path_buf(),
             task,
@@ -63,6 +65,7 @@ async fn accept_loop(
     client: Client,
     id: Option<IdInfo>,
     messenger: Option<Messenger>,
+    channels: Option<Channels>,
 ) {
     // Connections end with the server: aborting this task drops the set, which aborts them.
     let mut connections = tokio::task::JoinSet::new();
@@ -105,9 +108,10 @@ async fn accept_loop(
         let client = client.clone();
         let id = id.clone();
         let messenger = messenger.clone();
+        let channels = channels.clone();
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
-            if let Err(e) = serve(stream, client, id, messenger).await {
+            if let Err(e) = serve(stream, client, id, messenger, channels).await {
                 debug!(error = %e, "control connection ended");
             }
             drop(permit);
@@ -120,6 +124,7 @@ async fn serve(
     client: Client,
     id: Option<IdInfo>,
     messenger: Option<Messenger>,
+    channels: Option<Channels>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -134,12 +139,47 @@ async fn serve(
         }
         let response = match serde_json::from_str::<ControlRequest>(&line) {
             Ok(req) => {
-                if let (Some(m), Some(me)) = (&messenger, id.as_ref().map(|i| i.uuid)) {
+                if let (Some(m), Some(ch), Some(me)) =
+                    (&messenger, &channels, id.as_ref().map(|i| i.uuid))
+                {
                     match req {
-                        ControlRequest::Recv { since, follow } => {
-                            messages::recv(m, me, since, follow, &mut reader, &mut write).await?;
+                        ControlRequest::Recv {
+                            since,
+                            follow,
+                            channel,
+                        } => {
+                            let channel = match channel.map(|c| ch.id_of(&c)).transpose() {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    let r = ControlResponse::err(e.code, e.message);
+                                    messages::write_line(&mut write, &r).await?;
+                                    continue;
+                                }
+                            };
+                            messages::recv(m, me, since, follow, channel, &mut reader, &mut write)
+                                .await?;
                             continue;
                         }
+                        ControlRequest::Status => match client.status().await {
+                            Ok(mut s) => {
+                                s.channels = ch.joined_names();
+                                ControlResponse::ok(s)
+                            }
+                            Err(_) => ControlResponse::err(1, "the node is shutting down"),
+                        },
+                        ControlRequest::ChannelList { all } => {
+                            channels::list(ch, all, &mut write).await?;
+                            continue;
+                        }
+                        ControlRequest::ChannelMembers { channel } => {
+                            channels::members(ch, m, &channel, &mut write).await?;
+                            continue;
+                        }
+                        req @ (ControlRequest::ChannelCreate { .. }
+                        | ControlRequest::ChannelJoin { .. }
+                        | ControlRequest::ChannelLeave { .. }
+                        | ControlRequest::ChannelInvite { .. }
+                        | ControlRequest::ChannelSend { .. }) => channels::handle(ch, m, req).await,
                         ControlRequest::History { with } => {
                             messages::history(m, me, with, &mut write).await?;
                             continue;

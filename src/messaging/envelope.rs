@@ -112,14 +112,16 @@ impl Envelope {
     }
 }
 
+/// A signed body with its signature and the signer's identity document: the signed layer
+/// of direct messages and of channel frames (each with its own signing domain).
 #[derive(Serialize, Deserialize)]
-struct SignedForm {
+pub(crate) struct SignedForm {
     #[serde(with = "serde_bytes")]
-    body: Vec<u8>,
+    pub body: Vec<u8>,
     #[serde(with = "serde_bytes")]
-    sig: [u8; 64],
+    pub sig: [u8; 64],
     #[serde(with = "serde_bytes")]
-    sender: Vec<u8>,
+    pub sender: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -197,8 +199,12 @@ impl Reject {
 
 /// Encodes and signs `env` with our current identity key; our document goes alongside.
 pub fn sign(env: &Envelope, keys: &MessageKeys) -> Vec<u8> {
-    let body = cbor::to_vec(env).unwrap_or_default();
-    let sig = keys.signing.sign(&signed_bytes(&body)).to_bytes();
+    sign_body(SIGN_DOMAIN, cbor::to_vec(env).unwrap_or_default(), keys)
+}
+
+/// Signs an encoded `body` under `domain` and wraps it in the signed form.
+pub(crate) fn sign_body(domain: &[u8], body: Vec<u8>, keys: &MessageKeys) -> Vec<u8> {
+    let sig = keys.signing.sign(&signed_bytes(domain, &body)).to_bytes();
     cbor::to_vec(&SignedForm {
         body,
         sig,
@@ -207,9 +213,27 @@ pub fn sign(env: &Envelope, keys: &MessageKeys) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-fn signed_bytes(body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(SIGN_DOMAIN.len() + body.len());
-    m.extend_from_slice(SIGN_DOMAIN);
+/// Checks `form`'s signature under `domain` with `sender`'s current identity key.
+pub(crate) fn check_signature(
+    domain: &[u8],
+    form: &SignedForm,
+    sender: &SignedDocument,
+    key_cache: Option<&KeyCache>,
+) -> Result<(), Reject> {
+    let key = match key_cache {
+        Some(cache) => cache.get(&sender.doc().current_key)?,
+        None => {
+            VerifyingKey::from_bytes(&sender.doc().current_key).map_err(|_| Reject::BadSignature)?
+        }
+    };
+    let sig = ed25519_dalek::Signature::from_bytes(&form.sig);
+    key.verify_strict(&signed_bytes(domain, &form.body), &sig)
+        .map_err(|_| Reject::BadSignature)
+}
+
+fn signed_bytes(domain: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(domain.len() + body.len());
+    m.extend_from_slice(domain);
     m.extend_from_slice(body);
     m
 }
@@ -480,15 +504,7 @@ pub fn verify(signed: &[u8], cx: &VerifyContext<'_>) -> Result<Verified, Reject>
     if sender.doc().uuid != env.from {
         return Err(Reject::SenderMismatch);
     }
-    let key = match cx.key_cache {
-        Some(cache) => cache.get(&sender.doc().current_key)?,
-        None => {
-            VerifyingKey::from_bytes(&sender.doc().current_key).map_err(|_| Reject::BadSignature)?
-        }
-    };
-    let sig = ed25519_dalek::Signature::from_bytes(&form.sig);
-    key.verify_strict(&signed_bytes(&form.body), &sig)
-        .map_err(|_| Reject::BadSignature)?;
+    check_signature(SIGN_DOMAIN, &form, &sender, cx.key_cache)?;
     if env.to != *cx.me.as_bytes() {
         return Err(Reject::WrongRecipient);
     }

@@ -19,8 +19,10 @@ use uuid::Uuid;
 
 use super::envelope::{self, Envelope, Reject, VerifyContext, CHUNK_BYTES};
 use super::{files, InboundVerb, Inner, INBOUND_CONCURRENCY};
+use crate::channels::frame::{decode_grant, KeyGrant, GRANT_KIND};
+use crate::store::channels::apply_grant;
 use crate::store::messages::{append_history, row, seen_key, INBOX_SEEN, PENDING_IN};
-use crate::store::{HistoryEntry, PendingIn, StoredAttachment};
+use crate::store::{GrantOutcome, HistoryEntry, PendingIn, StoredAttachment};
 use crate::verbs::{Outcome, Request, Response, MAX_BATCH};
 
 /// Most messages with attachments in progress at once, from everyone…
@@ -98,10 +100,14 @@ async fn handle(inner: &Arc<Inner>, peer: PeerId, request: Request) -> Response 
     }
 }
 
+/// A verified message, the signed form kept for a transfer, and its key grant if it is one.
+type Checked = (Envelope, Vec<u8>, Option<KeyGrant>);
+
 /// What the group transaction decided for one verified message.
 enum Fate {
     Duplicate,
     Stored(u64, HistoryEntry),
+    Grant(GrantOutcome),
     Pending,
     Busy,
 }
@@ -132,15 +138,24 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
             .map(|s| {
                 let opened = envelope::open(s, &keys, &checker.open)?;
                 let v = envelope::verify(&opened, &cx)?;
+                // A channel key travels as a direct message of its own kind.
+                let grant = if v.envelope.kind == GRANT_KIND {
+                    if !v.envelope.attachments.is_empty() {
+                        return Err(Reject::Malformed("a key grant has no attachments".into()));
+                    }
+                    Some(decode_grant(&v.envelope.body)?)
+                } else {
+                    None
+                };
                 // Kept only while attachments arrive; a plain message needs no copy.
                 let keep = if v.envelope.attachments.is_empty() {
                     Vec::new()
                 } else {
                     opened.to_vec()
                 };
-                Ok((v.envelope, keep))
+                Ok((v.envelope, keep, grant))
             })
-            .collect::<Vec<Result<(Envelope, Vec<u8>), Reject>>>()
+            .collect::<Vec<Result<Checked, Reject>>>()
     };
     // One or two messages cost less than the hand-off to a blocking thread; a batch runs
     // there so it does not hold up the async workers.
@@ -169,16 +184,23 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
         }
     }
     if !accepted.is_empty() {
-        let jobs: Vec<(Envelope, Vec<u8>)> = accepted.iter().map(|(_, v)| v.clone()).collect();
+        let jobs: Vec<Checked> = accepted.iter().map(|(_, v)| v.clone()).collect();
         let fates = inner
             .writer
             .write(move |txn| {
                 let now = crate::unix_now_ms();
                 let mut fates = Vec::with_capacity(jobs.len());
-                for (env, signed) in jobs {
+                for (env, signed, grant) in jobs {
                     let key = seen_key(&env.from(), env.ts, &env.msg_id());
                     if txn.open_table(INBOX_SEEN)?.get(&key)?.is_some() {
                         fates.push(Fate::Duplicate);
+                        continue;
+                    }
+                    if let Some(grant) = grant {
+                        let outcome = apply_grant(txn, &env.from, &grant, now)?;
+                        // Seq 0 is no history row: a grant is channel state, not a message.
+                        txn.open_table(INBOX_SEEN)?.insert(&key, 0)?;
+                        fates.push(Fate::Grant(outcome));
                         continue;
                     }
                     if env.attachments.is_empty() {
@@ -224,7 +246,7 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
                 return nack("busy");
             }
         };
-        for ((i, (env, _)), fate) in accepted.into_iter().zip(fates) {
+        for ((i, (env, _, grant)), fate) in accepted.into_iter().zip(fates) {
             outcomes[i] = Some(match fate {
                 Fate::Duplicate => {
                     inner.counters.count("message_duplicate");
@@ -233,6 +255,18 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
                 }
                 Fate::Stored(seq, entry) => {
                     let _ = inner.received.send((seq, entry));
+                    Outcome::Ack
+                }
+                Fate::Grant(outcome) => {
+                    if let (Some(tx), Some(g)) = (&inner.grants, grant) {
+                        let _ = tx.try_send(super::GrantNote {
+                            from: env.from(),
+                            channel: Uuid::from_bytes(g.channel),
+                            name: g.name,
+                            epoch: g.epoch,
+                            outcome,
+                        });
+                    }
                     Outcome::Ack
                 }
                 Fate::Busy => {
@@ -261,6 +295,7 @@ fn received_entry(env: &Envelope, attachments: Vec<StoredAttachment>) -> History
         attachments,
         status: "received".into(),
         detail: None,
+        channel: None,
     }
 }
 

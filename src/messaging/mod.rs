@@ -101,6 +101,18 @@ pub struct MessagingConfig {
     pub home: PathBuf,
     /// Largest attachment sent or accepted.
     pub max_attachment: u64,
+    /// Where applied channel key grants are announced (the channel service).
+    pub grants: Option<mpsc::Sender<GrantNote>>,
+}
+
+/// A key grant received in a direct message and applied to the store.
+#[derive(Clone, Debug)]
+pub struct GrantNote {
+    pub from: Uuid,
+    pub channel: Uuid,
+    pub name: String,
+    pub epoch: u32,
+    pub outcome: crate::store::GrantOutcome,
 }
 
 /// Why a send was not accepted.
@@ -140,6 +152,7 @@ pub(crate) struct Inner {
     transfers: Mutex<HashMap<[u8; 16], inbound::Transfer>>,
     received: broadcast::Sender<Stored>,
     counters: Counters,
+    grants: Option<mpsc::Sender<GrantNote>>,
     tasks: Mutex<JoinSet<()>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -180,6 +193,7 @@ impl Messenger {
             transfers: Mutex::default(),
             received,
             counters,
+            grants: config.grants,
             tasks: Mutex::new(JoinSet::new()),
             writer_thread: Mutex::new(writer_thread),
         });
@@ -230,7 +244,65 @@ impl Messenger {
         text: String,
         attachments: Vec<PathBuf>,
     ) -> Result<Sending, SendError> {
-        outbox::send(&self.inner, to, text, attachments).await
+        let out = outbox::Outgoing {
+            kind: "text",
+            body: text.clone(),
+            shown: text,
+        };
+        outbox::send(&self.inner, to, out, attachments).await
+    }
+
+    /// Sends a private channel's key to `to` as a durable direct message (KEY): signed by
+    /// us, sealed to `to`'s current encryption key, retried until ACKed or 7 days pass.
+    pub async fn send_grant(
+        &self,
+        to: Uuid,
+        grant: &crate::channels::frame::KeyGrant,
+    ) -> Result<Sending, SendError> {
+        let out = outbox::Outgoing {
+            kind: crate::channels::frame::GRANT_KIND,
+            body: crate::channels::frame::encode_grant(grant),
+            shown: format!("[key of channel {}, epoch {}]", grant.name, grant.epoch),
+        };
+        outbox::send(&self.inner, to, out, Vec::new()).await
+    }
+
+    /// Our current signing and encryption keys with our document (`None` until the
+    /// event loop has issued the first document).
+    pub fn current_keys(&self) -> Option<Arc<MessageKeys>> {
+        self.inner.current_keys()
+    }
+
+    /// Our keys, waiting for the event loop to issue the first document if need be
+    /// (`None` if the node stops first).
+    pub async fn wait_keys(&self) -> Option<Arc<MessageKeys>> {
+        let mut rx = self.inner.keys.clone();
+        let keys = rx.wait_for(|k| k.is_some()).await.ok()?.clone();
+        keys
+    }
+
+    /// Checks a sender's document as for a direct message (see `Inner::sender_document`).
+    pub(crate) fn check_sender_document(
+        &self,
+        from: &Uuid,
+        bytes: &[u8],
+    ) -> Result<SignedDocument, Reject> {
+        self.inner.sender_document(from, bytes)
+    }
+
+    /// Parsed verifying keys shared with direct messages.
+    pub(crate) fn key_cache(&self) -> &KeyCache {
+        &self.inner.verifying_keys
+    }
+
+    /// The group-commit writer.
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.inner.writer
+    }
+
+    /// Tells `recv --follow` readers about a newly stored message.
+    pub(crate) fn announce_stored(&self, stored: Stored) {
+        let _ = self.inner.received.send(stored);
     }
 
     /// Newly stored received messages, as they are committed.

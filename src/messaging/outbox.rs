@@ -136,12 +136,22 @@ fn poisoned() -> crate::store::StoreError {
     crate::store::StoreError::Db("outbox lock poisoned".into())
 }
 
+/// A direct message of `kind` ("text", or [`crate::channels::frame::GRANT_KIND`]) with its
+/// `body`; `shown` is what our own history shows for it.
+pub(super) struct Outgoing {
+    pub kind: &'static str,
+    pub body: String,
+    pub shown: String,
+}
+
 pub(super) async fn send(
     inner: &Arc<Inner>,
     to: Uuid,
-    text: String,
+    out: Outgoing,
     attachments: Vec<PathBuf>,
 ) -> Result<Sending, SendError> {
+    let Outgoing { kind, body, shown } = out;
+    let text = body;
     if text.len() > envelope::MAX_TEXT_BYTES {
         return Err(SendError::BadInput(format!(
             "the text is {} bytes; the limit is {}",
@@ -174,8 +184,8 @@ pub(super) async fn send(
         from: *keys.uuid.as_bytes(),
         to: *to.as_bytes(),
         ts,
-        kind: "text".into(),
-        body: text.clone(),
+        kind: kind.into(),
+        body: text,
         attachments: metas,
     };
     let signed = envelope::sign(&env, &keys);
@@ -191,10 +201,11 @@ pub(super) async fn send(
         incoming: false,
         peer: *to.as_bytes(),
         ts,
-        text,
+        text: shown,
         attachments: stored,
         status: "queued".into(),
         detail: None,
+        channel: None,
     };
     let seq = inner
         .writer

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use libp2p::{
-    autonat, connection_limits, dcutr, identify, identity::Keypair, kad, mdns, noise, ping, relay,
-    request_response, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, yamux,
-    StreamProtocol, Swarm,
+    autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, kad, mdns, noise,
+    ping, relay, request_response, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp,
+    yamux, StreamProtocol, Swarm,
 };
 
 use crate::config::{Mode, NodeConfig};
@@ -24,6 +24,16 @@ pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 pub const MAX_PENDING_INCOMING: u32 = 128;
 pub const MAX_PENDING_OUTGOING: u32 = 64;
 
+/// Most gossipsub topics one peer may subscribe to, and per subscription message.
+pub const MAX_PEER_TOPICS: usize = 1024;
+pub const MAX_SUBSCRIPTIONS_PER_REQUEST: usize = 128;
+
+/// Our gossipsub: signed messages, application validation, topic count limits.
+pub type Gossipsub = gossipsub::Behaviour<
+    gossipsub::IdentityTransform,
+    gossipsub::MaxCountSubscriptionFilter<gossipsub::AllowAllSubscriptionFilter>,
+>;
+
 /// The identify agent version: `ptpchat/<crate version>`.
 pub fn agent_version() -> String {
     format!("ptpchat/{}", env!("CARGO_PKG_VERSION"))
@@ -40,6 +50,7 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub verbs: request_response::Behaviour<verbs::Codec>,
+    pub gossipsub: Gossipsub,
     pub dcutr: dcutr::Behaviour,
     pub autonat: autonat::Behaviour,
 }
@@ -52,6 +63,7 @@ pub struct BuildError(String);
 /// Builds the swarm for `config` with identity `keypair`.
 pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
     let err = |e: &dyn std::fmt::Display| BuildError(e.to_string());
+    let gossipsub = gossip(&keypair, config).map_err(|e| err(&e))?;
     let mdns_enabled = config.mdns;
     let mode = config.mode;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -146,6 +158,7 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
                 kad,
                 mdns: mdns.into(),
                 verbs,
+                gossipsub,
                 dcutr: dcutr::Behaviour::new(peer_id),
                 autonat,
             })
@@ -154,4 +167,71 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     Ok(swarm)
+}
+
+/// Gossipsub hardened as DESIGN.md section 7 asks: every message signed by its author and
+/// checked strictly, none forwarded before the application has validated it, ids over the
+/// content (so a re-sent copy is a duplicate), a size cap, a cap on the topics a peer may
+/// subscribe to, and peer scoring (a peer whose messages we reject loses score per topic,
+/// see [`topic_score_params`]).
+fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
+    use sha2::{Digest, Sha256};
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(crate::channels::frame::MAX_TRANSMIT_BYTES)
+        .duplicate_cache_time(config.gossip_duplicate_cache)
+        .message_id_fn(|m: &gossipsub::Message| {
+            let mut h = Sha256::new();
+            h.update(m.topic.as_str().as_bytes());
+            h.update([0]);
+            h.update(&m.data);
+            gossipsub::MessageId::from(&h.finalize()[..20])
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    let filter = gossipsub::MaxCountSubscriptionFilter {
+        filter: gossipsub::AllowAllSubscriptionFilter {},
+        max_subscribed_topics: MAX_PEER_TOPICS,
+        max_subscriptions_per_request: MAX_SUBSCRIPTIONS_PER_REQUEST,
+    };
+    let mut behaviour = Gossipsub::new_with_subscription_filter(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+        filter,
+    )?;
+    let params = gossipsub::PeerScoreParams {
+        // Peers on this machine are not a Sybil swarm behind one address.
+        ip_colocation_factor_whitelist: [
+            std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    behaviour.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+    Ok(behaviour)
+}
+
+/// Score parameters for one of our topics: a rejected message costs its forwarder a lot
+/// and is forgotten slowly (P4: -20 × n², decaying 1% a second), while the rewards for
+/// time in the mesh (P1) and first deliveries (P2) are small and capped, so good behaviour
+/// cannot bank credit against later abuse. A quiet channel costs nobody anything: P3 and
+/// P3b are off, since chat topics are bursty and a silent mesh peer is not misbehaving.
+pub fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..Default::default()
+    }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::{
-    autonat, identify, kad, mdns,
+    autonat, gossipsub, identify, kad, mdns,
     multiaddr::Protocol,
     request_response,
     swarm::{dial_opts::DialOpts, SwarmEvent},
@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::ratelimit::RateLimiter;
-use super::{Command, LookupError, PeerInfo, Status};
+use super::{Command, GossipEvent, GossipIn, LookupError, PeerInfo, Status};
+use crate::channels::frame as channel_frame;
 use crate::config::{Mode, NodeConfig};
 use crate::identity::{dht_key, Identity, SignedDocument};
 use crate::messaging::{Counters, EventLoopHooks, InboundVerb};
@@ -38,6 +39,10 @@ const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(60);
 const FALLBACK_FETCH_PEERS: usize = 8;
 /// Most addresses taken from one peer's identify message.
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// Most providers of one key dialed after a provider lookup.
+const MAX_PROVIDER_DIALS: usize = 20;
+/// Gossip messages waiting for the channel service; more are ignored (not forwarded).
+pub(crate) const GOSSIP_QUEUE: usize = 1024;
 
 type Reply = oneshot::Sender<Result<SignedDocument, LookupError>>;
 
@@ -63,6 +68,12 @@ struct PublishState {
     reach: Vec<Multiaddr>,
     /// When `current` was issued.
     issued_at: Instant,
+}
+
+/// Where a user node's event loop hands work to the messenger and the channel service.
+pub struct UserHooks {
+    pub messaging: EventLoopHooks,
+    pub gossip: mpsc::Sender<GossipEvent>,
 }
 
 /// The event loop. Create with [`EventLoop::new`], run with [`EventLoop::run`].
@@ -97,6 +108,11 @@ pub struct EventLoop {
         HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
     /// Our listen addresses (with `/p2p/`), for whoever waits for them (relay output, tests).
     listen_watch: watch::Sender<Vec<Multiaddr>>,
+    /// Gossip for the channel service (user nodes only; a relay validates announcements itself).
+    gossip: Option<mpsc::Sender<GossipEvent>>,
+    provider_limiter: RateLimiter<PeerId>,
+    /// Provider lookups whose results we dial.
+    provider_queries: HashSet<kad::QueryId>,
 }
 
 struct PeerState {
@@ -113,8 +129,12 @@ impl EventLoop {
         identity: Option<Identity>,
         config: &NodeConfig,
         counters: Counters,
-        hooks: Option<EventLoopHooks>,
+        hooks: Option<UserHooks>,
     ) -> Self {
+        let (hooks, gossip) = match hooks {
+            Some(h) => (Some(h.messaging), Some(h.gossip)),
+            None => (None, None),
+        };
         EventLoop {
             swarm,
             commands,
@@ -146,6 +166,9 @@ impl EventLoop {
             next_token: 0,
             outbound: HashMap::new(),
             listen_watch: watch::Sender::new(Vec::new()),
+            gossip,
+            provider_limiter: RateLimiter::new(64, 1.0, 4096),
+            provider_queries: HashSet::new(),
         }
     }
 
@@ -250,6 +273,66 @@ impl EventLoop {
                     .send_request_with_addresses(&peer, request, addrs);
                 self.outbound.insert(id, reply);
             }
+            Command::Subscribe { topic, on } => self.subscribe(&topic, on),
+            Command::Publish { topic, data, reply } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                let g = &mut self.swarm.behaviour_mut().gossipsub;
+                let result = g
+                    .publish(topic.clone(), data)
+                    .map(|_| {
+                        g.all_peers()
+                            .filter(|(_, t)| t.contains(&&topic.hash()))
+                            .count()
+                    })
+                    .map_err(|e| match e {
+                        gossipsub::PublishError::NoPeersSubscribedToTopic => {
+                            "no peer of this channel is connected".to_string()
+                        }
+                        e => e.to_string(),
+                    });
+                let _ = reply.send(result);
+            }
+            Command::Validate {
+                id,
+                source,
+                acceptance,
+            } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Provide { key, on } => {
+                let key = kad::RecordKey::new(&key);
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                if on {
+                    if let Err(e) = kad.start_providing(key.clone()) {
+                        warn!(error = ?e, "cannot provide a channel key");
+                    }
+                    let q = kad.get_providers(key);
+                    self.provider_queries.insert(q);
+                } else {
+                    kad.stop_providing(&key);
+                }
+            }
+            Command::FindProviders { key } => {
+                let q = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
+                self.provider_queries.insert(q);
+            }
+            Command::GossipPeers { topic, reply } => {
+                let hash = gossipsub::IdentTopic::new(topic).hash();
+                let g = &self.swarm.behaviour().gossipsub;
+                let peers = g
+                    .all_peers()
+                    .filter(|(_, t)| t.contains(&&hash))
+                    .map(|(p, _)| (*p, g.peer_score(p).unwrap_or(0.0)))
+                    .collect();
+                let _ = reply.send(peers);
+            }
             Command::Respond { token, response } => {
                 if let Some(channel) = self.handed_over.remove(&token) {
                     let _ = self
@@ -259,6 +342,20 @@ impl EventLoop {
                         .send_response(channel, response);
                 }
             }
+        }
+    }
+
+    /// Subscribes to (or leaves) a gossipsub topic, with our score parameters for it.
+    pub(crate) fn subscribe(&mut self, topic: &str, on: bool) {
+        let topic = gossipsub::IdentTopic::new(topic);
+        let g = &mut self.swarm.behaviour_mut().gossipsub;
+        if on {
+            let _ = g.set_topic_params(topic.clone(), super::behaviour::topic_score_params());
+            if let Err(e) = g.subscribe(&topic) {
+                warn!(error = %e, "cannot subscribe to a gossip topic");
+            }
+        } else {
+            g.unsubscribe(&topic);
         }
     }
 
@@ -569,11 +666,119 @@ impl EventLoop {
         Ok(true)
     }
 
-    /// Provider records are for channel membership, which has no validation yet: none is
-    /// stored, so strangers cannot fill the provider store.
-    fn on_inbound_provider(&mut self, source: PeerId) {
-        self.count("dht_provider_rejected");
-        debug!(peer = %source, "refused a provider record");
+    /// Provider records say who is in a channel. Only our own key shape is stored (a
+    /// 32-byte hash, see `channels::frame::provider_key`), from the provider itself (Kademlia
+    /// checks that), at a bounded rate per peer, and within the store's limits.
+    fn on_inbound_provider(&mut self, record: kad::ProviderRecord) {
+        use libp2p::kad::store::RecordStore;
+        let source = record.provider;
+        if record.key.as_ref().len() != 32 {
+            self.count("dht_provider_rejected");
+            debug!(peer = %source, "refused a provider record with a foreign key");
+            return;
+        }
+        if !self.provider_limiter.allow(&source, Instant::now()) {
+            self.count("dht_provider_rate_limited");
+            return;
+        }
+        let mut record = record;
+        record.addresses.truncate(MAX_ADDRS_PER_PEER);
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record)
+        {
+            self.count("dht_store_full");
+            debug!(error = ?e, "provider record not kept");
+        }
+    }
+
+    // ---- gossip ----
+
+    fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let msg = GossipIn {
+                    id: message_id,
+                    source: propagation_source,
+                    author: message.source,
+                    topic: message.topic.into_string(),
+                    data: message.data,
+                };
+                match &self.gossip {
+                    Some(tx) => {
+                        if let Err(e) = tx.try_send(GossipEvent::Message(msg)) {
+                            let GossipEvent::Message(msg) = e.into_inner() else {
+                                return;
+                            };
+                            self.count("gossip_queue_full");
+                            self.report(msg.id, msg.source, gossipsub::MessageAcceptance::Ignore);
+                        }
+                    }
+                    None => self.validate_announcement(msg),
+                }
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                if let Some(tx) = &self.gossip {
+                    let _ = tx.try_send(GossipEvent::Subscribed {
+                        peer: peer_id,
+                        topic: topic.into_string(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn report(
+        &mut self,
+        id: gossipsub::MessageId,
+        source: PeerId,
+        a: gossipsub::MessageAcceptance,
+    ) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, a);
+    }
+
+    /// A relay has no channel service: it forwards only valid public-channel announcements
+    /// and nothing on any other topic.
+    fn validate_announcement(&mut self, msg: GossipIn) {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        if msg.topic != channel_frame::ANNOUNCE_TOPIC {
+            self.report(msg.id, msg.source, Ignore);
+            return;
+        }
+        let now = unix_now();
+        let check = |from: &Uuid, bytes: &[u8]| {
+            SignedDocument::decode_for(bytes, from, now)
+                .map_err(|e| crate::messaging::envelope::Reject::BadSenderDocument(e.to_string()))
+        };
+        let verdict =
+            channel_frame::verify(&msg.data, msg.author, crate::unix_now_ms(), &check, None)
+                .and_then(|c| {
+                    if c.body.kind == channel_frame::CHANNEL && !c.body.private {
+                        Ok(())
+                    } else {
+                        Err(channel_frame::Drop::BadKind)
+                    }
+                });
+        let acceptance = match verdict {
+            Ok(()) => Accept,
+            Err(channel_frame::Drop::Stale) => Ignore,
+            Err(d) => {
+                self.count(d.counter());
+                Reject
+            }
+        };
+        self.report(msg.id, msg.source, acceptance);
     }
 
     // ---- verbs ----
@@ -808,6 +1013,7 @@ impl EventLoop {
                 self.nat = new;
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
             BehaviourEvent::Verbs(event) => match event {
                 request_response::Event::Message { peer, message, .. } => match message {
                     request_response::Message::Request {
@@ -847,7 +1053,7 @@ impl EventLoop {
                 kad::InboundRequest::AddProvider {
                     record: Some(record),
                     ..
-                } => self.on_inbound_provider(record.provider),
+                } => self.on_inbound_provider(record),
                 _ => {}
             },
             kad::Event::OutboundQueryProgressed {
@@ -863,6 +1069,22 @@ impl EventLoop {
                     if step.last {
                         self.lookup_queries.remove(&id);
                         self.dht_lookup_finished(lookup);
+                    }
+                }
+                kad::QueryResult::GetProviders(result) => {
+                    if !self.provider_queries.contains(&id) {
+                        return;
+                    }
+                    if step.last {
+                        self.provider_queries.remove(&id);
+                    }
+                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                        let me = *self.swarm.local_peer_id();
+                        for p in providers.into_iter().take(MAX_PROVIDER_DIALS) {
+                            if p != me && !self.swarm.is_connected(&p) {
+                                let _ = self.swarm.dial(DialOpts::peer_id(p).build());
+                            }
+                        }
                     }
                 }
                 kad::QueryResult::PutRecord(result) => {

@@ -6,7 +6,9 @@ mod event_loop;
 mod ratelimit;
 
 pub use behaviour::{agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL};
-pub use event_loop::EventLoop;
+pub(crate) use event_loop::GOSSIP_QUEUE;
+pub use event_loop::{EventLoop, UserHooks};
+pub use libp2p::gossipsub::{MessageAcceptance, MessageId};
 
 use std::collections::BTreeMap;
 
@@ -90,6 +92,61 @@ pub(crate) enum Command {
         token: u64,
         response: Response,
     },
+    /// Subscribe to (or leave) a gossipsub topic.
+    Subscribe {
+        topic: String,
+        on: bool,
+    },
+    /// Publish on a topic; answers with the number of peers it went to.
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+    /// The application's verdict on a gossip message it was handed.
+    Validate {
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    /// Advertise (or stop advertising) ourselves as a provider of a DHT key, and look for
+    /// its other providers, dialing those we are not connected to.
+    Provide {
+        key: Vec<u8>,
+        on: bool,
+    },
+    /// Look for the providers of a key and dial them.
+    FindProviders {
+        key: Vec<u8>,
+    },
+    /// Gossip peers and their scores, by topic (tests, diagnostics).
+    GossipPeers {
+        topic: String,
+        reply: oneshot::Sender<Vec<(PeerId, f64)>>,
+    },
+}
+
+/// A gossip message handed to the application for validation.
+#[derive(Debug)]
+pub struct GossipIn {
+    pub id: MessageId,
+    /// The peer that forwarded it to us.
+    pub source: PeerId,
+    /// Its signed author.
+    pub author: Option<PeerId>,
+    pub topic: String,
+    pub data: Vec<u8>,
+}
+
+/// What the event loop tells the channel service.
+#[derive(Debug)]
+pub enum GossipEvent {
+    Message(GossipIn),
+    /// A peer subscribed to a topic we are in.
+    Subscribed {
+        peer: PeerId,
+        topic: String,
+    },
 }
 
 /// A cloneable handle to a running node's event loop.
@@ -164,6 +221,60 @@ impl Client {
             .send(Command::Respond { token, response })
             .await
             .map_err(|_| NodeGone)
+    }
+
+    /// Subscribes to a gossipsub topic (`on`) or unsubscribes.
+    pub async fn subscribe(&self, topic: String, on: bool) -> Result<(), NodeGone> {
+        self.tx
+            .send(Command::Subscribe { topic, on })
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Publishes `data` on `topic`; `Ok(n)` once it went to `n` peers (at least one).
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<usize, String> {
+        self.ask(|reply| Command::Publish { topic, data, reply })
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Reports the verdict on a gossip message (see [`GossipIn`]).
+    pub async fn validate(
+        &self,
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    ) -> Result<(), NodeGone> {
+        self.tx
+            .send(Command::Validate {
+                id,
+                source,
+                acceptance,
+            })
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Starts (`on`) or stops providing a DHT key; starting also looks for other providers.
+    pub async fn provide(&self, key: Vec<u8>, on: bool) -> Result<(), NodeGone> {
+        self.tx
+            .send(Command::Provide { key, on })
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// Looks for the providers of a DHT key and dials them.
+    pub async fn find_providers(&self, key: Vec<u8>) -> Result<(), NodeGone> {
+        self.tx
+            .send(Command::FindProviders { key })
+            .await
+            .map_err(|_| NodeGone)
+    }
+
+    /// The peers subscribed to `topic` and their gossip scores.
+    pub async fn gossip_peers(&self, topic: String) -> Result<Vec<(PeerId, f64)>, NodeGone> {
+        self.ask(|reply| Command::GossipPeers { topic, reply })
+            .await
     }
 
     /// Dials an address (bootstrap peers are dialed at start; this adds one later).

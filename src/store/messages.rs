@@ -64,6 +64,10 @@ pub struct HistoryEntry {
     pub status: String,
     /// Why a sent message failed (the NACK reason).
     pub detail: Option<String>,
+    /// The channel a channel post belongs to (`peer` is then the channel id too, for a
+    /// post we sent); absent for direct messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<serde_bytes::ByteArray<16>>,
 }
 
 /// A message waiting for its recipient's ACK.

@@ -11,8 +11,10 @@ use uuid::Uuid;
 
 use crate::identity::{Identity, SignedDocument};
 
+pub mod channels;
 pub mod messages;
 
+pub use channels::{ChannelRow, GrantOutcome};
 pub use messages::{Contact, HistoryEntry, OutboxEntry, PendingIn, StoredAttachment, Writer};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -138,6 +140,7 @@ impl Store {
             tx.open_table(IDENTITY)?;
             tx.open_table(DIRECTORY)?;
             Store::create_message_tables(&tx)?;
+            Store::create_channel_tables(&tx)?;
         }
         tx.commit()?;
         Ok(())

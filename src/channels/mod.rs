@@ -1,0 +1,1043 @@
+//! Channels over gossipsub (DESIGN.md section 7): the [`Channels`] service creates, joins
+//! and leaves channels, validates every frame gossip hands it (reporting the verdict back
+//! so gossip forwards only valid frames and scores down peers that send invalid ones),
+//! stores posts in the history `recv` reads, keeps private channels' keys and rotates them
+//! when a member leaves, and re-announces what it is in.
+//!
+//! Members find each other through Kademlia provider records of the channel (so nodes that
+//! never met, on different networks, still form one mesh); public channels are also
+//! announced on [`frame::ANNOUNCE_TOPIC`], which is how `channel list --all` discovers them.
+
+pub mod frame;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_bytes::ByteArray;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::messaging::{Counters, GrantNote, Messenger};
+use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
+use crate::store::channels::mark_channel_seen;
+use crate::store::messages::append_history;
+use crate::store::{ChannelRow, GrantOutcome, HistoryEntry, Store};
+use frame::{ChannelBody, Drop};
+
+/// Public channels remembered from announcements.
+const MAX_DISCOVERED: usize = 1024;
+/// Members listed per channel.
+const MAX_MEMBERS_HEARD: usize = 1024;
+/// Recent frame ids kept in memory (the store keeps them for [`SEEN_RETENTION_MS`]).
+const RECENT_IDS: usize = 8192;
+/// How long the ids of frames are kept: longer than a frame stays fresh.
+const SEEN_RETENTION_MS: u64 = 2 * frame::MAX_AGE_MS;
+/// Least time between two CHANNEL frames sent because a peer subscribed.
+const CHANNEL_DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// Why a channel command failed; `code` is the CLI exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ChannelError {
+    pub code: i32,
+    pub message: String,
+}
+
+fn fail(code: i32, message: impl Into<String>) -> ChannelError {
+    ChannelError {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<crate::store::StoreError> for ChannelError {
+    fn from(e: crate::store::StoreError) -> Self {
+        fail(1, format!("storage error: {e}"))
+    }
+}
+
+/// One channel as `channel list` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelView {
+    pub channel_id: String,
+    pub name: String,
+    pub private: bool,
+    pub joined: bool,
+    /// A private channel we were given the key to but have not joined.
+    pub invited: bool,
+    pub members: usize,
+    /// A private channel's key epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+}
+
+/// One member as `channel members` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    pub uuid: String,
+    pub name: Option<String>,
+}
+
+struct Discovered {
+    name: String,
+    members: HashSet<Uuid>,
+    last_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    rows: HashMap<Uuid, ChannelRow>,
+    /// Members heard from (JOIN, CHANNEL, posts), by channel, with when.
+    heard: HashMap<Uuid, HashMap<Uuid, u64>>,
+    discovered: HashMap<Uuid, Discovered>,
+    recent: HashSet<[u8; 16]>,
+    recent_order: VecDeque<[u8; 16]>,
+    last_channel_frame: HashMap<Uuid, Instant>,
+    /// Topics tapped by tests: raw frames go to the tap, unvalidated and not forwarded.
+    taps: HashMap<String, broadcast::Sender<Vec<u8>>>,
+}
+
+impl State {
+    fn remember_id(&mut self, id: [u8; 16]) {
+        if self.recent.insert(id) {
+            self.recent_order.push_back(id);
+            while self.recent_order.len() > RECENT_IDS {
+                if let Some(old) = self.recent_order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn hear(&mut self, channel: Uuid, member: Uuid, now: u64) {
+        let heard = self.heard.entry(channel).or_default();
+        if heard.len() < MAX_MEMBERS_HEARD || heard.contains_key(&member) {
+            heard.insert(member, now);
+        }
+    }
+}
+
+/// Settings for the channel service.
+#[derive(Clone, Debug)]
+pub struct ChannelsConfig {
+    /// How often CHANNEL frames are re-sent and members looked up again.
+    pub announce_every: Duration,
+}
+
+struct Inner {
+    store: Store,
+    net: Client,
+    messenger: Messenger,
+    counters: Counters,
+    announce_every: Duration,
+    state: Mutex<State>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+/// Handle to the channel service; cheap to clone.
+#[derive(Clone)]
+pub struct Channels {
+    inner: Arc<Inner>,
+}
+
+impl Channels {
+    /// Starts the service: loads known channels, rejoins those we are in, and begins
+    /// validating gossip.
+    pub fn start(
+        config: ChannelsConfig,
+        messenger: Messenger,
+        net: Client,
+        gossip: mpsc::Receiver<GossipEvent>,
+        grants: mpsc::Receiver<GrantNote>,
+        counters: Counters,
+    ) -> Result<Channels, crate::store::StoreError> {
+        let store = messenger.store().clone();
+        let rows = store.channels()?.into_iter().collect();
+        let inner = Arc::new(Inner {
+            store,
+            net,
+            messenger,
+            counters,
+            announce_every: config.announce_every,
+            state: Mutex::new(State {
+                rows,
+                ..State::default()
+            }),
+            tasks: Mutex::new(JoinSet::new()),
+        });
+        let c = Channels { inner };
+        c.spawn(gossip_loop(c.clone(), gossip));
+        c.spawn(grant_loop(c.clone(), grants));
+        c.spawn(maintenance(c.clone()));
+        Ok(c)
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.spawn(f);
+        }
+    }
+
+    /// Stops the service's tasks.
+    pub async fn shutdown(self) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .ok();
+        if let Some(mut tasks) = tasks {
+            tasks.shutdown().await;
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; the state is still usable.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn me(&self) -> Result<Arc<crate::identity::MessageKeys>, ChannelError> {
+        let wait = self.inner.messenger.wait_keys();
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| fail(1, "the node has no identity document yet; try again"))
+    }
+
+    fn save(&self, id: &Uuid, row: &ChannelRow) -> Result<(), ChannelError> {
+        self.inner.store.put_channel(id, row)?;
+        self.state().rows.insert(*id, row.clone());
+        Ok(())
+    }
+
+    // ---- commands ----
+
+    /// Creates a channel and joins it.
+    pub async fn create(&self, name: &str, private: bool) -> Result<Uuid, ChannelError> {
+        frame::check_name(name).map_err(|e| fail(2, e))?;
+        let me = self.me().await?;
+        if self
+            .state()
+            .rows
+            .values()
+            .any(|r| r.joined && r.name == name)
+        {
+            return Err(fail(
+                1,
+                format!("you are already in a channel called {name}"),
+            ));
+        }
+        let id = Uuid::new_v4();
+        let row = ChannelRow {
+            name: name.to_string(),
+            private,
+            joined: true,
+            key_from: private.then(|| ByteArray::new(*me.uuid.as_bytes())),
+            epoch: u32::from(private),
+            key: private.then(|| ByteArray::new(crate::identity::random_secret())),
+            members: vec![ByteArray::new(*me.uuid.as_bytes())],
+            created_ms: crate::unix_now_ms(),
+        };
+        self.save(&id, &row)?;
+        info!(channel = %id, name, private, "created a channel");
+        self.activate(id).await;
+        Ok(id)
+    }
+
+    /// Finds a channel by id or name: ours first, then discovered public ones.
+    fn resolve(&self, target: &str) -> Result<(Uuid, Option<ChannelRow>), ChannelError> {
+        let st = self.state();
+        if let Ok(id) = Uuid::try_parse(target) {
+            return Ok((id, st.rows.get(&id).cloned()));
+        }
+        let mine: Vec<(Uuid, ChannelRow)> = st
+            .rows
+            .iter()
+            .filter(|(_, r)| r.name == target)
+            .map(|(i, r)| (*i, r.clone()))
+            .collect();
+        let joined: Vec<&(Uuid, ChannelRow)> = mine.iter().filter(|(_, r)| r.joined).collect();
+        if let [(id, row)] = joined.as_slice() {
+            return Ok((*id, Some(row.clone())));
+        }
+        if let [(id, row)] = mine.as_slice() {
+            return Ok((*id, Some(row.clone())));
+        }
+        let found: Vec<Uuid> = st
+            .discovered
+            .iter()
+            .filter(|(_, d)| d.name == target)
+            .map(|(i, _)| *i)
+            .collect();
+        match (mine.len(), found.as_slice()) {
+            (0, []) => Err(fail(
+                4,
+                format!(
+                    "no channel called {target} is known (private channels need an invitation)"
+                ),
+            )),
+            (0, [id]) => Ok((*id, None)),
+            _ => {
+                let ids: Vec<String> = mine
+                    .iter()
+                    .map(|(i, _)| i.to_string())
+                    .chain(found.iter().map(|i| i.to_string()))
+                    .collect();
+                Err(fail(
+                    1,
+                    format!(
+                        "several channels are called {target}: {}; use the id",
+                        ids.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Joins a public channel, or a private one we were invited to.
+    pub async fn join(&self, target: &str) -> Result<(Uuid, ChannelRow), ChannelError> {
+        let (id, row) = self.resolve(target)?;
+        let row = match row {
+            Some(r) if r.joined => return Ok((id, r)),
+            Some(r) if r.private && r.key.is_none() => {
+                return Err(fail(
+                    1,
+                    format!("{} is private: you need a new invitation", r.name),
+                ))
+            }
+            Some(mut r) => {
+                r.joined = true;
+                r
+            }
+            None => {
+                let name = self.state().discovered.get(&id).map(|d| d.name.clone());
+                let Some(name) = name else {
+                    return Err(fail(
+                        4,
+                        format!("channel {id} is not known (private channels need an invitation)"),
+                    ));
+                };
+                ChannelRow {
+                    name,
+                    private: false,
+                    joined: true,
+                    key_from: None,
+                    epoch: 0,
+                    key: None,
+                    members: Vec::new(),
+                    created_ms: crate::unix_now_ms(),
+                }
+            }
+        };
+        if let Ok(me) = self.me().await {
+            let mine = ByteArray::new(*me.uuid.as_bytes());
+            let mut row = row.clone();
+            if row.private && !row.members.contains(&mine) {
+                row.members.push(mine);
+            }
+            self.save(&id, &row)?;
+        } else {
+            self.save(&id, &row)?;
+        }
+        info!(channel = %id, name = %row.name, "joined a channel");
+        self.activate(id).await;
+        let _ = self.publish_frame(id, frame::JOIN, String::new()).await;
+        Ok((id, row))
+    }
+
+    /// Subscribes, provides the channel's key in the DHT, and looks for members.
+    async fn activate(&self, id: Uuid) {
+        let net = &self.inner.net;
+        let _ = net.subscribe(frame::topic(&id), true).await;
+        let _ = net.provide(frame::provider_key(&id), true).await;
+        if let Some(me) = self.inner.messenger.current_keys() {
+            self.state().hear(id, me.uuid, crate::unix_now_ms());
+        }
+        let _ = self.announce(id).await;
+    }
+
+    /// Leaves a channel: tells the members, stops listening and providing, and forgets
+    /// a private channel's key (a new invitation is needed to come back).
+    pub async fn leave(&self, target: &str) -> Result<Uuid, ChannelError> {
+        let (id, row) = self.resolve(target)?;
+        let Some(mut row) = row.filter(|r| r.joined) else {
+            return Err(fail(1, format!("you are not in {target}")));
+        };
+        let _ = self.publish_frame(id, frame::LEAVE, String::new()).await;
+        let net = &self.inner.net;
+        let _ = net.subscribe(frame::topic(&id), false).await;
+        let _ = net.provide(frame::provider_key(&id), false).await;
+        row.joined = false;
+        if row.private {
+            row.key = None;
+            row.members.clear();
+        }
+        self.save(&id, &row)?;
+        self.state().heard.remove(&id);
+        info!(channel = %id, name = %row.name, "left a channel");
+        Ok(id)
+    }
+
+    /// Channels we know; with `all`, also public channels discovered on the network.
+    pub fn list(&self, all: bool) -> Vec<ChannelView> {
+        let st = self.state();
+        let mut out: Vec<ChannelView> = st
+            .rows
+            .iter()
+            .filter(|(_, r)| r.joined || (all && (!r.private || r.key.is_some())))
+            .map(|(id, r)| ChannelView {
+                channel_id: id.to_string(),
+                name: r.name.clone(),
+                private: r.private,
+                joined: r.joined,
+                invited: r.private && !r.joined && r.key.is_some(),
+                members: member_count(&st, id, r),
+                epoch: r.private.then_some(r.epoch),
+            })
+            .collect();
+        if all {
+            for (id, d) in &st.discovered {
+                if !st.rows.contains_key(id) {
+                    out.push(ChannelView {
+                        channel_id: id.to_string(),
+                        name: d.name.clone(),
+                        private: false,
+                        joined: false,
+                        invited: false,
+                        members: d.members.len(),
+                        epoch: None,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.name, &a.channel_id).cmp(&(&b.name, &b.channel_id)));
+        out
+    }
+
+    /// Names of joined channels (for `status`).
+    pub fn joined_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .state()
+            .rows
+            .values()
+            .filter(|r| r.joined)
+            .map(|r| r.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The name of a channel we know, by id.
+    pub fn name_of(&self, id: &Uuid) -> Option<String> {
+        self.state().rows.get(id).map(|r| r.name.clone())
+    }
+
+    /// Resolves a channel we are in (or were in) to its id, for `recv --channel`.
+    pub fn id_of(&self, target: &str) -> Result<Uuid, ChannelError> {
+        self.resolve(target).map(|(id, _)| id)
+    }
+
+    /// The members of a channel we are in: for a public channel those heard from lately;
+    /// for a private one also everyone known to hold the current key.
+    pub fn members(&self, target: &str) -> Result<Vec<Uuid>, ChannelError> {
+        let (id, row) = self.resolve(target)?;
+        let st = self.state();
+        let mut set: HashSet<Uuid> = st
+            .heard
+            .get(&id)
+            .map(|h| h.keys().copied().collect())
+            .unwrap_or_default();
+        match row {
+            Some(r) if r.joined => {
+                set.extend(r.members.iter().map(|m| Uuid::from_bytes(**m)));
+            }
+            _ => {
+                if let Some(d) = st.discovered.get(&id) {
+                    set.extend(d.members.iter().copied());
+                } else {
+                    return Err(fail(1, format!("you are not in {target}")));
+                }
+            }
+        }
+        let mut v: Vec<Uuid> = set.into_iter().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Invites `who` into a private channel we are in: sends them the current key.
+    pub async fn invite(&self, target: &str, who: Uuid) -> Result<Uuid, ChannelError> {
+        let (id, row) = self.resolve(target)?;
+        let Some(mut row) = row.filter(|r| r.joined) else {
+            return Err(fail(1, format!("you are not in {target}")));
+        };
+        let Some(key) = row.key.filter(|_| row.private) else {
+            return Err(fail(
+                1,
+                format!("{} is public: anyone can join it by name", row.name),
+            ));
+        };
+        let me = self.me().await?;
+        if who == me.uuid {
+            return Err(fail(2, "that is your own UUID"));
+        }
+        let who_b = ByteArray::new(*who.as_bytes());
+        if !row.members.contains(&who_b) {
+            row.members.push(who_b);
+        }
+        self.save(&id, &row)?;
+        let grant = frame::KeyGrant {
+            v: frame::FRAME_VERSION,
+            channel: *id.as_bytes(),
+            name: row.name.clone(),
+            epoch: row.epoch,
+            key: *key,
+            members: row.members.clone(),
+        };
+        self.inner
+            .messenger
+            .send_grant(who, &grant)
+            .await
+            .map_err(|e| fail(1, e.to_string()))?;
+        info!(channel = %id, name = %row.name, invited = %who, "sent a channel invitation");
+        Ok(id)
+    }
+
+    /// Posts to a channel; `Ok` once gossip sent it to at least one peer.
+    pub async fn send(&self, target: &str, text: String) -> Result<(Uuid, usize), ChannelError> {
+        if text.len() > frame::MAX_CHANNEL_TEXT {
+            return Err(fail(
+                2,
+                format!(
+                    "the post is {} bytes; the limit is {}",
+                    text.len(),
+                    frame::MAX_CHANNEL_TEXT
+                ),
+            ));
+        }
+        let (id, row) = self.resolve(target)?;
+        if !row.as_ref().is_some_and(|r| r.joined) {
+            return Err(fail(1, format!("you are not in {target}; join it first")));
+        }
+        let (body, peers) = self
+            .publish_frame(id, frame::TEXT, text)
+            .await
+            .map_err(|e| fail(1, format!("not sent: {e}")))?;
+        let entry = HistoryEntry {
+            msg_id: body.msg_id,
+            incoming: false,
+            peer: *id.as_bytes(),
+            ts: body.ts,
+            text: body.text,
+            attachments: Vec::new(),
+            status: "sent".into(),
+            detail: None,
+            channel: Some(ByteArray::new(*id.as_bytes())),
+        };
+        self.store_post(body.msg_id, body.ts, entry).await;
+        Ok((Uuid::from_bytes(body.msg_id), peers))
+    }
+
+    // ---- frames ----
+
+    /// Signs (and for a private channel seals) a frame and publishes it on the channel.
+    async fn publish_frame(
+        &self,
+        id: Uuid,
+        kind: &str,
+        text: String,
+    ) -> Result<(ChannelBody, usize), String> {
+        let me = self.me().await.map_err(|e| e.message)?;
+        let row = self
+            .state()
+            .rows
+            .get(&id)
+            .cloned()
+            .ok_or("unknown channel")?;
+        let body = ChannelBody {
+            v: frame::FRAME_VERSION,
+            msg_id: *Uuid::new_v4().as_bytes(),
+            from: *me.uuid.as_bytes(),
+            channel: *id.as_bytes(),
+            ts: crate::unix_now_ms(),
+            kind: kind.to_string(),
+            name: row.name.clone(),
+            private: row.private,
+            epoch: row.epoch,
+            text,
+        };
+        let signed = frame::sign(&body, &me);
+        let data = match (row.private, row.key) {
+            (false, _) => signed,
+            (true, Some(key)) => {
+                let nonce: [u8; 12] = crate::identity::random_secret()[..12]
+                    .try_into()
+                    .unwrap_or([0; 12]);
+                frame::seal(&key, id.as_bytes(), row.epoch, nonce, &signed)
+            }
+            (true, None) => return Err("no key for this channel".into()),
+        };
+        self.state().remember_id(body.msg_id);
+        let peers = self.inner.net.publish(frame::topic(&id), data).await?;
+        Ok((body, peers))
+    }
+
+    /// Sends CHANNEL on the channel's topic and, for a public channel, on the announce topic.
+    async fn announce(&self, id: Uuid) -> Result<(), String> {
+        let private = self.state().rows.get(&id).is_some_and(|r| r.private);
+        self.state().last_channel_frame.insert(id, Instant::now());
+        let on_channel = self.publish_frame(id, frame::CHANNEL, String::new()).await;
+        if !private {
+            let me = self.me().await.map_err(|e| e.message)?;
+            let row = self
+                .state()
+                .rows
+                .get(&id)
+                .cloned()
+                .ok_or("unknown channel")?;
+            let body = ChannelBody {
+                v: frame::FRAME_VERSION,
+                msg_id: *Uuid::new_v4().as_bytes(),
+                from: *me.uuid.as_bytes(),
+                channel: *id.as_bytes(),
+                ts: crate::unix_now_ms(),
+                kind: frame::CHANNEL.into(),
+                name: row.name,
+                private: false,
+                epoch: 0,
+                text: String::new(),
+            };
+            self.state().remember_id(body.msg_id);
+            self.inner
+                .net
+                .publish(frame::ANNOUNCE_TOPIC.into(), frame::sign(&body, &me))
+                .await?;
+        }
+        on_channel.map(|_| ())
+    }
+
+    async fn store_post(&self, msg_id: [u8; 16], ts: u64, entry: HistoryEntry) {
+        let stored = self
+            .inner
+            .messenger
+            .writer()
+            .write(move |txn| {
+                if !mark_channel_seen(txn, &msg_id, ts)? {
+                    return Ok(None);
+                }
+                let seq = append_history(txn, &entry)?;
+                Ok(Some((seq, entry)))
+            })
+            .await;
+        match stored {
+            Ok(Some(s)) => self.inner.messenger.announce_stored(s),
+            Ok(None) => self.inner.counters.count("channel_duplicate"),
+            Err(e) => warn!(error = %e, "could not store a channel post"),
+        }
+    }
+
+    // ---- validation ----
+
+    /// Checks one gossip message against what we know; nothing in it is trusted before.
+    fn check(&self, msg: &GossipIn) -> Result<frame::Checked, Drop> {
+        let now = crate::unix_now_ms();
+        let m = &self.inner.messenger;
+        let sender_document = |from: &Uuid, bytes: &[u8]| m.check_sender_document(from, bytes);
+        if msg.topic == frame::ANNOUNCE_TOPIC {
+            let c = frame::verify(
+                &msg.data,
+                msg.author,
+                now,
+                &sender_document,
+                Some(m.key_cache()),
+            )?;
+            if c.body.kind != frame::CHANNEL || c.body.private {
+                return Err(Drop::BadKind);
+            }
+            if self.state().recent.contains(&c.body.msg_id) {
+                return Err(Drop::Duplicate);
+            }
+            return Ok(c);
+        }
+        let id = frame::channel_of_topic(&msg.topic).ok_or(Drop::UnknownChannel)?;
+        let row = self
+            .state()
+            .rows
+            .get(&id)
+            .filter(|r| r.joined)
+            .cloned()
+            .ok_or(Drop::UnknownChannel)?;
+        let opened;
+        let signed: &[u8] = if row.private {
+            let sealed = frame::sealed_header(&msg.data)?;
+            if sealed.channel != *id.as_bytes() {
+                return Err(Drop::WrongChannel);
+            }
+            if sealed.epoch > row.epoch {
+                return Err(Drop::UnknownEpoch);
+            }
+            if sealed.epoch < row.epoch {
+                return Err(Drop::WrongEpoch);
+            }
+            let key = row.key.ok_or(Drop::UnknownEpoch)?;
+            opened = frame::open(&sealed, &key)?;
+            &opened
+        } else {
+            &msg.data
+        };
+        let c = frame::verify(
+            signed,
+            msg.author,
+            now,
+            &sender_document,
+            Some(m.key_cache()),
+        )?;
+        if c.body.channel != *id.as_bytes() {
+            return Err(Drop::WrongChannel);
+        }
+        if c.body.private != row.private {
+            return Err(Drop::WrongForm);
+        }
+        if row.private && c.body.epoch != row.epoch {
+            return Err(Drop::WrongEpoch);
+        }
+        if self.state().recent.contains(&c.body.msg_id)
+            || self
+                .inner
+                .store
+                .channel_seen(&c.body.msg_id)
+                .unwrap_or(false)
+        {
+            return Err(Drop::Duplicate);
+        }
+        Ok(c)
+    }
+
+    async fn on_message(&self, msg: GossipIn) {
+        if let Some(tap) = self.state().taps.get(&msg.topic) {
+            let _ = tap.send(msg.data.clone());
+        }
+        let verdict = self.check(&msg);
+        let acceptance = match &verdict {
+            Ok(_) => MessageAcceptance::Accept,
+            Err(d) => {
+                self.inner.counters.count(d.counter());
+                debug!(peer = %msg.source, topic = %msg.topic, reason = %d, "dropped a channel frame");
+                match d {
+                    // Not the forwarder's fault: we may have left, or be behind, or it is
+                    // a copy we already have.
+                    Drop::Duplicate | Drop::UnknownChannel | Drop::UnknownEpoch | Drop::Stale => {
+                        MessageAcceptance::Ignore
+                    }
+                    _ => MessageAcceptance::Reject,
+                }
+            }
+        };
+        let _ = self
+            .inner
+            .net
+            .validate(msg.id, msg.source, acceptance)
+            .await;
+        if let Ok(c) = verdict {
+            self.apply(&msg.topic, c).await;
+        }
+    }
+
+    /// Acts on a valid frame.
+    async fn apply(&self, topic: &str, c: frame::Checked) {
+        let now = crate::unix_now_ms();
+        let b = c.body;
+        let from = Uuid::from_bytes(b.from);
+        let id = Uuid::from_bytes(b.channel);
+        self.state().remember_id(b.msg_id);
+        if topic == frame::ANNOUNCE_TOPIC {
+            let mut st = self.state();
+            if st.discovered.len() >= MAX_DISCOVERED && !st.discovered.contains_key(&id) {
+                let oldest = st
+                    .discovered
+                    .iter()
+                    .min_by_key(|(_, d)| d.last_ms)
+                    .map(|(i, _)| *i);
+                if let Some(o) = oldest {
+                    st.discovered.remove(&o);
+                }
+            }
+            let d = st.discovered.entry(id).or_insert_with(|| Discovered {
+                name: b.name.clone(),
+                members: HashSet::new(),
+                last_ms: now,
+            });
+            d.last_ms = now;
+            if d.members.len() < MAX_MEMBERS_HEARD {
+                d.members.insert(from);
+            }
+            return;
+        }
+        match b.kind.as_str() {
+            frame::LEAVE => self.member_left(id, from).await,
+            kind => {
+                self.state().hear(id, from, now);
+                self.note_key_holder(id, from);
+                if kind == frame::TEXT {
+                    let entry = HistoryEntry {
+                        msg_id: b.msg_id,
+                        incoming: true,
+                        peer: b.from,
+                        ts: b.ts,
+                        text: b.text,
+                        attachments: Vec::new(),
+                        status: "received".into(),
+                        detail: None,
+                        channel: Some(ByteArray::new(b.channel)),
+                    };
+                    self.store_post(b.msg_id, b.ts, entry).await;
+                } else {
+                    let _ = self
+                        .inner
+                        .messenger
+                        .writer()
+                        .write(move |txn| mark_channel_seen(txn, &b.msg_id, b.ts))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Someone who sealed a valid frame under the current key holds it: remember them, so a
+    /// rotation reaches them too.
+    fn note_key_holder(&self, id: Uuid, member: Uuid) {
+        let m = ByteArray::new(*member.as_bytes());
+        let row = {
+            let st = self.state();
+            match st.rows.get(&id) {
+                Some(r) if r.private && !r.members.contains(&m) => {
+                    let mut r = r.clone();
+                    r.members.push(m);
+                    Some(r)
+                }
+                _ => None,
+            }
+        };
+        if let Some(r) = row {
+            if r.members.len() <= frame::MAX_GRANT_MEMBERS {
+                let _ = self.save(&id, &r);
+            }
+        }
+    }
+
+    /// A member left. For a private channel the key moves to a new epoch, sent to everyone
+    /// else; the remaining member with the lowest UUID does it, so exactly one does.
+    async fn member_left(&self, id: Uuid, who: Uuid) {
+        let row = {
+            let mut st = self.state();
+            if let Some(h) = st.heard.get_mut(&id) {
+                h.remove(&who);
+            }
+            st.rows.get(&id).cloned()
+        };
+        let Some(mut row) = row.filter(|r| r.private && r.joined) else {
+            return;
+        };
+        row.members.retain(|m| **m != *who.as_bytes());
+        let Ok(me) = self.me().await else { return };
+        let keeper = row.members.iter().map(|m| **m).min();
+        if keeper != Some(*me.uuid.as_bytes()) {
+            let _ = self.save(&id, &row);
+            return;
+        }
+        if let Err(e) = self.rotate(id, row).await {
+            warn!(channel = %id, error = %e, "could not rotate the channel key");
+        }
+    }
+
+    /// Moves a private channel to a new key epoch and sends the key to every other member.
+    async fn rotate(&self, id: Uuid, mut row: ChannelRow) -> Result<(), ChannelError> {
+        let me = self.me().await?;
+        row.epoch += 1;
+        row.key = Some(ByteArray::new(crate::identity::random_secret()));
+        row.key_from = Some(ByteArray::new(*me.uuid.as_bytes()));
+        self.save(&id, &row)?;
+        info!(channel = %id, name = %row.name, epoch = row.epoch, "channel key rotated");
+        let grant = frame::KeyGrant {
+            v: frame::FRAME_VERSION,
+            channel: *id.as_bytes(),
+            name: row.name.clone(),
+            epoch: row.epoch,
+            key: row.key.map(|k| *k).unwrap_or_default(),
+            members: row.members.clone(),
+        };
+        for m in &row.members {
+            let to = Uuid::from_bytes(**m);
+            if to != me.uuid {
+                if let Err(e) = self.inner.messenger.send_grant(to, &grant).await {
+                    warn!(channel = %id, member = %to, error = %e, "could not queue the new key");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A key grant arrived (and is already stored).
+    fn on_grant(&self, note: GrantNote) {
+        match note.outcome {
+            GrantOutcome::Invited => {
+                info!(channel = %note.channel, name = %note.name, from = %note.from, "invited to a private channel; `ptpchat channel join` to accept");
+            }
+            GrantOutcome::Rotated => {
+                info!(channel = %note.channel, name = %note.name, epoch = note.epoch, "channel key rotated by a member");
+            }
+            GrantOutcome::Ignored(why) => {
+                self.inner.counters.count("channel_grant_ignored");
+                debug!(channel = %note.channel, from = %note.from, why, "ignored a channel key");
+                return;
+            }
+        }
+        if let Ok(Some(row)) = self
+            .inner
+            .store
+            .channels()
+            .map(|all| all.into_iter().find(|(i, _)| *i == note.channel))
+        {
+            self.state().rows.insert(row.0, row.1);
+        }
+    }
+
+    // ---- hooks for tests ----
+
+    /// Hands every raw frame arriving on `topic` to the returned receiver (and subscribes).
+    #[doc(hidden)]
+    pub async fn tap(&self, topic: &str) -> broadcast::Receiver<Vec<u8>> {
+        let rx = {
+            let mut st = self.state();
+            st.taps
+                .entry(topic.to_string())
+                .or_insert_with(|| broadcast::channel(256).0)
+                .subscribe()
+        };
+        let _ = self.inner.net.subscribe(topic.to_string(), true).await;
+        rx
+    }
+
+    /// Publishes raw bytes on a topic, as a misbehaving member would.
+    #[doc(hidden)]
+    pub async fn publish_raw(&self, topic: &str, data: Vec<u8>) -> Result<usize, String> {
+        self.inner.net.publish(topic.to_string(), data).await
+    }
+
+    /// A channel's current key epoch and key.
+    #[doc(hidden)]
+    pub fn key_of(&self, id: &Uuid) -> Option<(u32, [u8; 32])> {
+        let st = self.state();
+        let r = st.rows.get(id)?;
+        r.key.map(|k| (r.epoch, *k))
+    }
+}
+
+fn member_count(st: &State, id: &Uuid, r: &ChannelRow) -> usize {
+    let mut set: HashSet<[u8; 16]> = st
+        .heard
+        .get(id)
+        .map(|h| h.keys().map(|u| *u.as_bytes()).collect())
+        .unwrap_or_default();
+    if r.joined {
+        set.extend(r.members.iter().map(|m| **m));
+    }
+    set.len()
+}
+
+async fn gossip_loop(c: Channels, mut rx: mpsc::Receiver<GossipEvent>) {
+    let _ = c
+        .inner
+        .net
+        .subscribe(frame::ANNOUNCE_TOPIC.to_string(), true)
+        .await;
+    let joined: Vec<Uuid> = c
+        .state()
+        .rows
+        .iter()
+        .filter(|(_, r)| r.joined)
+        .map(|(i, _)| *i)
+        .collect();
+    for id in joined {
+        c.activate(id).await;
+    }
+    while let Some(event) = rx.recv().await {
+        match event {
+            GossipEvent::Message(msg) => c.on_message(msg).await,
+            GossipEvent::Subscribed { topic, .. } => {
+                // A newcomer on the announce topic learns our public channels, and a new
+                // peer on a channel learns that we are in it.
+                let targets: Vec<Uuid> = {
+                    let st = c.state();
+                    let due = |id: &Uuid| {
+                        st.last_channel_frame
+                            .get(id)
+                            .is_none_or(|t| t.elapsed() >= CHANNEL_DEBOUNCE)
+                    };
+                    if topic == frame::ANNOUNCE_TOPIC {
+                        st.rows
+                            .iter()
+                            .filter(|(i, r)| r.joined && !r.private && due(i))
+                            .map(|(i, _)| *i)
+                            .collect()
+                    } else {
+                        frame::channel_of_topic(&topic)
+                            .filter(|i| st.rows.get(i).is_some_and(|r| r.joined) && due(i))
+                            .into_iter()
+                            .collect()
+                    }
+                };
+                for id in targets {
+                    let _ = c.announce(id).await;
+                }
+            }
+        }
+    }
+}
+
+async fn grant_loop(c: Channels, mut rx: mpsc::Receiver<GrantNote>) {
+    while let Some(note) = rx.recv().await {
+        c.on_grant(note);
+    }
+}
+
+/// Re-announces our channels, looks for members again, and forgets what went quiet.
+async fn maintenance(c: Channels) {
+    let every = c.inner.announce_every;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = crate::unix_now_ms();
+        let quiet = (every.as_millis() as u64).saturating_mul(4);
+        let joined: Vec<Uuid> = {
+            let mut st = c.state();
+            for h in st.heard.values_mut() {
+                h.retain(|_, t| now.saturating_sub(*t) < quiet);
+            }
+            st.discovered
+                .retain(|_, d| now.saturating_sub(d.last_ms) < quiet);
+            st.rows
+                .iter()
+                .filter(|(_, r)| r.joined)
+                .map(|(i, _)| *i)
+                .collect()
+        };
+        for id in joined {
+            let _ = c.announce(id).await;
+            let _ = c.inner.net.find_providers(frame::provider_key(&id)).await;
+        }
+        let store = c.inner.store.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            store.prune_channel_seen(now.saturating_sub(SEEN_RETENTION_MS))
+        })
+        .await;
+    }
+}

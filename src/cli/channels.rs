@@ -1,0 +1,143 @@
+//! `channel …`: thin clients of the control socket.
+
+use std::path::Path;
+
+use clap::Subcommand;
+
+use super::messages::{finish, message_text, stream};
+use super::{ask_full, exit, plain, print_json, CliError};
+use crate::channels::frame::MAX_CHANNEL_TEXT;
+use crate::control::ControlRequest;
+
+/// `channel` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Create a channel and join it; prints its id
+    #[command(
+        after_help = "Examples:\n  ptpchat channel create rust-talk\n  ptpchat channel create ops --private --json"
+    )]
+    Create {
+        /// 1-64 characters of a-z, 0-9, '-', '_', '.'
+        name: String,
+        /// Only invited members can read it (posts are encrypted with a channel key)
+        #[arg(long)]
+        private: bool,
+    },
+    /// Join a public channel by name or id, or a private one you were invited to
+    #[command(after_help = "Example:\n  ptpchat channel join rust-talk")]
+    Join {
+        /// Channel name or id
+        channel: String,
+    },
+    /// Leave a channel (a private channel's key is rotated for those who stay)
+    #[command(after_help = "Example:\n  ptpchat channel leave rust-talk")]
+    Leave {
+        /// Channel name or id
+        channel: String,
+    },
+    /// List the channels you are in; --all adds public channels discovered on the network
+    #[command(after_help = "Example:\n  ptpchat channel list --all --json")]
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// List a channel's members
+    #[command(after_help = "Example:\n  ptpchat channel members rust-talk --json")]
+    Members {
+        /// Channel name or id
+        channel: String,
+    },
+    /// Invite someone into a private channel (sends them its key, sealed to them)
+    #[command(after_help = "Example:\n  ptpchat channel invite ops carol")]
+    Invite {
+        /// Channel name or id
+        channel: String,
+        /// A UUID, ptpchat: URI or contact name
+        who: String,
+    },
+    /// Post to a channel; exit 0 once it went to at least one member
+    #[command(
+        after_help = "Examples:\n  ptpchat channel send rust-talk \"hi all\"\n  echo hi | ptpchat channel send rust-talk -"
+    )]
+    Send {
+        /// Channel name or id
+        channel: String,
+        /// The text; `-` or nothing reads it from stdin
+        text: Option<String>,
+    },
+}
+
+fn print_channel(c: &serde_json::Value) {
+    let mut flags = String::new();
+    if c["private"] == true {
+        flags.push_str(" private");
+    }
+    if c["joined"] == true {
+        flags.push_str(" joined");
+    } else if c["invited"] == true {
+        flags.push_str(" invited");
+    }
+    println!(
+        "{:24} {}  {} members{}",
+        plain(&c["name"]),
+        plain(&c["channel_id"]),
+        plain(&c["members"]),
+        flags
+    );
+}
+
+fn print_member(m: &serde_json::Value) {
+    match m["name"].as_str() {
+        Some(n) => println!("{}  {n}", plain(&m["uuid"])),
+        None => println!("{}", plain(&m["uuid"])),
+    }
+}
+
+pub async fn channel(home: &Path, json: bool, cmd: ChannelCommand) -> Result<(), CliError> {
+    let req = match cmd {
+        ChannelCommand::List { all } => {
+            return stream(
+                home,
+                json,
+                ControlRequest::ChannelList { all },
+                print_channel,
+            )
+            .await
+        }
+        ChannelCommand::Members { channel } => {
+            return stream(
+                home,
+                json,
+                ControlRequest::ChannelMembers { channel },
+                print_member,
+            )
+            .await
+        }
+        ChannelCommand::Create { name, private } => ControlRequest::ChannelCreate { name, private },
+        ChannelCommand::Join { channel } => ControlRequest::ChannelJoin { channel },
+        ChannelCommand::Leave { channel } => ControlRequest::ChannelLeave { channel },
+        ChannelCommand::Invite { channel, who } => ControlRequest::ChannelInvite { channel, who },
+        ChannelCommand::Send { channel, text } => {
+            let text = message_text(text)?;
+            if text.len() > MAX_CHANNEL_TEXT {
+                return Err(CliError::new(
+                    exit::ERROR,
+                    format!("a channel post is at most {MAX_CHANNEL_TEXT} bytes"),
+                ));
+            }
+            ControlRequest::ChannelSend { channel, text }
+        }
+    };
+    let resp = ask_full(home, req).await?;
+    if resp.ok {
+        let data = resp.data.clone().unwrap_or_default();
+        if json {
+            print_json(&data);
+        } else if let Some(id) = data["channel_id"].as_str() {
+            println!("{id}");
+        } else if let Some(id) = data["msg_id"].as_str() {
+            println!("sent {id} to {} peers", plain(&data["peers"]));
+        }
+    }
+    finish(resp)
+}

@@ -1,0 +1,184 @@
+//! Channel tables: the channels we know (joined, invited to, or left), with a private
+//! channel's current key epoch; and the ids of recent channel frames, so a frame replayed
+//! after gossip forgot it is still recognised.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteArray;
+use uuid::Uuid;
+
+use super::messages::{row, unrow};
+use super::{Store, StoreError};
+use crate::channels::frame::KeyGrant;
+
+/// Channels by id → [`ChannelRow`].
+pub(crate) const CHANNELS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("channels");
+/// Recent channel frames: msg_id → the frame's timestamp (ms), pruned after a while.
+pub(crate) const CHANNEL_SEEN: TableDefinition<&[u8; 16], u64> =
+    TableDefinition::new("channel_seen");
+
+/// Most private channels one can be invited to without joining (invites from strangers
+/// must not fill the disk).
+pub const MAX_PENDING_INVITES: usize = 64;
+
+/// A channel as this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRow {
+    pub name: String,
+    pub private: bool,
+    pub joined: bool,
+    /// Who sent the key we hold (an invitation, or the last rotation).
+    pub key_from: Option<ByteArray<16>>,
+    /// The current key epoch (private channels; 0 for public ones).
+    pub epoch: u32,
+    pub key: Option<ByteArray<32>>,
+    /// Who holds the current epoch's key, as far as we know (private channels).
+    pub members: Vec<ByteArray<16>>,
+    pub created_ms: u64,
+}
+
+/// What a received key grant did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantOutcome {
+    /// We were invited (or re-invited) to a channel we have not joined.
+    Invited,
+    /// A channel we are in moved to a new key epoch.
+    Rotated,
+    /// Not applied, and why.
+    Ignored(&'static str),
+}
+
+impl Store {
+    pub(crate) fn create_channel_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+        txn.open_table(CHANNELS)?;
+        txn.open_table(CHANNEL_SEEN)?;
+        Ok(())
+    }
+
+    /// Every channel we know.
+    pub fn channels(&self) -> Result<Vec<(Uuid, ChannelRow)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CHANNELS)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            out.push((Uuid::from_bytes(*k.value()), unrow(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Adds or replaces a channel.
+    pub fn put_channel(&self, id: &Uuid, c: &ChannelRow) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CHANNELS)?
+            .insert(id.as_bytes(), row(c)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether a channel frame with this id was seen recently.
+    pub fn channel_seen(&self, msg_id: &[u8; 16]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(CHANNEL_SEEN)?.get(msg_id)?.is_some())
+    }
+
+    /// Forgets frame ids with timestamps before `before_ms`; returns how many.
+    pub fn prune_channel_seen(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let removed = {
+            let mut t = tx.open_table(CHANNEL_SEEN)?;
+            let old: Vec<[u8; 16]> = t
+                .iter()?
+                .filter_map(|r| r.ok())
+                .filter(|(_, ts)| ts.value() < before_ms)
+                .map(|(k, _)| *k.value())
+                .collect();
+            for k in &old {
+                t.remove(k)?;
+            }
+            old.len()
+        };
+        tx.commit()?;
+        Ok(removed)
+    }
+}
+
+/// Records a frame id inside a write transaction; false if it was already there.
+pub fn mark_channel_seen(
+    txn: &WriteTransaction,
+    msg_id: &[u8; 16],
+    ts: u64,
+) -> Result<bool, StoreError> {
+    let mut t = txn.open_table(CHANNEL_SEEN)?;
+    if t.get(msg_id)?.is_some() {
+        return Ok(false);
+    }
+    t.insert(msg_id, ts)?;
+    Ok(true)
+}
+
+/// Applies a key grant from `from` inside the transaction that records the direct message
+/// carrying it, so the grant is durable before it is ACKed.
+///
+/// - For a private channel we are in, only a current key holder may move it to a newer
+///   epoch; two holders rotating to the same epoch at once resolve to the lower UUID's key.
+/// - Otherwise the grant is an invitation, kept (boundedly) until the user joins.
+pub fn apply_grant(
+    txn: &WriteTransaction,
+    from: &[u8; 16],
+    grant: &KeyGrant,
+    now_ms: u64,
+) -> Result<GrantOutcome, StoreError> {
+    let mut t = txn.open_table(CHANNELS)?;
+    let held: Option<ChannelRow> = t
+        .get(&grant.channel)?
+        .map(|v| unrow(v.value()))
+        .transpose()?;
+    let members = grant.members.clone();
+    let fresh = |name: &str| ChannelRow {
+        name: name.to_string(),
+        private: true,
+        joined: false,
+        key_from: Some(ByteArray::new(*from)),
+        epoch: grant.epoch,
+        key: Some(ByteArray::new(grant.key)),
+        members: members.clone(),
+        created_ms: now_ms,
+    };
+    let (new_row, outcome) = match held {
+        Some(c) if !c.private => return Ok(GrantOutcome::Ignored("public channel")),
+        Some(c) if c.joined => {
+            if !c.members.iter().any(|m| **m == *from) {
+                return Ok(GrantOutcome::Ignored("sender holds no key of this channel"));
+            }
+            let newer = grant.epoch > c.epoch;
+            let tie_won = grant.epoch == c.epoch
+                && c.key.as_deref() != Some(&grant.key)
+                && c.key_from.as_deref().is_none_or(|k| from < k);
+            if !newer && !tie_won {
+                return Ok(GrantOutcome::Ignored("not newer than the key held"));
+            }
+            let mut c = c;
+            c.epoch = grant.epoch;
+            c.key = Some(ByteArray::new(grant.key));
+            c.key_from = Some(ByteArray::new(*from));
+            c.members = members;
+            (c, GrantOutcome::Rotated)
+        }
+        Some(c) => (fresh(&c.name), GrantOutcome::Invited),
+        None => {
+            let pending = t
+                .iter()?
+                .filter_map(|r| r.ok())
+                .filter_map(|(_, v)| unrow::<ChannelRow>(v.value()).ok())
+                .filter(|c| !c.joined && c.key.is_some())
+                .count();
+            if pending >= MAX_PENDING_INVITES {
+                return Ok(GrantOutcome::Ignored("too many pending invitations"));
+            }
+            (fresh(&grant.name), GrantOutcome::Invited)
+        }
+    };
+    t.insert(&grant.channel, row(&new_row)?.as_slice())?;
+    Ok(outcome)
+}

@@ -1,0 +1,427 @@
+//! Channels between real in-process nodes on loopback: discovery, join, posts, members,
+//! leave; private channels with invitations and key rotation; and every kind of bad frame
+//! dropped, counted and scored down.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, test_config};
+use libp2p::Multiaddr;
+use ptpchat::channels::frame::{self, ChannelBody};
+use ptpchat::channels::Channels;
+use ptpchat::config::Mode;
+use ptpchat::node::{self, RunningNode};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Net {
+    _dirs: Vec<tempfile::TempDir>,
+    relay: RunningNode,
+    users: Vec<RunningNode>,
+}
+
+async fn first_addr(node: &RunningNode) -> Multiaddr {
+    node.listen_addrs()
+        .await
+        .into_iter()
+        .next()
+        .expect("listening")
+}
+
+/// A relay and `n` user nodes bootstrapped to it. Users are public (DHT servers) so that
+/// provider lookups can return their addresses on loopback, where nothing is NATed.
+async fn network(n: usize) -> Net {
+    let dirs: Vec<_> = (0..=n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cfg = test_config(Mode::Relay, dirs[0].path(), &[]);
+    cfg.gossip_duplicate_cache = Duration::from_secs(1);
+    let relay = node::start(cfg).await.unwrap();
+    let boot = vec![first_addr(&relay).await];
+    let mut users = Vec::new();
+    for d in &dirs[1..] {
+        users.push(user(d.path(), &boot).await);
+    }
+    Net {
+        _dirs: dirs,
+        relay,
+        users,
+    }
+}
+
+async fn user(home: &std::path::Path, boot: &[Multiaddr]) -> RunningNode {
+    let mut cfg = test_config(Mode::User, home, boot);
+    cfg.public = true;
+    cfg.gossip_duplicate_cache = Duration::from_secs(1);
+    cfg.channel_announce_every = Duration::from_secs(2);
+    node::start(cfg).await.unwrap()
+}
+
+impl Net {
+    async fn stop(self) {
+        for u in self.users {
+            u.shutdown().await;
+        }
+        self.relay.shutdown().await;
+    }
+}
+
+fn ch(n: &RunningNode) -> &Channels {
+    n.channels.as_ref().unwrap()
+}
+
+fn uuid(n: &RunningNode) -> Uuid {
+    n.id.as_ref().unwrap().uuid
+}
+
+/// Channel posts in a node's history: (channel id, from, text).
+fn posts(n: &RunningNode) -> Vec<(Uuid, Uuid, String)> {
+    n.messenger
+        .as_ref()
+        .unwrap()
+        .store()
+        .history_after(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, e)| {
+            let c = e.channel?;
+            e.incoming
+                .then(|| (Uuid::from_bytes(*c), Uuid::from_bytes(e.peer), e.text))
+        })
+        .collect()
+}
+
+async fn counter(n: &RunningNode, what: &str) -> u64 {
+    n.client
+        .status()
+        .await
+        .unwrap()
+        .rejected
+        .get(what)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Waits until `node` can post to `channel` (some member is connected and subscribed).
+async fn send_when_meshed(node: &RunningNode, channel: &str, text: &str) -> Uuid {
+    eventually(WAIT, "a member to be connected", || async {
+        ch(node)
+            .send(channel, text.to_string())
+            .await
+            .ok()
+            .map(|(id, _)| id)
+    })
+    .await
+}
+
+async fn wait_post(node: &RunningNode, text: &str) {
+    eventually(WAIT, &format!("the post {text:?}"), || async {
+        posts(node).iter().any(|p| p.2 == text).then_some(())
+    })
+    .await
+}
+
+async fn wait_discovered(node: &RunningNode, name: &str) {
+    eventually(WAIT, &format!("{name} to be discovered"), || async {
+        ch(node)
+            .list(true)
+            .iter()
+            .any(|c| c.name == name)
+            .then_some(())
+    })
+    .await
+}
+
+async fn wait_members(node: &RunningNode, channel: &str, want: &[Uuid]) {
+    let mut want = want.to_vec();
+    want.sort();
+    eventually(WAIT, "the member list", || async {
+        (ch(node).members(channel).ok()? == want).then_some(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_public_channel_is_discovered_joined_and_reaches_every_member() {
+    let net = network(3).await;
+    let [a, b, c] = &net.users[..] else { panic!() };
+    let id = ch(a).create("rust-talk", false).await.unwrap();
+
+    // B and C never heard of it: they discover it through the announce topic (via the
+    // relay) and find A through the DHT's provider records.
+    wait_discovered(b, "rust-talk").await;
+    wait_discovered(c, "rust-talk").await;
+    assert_eq!(ch(b).join("rust-talk").await.unwrap().0, id);
+    assert_eq!(ch(c).join(&id.to_string()).await.unwrap().0, id);
+
+    send_when_meshed(a, "rust-talk", "hi").await;
+    wait_post(b, "hi").await;
+    wait_post(c, "hi").await;
+    assert_eq!(posts(b), vec![(id, uuid(a), "hi".to_string())]);
+    wait_members(a, "rust-talk", &[uuid(a), uuid(b), uuid(c)]).await;
+    assert_eq!(
+        ch(b)
+            .list(false)
+            .iter()
+            .map(|c| (c.name.as_str(), c.joined))
+            .collect::<Vec<_>>(),
+        vec![("rust-talk", true)]
+    );
+
+    // B leaves: everyone's member list drops B, and B gets nothing more.
+    ch(b).leave("rust-talk").await.unwrap();
+    wait_members(a, "rust-talk", &[uuid(a), uuid(c)]).await;
+    wait_members(c, "rust-talk", &[uuid(a), uuid(c)]).await;
+    send_when_meshed(c, "rust-talk", "after b left").await;
+    wait_post(a, "after b left").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!posts(b).iter().any(|p| p.2 == "after b left"));
+    assert_eq!(
+        posts(a).len(),
+        1,
+        "A stores C's post once; its own post is not an incoming one"
+    );
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn a_private_channel_is_read_by_invited_members_only_and_rotates_its_key_when_one_leaves() {
+    let net = network(4).await;
+    let [a, b, c, d] = &net.users[..] else {
+        panic!()
+    };
+    let id = ch(a).create("ops", true).await.unwrap();
+    let topic = frame::topic(&id);
+
+    // Not announced, so B cannot find it, let alone join it by name.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!ch(b).list(true).iter().any(|c| c.name == "ops"));
+    let e = ch(b).join("ops").await.unwrap_err();
+    assert!(e.message.contains("no channel called ops"), "{}", e.message);
+
+    // A invites C and D: the key goes to each in a sealed direct message.
+    ch(a).invite("ops", uuid(c)).await.unwrap();
+    ch(a).invite("ops", uuid(d)).await.unwrap();
+    for n in [c, d] {
+        eventually(WAIT, "the invitation", || async {
+            ch(n)
+                .list(true)
+                .iter()
+                .any(|v| v.name == "ops" && v.invited)
+                .then_some(())
+        })
+        .await;
+        ch(n).join("ops").await.unwrap();
+    }
+
+    // B listens on the topic anyway: it gets ciphertext it cannot read.
+    let mut b_tap = ch(b).tap(&topic).await;
+    send_when_meshed(a, "ops", "deploy at noon").await;
+    wait_post(c, "deploy at noon").await;
+    wait_post(d, "deploy at noon").await;
+    let seen_by_b = tokio::time::timeout(WAIT, b_tap.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(frame::sealed_header(&seen_by_b).is_ok());
+    assert!(!String::from_utf8_lossy(&seen_by_b).contains("deploy"));
+    assert!(posts(b).is_empty());
+
+    // C leaves, keeping (as a malicious client would) the key it had.
+    let (old_epoch, old_key) = ch(c).key_of(&id).unwrap();
+    ch(c).leave("ops").await.unwrap();
+    let rotated = |n: &RunningNode| ch(n).key_of(&id).filter(|(e, _)| *e > old_epoch);
+    let (epoch, key) = eventually(WAIT, "A's key to rotate", || async { rotated(a) }).await;
+    eventually(WAIT, "D to get the new key", || async {
+        (rotated(d) == Some((epoch, key))).then_some(())
+    })
+    .await;
+    assert_ne!(key, old_key);
+
+    // What C picks up on the topic after the rotation does not open with its old key.
+    let mut c_tap = ch(c).tap(&topic).await;
+    send_when_meshed(a, "ops", "new plan").await;
+    wait_post(d, "new plan").await;
+    let after = loop {
+        let f = tokio::time::timeout(WAIT, c_tap.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let h = frame::sealed_header(&f).unwrap();
+        if h.epoch == epoch {
+            break h;
+        }
+    };
+    assert!(frame::open(&after, &old_key).is_err());
+    assert!(!posts(c).iter().any(|p| p.2 == "new plan"));
+
+    // And what C posts under the old epoch is dropped by those who stayed.
+    let keys = c.messenger.as_ref().unwrap().current_keys().unwrap();
+    let body = ChannelBody {
+        v: 1,
+        msg_id: *Uuid::new_v4().as_bytes(),
+        from: *uuid(c).as_bytes(),
+        channel: *id.as_bytes(),
+        ts: ptpchat::unix_now_ms(),
+        kind: "text".into(),
+        name: "ops".into(),
+        private: true,
+        epoch: old_epoch,
+        text: "still here".into(),
+    };
+    let sealed = frame::seal(
+        &old_key,
+        id.as_bytes(),
+        old_epoch,
+        [9; 12],
+        &frame::sign(&body, &keys),
+    );
+    let before = counter(d, "channel_wrong_epoch").await;
+    ch(c).publish_raw(&topic, sealed).await.unwrap();
+    eventually(WAIT, "D to drop the old-epoch post", || async {
+        (counter(d, "channel_wrong_epoch").await > before).then_some(())
+    })
+    .await;
+    assert!(!posts(d).iter().any(|p| p.2 == "still here"));
+    assert!(!posts(a).iter().any(|p| p.2 == "still here"));
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn forged_replayed_and_oversized_frames_are_dropped_counted_and_scored_down() {
+    let net = network(3).await;
+    let [a, b, m] = &net.users[..] else { panic!() };
+    let id = ch(a).create("lobby", false).await.unwrap();
+    let topic = frame::topic(&id);
+    for n in [b, m] {
+        wait_discovered(n, "lobby").await;
+        ch(n).join("lobby").await.unwrap();
+    }
+    send_when_meshed(m, "lobby", "hello from m").await;
+    wait_post(a, "hello from m").await;
+
+    let keys_of = |n: &RunningNode| n.messenger.as_ref().unwrap().current_keys().unwrap();
+    let body = |from: &RunningNode, text: &str| ChannelBody {
+        v: 1,
+        msg_id: *Uuid::new_v4().as_bytes(),
+        from: *uuid(from).as_bytes(),
+        channel: *id.as_bytes(),
+        ts: ptpchat::unix_now_ms(),
+        kind: "text".into(),
+        name: "lobby".into(),
+        private: false,
+        epoch: 0,
+        text: text.into(),
+    };
+    async fn dropped(n: &RunningNode, what: &str, before: u64) {
+        eventually(WAIT, what, || async {
+            (counter(n, what).await > before).then_some(())
+        })
+        .await;
+    }
+
+    // 1. M claims to be B: B's document with M's signature over the same body.
+    let forged = body(b, "i am b");
+    let forged_bytes = splice_signature(
+        &frame::sign(&forged, &keys_of(b)),
+        &frame::sign(&forged, &keys_of(m)),
+    );
+    let n = counter(a, "channel_bad_signature").await;
+    m_publish(m, &topic, forged_bytes).await;
+    dropped(a, "channel_bad_signature", n).await;
+
+    // 2. M re-publishes a frame B really signed: the gossip author is not B.
+    let n = counter(a, "channel_peer_mismatch").await;
+    m_publish(m, &topic, frame::sign(&body(b, "b said this"), &keys_of(b))).await;
+    dropped(a, "channel_peer_mismatch", n).await;
+
+    // 3. M replays its own frame after gossip's duplicate cache (1 s here) forgot it.
+    let own = frame::sign(&body(m, "only once"), &keys_of(m));
+    m_publish(m, &topic, own.clone()).await;
+    wait_post(a, "only once").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = counter(a, "channel_duplicate").await;
+    m_publish(m, &topic, own).await;
+    dropped(a, "channel_duplicate", n).await;
+    assert_eq!(posts(a).iter().filter(|p| p.2 == "only once").count(), 1);
+
+    // 4. A post over the 16 KiB limit (still under gossip's transmit cap).
+    let n = counter(a, "channel_too_large").await;
+    let big = "x".repeat(frame::MAX_CHANNEL_TEXT + 1);
+    m_publish(m, &topic, frame::sign(&body(m, &big), &keys_of(m))).await;
+    dropped(a, "channel_too_large", n).await;
+
+    // None of it was stored, and M's gossip score at A went negative.
+    let texts: Vec<String> = posts(a).into_iter().map(|p| p.2).collect();
+    assert_eq!(texts, vec!["hello from m", "only once"]);
+    let score = eventually(WAIT, "M's score to drop", || async {
+        let peers = a.client.gossip_peers(topic.clone()).await.ok()?;
+        peers
+            .into_iter()
+            .find(|(p, _)| *p == m.peer_id)
+            .map(|(_, s)| s)
+            .filter(|s| *s < 0.0)
+    })
+    .await;
+    assert!(score < 0.0);
+    // The channel still works for everyone else.
+    send_when_meshed(a, "lobby", "still fine").await;
+    wait_post(b, "still fine").await;
+    net.stop().await;
+}
+
+/// Publishes from M, retrying while no peer is connected.
+async fn m_publish(m: &RunningNode, topic: &str, data: Vec<u8>) {
+    eventually(WAIT, "M to publish", || async {
+        ch(m).publish_raw(topic, data.clone()).await.ok()
+    })
+    .await;
+}
+
+/// Puts the signature of `donor` into `form` (both signed forms, as CBOR maps).
+fn splice_signature(form: &[u8], donor: &[u8]) -> Vec<u8> {
+    let mut out = form.to_vec();
+    let (fs, ds) = (sig_offset(form), sig_offset(donor));
+    out[fs..fs + 64].copy_from_slice(&donor[ds..ds + 64]);
+    out
+}
+
+/// Where the 64 signature bytes sit in a signed form: after the key "sig" and the CBOR
+/// header of a 64-byte string (0x58 0x40).
+fn sig_offset(form: &[u8]) -> usize {
+    let key = [0x63, b's', b'i', b'g', 0x58, 0x40];
+    form.windows(key.len())
+        .position(|w| w == key)
+        .expect("a signed form has a sig")
+        + key.len()
+}
+
+#[tokio::test]
+async fn a_restarted_member_rejoins_its_channels_by_itself() {
+    let mut net = network(2).await;
+    let id = ch(&net.users[0])
+        .create("night-shift", false)
+        .await
+        .unwrap();
+    wait_discovered(&net.users[1], "night-shift").await;
+    ch(&net.users[1]).join("night-shift").await.unwrap();
+    send_when_meshed(&net.users[0], "night-shift", "before").await;
+    wait_post(&net.users[1], "before").await;
+
+    let b = net.users.pop().unwrap();
+    b.shutdown().await;
+    let boot = vec![first_addr(&net.relay).await];
+    let b = user(net._dirs[2].path(), &boot).await;
+    assert_eq!(ch(&b).joined_names(), vec!["night-shift".to_string()]);
+    send_when_meshed(&net.users[0], "night-shift", "after").await;
+    wait_post(&b, "after").await;
+    assert_eq!(
+        posts(&b)
+            .iter()
+            .map(|p| (p.0, p.2.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(id, "before"), (id, "after")]
+    );
+    net.users.push(b);
+    net.stop().await;
+}
