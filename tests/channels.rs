@@ -413,6 +413,14 @@ async fn a_restarted_member_rejoins_its_channels_by_itself() {
     let boot = vec![first_addr(&net.relay).await];
     let b = user(net._dirs[2].path(), &boot).await;
     assert_eq!(ch(&b).joined_names(), vec!["night-shift".to_string()]);
+    // Gossip is not a mailbox: wait until the restarted B found A again (through the
+    // provider records) before A posts.
+    let a_peer = net.users[0].peer_id;
+    eventually(WAIT, "B to find A again", || async {
+        let peers = b.client.gossip_peers(frame::topic(&id)).await.ok()?;
+        peers.iter().any(|(p, _)| *p == a_peer).then_some(())
+    })
+    .await;
     send_when_meshed(&net.users[0], "night-shift", "after").await;
     wait_post(&b, "after").await;
     assert_eq!(
