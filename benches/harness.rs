@@ -21,6 +21,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "harness/fanout.rs"]
+mod fanout;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -468,7 +470,47 @@ fn main() {
         });
     }
 
-    println!("\n## 3. the real binary");
+    println!("\n## 3. channel fan-out, side by side with Mosquitto");
+    let members = env_usize("BENCH_MEMBERS", if smoke { 5 } else { 50 });
+    let posts = env_usize("BENCH_FANOUT_MESSAGES", if smoke { 20 } else { 1_000 });
+    let pace = Duration::from_millis(env_usize("BENCH_FANOUT_PACE_MS", 10) as u64);
+    let gossip = rt.block_on(fanout::gossip(members, posts, pace));
+    let broker = rt.block_on(fanout::mosquitto(members, posts, pace));
+    let show = |name: &str, f: &fanout::Fan| {
+        let (p50, p99) = if f.to_last.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (ms(pct(&f.to_last, 0.50)), ms(pct(&f.to_last, 0.99)))
+        };
+        println!(
+            "{name:<10} {members} members, {posts} posts every {} ms: delivery {:.2}%  to the last member p50 {p50:.3} ms  p99 {p99:.3} ms",
+            pace.as_millis(),
+            f.delivery * 100.0
+        );
+        serde_json::json!({ "delivery": f.delivery, "p50_ms": p50, "p99_ms": p99 })
+    };
+    json["fanout"]["members"] = serde_json::json!(members);
+    json["fanout"]["messages"] = serde_json::json!(posts);
+    json["fanout"]["ptpchat"] = show("ptpchat", &gossip);
+    match &broker {
+        Some(b) => {
+            json["fanout"]["mosquitto"] = show("mosquitto", b);
+            if !gossip.to_last.is_empty() && !b.to_last.is_empty() {
+                let r50 =
+                    pct(&gossip.to_last, 0.5).as_secs_f64() / pct(&b.to_last, 0.5).as_secs_f64();
+                let r99 =
+                    pct(&gossip.to_last, 0.99).as_secs_f64() / pct(&b.to_last, 0.99).as_secs_f64();
+                println!("ratio ptpchat/mosquitto: p50 {r50:.1}x (goal <= 3)  p99 {r99:.1}x (goal <= 5); delivery goal 100%");
+                json["fanout"]["ratio_p50"] = serde_json::json!(r50);
+                json["fanout"]["ratio_p99"] = serde_json::json!(r99);
+            }
+        }
+        None => println!(
+            "mosquitto: not available on this machine (and could not be installed); no ratio"
+        ),
+    }
+
+    println!("\n## 4. the real binary");
     let (rss_kib, status) = binary(if smoke { 5 } else { 100 });
     println!(
         "`ptpchat status` round trip, process start included ({} runs): p50 {:.1} ms  p90 {:.1} ms (goal < 20 ms)",
