@@ -385,6 +385,12 @@ fn binary(samples: usize) -> (u64, Vec<Duration>) {
     (rss, times)
 }
 
+/// Whether a section runs: all of them, or those named in `BENCH_ONLY` (comma-separated:
+/// crypto, direct, fanout, binary).
+fn wanted(section: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
+}
+
 fn smoke() -> bool {
     std::env::var_os("BENCH_SMOKE").is_some()
 }
@@ -419,45 +425,47 @@ fn main() {
     );
     let mut json = serde_json::json!({ "cores": cores, "smoke": smoke });
 
-    println!("\n## 1. crypto floor (one core)");
-    let crypto = crypto_floor(secs);
-    for (name, r) in &crypto {
-        println!("{name:<55} {r:>12.0}/s  {:>8.2} µs", 1e6 / r);
+    if wanted("crypto") {
+        println!("\n## 1. crypto floor (one core)");
+        let crypto = crypto_floor(secs);
+        for (name, r) in &crypto {
+            println!("{name:<55} {r:>12.0}/s  {:>8.2} µs", 1e6 / r);
+        }
+        json["crypto_per_second"] = crypto
+            .iter()
+            .map(|(n, r)| (n.to_string(), serde_json::json!(r.round())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
     }
-    json["crypto_per_second"] = crypto
-        .iter()
-        .map(|(n, r)| (n.to_string(), serde_json::json!(r.round())))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
-
-    println!("\n## 2. direct messages");
-    let verify_before = verify_rate(secs * 2.0);
-    let mut rates = Vec::new();
-    for (name, listen) in TRANSPORTS {
-        rates.push((name, rt.block_on(throughput(listen, messages))));
-    }
-    let verify_after = verify_rate(secs * 2.0);
-    let verify = (verify_before + verify_after) / 2.0;
-    println!("ed25519 verify_strict, one core, around the runs: {verify:.0}/s (before {verify_before:.0}, after {verify_after:.0})");
-    json["verify_per_second"] = serde_json::json!(verify.round());
-    for (name, rate) in &rates {
-        println!(
+    if wanted("direct") {
+        println!("\n## 2. direct messages");
+        let verify_before = verify_rate(secs * 2.0);
+        let mut rates = Vec::new();
+        for (name, listen) in TRANSPORTS {
+            rates.push((name, rt.block_on(throughput(listen, messages))));
+        }
+        let verify_after = verify_rate(secs * 2.0);
+        let verify = (verify_before + verify_after) / 2.0;
+        println!("ed25519 verify_strict, one core, around the runs: {verify:.0}/s (before {verify_before:.0}, after {verify_after:.0})");
+        json["verify_per_second"] = serde_json::json!(verify.round());
+        for (name, rate) in &rates {
+            println!(
             "{name:<5} 1 KiB messages A->B, signed+sealed+verified+opened+committed: {rate:>8.0}/s ({messages} messages); ratio to verify: {:.2} (goal >= 0.50)",
             rate / verify
         );
-        json["direct"][name] = serde_json::json!({ "messages_per_second": rate.round(), "ratio_to_verify": rate / verify });
-    }
-    let (raw, commit) = disk_floor(if smoke { 20 } else { 500 });
-    println!(
+            json["direct"][name] = serde_json::json!({ "messages_per_second": rate.round(), "ratio_to_verify": rate / verify });
+        }
+        let (raw, commit) = disk_floor(if smoke { 20 } else { 500 });
+        println!(
         "disk: 4 KiB write + fdatasync p50 {:.3} ms; durable redb commit p50 {:.3} ms; two commits in series {:.3} ms",
         ms(raw), ms(commit), ms(commit * 2)
     );
-    json["disk"] =
-        serde_json::json!({ "fdatasync_4k_p50_ms": ms(raw), "redb_commit_p50_ms": ms(commit) });
-    for (name, listen) in TRANSPORTS {
-        let mut lat = rt.block_on(latency(listen, samples));
-        lat.sort();
-        println!(
+        json["disk"] =
+            serde_json::json!({ "fdatasync_4k_p50_ms": ms(raw), "redb_commit_p50_ms": ms(commit) });
+        for (name, listen) in TRANSPORTS {
+            let mut lat = rt.block_on(latency(listen, samples));
+            lat.sort();
+            println!(
             "{name:<5} 100-byte message, A's control socket -> B's recv --follow line ({} samples): p50 {:.3} ms  p90 {:.3}  p99 {:.3}  max {:.3} (goal p50 < 1, p99 < 5)",
             lat.len(),
             ms(pct(&lat, 0.50)),
@@ -465,66 +473,69 @@ fn main() {
             ms(pct(&lat, 0.99)),
             ms(lat[lat.len() - 1])
         );
-        json["direct"][name]["latency_ms"] = serde_json::json!({
-            "p50": ms(pct(&lat, 0.50)), "p90": ms(pct(&lat, 0.90)), "p99": ms(pct(&lat, 0.99))
-        });
+            json["direct"][name]["latency_ms"] = serde_json::json!({
+                "p50": ms(pct(&lat, 0.50)), "p90": ms(pct(&lat, 0.90)), "p99": ms(pct(&lat, 0.99))
+            });
+        }
     }
-
-    println!("\n## 3. channel fan-out, side by side with Mosquitto");
-    let members = env_usize("BENCH_MEMBERS", if smoke { 5 } else { 50 });
-    let posts = env_usize("BENCH_FANOUT_MESSAGES", if smoke { 20 } else { 1_000 });
-    let pace = Duration::from_millis(env_usize("BENCH_FANOUT_PACE_MS", 10) as u64);
-    let gossip = rt.block_on(fanout::gossip(members, posts, pace));
-    let broker = rt.block_on(fanout::mosquitto(members, posts, pace));
-    let show = |name: &str, f: &fanout::Fan| {
-        let (p50, p99) = if f.to_last.is_empty() {
-            (f64::NAN, f64::NAN)
-        } else {
-            (ms(pct(&f.to_last, 0.50)), ms(pct(&f.to_last, 0.99)))
-        };
-        println!(
+    if wanted("fanout") {
+        println!("\n## 3. channel fan-out, side by side with Mosquitto");
+        let members = env_usize("BENCH_MEMBERS", if smoke { 5 } else { 50 });
+        let posts = env_usize("BENCH_FANOUT_MESSAGES", if smoke { 20 } else { 1_000 });
+        let pace = Duration::from_millis(env_usize("BENCH_FANOUT_PACE_MS", 10) as u64);
+        let gossip = rt.block_on(fanout::gossip(members, posts, pace));
+        let broker = rt.block_on(fanout::mosquitto(members, posts, pace));
+        let show = |name: &str, f: &fanout::Fan| {
+            let (p50, p99) = if f.to_last.is_empty() {
+                (f64::NAN, f64::NAN)
+            } else {
+                (ms(pct(&f.to_last, 0.50)), ms(pct(&f.to_last, 0.99)))
+            };
+            println!(
             "{name:<10} {members} members, {posts} posts every {} ms: delivery {:.2}%  to the last member p50 {p50:.3} ms  p99 {p99:.3} ms",
             pace.as_millis(),
             f.delivery * 100.0
         );
-        serde_json::json!({ "delivery": f.delivery, "p50_ms": p50, "p99_ms": p99 })
-    };
-    json["fanout"]["members"] = serde_json::json!(members);
-    json["fanout"]["messages"] = serde_json::json!(posts);
-    json["fanout"]["ptpchat"] = show("ptpchat", &gossip);
-    match &broker {
-        Some(b) => {
-            json["fanout"]["mosquitto"] = show("mosquitto", b);
-            if !gossip.to_last.is_empty() && !b.to_last.is_empty() {
-                let r50 =
-                    pct(&gossip.to_last, 0.5).as_secs_f64() / pct(&b.to_last, 0.5).as_secs_f64();
-                let r99 =
-                    pct(&gossip.to_last, 0.99).as_secs_f64() / pct(&b.to_last, 0.99).as_secs_f64();
-                println!("ratio ptpchat/mosquitto: p50 {r50:.1}x (goal <= 3)  p99 {r99:.1}x (goal <= 5); delivery goal 100%");
-                json["fanout"]["ratio_p50"] = serde_json::json!(r50);
-                json["fanout"]["ratio_p99"] = serde_json::json!(r99);
+            serde_json::json!({ "delivery": f.delivery, "p50_ms": p50, "p99_ms": p99 })
+        };
+        json["fanout"]["members"] = serde_json::json!(members);
+        json["fanout"]["messages"] = serde_json::json!(posts);
+        json["fanout"]["ptpchat"] = show("ptpchat", &gossip);
+        match &broker {
+            Some(b) => {
+                json["fanout"]["mosquitto"] = show("mosquitto", b);
+                if !gossip.to_last.is_empty() && !b.to_last.is_empty() {
+                    let r50 = pct(&gossip.to_last, 0.5).as_secs_f64()
+                        / pct(&b.to_last, 0.5).as_secs_f64();
+                    let r99 = pct(&gossip.to_last, 0.99).as_secs_f64()
+                        / pct(&b.to_last, 0.99).as_secs_f64();
+                    println!("ratio ptpchat/mosquitto: p50 {r50:.1}x (goal <= 3)  p99 {r99:.1}x (goal <= 5); delivery goal 100%");
+                    json["fanout"]["ratio_p50"] = serde_json::json!(r50);
+                    json["fanout"]["ratio_p99"] = serde_json::json!(r99);
+                }
             }
+            None => println!(
+                "mosquitto: not available on this machine (and could not be installed); no ratio"
+            ),
         }
-        None => println!(
-            "mosquitto: not available on this machine (and could not be installed); no ratio"
-        ),
     }
-
-    println!("\n## 4. the real binary");
-    let (rss_kib, status) = binary(if smoke { 5 } else { 100 });
-    println!(
+    if wanted("binary") {
+        println!("\n## 4. the real binary");
+        let (rss_kib, status) = binary(if smoke { 5 } else { 100 });
+        println!(
         "`ptpchat status` round trip, process start included ({} runs): p50 {:.1} ms  p90 {:.1} ms (goal < 20 ms)",
         status.len(),
         ms(pct(&status, 0.5)),
         ms(pct(&status, 0.9))
     );
-    println!(
-        "idle node resident memory: {:.1} MiB (goal < 30 MiB)",
-        rss_kib as f64 / 1024.0
-    );
-    json["cli_status_ms"] =
-        serde_json::json!({ "p50": ms(pct(&status, 0.5)), "p90": ms(pct(&status, 0.9)) });
-    json["idle_node_rss_mib"] = serde_json::json!(rss_kib as f64 / 1024.0);
+        println!(
+            "idle node resident memory: {:.1} MiB (goal < 30 MiB)",
+            rss_kib as f64 / 1024.0
+        );
+        json["cli_status_ms"] =
+            serde_json::json!({ "p50": ms(pct(&status, 0.5)), "p90": ms(pct(&status, 0.9)) });
+        json["idle_node_rss_mib"] = serde_json::json!(rss_kib as f64 / 1024.0);
+    }
 
     let path = std::env::var("BENCH_JSON")
         .map(std::path::PathBuf::from)

@@ -433,3 +433,45 @@ async fn a_restarted_member_rejoins_its_channels_by_itself() {
     net.users.push(b);
     net.stop().await;
 }
+
+#[tokio::test]
+async fn a_removed_member_gets_no_new_key_and_cannot_read_what_follows() {
+    let net = network(3).await;
+    let [a, c, d] = &net.users[..] else { panic!() };
+    let id = ch(a).create("staff", true).await.unwrap();
+    for n in [c, d] {
+        ch(a).invite("staff", uuid(n)).await.unwrap();
+        eventually(WAIT, "the invitation", || async {
+            ch(n)
+                .list(true)
+                .iter()
+                .any(|v| v.name == "staff" && v.invited)
+                .then_some(())
+        })
+        .await;
+        ch(n).join("staff").await.unwrap();
+    }
+    send_when_meshed(a, "staff", "all three").await;
+    wait_post(d, "all three").await;
+
+    let (_, old) = ch(d).key_of(&id).unwrap();
+    let (_, epoch) = ch(a).remove("staff", uuid(d)).await.unwrap();
+    eventually(WAIT, "C to get the new key", || async {
+        (ch(c).key_of(&id).map(|k| k.0) == Some(epoch)).then_some(())
+    })
+    .await;
+    send_when_meshed(a, "staff", "without d").await;
+    wait_post(c, "without d").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!posts(d).iter().any(|p| p.2 == "without d"));
+    assert_eq!(
+        ch(d).key_of(&id).map(|k| k.1),
+        Some(old),
+        "D never got the new key"
+    );
+    assert!(
+        counter(d, "channel_unknown_epoch").await > 0,
+        "D saw a frame it cannot open"
+    );
+    net.stop().await;
+}

@@ -510,6 +510,41 @@ impl Channels {
         Ok(id)
     }
 
+    /// Removes `who` from a private channel we are in: the key moves to a new epoch that
+    /// goes to everyone else, so `who` cannot read what is posted from now on.
+    pub async fn remove(&self, target: &str, who: Uuid) -> Result<(Uuid, u32), ChannelError> {
+        let (id, row) = self.resolve(target)?;
+        let Some(mut row) = row.filter(|r| r.joined) else {
+            return Err(fail(1, format!("you are not in {target}")));
+        };
+        if !row.private {
+            return Err(fail(
+                1,
+                format!(
+                    "{} is public: anyone can read it, so nobody can be removed",
+                    row.name
+                ),
+            ));
+        }
+        let me = self.me().await?;
+        if who == me.uuid {
+            return Err(fail(2, "to remove yourself, leave the channel"));
+        }
+        let before = row.members.len();
+        row.members.retain(|m| **m != *who.as_bytes());
+        if row.members.len() == before {
+            return Err(fail(
+                1,
+                format!("{who} does not hold the key of {}", row.name),
+            ));
+        }
+        self.state().heard.entry(id).or_default().remove(&who);
+        self.rotate(id, row).await?;
+        let epoch = self.key_of(&id).map(|(e, _)| e).unwrap_or_default();
+        info!(channel = %id, removed = %who, epoch, "removed a member");
+        Ok((id, epoch))
+    }
+
     /// Posts to a channel; `Ok` once gossip sent it to at least one peer.
     pub async fn send(&self, target: &str, text: String) -> Result<(Uuid, usize), ChannelError> {
         if text.len() > frame::MAX_CHANNEL_TEXT {
@@ -733,9 +768,13 @@ impl Channels {
                 match d {
                     // Not the forwarder's fault: we may have left, or be behind, or it is
                     // a copy we already have.
-                    Drop::Duplicate | Drop::UnknownChannel | Drop::UnknownEpoch | Drop::Stale => {
-                        MessageAcceptance::Ignore
-                    }
+                    // An old epoch is what honest peers still forward for a moment after a
+                    // rotation: not forwarded, but not held against them either.
+                    Drop::Duplicate
+                    | Drop::UnknownChannel
+                    | Drop::UnknownEpoch
+                    | Drop::WrongEpoch
+                    | Drop::Stale => MessageAcceptance::Ignore,
                     _ => MessageAcceptance::Reject,
                 }
             }
@@ -780,6 +819,15 @@ impl Channels {
             }
             return;
         }
+        if b.kind != frame::TEXT {
+            let (msg_id, ts) = (b.msg_id, b.ts);
+            let _ = self
+                .inner
+                .messenger
+                .writer()
+                .write(move |txn| mark_channel_seen(txn, &msg_id, ts))
+                .await;
+        }
         match b.kind.as_str() {
             frame::LEAVE => self.member_left(id, from).await,
             kind => {
@@ -798,13 +846,6 @@ impl Channels {
                         channel: Some(ByteArray::new(b.channel)),
                     };
                     self.store_post(b.msg_id, b.ts, entry).await;
-                } else {
-                    let _ = self
-                        .inner
-                        .messenger
-                        .writer()
-                        .write(move |txn| mark_channel_seen(txn, &b.msg_id, b.ts))
-                        .await;
                 }
             }
         }
@@ -845,7 +886,12 @@ impl Channels {
         let Some(mut row) = row.filter(|r| r.private && r.joined) else {
             return;
         };
+        let before = row.members.len();
         row.members.retain(|m| **m != *who.as_bytes());
+        if row.members.len() == before {
+            // Already gone (removed, or a LEAVE seen before): nothing to rotate.
+            return;
+        }
         let Ok(me) = self.me().await else { return };
         let keeper = row.members.iter().map(|m| **m).min();
         if keeper != Some(*me.uuid.as_bytes()) {

@@ -55,6 +55,15 @@ pub enum ChannelCommand {
         /// A UUID, ptpchat: URI or contact name
         who: String,
     },
+    /// Remove a member from a private channel: its key rotates to a new epoch the removed
+    /// member never gets
+    #[command(after_help = "Example:\n  ptpchat channel remove ops mallory")]
+    Remove {
+        /// Channel name or id
+        channel: String,
+        /// A UUID, ptpchat: URI or contact name
+        who: String,
+    },
     /// Post to a channel; exit 0 once it went to at least one member
     #[command(
         after_help = "Examples:\n  ptpchat channel send rust-talk \"hi all\"\n  echo hi | ptpchat channel send rust-talk -"
@@ -117,6 +126,7 @@ pub async fn channel(home: &Path, json: bool, cmd: ChannelCommand) -> Result<(),
         ChannelCommand::Join { channel } => ControlRequest::ChannelJoin { channel },
         ChannelCommand::Leave { channel } => ControlRequest::ChannelLeave { channel },
         ChannelCommand::Invite { channel, who } => ControlRequest::ChannelInvite { channel, who },
+        ChannelCommand::Remove { channel, who } => ControlRequest::ChannelRemove { channel, who },
         ChannelCommand::Send { channel, text } => {
             let text = message_text(text)?;
             if text.len() > MAX_CHANNEL_TEXT {

@@ -48,6 +48,20 @@ pub(super) async fn handle(c: &Channels, m: &Messenger, req: ControlRequest) -> 
                 Err(e) => refused(e),
             }
         }
+        ControlRequest::ChannelRemove { channel, who } => {
+            let uuid = match resolve(m, &who) {
+                Ok((u, _)) => u,
+                Err(r) => return r,
+            };
+            match c.remove(&channel, uuid).await {
+                Ok((id, epoch)) => ControlResponse::ok(serde_json::json!({
+                    "channel_id": id.to_string(),
+                    "removed": uuid.to_string(),
+                    "epoch": epoch,
+                })),
+                Err(e) => refused(e),
+            }
+        }
         ControlRequest::ChannelSend { channel, text } => match c.send(&channel, text).await {
             Ok((msg_id, peers)) => ControlResponse::ok(serde_json::json!({
                 "msg_id": msg_id.to_string(),

@@ -97,6 +97,11 @@ pub enum ControlRequest {
         channel: String,
         text: String,
     },
+    /// Remove a member from a private channel (rotates its key).
+    ChannelRemove {
+        channel: String,
+        who: String,
+    },
 }
 
 /// The answer: `ok` with `data`, or an `error` with the exit `code` the CLI should use.

@@ -165,6 +165,14 @@ pub fn apply_grant(
             c.members = members;
             (c, GrantOutcome::Rotated)
         }
+        // A pending invitation is replaced only by one of the holders it names (a newer
+        // key from the same group), so a stranger who learns the id cannot swap it.
+        Some(c) if c.key.is_some() && !c.members.iter().any(|m| **m == *from) => {
+            return Ok(GrantOutcome::Ignored("already invited by other members"))
+        }
+        Some(c) if c.key.is_some() && grant.epoch < c.epoch => {
+            return Ok(GrantOutcome::Ignored("older than the pending invitation"))
+        }
         Some(c) => (fresh(&c.name), GrantOutcome::Invited),
         None => {
             let pending = t
