@@ -85,6 +85,9 @@ pub async fn gossip(members: usize, messages: usize, pace: Duration) -> Fan {
         async move {
             let mut cfg = super::common::test_config(Mode::User, &home, &boot);
             cfg.public = true;
+            // Members start after the channel is created; re-announce often so they
+            // discover it in seconds (this measures fan-out, not the announce interval).
+            cfg.channel_announce_every = Duration::from_secs(2);
             node::start(cfg).await.expect("member starts")
         }
     };

@@ -94,10 +94,13 @@ pub fn rfc3339(ms: u64) -> String {
 struct Names {
     by_uuid: HashMap<[u8; 16], (String, Contact)>,
     channels: HashMap<[u8; 16], String>,
+    /// The store's names generation these were read at.
+    generation: u64,
 }
 
 impl Names {
     fn load(m: &Messenger) -> Names {
+        let generation = m.store().names_generation();
         let by_uuid = m
             .store()
             .contacts()
@@ -112,7 +115,11 @@ impl Names {
             .into_iter()
             .map(|(id, c)| (*id.as_bytes(), c.name))
             .collect();
-        Names { by_uuid, channels }
+        Names {
+            by_uuid,
+            channels,
+            generation,
+        }
     }
 
     fn name(&self, uuid: &[u8; 16]) -> Option<String> {
@@ -318,7 +325,11 @@ where
                     let unnamed_channel = entry
                         .channel
                         .is_some_and(|c| !names.channels.contains_key(&*c));
-                    if names.name(&entry.peer).is_none() || unnamed_channel {
+                    // Re-read names only if one is missing and contacts or channels changed
+                    // since: a stranger's messages must not cost a table scan each.
+                    if (names.name(&entry.peer).is_none() || unnamed_channel)
+                        && m.store().names_generation() != names.generation
+                    {
                         names = Names::load(m);
                     }
                     let r = ControlResponse::ok(view(m, &me, &names, &entry));

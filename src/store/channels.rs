@@ -73,6 +73,7 @@ impl Store {
         tx.open_table(CHANNELS)?
             .insert(id.as_bytes(), row(c)?.as_slice())?;
         tx.commit()?;
+        self.names_changed();
         Ok(())
     }
 
@@ -189,4 +190,100 @@ pub fn apply_grant(
     };
     t.insert(&grant.channel, row(&new_row)?.as_slice())?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZERO: [u8; 16] = [0; 16];
+    const ALICE: [u8; 16] = [1; 16];
+    const ME: [u8; 16] = [5; 16];
+    const MALLORY: [u8; 16] = [9; 16];
+    const CH: [u8; 16] = [7; 16];
+
+    fn grant(epoch: u32, key: u8, members: &[[u8; 16]]) -> KeyGrant {
+        KeyGrant {
+            v: 1,
+            channel: CH,
+            name: "ops".into(),
+            epoch,
+            key: [key; 32],
+            members: members.iter().map(|m| ByteArray::new(*m)).collect(),
+        }
+    }
+
+    fn apply(store: &Store, from: [u8; 16], g: &KeyGrant) -> GrantOutcome {
+        let tx = store.db.begin_write().unwrap();
+        let outcome = apply_grant(&tx, &from, g, 0).unwrap();
+        tx.commit().unwrap();
+        outcome
+    }
+
+    fn held(store: &Store) -> (bool, u32, u8) {
+        let (_, c) = store.channels().unwrap().into_iter().next().unwrap();
+        (c.joined, c.epoch, c.key.map_or(0, |k| k[0]))
+    }
+
+    #[test]
+    fn invitations_and_rotations_are_taken_only_from_key_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+
+        // An invitation is kept; a stranger cannot swap its key, one of its holders can.
+        assert_eq!(
+            apply(&store, ALICE, &grant(1, 1, &[ALICE, ME])),
+            GrantOutcome::Invited
+        );
+        assert!(matches!(
+            apply(&store, MALLORY, &grant(5, 9, &[MALLORY, ME])),
+            GrantOutcome::Ignored(_)
+        ));
+        assert_eq!(held(&store), (false, 1, 1));
+        assert_eq!(
+            apply(&store, ALICE, &grant(2, 2, &[ZERO, ALICE, ME])),
+            GrantOutcome::Invited
+        );
+        assert_eq!(held(&store), (false, 2, 2));
+
+        // Joined: only a holder moves the key, and only forward.
+        let id = Uuid::from_bytes(CH);
+        let (_, mut row) = store.channels().unwrap().into_iter().next().unwrap();
+        row.joined = true;
+        store.put_channel(&id, &row).unwrap();
+        assert!(matches!(
+            apply(&store, MALLORY, &grant(3, 9, &[MALLORY, ME])),
+            GrantOutcome::Ignored(_)
+        ));
+        assert!(matches!(
+            apply(&store, ALICE, &grant(1, 4, &[ALICE, ME])),
+            GrantOutcome::Ignored(_)
+        ));
+        assert_eq!(
+            apply(&store, ALICE, &grant(3, 3, &[ZERO, ALICE, ME])),
+            GrantOutcome::Rotated
+        );
+        assert_eq!(held(&store), (true, 3, 3));
+
+        // Two holders rotating to the same epoch at once: the lower UUID's key wins, in
+        // whichever order the two grants arrive.
+        assert_eq!(
+            apply(&store, ZERO, &grant(3, 6, &[ZERO, ALICE, ME])),
+            GrantOutcome::Rotated
+        );
+        assert!(matches!(
+            apply(&store, ALICE, &grant(3, 7, &[ZERO, ALICE, ME])),
+            GrantOutcome::Ignored(_)
+        ));
+        assert_eq!(held(&store), (true, 3, 6));
+
+        // The public channel case: a grant never turns a public channel private.
+        row.private = false;
+        row.key = None;
+        store.put_channel(&id, &row).unwrap();
+        assert!(matches!(
+            apply(&store, ZERO, &grant(9, 9, &[ZERO, ME])),
+            GrantOutcome::Ignored(_)
+        ));
+    }
 }

@@ -270,6 +270,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         tx.open_table(CONTACTS)?.insert(name, row(c)?.as_slice())?;
         tx.commit()?;
+        self.names_changed();
         Ok(())
     }
 
@@ -278,6 +279,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         let existed = tx.open_table(CONTACTS)?.remove(name)?.is_some();
         tx.commit()?;
+        self.names_changed();
         Ok(existed)
     }
 

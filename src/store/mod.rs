@@ -67,6 +67,9 @@ db_err!(
 pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
+    /// Bumped whenever contacts or channels change, so views that name senders and
+    /// channels reload only then.
+    names_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -107,9 +110,21 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             path,
+            names_generation: Arc::default(),
         };
         store.check_schema()?;
         Ok(store)
+    }
+
+    /// Changes whenever a contact or a channel is added, changed or removed.
+    pub fn names_generation(&self) -> u64 {
+        self.names_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn names_changed(&self) {
+        self.names_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn corrupt(&self, detail: impl Into<String>) -> StoreError {
