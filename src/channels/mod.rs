@@ -819,7 +819,10 @@ impl Channels {
             }
             return;
         }
-        if b.kind != frame::TEXT {
+        // LEAVE ids are stored (a replayed LEAVE must not rotate a key again); JOIN and
+        // CHANNEL frames, which every member re-sends periodically, are remembered in memory
+        // only: a replay of one just refreshes a member's last-heard time.
+        if b.kind == frame::LEAVE {
             let (msg_id, ts) = (b.msg_id, b.ts);
             let _ = self
                 .inner
