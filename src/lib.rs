@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod store;
+pub mod tasks;
 pub mod verbs;
 
 /// Seconds since the Unix epoch (0 if the clock is before 1970).

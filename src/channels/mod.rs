@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_bytes::ByteArray;
 use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -135,7 +134,7 @@ struct Inner {
     counters: Counters,
     announce_every: Duration,
     state: Mutex<State>,
-    tasks: Mutex<JoinSet<()>>,
+    tasks: crate::tasks::Tasks,
 }
 
 /// Handle to the channel service; cheap to clone.
@@ -167,7 +166,7 @@ impl Channels {
                 rows,
                 ..State::default()
             }),
-            tasks: Mutex::new(JoinSet::new()),
+            tasks: Default::default(),
         });
         let c = Channels { inner };
         c.spawn(gossip_loop(c.clone(), gossip));
@@ -177,22 +176,12 @@ impl Channels {
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        if let Ok(mut t) = self.inner.tasks.lock() {
-            t.spawn(f);
-        }
+        self.inner.tasks.spawn(f);
     }
 
     /// Stops the service's tasks.
     pub async fn shutdown(self) {
-        let tasks = self
-            .inner
-            .tasks
-            .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .ok();
-        if let Some(mut tasks) = tasks {
-            tasks.shutdown().await;
-        }
+        self.inner.tasks.shutdown().await;
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -80,10 +80,7 @@ pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound
             let _ = task_inner.net.respond(verb.token, response).await;
             drop(permit);
         };
-        if let Ok(mut tasks) = inner.tasks.lock() {
-            while tasks.try_join_next().is_some() {}
-            tasks.spawn(work);
-        }
+        inner.tasks.spawn(work);
     }
 }
 

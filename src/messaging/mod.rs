@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::identity::{DocumentError, MessageKeys, SignedDocument};
@@ -153,7 +152,7 @@ pub(crate) struct Inner {
     received: broadcast::Sender<Stored>,
     counters: Counters,
     grants: Option<mpsc::Sender<GrantNote>>,
-    tasks: Mutex<JoinSet<()>>,
+    tasks: crate::tasks::Tasks,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -194,7 +193,7 @@ impl Messenger {
             received,
             counters,
             grants: config.grants,
-            tasks: Mutex::new(JoinSet::new()),
+            tasks: Default::default(),
             writer_thread: Mutex::new(writer_thread),
         });
         outbox::load(&inner)?;
@@ -206,22 +205,12 @@ impl Messenger {
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        if let Ok(mut t) = self.inner.tasks.lock() {
-            t.spawn(f);
-        }
+        self.inner.tasks.spawn(f);
     }
 
     /// Stops every messaging task (the outbox stays on disk for the next start).
     pub async fn shutdown(self) {
-        let tasks = self
-            .inner
-            .tasks
-            .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .ok();
-        if let Some(mut tasks) = tasks {
-            tasks.shutdown().await;
-        }
+        self.inner.tasks.shutdown().await;
         let thread = self
             .inner
             .writer_thread

@@ -324,10 +324,7 @@ pub(super) async fn scheduler(inner: Arc<Inner>) {
         }
         for uuid in start {
             let worker_inner = inner.clone();
-            if let Ok(mut tasks) = inner.tasks.lock() {
-                while tasks.try_join_next().is_some() {}
-                tasks.spawn(worker(worker_inner, uuid));
-            }
+            inner.tasks.spawn(worker(worker_inner, uuid));
         }
         let sleep = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
