@@ -5,8 +5,6 @@
 //!
 //! Pure code: no network, no disk.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::ChaCha20Poly1305;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
@@ -16,8 +14,8 @@ use uuid::Uuid;
 use crate::cbor;
 use crate::identity::{MessageKeys, SignedDocument, MAX_DOCUMENT_BYTES};
 use crate::messaging::envelope::{
-    check_signature, sign_body, KeyCache, Reject, SenderDocumentCheck, SignedForm,
-    MAX_FUTURE_SKEW_MS,
+    check_signature, open_bound, seal_bound, sign_body, KeyCache, Reject, SenderDocumentCheck,
+    SignedForm, MAX_FUTURE_SKEW_MS,
 };
 
 /// Frame format version.
@@ -265,14 +263,6 @@ fn check_limits(body: &ChannelBody) -> Result<(), Drop> {
     Ok(())
 }
 
-fn seal_aad(channel: &[u8; 16], epoch: u32) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(SEAL_DOMAIN.len() + 20);
-    aad.extend_from_slice(SEAL_DOMAIN);
-    aad.extend_from_slice(channel);
-    aad.extend_from_slice(&epoch.to_be_bytes());
-    aad
-}
-
 /// Seals a signed frame under a private channel's key for `epoch` (ChaCha20-Poly1305; the
 /// channel id and epoch are bound as associated data).
 pub fn seal(
@@ -282,17 +272,7 @@ pub fn seal(
     nonce: [u8; 12],
     signed: &[u8],
 ) -> Vec<u8> {
-    let cipher = ChaCha20Poly1305::new(key.into());
-    let aad = seal_aad(channel, epoch);
-    let ct = cipher
-        .encrypt(
-            &nonce.into(),
-            Payload {
-                msg: signed,
-                aad: &aad,
-            },
-        )
-        .unwrap_or_default();
+    let ct = seal_bound(key, nonce, SEAL_DOMAIN, channel, epoch, signed);
     cbor::to_vec(&SealedFrame {
         v: FRAME_VERSION,
         channel: *channel,
@@ -318,17 +298,15 @@ pub fn sealed_header(bytes: &[u8]) -> Result<SealedFrame, Drop> {
 
 /// Opens a sealed frame with the key of its epoch.
 pub fn open(frame: &SealedFrame, key: &[u8; 32]) -> Result<Vec<u8>, Drop> {
-    let cipher = ChaCha20Poly1305::new(key.into());
-    let aad = seal_aad(&frame.channel, frame.epoch);
-    cipher
-        .decrypt(
-            &frame.nonce.into(),
-            Payload {
-                msg: &frame.ct,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| Drop::Signed(Reject::Undecryptable))
+    open_bound(
+        key,
+        frame.nonce,
+        SEAL_DOMAIN,
+        &frame.channel,
+        frame.epoch,
+        &frame.ct,
+    )
+    .map_err(Drop::Signed)
 }
 
 /// Encodes a key grant for the body of a direct message.

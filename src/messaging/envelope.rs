@@ -561,11 +561,53 @@ fn chunk_nonce(index: u64) -> [u8; 12] {
     n
 }
 
-fn chunk_aad(msg_id: &[u8; 16], attachment: u32) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(CHUNK_AAD.len() + 20);
-    aad.extend_from_slice(CHUNK_AAD);
-    aad.extend_from_slice(msg_id);
-    aad.extend_from_slice(&attachment.to_be_bytes());
+/// ChaCha20-Poly1305 under a shared key, with `domain ‖ id ‖ n` (n big-endian) as the
+/// associated data: attachment chunks (message id, attachment number) and private channel
+/// frames (channel id, key epoch) are both sealed this way.
+pub(crate) fn seal_bound(
+    key: &[u8; 32],
+    nonce: [u8; 12],
+    domain: &[u8],
+    id: &[u8; 16],
+    n: u32,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    ChaCha20Poly1305::new(key.into())
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: plaintext,
+                aad: &bound_aad(domain, id, n),
+            },
+        )
+        .unwrap_or_default()
+}
+
+/// Opens what [`seal_bound`] sealed; fails if it was altered or bound to another id or n.
+pub(crate) fn open_bound(
+    key: &[u8; 32],
+    nonce: [u8; 12],
+    domain: &[u8],
+    id: &[u8; 16],
+    n: u32,
+    sealed: &[u8],
+) -> Result<Vec<u8>, Reject> {
+    ChaCha20Poly1305::new(key.into())
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: sealed,
+                aad: &bound_aad(domain, id, n),
+            },
+        )
+        .map_err(|_| Reject::Undecryptable)
+}
+
+fn bound_aad(domain: &[u8], id: &[u8; 16], n: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(domain.len() + 20);
+    aad.extend_from_slice(domain);
+    aad.extend_from_slice(id);
+    aad.extend_from_slice(&n.to_be_bytes());
     aad
 }
 
@@ -577,15 +619,7 @@ pub fn seal_chunk(
     index: u64,
     data: &[u8],
 ) -> Vec<u8> {
-    ChaCha20Poly1305::new(key.into())
-        .encrypt(
-            &chunk_nonce(index).into(),
-            Payload {
-                msg: data,
-                aad: &chunk_aad(msg_id, attachment),
-            },
-        )
-        .unwrap_or_default()
+    seal_bound(key, chunk_nonce(index), CHUNK_AAD, msg_id, attachment, data)
 }
 
 /// Opens chunk number `index` of an attachment; fails if it was altered or misplaced.
@@ -596,15 +630,14 @@ pub fn open_chunk(
     index: u64,
     sealed: &[u8],
 ) -> Result<Vec<u8>, Reject> {
-    ChaCha20Poly1305::new(key.into())
-        .decrypt(
-            &chunk_nonce(index).into(),
-            Payload {
-                msg: sealed,
-                aad: &chunk_aad(msg_id, attachment),
-            },
-        )
-        .map_err(|_| Reject::Undecryptable)
+    open_bound(
+        key,
+        chunk_nonce(index),
+        CHUNK_AAD,
+        msg_id,
+        attachment,
+        sealed,
+    )
 }
 
 /// Reads back the envelope of a message we signed ourselves (from our own outbox), without
