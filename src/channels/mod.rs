@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::identity::MessageKeys;
 use crate::messaging::{Counters, GrantNote, Messenger};
 use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
 use crate::store::channels::mark_channel_seen;
@@ -35,6 +36,9 @@ const MAX_MEMBERS_HEARD: usize = 1024;
 const RECENT_IDS: usize = 8192;
 /// How long the ids of frames are kept: longer than a frame stays fresh.
 const SEEN_RETENTION_MS: u64 = 2 * frame::MAX_AGE_MS;
+/// A channel with fewer connected members than this looks for more at each interval
+/// (gossipsub's own lower mesh bound).
+const ENOUGH_PEERS: usize = 4;
 /// Least time between two CHANNEL frames sent because a peer subscribed.
 const CHANNEL_DEBOUNCE: Duration = Duration::from_secs(2);
 
@@ -192,7 +196,7 @@ impl Channels {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn me(&self) -> Result<Arc<crate::identity::MessageKeys>, ChannelError> {
+    async fn me(&self) -> Result<Arc<MessageKeys>, ChannelError> {
         let wait = self.inner.messenger.wait_keys();
         tokio::time::timeout(Duration::from_secs(10), wait)
             .await
@@ -571,13 +575,13 @@ impl Channels {
 
     // ---- frames ----
 
-    /// Signs (and for a private channel seals) a frame and publishes it on the channel.
-    async fn publish_frame(
+    /// A new frame of `kind` from us on channel `id` as we hold it.
+    async fn body(
         &self,
         id: Uuid,
         kind: &str,
         text: String,
-    ) -> Result<(ChannelBody, usize), String> {
+    ) -> Result<(ChannelBody, ChannelRow, Arc<MessageKeys>), String> {
         let me = self.me().await.map_err(|e| e.message)?;
         let row = self
             .state()
@@ -597,6 +601,18 @@ impl Channels {
             epoch: row.epoch,
             text,
         };
+        self.state().remember_id(body.msg_id);
+        Ok((body, row, me))
+    }
+
+    /// Signs (and for a private channel seals) a frame and publishes it on the channel.
+    async fn publish_frame(
+        &self,
+        id: Uuid,
+        kind: &str,
+        text: String,
+    ) -> Result<(ChannelBody, usize), String> {
+        let (body, row, me) = self.body(id, kind, text).await?;
         let signed = frame::sign(&body, &me);
         let data = match (row.private, row.key) {
             (false, _) => signed,
@@ -608,37 +624,17 @@ impl Channels {
             }
             (true, None) => return Err("no key for this channel".into()),
         };
-        self.state().remember_id(body.msg_id);
         let peers = self.inner.net.publish(frame::topic(&id), data).await?;
         Ok((body, peers))
     }
 
-    /// Sends CHANNEL on the channel's topic and, for a public channel, on the announce topic.
+    /// Sends CHANNEL on the channel's topic and, for a public channel, on the announce
+    /// topic (a frame of its own there: ids are remembered across topics).
     async fn announce(&self, id: Uuid) -> Result<(), String> {
-        let private = self.state().rows.get(&id).is_some_and(|r| r.private);
         self.state().last_channel_frame.insert(id, Instant::now());
         let on_channel = self.publish_frame(id, frame::CHANNEL, String::new()).await;
-        if !private {
-            let me = self.me().await.map_err(|e| e.message)?;
-            let row = self
-                .state()
-                .rows
-                .get(&id)
-                .cloned()
-                .ok_or("unknown channel")?;
-            let body = ChannelBody {
-                v: frame::FRAME_VERSION,
-                msg_id: *Uuid::new_v4().as_bytes(),
-                from: *me.uuid.as_bytes(),
-                channel: *id.as_bytes(),
-                ts: crate::unix_now_ms(),
-                kind: frame::CHANNEL.into(),
-                name: row.name,
-                private: false,
-                epoch: 0,
-                text: String::new(),
-            };
-            self.state().remember_id(body.msg_id);
+        if self.state().rows.get(&id).is_some_and(|r| !r.private) {
+            let (body, _, me) = self.body(id, frame::CHANNEL, String::new()).await?;
             self.inner
                 .net
                 .publish(frame::ANNOUNCE_TOPIC.into(), frame::sign(&body, &me))
@@ -732,12 +728,15 @@ impl Channels {
         if row.private && c.body.epoch != row.epoch {
             return Err(Drop::WrongEpoch);
         }
+        // Only posts and LEAVEs are stored (see `apply`), so only they need the disk.
+        let stored = matches!(c.body.kind.as_str(), frame::TEXT | frame::LEAVE);
         if self.state().recent.contains(&c.body.msg_id)
-            || self
-                .inner
-                .store
-                .channel_seen(&c.body.msg_id)
-                .unwrap_or(false)
+            || (stored
+                && self
+                    .inner
+                    .store
+                    .channel_seen(&c.body.msg_id)
+                    .unwrap_or(false))
         {
             return Err(Drop::Duplicate);
         }
@@ -1070,7 +1069,12 @@ async fn maintenance(c: Channels) {
         };
         for id in joined {
             let _ = c.announce(id).await;
-            let _ = c.inner.net.find_providers(frame::provider_key(&id)).await;
+            // Look members up again only when the mesh is thin: every member doing it every
+            // interval, dialing whoever it is not connected to, loads the network for nothing.
+            let peers = c.inner.net.gossip_peers(frame::topic(&id)).await;
+            if peers.is_ok_and(|p| p.len() < ENOUGH_PEERS) {
+                let _ = c.inner.net.find_providers(frame::provider_key(&id)).await;
+            }
         }
         let store = c.inner.store.clone();
         let _ = tokio::task::spawn_blocking(move || {
