@@ -4,7 +4,7 @@
 //! the sealed frame opens, one flipped byte makes each fail, and encoding the same inputs
 //! reproduces the exact bytes.
 
-use std::collections::BTreeMap;
+mod common;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
@@ -218,41 +218,11 @@ fn private_body() -> ChannelBody {
     }
 }
 
-/// Every ```vectors block of the spec: `vector: NAME` starts an entry, `key: value` lines
-/// fill it (long hex wraps over several lines of the same key, which concatenate).
-fn spec_vectors() -> BTreeMap<String, BTreeMap<String, String>> {
-    let path = format!("{}/protocols/channels.md", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    let mut in_block = false;
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        match line.trim() {
-            "```vectors" => in_block = true,
-            "```" => in_block = false,
-            l if in_block => {
-                let Some((k, v)) = l.split_once(':') else {
-                    continue;
-                };
-                let (k, v) = (k.trim().to_string(), v.trim().to_string());
-                if k == "vector" {
-                    out.insert(v.clone(), BTreeMap::new());
-                    current = Some(v);
-                } else if let Some(c) = &current {
-                    out.get_mut(c).unwrap().entry(k).or_default().push_str(&v);
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 // ---- tests ----
 
 #[test]
 fn spec_holds_these_vectors() {
-    let v = spec_vectors();
+    let v = common::spec_vectors("channels.md");
     let get = |vector: &str, key: &str| -> String {
         v.get(vector)
             .and_then(|m| m.get(key))

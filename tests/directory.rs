@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, start, test_config};
+use common::{eventually, rejected, start, test_config};
 use futures::StreamExt;
 use libp2p::{
     kad, multiaddr::Protocol, noise, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm,
@@ -26,17 +26,6 @@ async fn first_addr(node: &RunningNode) -> Multiaddr {
         .into_iter()
         .next()
         .expect("listening")
-}
-
-async fn rejected(node: &RunningNode, what: &str) -> u64 {
-    node.client
-        .status()
-        .await
-        .unwrap()
-        .rejected
-        .get(what)
-        .copied()
-        .unwrap_or(0)
 }
 
 /// A relay, and a user node bootstrapped from it whose document the relay already holds.

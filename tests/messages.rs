@@ -143,13 +143,11 @@ impl Fixture {
     }
 
     async fn counter(&self, what: &str) -> u64 {
-        let s = self.b.client.status().await.unwrap();
-        s.rejected.get(what).copied().unwrap_or(0)
+        common::rejected(&self.b, what).await
     }
 
     fn b_history_len(&self) -> usize {
-        let m = self.b.messenger.as_ref().unwrap();
-        m.store().history_after(0, 1000).unwrap().len()
+        common::history(&self.b).len()
     }
 
     /// Asserts B refused `sealed` with `reason`, counted it as `counter`, stored nothing.
@@ -204,13 +202,7 @@ async fn message_found_by_uuid_alone_is_acked_after_it_is_stored() {
         .unwrap();
     assert_eq!(outcome, Delivery::Delivered);
     // The ACK came after B committed: its history already has the message.
-    let b_hist = b
-        .messenger
-        .as_ref()
-        .unwrap()
-        .store()
-        .history_after(0, 10)
-        .unwrap();
+    let b_hist = common::history(&b);
     assert_eq!(b_hist.len(), 1);
     let entry = &b_hist[0].1;
     assert!(entry.incoming);
@@ -220,13 +212,7 @@ async fn message_found_by_uuid_alone_is_acked_after_it_is_stored() {
     let (_, live) = received.recv().await.unwrap();
     assert_eq!(live.text, "hello bob");
     // A's own history shows it delivered.
-    let a_hist = a
-        .messenger
-        .as_ref()
-        .unwrap()
-        .store()
-        .history_after(0, 10)
-        .unwrap();
+    let a_hist = common::history(&a);
     assert_eq!(a_hist.len(), 1);
     assert_eq!(a_hist[0].1.status, "delivered");
     assert!(!a_hist[0].1.incoming);
@@ -506,13 +492,7 @@ async fn attachments_arrive_intact_with_names_and_types() {
         .unwrap()
         .unwrap();
     assert_eq!(outcome, Delivery::Delivered);
-    let hist = b
-        .messenger
-        .as_ref()
-        .unwrap()
-        .store()
-        .history_after(0, 10)
-        .unwrap();
+    let hist = common::history(&b);
     assert_eq!(hist.len(), 1);
     let atts = &hist[0].1.attachments;
     assert_eq!(atts.len(), 3);
@@ -556,14 +536,7 @@ async fn an_attachment_over_the_recipients_limit_is_nacked() {
     assert_eq!(outcome, Delivery::Failed("too_large".into()));
     let status = b.client.status().await.unwrap();
     assert_eq!(status.rejected.get("message_too_large"), Some(&1));
-    assert!(b
-        .messenger
-        .as_ref()
-        .unwrap()
-        .store()
-        .history_after(0, 10)
-        .unwrap()
-        .is_empty());
+    assert!(common::history(&b).is_empty());
 }
 
 #[tokio::test]
@@ -593,13 +566,7 @@ async fn a_message_to_an_offline_recipient_is_delivered_when_it_returns() {
             .is_err(),
         "cannot be delivered while B is down"
     );
-    let a_hist = a
-        .messenger
-        .as_ref()
-        .unwrap()
-        .store()
-        .history_after(0, 10)
-        .unwrap();
+    let a_hist = common::history(&a);
     assert_eq!(a_hist[0].1.status, "queued");
     // B comes back (new port, new document); A's retries find it through the directory.
     let b = public_node(&dir.path().join("b"), &relay_addrs).await;
@@ -608,13 +575,7 @@ async fn a_message_to_an_offline_recipient_is_delivered_when_it_returns() {
         .expect("delivered after B returned")
         .unwrap();
     assert_eq!(delivered, Delivery::Delivered);
-    let b_hist = b
-        .messenger
-        .as_ref()
-        .unwrap()
-        .store()
-        .history_after(0, 10)
-        .unwrap();
+    let b_hist = common::history(&b);
     assert_eq!(b_hist.len(), 1);
     assert_eq!(b_hist[0].1.text, "are you there?");
 }

@@ -3,46 +3,12 @@
 //! the same inputs reproduces the exact bytes. `PRINT_VECTORS=1 cargo test --test vectors`
 //! prints freshly computed vectors (to write a new spec section).
 
-use std::collections::BTreeMap;
+mod common;
 
+use common::spec_vectors as vectors;
 use ptpchat::cbor;
 use ptpchat::identity::{dht_key, DocumentError, Identity, SignedDocument};
 use ptpchat::verbs::{Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
-
-/// Every ```vectors block of a spec: `vector: NAME` starts an entry, `key: value` lines fill it.
-fn vectors(spec: &str) -> BTreeMap<String, BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(format!("{}/protocols/{spec}", env!("CARGO_MANIFEST_DIR")))
-        .unwrap();
-    let mut out = BTreeMap::new();
-    let mut in_block = false;
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        match line.trim() {
-            "```vectors" => in_block = true,
-            "```" => in_block = false,
-            l if in_block => {
-                let Some((k, v)) = l.split_once(':') else {
-                    continue;
-                };
-                let (k, v) = (k.trim().to_string(), v.trim().to_string());
-                if k == "vector" {
-                    out.insert(v.clone(), BTreeMap::new());
-                    current = Some(v);
-                } else if let Some(c) = &current {
-                    // Long hex may wrap over several `key:` lines; they concatenate.
-                    out.get_mut(c)
-                        .unwrap()
-                        .entry(k)
-                        .or_insert_with(String::new)
-                        .push_str(&v);
-                }
-            }
-            _ => {}
-        }
-    }
-    assert!(!out.is_empty(), "no vectors in protocols/{spec}");
-    out
-}
 
 fn hex32(s: &str) -> [u8; 32] {
     hex::decode(s).unwrap().try_into().unwrap()

@@ -1,6 +1,7 @@
 //! Shared test helpers: in-process nodes on loopback, and the real binary.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -155,4 +156,47 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How many inputs of kind `what` the node refused so far (its `rejected` counters).
+pub async fn rejected(node: &RunningNode, what: &str) -> u64 {
+    let status = node.client.status().await.unwrap();
+    status.rejected.get(what).copied().unwrap_or(0)
+}
+
+/// Every ```vectors block of `protocols/<spec>`: `vector: NAME` starts an entry, `key: value`
+/// lines fill it (long hex wraps over several lines of the same key, which concatenate).
+pub fn spec_vectors(spec: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let path = format!("{}/protocols/{spec}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut in_block = false;
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match line.trim() {
+            "```vectors" => in_block = true,
+            "```" => in_block = false,
+            l if in_block => {
+                let Some((k, v)) = l.split_once(':') else {
+                    continue;
+                };
+                let (k, v) = (k.trim().to_string(), v.trim().to_string());
+                if k == "vector" {
+                    out.insert(v.clone(), BTreeMap::new());
+                    current = Some(v);
+                } else if let Some(c) = &current {
+                    out.get_mut(c).unwrap().entry(k).or_default().push_str(&v);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(!out.is_empty(), "no vectors in protocols/{spec}");
+    out
+}
+
+/// A user node's whole stored history (both directions, channel posts too), oldest first.
+pub fn history(node: &RunningNode) -> Vec<(u64, ptpchat::store::HistoryEntry)> {
+    let m = node.messenger.as_ref().expect("a user node");
+    m.store().history_after(0, 100_000).unwrap()
 }
