@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, test_config};
+use common::{eventually, rejected, test_config};
 use libp2p::Multiaddr;
 use ptpchat::channels::frame::{self, ChannelBody};
 use ptpchat::channels::Channels;
@@ -76,12 +76,7 @@ fn uuid(n: &RunningNode) -> Uuid {
 
 /// Channel posts in a node's history: (channel id, from, text).
 fn posts(n: &RunningNode) -> Vec<(Uuid, Uuid, String)> {
-    n.messenger
-        .as_ref()
-        .unwrap()
-        .store()
-        .history_after(0, 10_000)
-        .unwrap()
+    common::history(n)
         .into_iter()
         .filter_map(|(_, e)| {
             let c = e.channel?;
@@ -91,15 +86,20 @@ fn posts(n: &RunningNode) -> Vec<(Uuid, Uuid, String)> {
         .collect()
 }
 
-async fn counter(n: &RunningNode, what: &str) -> u64 {
-    n.client
-        .status()
-        .await
-        .unwrap()
-        .rejected
-        .get(what)
-        .copied()
-        .unwrap_or(0)
+/// `inviter` invites each of `members` into its private channel `name`; each accepts.
+async fn invite_and_join(inviter: &RunningNode, name: &str, members: &[&RunningNode]) {
+    for n in members {
+        ch(inviter).invite(name, uuid(n)).await.unwrap();
+        eventually(WAIT, "the invitation", || async {
+            ch(n)
+                .list(true)
+                .iter()
+                .any(|v| v.name == name && v.invited)
+                .then_some(())
+        })
+        .await;
+        ch(n).join(name).await.unwrap();
+    }
 }
 
 /// Waits until `node` can post to `channel` (some member is connected and subscribed).
@@ -200,19 +200,7 @@ async fn a_private_channel_is_read_by_invited_members_only_and_rotates_its_key_w
     assert!(e.message.contains("no channel called ops"), "{}", e.message);
 
     // A invites C and D: the key goes to each in a sealed direct message.
-    ch(a).invite("ops", uuid(c)).await.unwrap();
-    ch(a).invite("ops", uuid(d)).await.unwrap();
-    for n in [c, d] {
-        eventually(WAIT, "the invitation", || async {
-            ch(n)
-                .list(true)
-                .iter()
-                .any(|v| v.name == "ops" && v.invited)
-                .then_some(())
-        })
-        .await;
-        ch(n).join("ops").await.unwrap();
-    }
+    invite_and_join(a, "ops", &[c, d]).await;
 
     // B listens on the topic anyway: it gets ciphertext it cannot read.
     let mut b_tap = ch(b).tap(&topic).await;
@@ -276,10 +264,10 @@ async fn a_private_channel_is_read_by_invited_members_only_and_rotates_its_key_w
         [9; 12],
         &frame::sign(&body, &keys),
     );
-    let before = counter(d, "channel_wrong_epoch").await;
+    let before = rejected(d, "channel_wrong_epoch").await;
     ch(c).publish_raw(&topic, sealed).await.unwrap();
     eventually(WAIT, "D to drop the old-epoch post", || async {
-        (counter(d, "channel_wrong_epoch").await > before).then_some(())
+        (rejected(d, "channel_wrong_epoch").await > before).then_some(())
     })
     .await;
     assert!(!posts(d).iter().any(|p| p.2 == "still here"));
@@ -315,7 +303,7 @@ async fn forged_replayed_and_oversized_frames_are_dropped_counted_and_scored_dow
     };
     async fn dropped(n: &RunningNode, what: &str, before: u64) {
         eventually(WAIT, what, || async {
-            (counter(n, what).await > before).then_some(())
+            (rejected(n, what).await > before).then_some(())
         })
         .await;
     }
@@ -326,12 +314,12 @@ async fn forged_replayed_and_oversized_frames_are_dropped_counted_and_scored_dow
         &frame::sign(&forged, &keys_of(b)),
         &frame::sign(&forged, &keys_of(m)),
     );
-    let n = counter(a, "channel_bad_signature").await;
+    let n = rejected(a, "channel_bad_signature").await;
     m_publish(m, &topic, forged_bytes).await;
     dropped(a, "channel_bad_signature", n).await;
 
     // 2. M re-publishes a frame B really signed: the gossip author is not B.
-    let n = counter(a, "channel_peer_mismatch").await;
+    let n = rejected(a, "channel_peer_mismatch").await;
     m_publish(m, &topic, frame::sign(&body(b, "b said this"), &keys_of(b))).await;
     dropped(a, "channel_peer_mismatch", n).await;
 
@@ -340,13 +328,13 @@ async fn forged_replayed_and_oversized_frames_are_dropped_counted_and_scored_dow
     m_publish(m, &topic, own.clone()).await;
     wait_post(a, "only once").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let n = counter(a, "channel_duplicate").await;
+    let n = rejected(a, "channel_duplicate").await;
     m_publish(m, &topic, own).await;
     dropped(a, "channel_duplicate", n).await;
     assert_eq!(posts(a).iter().filter(|p| p.2 == "only once").count(), 1);
 
     // 4. A post over the 16 KiB limit (still under gossip's transmit cap).
-    let n = counter(a, "channel_too_large").await;
+    let n = rejected(a, "channel_too_large").await;
     let big = "x".repeat(frame::MAX_CHANNEL_TEXT + 1);
     m_publish(m, &topic, frame::sign(&body(m, &big), &keys_of(m))).await;
     dropped(a, "channel_too_large", n).await;
@@ -364,6 +352,18 @@ async fn forged_replayed_and_oversized_frames_are_dropped_counted_and_scored_dow
     })
     .await;
     assert!(score < 0.0);
+    // 5. The forgery of step 1 as an announcement (last: by now A ignores M): the relay, which forwards announcements, checks
+    // them too.
+    let mut announce = body(b, "");
+    announce.kind = "channel".into();
+    let forged_announce = splice_signature(
+        &frame::sign(&announce, &keys_of(b)),
+        &frame::sign(&announce, &keys_of(m)),
+    );
+    let n = rejected(&net.relay, "channel_bad_signature").await;
+    m_publish(m, frame::ANNOUNCE_TOPIC, forged_announce).await;
+    dropped(&net.relay, "channel_bad_signature", n).await;
+
     // The channel still works for everyone else.
     send_when_meshed(a, "lobby", "still fine").await;
     wait_post(b, "still fine").await;
@@ -439,18 +439,7 @@ async fn a_removed_member_gets_no_new_key_and_cannot_read_what_follows() {
     let net = network(3).await;
     let [a, c, d] = &net.users[..] else { panic!() };
     let id = ch(a).create("staff", true).await.unwrap();
-    for n in [c, d] {
-        ch(a).invite("staff", uuid(n)).await.unwrap();
-        eventually(WAIT, "the invitation", || async {
-            ch(n)
-                .list(true)
-                .iter()
-                .any(|v| v.name == "staff" && v.invited)
-                .then_some(())
-        })
-        .await;
-        ch(n).join("staff").await.unwrap();
-    }
+    invite_and_join(a, "staff", &[c, d]).await;
     send_when_meshed(a, "staff", "all three").await;
     wait_post(d, "all three").await;
 
@@ -470,7 +459,7 @@ async fn a_removed_member_gets_no_new_key_and_cannot_read_what_follows() {
         "D never got the new key"
     );
     assert!(
-        counter(d, "channel_unknown_epoch").await > 0,
+        rejected(d, "channel_unknown_epoch").await > 0,
         "D saw a frame it cannot open"
     );
     net.stop().await;

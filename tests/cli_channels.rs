@@ -139,6 +139,19 @@ fn channels_work_through_the_command_line() {
     assert_eq!(got["channel_id"], id.as_str());
     assert_eq!(got["from"], a_uuid.as_str());
     assert_eq!(got["msg_id"], sent["msg_id"]);
+    assert!(got["from_name"].is_null());
+
+    // A contact added while the stream runs names the sender from then on.
+    let added = cli(b, &["contacts", "add", "alice", &a_uuid]);
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    until(a, &["channel", "send", "rust-talk", "named now"], |r| {
+        r.code == 0
+    });
+    let got = lines
+        .recv_timeout(WAIT)
+        .expect("B's recv prints the second post");
+    assert_eq!(got["text"], "named now");
+    assert_eq!(got["from_name"], "alice");
 
     let members = until(a, &["channel", "members", "rust-talk", "--json"], |r| {
         r.code == 0 && r.stdout.contains(&b_uuid)
