@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, rejected, test_config};
+use common::{eventually, first_addr, rejected, test_config};
 use libp2p::Multiaddr;
 use ptpchat::channels::frame::{self, ChannelBody};
 use ptpchat::channels::Channels;
@@ -20,14 +20,6 @@ struct Net {
     _dirs: Vec<tempfile::TempDir>,
     relay: RunningNode,
     users: Vec<RunningNode>,
-}
-
-async fn first_addr(node: &RunningNode) -> Multiaddr {
-    node.listen_addrs()
-        .await
-        .into_iter()
-        .next()
-        .expect("listening")
 }
 
 /// A relay and `n` user nodes bootstrapped to it. Users are public (DHT servers) so that

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, rejected, start, test_config};
+use common::{eventually, first_addr, rejected, start, test_config};
 use futures::StreamExt;
 use libp2p::{
     kad, multiaddr::Protocol, noise, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId, Swarm,
@@ -19,14 +19,6 @@ use ptpchat::unix_now;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn first_addr(node: &RunningNode) -> Multiaddr {
-    node.listen_addrs()
-        .await
-        .into_iter()
-        .next()
-        .expect("listening")
-}
 
 /// A relay, and a user node bootstrapped from it whose document the relay already holds.
 async fn relay_holding_a_user(

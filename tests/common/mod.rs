@@ -200,3 +200,12 @@ pub fn history(node: &RunningNode) -> Vec<(u64, ptpchat::store::HistoryEntry)> {
     let m = node.messenger.as_ref().expect("a user node");
     m.store().history_after(0, 100_000).unwrap()
 }
+
+/// A node's first listen address, with `/p2p/`.
+pub async fn first_addr(node: &RunningNode) -> Multiaddr {
+    node.listen_addrs()
+        .await
+        .into_iter()
+        .next()
+        .expect("listening")
+}
