@@ -15,6 +15,7 @@ use crate::node::{self, IdInfo};
 use crate::store::Store;
 
 mod channels;
+mod connect;
 mod messages;
 pub use channels::ChannelCommand;
 pub use messages::ContactsCommand;
@@ -137,6 +138,33 @@ pub enum Command {
     /// Public and private channels
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// Ask a contact for a direct connection (hole punching through both NATs); exit 0
+    /// once it is direct, 4 if denied, offline, unanswered or only relayed
+    #[command(
+        after_help = "Examples:\n  ptpchat connect bob\n  ptpchat connect 0b7e3f0c-1d2a-8c4e-9f00-1234567890ab --timeout 60 --json"
+    )]
+    Connect {
+        /// A UUID, ptpchat: URI or contact name
+        to: String,
+        /// Seconds to wait for the answer and the direct connection (at most 55)
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// List incoming CONNECT requests waiting for your answer (policy `ask`)
+    #[command(after_help = "Example:\n  ptpchat requests --json")]
+    Requests,
+    /// Accept a waiting CONNECT request
+    #[command(after_help = "Example:\n  ptpchat accept 3")]
+    Accept {
+        /// The request_id shown by `requests`
+        request_id: u64,
+    },
+    /// Deny a waiting CONNECT request
+    #[command(after_help = "Example:\n  ptpchat deny 3")]
+    Deny {
+        /// The request_id shown by `requests`
+        request_id: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +187,12 @@ pub struct RunArgs {
     /// Largest attachment sent or accepted, in bytes (default 16 MiB)
     #[arg(long, value_name = "BYTES")]
     pub max_attachment: Option<u64>,
+    /// Who may set up a direct connection with `ptpchat connect`: verified, contacts, all, none or ask (default verified)
+    #[arg(long, value_name = "POLICY")]
+    pub accept_connect: Option<String>,
+    /// Treat private and reserved IP ranges as routable for NAT detection (closed networks, labs)
+    #[arg(long)]
+    pub private_ips: bool,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +206,18 @@ pub struct RelayArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9090
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Most relay reservations held at once (default 4096)
+    #[arg(long, value_name = "N")]
+    pub max_reservations: Option<usize>,
+    /// Most relayed circuits open at once (default 1024)
+    #[arg(long, value_name = "N")]
+    pub max_circuits: Option<usize>,
+    /// Circuits one peer may open in a burst, then one per 10 s (default 60; twice that per IP address)
+    #[arg(long, value_name = "N")]
+    pub circuit_burst: Option<u32>,
+    /// Treat private and reserved IP ranges as routable: answer NAT probes from them (closed networks, labs)
+    #[arg(long)]
+    pub private_ips: bool,
 }
 
 /// An error with the exit code it maps to.
@@ -332,6 +378,10 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::History { with } => messages::history(&home, json, with).await,
         Command::Contacts(cmd) => messages::contacts(&home, json, cmd).await,
         Command::Channel(cmd) => channels::channel(&home, json, cmd).await,
+        Command::Connect { to, timeout } => connect::connect(&home, json, to, timeout).await,
+        Command::Requests => connect::requests(&home, json).await,
+        Command::Accept { request_id } => connect::answer(&home, json, request_id, true).await,
+        Command::Deny { request_id } => connect::answer(&home, json, request_id, false).await,
     }
 }
 
@@ -495,6 +545,10 @@ pub fn node_config_for_run(home: PathBuf, args: RunArgs) -> Result<NodeConfig, C
     if let Some(max) = args.max_attachment.or(file.max_attachment_bytes) {
         cfg.max_attachment = max;
     }
+    if let Some(p) = args.accept_connect.or(file.accept_connect) {
+        cfg.accept_connect = p.parse().map_err(usage)?;
+    }
+    cfg.private_ips = args.private_ips || file.private_ips.unwrap_or(false);
     Ok(cfg)
 }
 
@@ -508,6 +562,16 @@ pub fn node_config_for_relay(home: PathBuf, args: RelayArgs) -> Result<NodeConfi
     }
     cfg.mdns = false;
     cfg.public = true;
+    cfg.private_ips = args.private_ips || file.private_ips.unwrap_or(false);
+    if let Some(n) = args.max_reservations.or(file.max_reservations) {
+        cfg.relay_limits.max_reservations = n;
+    }
+    if let Some(n) = args.max_circuits.or(file.max_circuits) {
+        cfg.relay_limits.max_circuits = n;
+    }
+    if let Some(n) = args.circuit_burst.or(file.circuit_burst) {
+        cfg.relay_limits.circuit_burst = n.max(1);
+    }
     let metrics = args.metrics.or(file.metrics);
     cfg.metrics = metrics
         .map(|m| {

@@ -44,6 +44,79 @@ pub struct NodeConfig {
     pub gossip_duplicate_cache: std::time::Duration,
     /// How often a member re-announces a channel it is in (CHANNEL frames).
     pub channel_announce_every: std::time::Duration,
+    /// Who may set up a direct connection with us (`run --accept-connect`).
+    pub accept_connect: ConnectPolicy,
+    /// Treat private and reserved address ranges as routable for NAT detection (closed
+    /// networks and the NAT lab; off on the internet, where a relay must not be talked
+    /// into dialing private addresses).
+    pub private_ips: bool,
+    /// What a relay lets strangers use (`relay --max-reservations`, `--max-circuits`).
+    pub relay_limits: RelayLimits,
+}
+
+/// The standing answer to CONNECT requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConnectPolicy {
+    /// Contacts whose fingerprint the user verified.
+    #[default]
+    Verified,
+    /// Any contact (its key matches the one pinned when it was added).
+    Contacts,
+    /// Anybody.
+    All,
+    /// Nobody.
+    None,
+    /// Queue each request for `ptpchat requests` / `accept` / `deny`.
+    Ask,
+}
+
+impl std::str::FromStr for ConnectPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "verified" => ConnectPolicy::Verified,
+            "contacts" => ConnectPolicy::Contacts,
+            "all" => ConnectPolicy::All,
+            "none" => ConnectPolicy::None,
+            "ask" => ConnectPolicy::Ask,
+            other => {
+                return Err(format!(
+                    "unknown connect policy {other:?} (verified, contacts, all, none, ask)"
+                ))
+            }
+        })
+    }
+}
+
+/// Circuit relay v2 limits of a relay node (see docs/operations.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once, in all and per peer.
+    pub max_reservations: usize,
+    pub max_reservations_per_peer: usize,
+    /// Circuits open at once, in all and per peer.
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    /// One circuit's life and its byte allowance (both directions together).
+    pub max_circuit_duration: std::time::Duration,
+    pub max_circuit_bytes: u64,
+    /// Circuits one source peer may open in a burst (then one per 10 s); twice as many
+    /// per source IP address (then one per 5 s).
+    pub circuit_burst: u32,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_reservations: 4096,
+            max_reservations_per_peer: 4,
+            max_circuits: 1024,
+            max_circuits_per_peer: 16,
+            max_circuit_duration: std::time::Duration::from_secs(30 * 60),
+            max_circuit_bytes: 16 * 1024 * 1024,
+            circuit_burst: 60,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -62,6 +135,9 @@ impl NodeConfig {
             max_attachment: crate::messaging::envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
             gossip_duplicate_cache: std::time::Duration::from_secs(120),
             channel_announce_every: std::time::Duration::from_secs(120),
+            accept_connect: ConnectPolicy::default(),
+            private_ips: false,
+            relay_limits: RelayLimits::default(),
         }
     }
 
@@ -111,6 +187,11 @@ pub struct FileConfig {
     pub public: Option<bool>,
     pub metrics: Option<String>,
     pub max_attachment_bytes: Option<u64>,
+    pub accept_connect: Option<String>,
+    pub private_ips: Option<bool>,
+    pub max_reservations: Option<usize>,
+    pub max_circuits: Option<usize>,
+    pub circuit_burst: Option<u32>,
 }
 
 /// Why the configuration is unusable.

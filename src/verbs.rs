@@ -38,6 +38,15 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// CONNECT: may we set up a direct connection? `doc` is the requester's signed identity
+    /// document (its PeerId must be the connection's). Answered with [`Response::Connect`].
+    Connect {
+        #[serde(with = "serde_bytes")]
+        doc: Vec<u8>,
+    },
+    /// CONNECT-ANSWER: the target's later answer to a CONNECT it answered `Pending`.
+    /// Answered with [`Response::Connect`] echoing it (or a NACK if nothing was asked).
+    ConnectAnswer { accept: bool },
     /// Not sent: what an undecodable request becomes on the receiving side.
     #[serde(skip)]
     Malformed(String),
@@ -60,6 +69,19 @@ pub enum Response {
     Nack { reason: String },
     /// The fate of each message of a MESSAGE (or of the message a CHUNK belongs to).
     Outcomes { outcomes: Vec<Outcome> },
+    /// The answer to a CONNECT (or the echo of a CONNECT-ANSWER).
+    Connect { answer: ConnectAnswer },
+}
+
+/// What a target says to a CONNECT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnectAnswer {
+    /// Go ahead: open a new circuit; hole punching runs on it.
+    Accept,
+    /// No (also the answer of a policy that refuses).
+    Deny,
+    /// The user will decide; a CONNECT-ANSWER follows (or nothing, which means no).
+    Pending,
 }
 
 /// What the receiver did with one message.

@@ -4,6 +4,7 @@
 //! connections from other users are refused even if permissions are loosened.
 
 mod channels;
+mod connect;
 mod messages;
 mod server;
 
@@ -101,6 +102,18 @@ pub enum ControlRequest {
     ChannelRemove {
         channel: String,
         who: String,
+    },
+    Connect {
+        to: String,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    Requests,
+    Accept {
+        request_id: u64,
+    },
+    Deny {
+        request_id: u64,
     },
 }
 

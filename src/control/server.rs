@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::{channels, messages, ControlRequest, ControlResponse, MAX_LINE_BYTES};
+use super::{channels, connect, messages, ControlRequest, ControlResponse, MAX_LINE_BYTES};
 use crate::channels::Channels;
 use crate::messaging::Messenger;
 use crate::net::{Client, LookupError};
@@ -259,6 +259,16 @@ async fn handle(
                     messages::contacts_verify(m, name, fingerprint)
                 }
                 ControlRequest::ContactsRm { name } => messages::contacts_rm(m, name),
+                ControlRequest::Connect { to, timeout_ms } => {
+                    connect::connect(m, client, to, timeout_ms).await
+                }
+                ControlRequest::Requests => connect::requests(client).await,
+                ControlRequest::Accept { request_id } => {
+                    connect::answer(client, request_id, true).await
+                }
+                ControlRequest::Deny { request_id } => {
+                    connect::answer(client, request_id, false).await
+                }
                 _ => ControlResponse::err(1, "this node is a relay and has no user identity"),
             }
         }

@@ -8,7 +8,8 @@ use libp2p::{
     yamux, StreamProtocol, Swarm,
 };
 
-use crate::config::{Mode, NodeConfig};
+use super::consent::Consent;
+use crate::config::{Mode, NodeConfig, RelayLimits};
 use crate::identity::MAX_DOCUMENT_BYTES;
 use crate::verbs;
 
@@ -45,13 +46,15 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
-    pub identify: identify::Behaviour,
+    /// Gated: no listen or observed addresses go over a relayed connection without consent.
+    pub identify: Consent<identify::Behaviour>,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub verbs: request_response::Behaviour<verbs::Codec>,
     pub gossipsub: Gossipsub,
-    pub dcutr: dcutr::Behaviour,
+    /// Gated likewise: no hole punching (an address exchange) without consent.
+    pub dcutr: Consent<dcutr::Behaviour>,
     pub autonat: autonat::Behaviour,
 }
 
@@ -66,6 +69,9 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
     let gossipsub = gossip(&keypair, config).map_err(|e| err(&e))?;
     let mdns_enabled = config.mdns;
     let mode = config.mode;
+    let relay_limits = config.relay_limits;
+    let private_ips = config.private_ips;
+    let public = config.public;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -91,7 +97,7 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
             );
 
             let relay_server = (mode == Mode::Relay)
-                .then(|| relay::Behaviour::new(peer_id, relay::Config::default()));
+                .then(|| relay::Behaviour::new(peer_id, relay_config(&relay_limits)));
 
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -120,9 +126,14 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
                 },
             );
             let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
-            if mode == Mode::Relay || config.public {
-                kad.set_mode(Some(kad::Mode::Server));
-            }
+            // A user who keeps its address to itself never serves the DHT: a server's
+            // addresses go into everyone's routing tables, and a private user's IP must
+            // be seen by its relays only.
+            kad.set_mode(Some(if mode == Mode::Relay || public {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            }));
 
             let mdns = if mdns_enabled {
                 Some(mdns::tokio::Behaviour::new(
@@ -145,6 +156,9 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
                 peer_id,
                 autonat::Config {
                     boot_delay: Duration::from_secs(5),
+                    // Until the status is known, probe again soon (default 90 s).
+                    retry_interval: Duration::from_secs(20),
+                    only_global_ips: !private_ips,
                     ..Default::default()
                 },
             );
@@ -153,13 +167,13 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
                 limits,
                 relay_client,
                 relay_server: relay_server.into(),
-                identify,
+                identify: Consent::new(identify),
                 ping: ping::Behaviour::default(),
                 kad,
                 mdns: mdns.into(),
                 verbs,
                 gossipsub,
-                dcutr: dcutr::Behaviour::new(peer_id),
+                dcutr: Consent::new(dcutr::Behaviour::new(peer_id)),
                 autonat,
             })
         })
@@ -167,6 +181,28 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     Ok(swarm)
+}
+
+/// Circuit relay v2 limits: `limits` for what is held at once and for circuit rates;
+/// reservation rates are libp2p's (per peer a burst of 30, then one per 2 minutes; per IP
+/// a burst of 60, then one a minute).
+fn relay_config(limits: &RelayLimits) -> relay::Config {
+    use std::num::NonZeroU32;
+    let burst = NonZeroU32::new(limits.circuit_burst.max(1)).expect("at least 1");
+    let ip_burst = burst.saturating_mul(NonZeroU32::new(2).expect("2 > 0"));
+    let mut config = relay::Config {
+        max_reservations: limits.max_reservations,
+        max_reservations_per_peer: limits.max_reservations_per_peer,
+        max_circuits: limits.max_circuits,
+        max_circuits_per_peer: limits.max_circuits_per_peer,
+        max_circuit_duration: limits.max_circuit_duration,
+        max_circuit_bytes: limits.max_circuit_bytes,
+        ..relay::Config::default()
+    };
+    config.circuit_src_rate_limiters.clear();
+    config
+        .circuit_src_per_peer(burst, Duration::from_secs(10))
+        .circuit_src_per_ip(ip_burst, Duration::from_secs(5))
 }
 
 /// Gossipsub hardened as DESIGN.md section 7 asks: every message signed by its author and

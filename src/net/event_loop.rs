@@ -8,15 +8,20 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::{
-    autonat, gossipsub, identify, kad, mdns,
+    autonat, dcutr, gossipsub, identify, kad, mdns,
     multiaddr::Protocol,
-    request_response,
-    swarm::{dial_opts::DialOpts, SwarmEvent},
+    relay, request_response,
+    swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent},
     Multiaddr, PeerId, Swarm,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
+
+mod connect;
+mod relays;
+
+pub use connect::{ConnectOutcome, ConnectRequestView};
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::ratelimit::RateLimiter;
@@ -41,6 +46,8 @@ const FALLBACK_FETCH_PEERS: usize = 8;
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// Most providers of one key dialed after a provider lookup.
 const MAX_PROVIDER_DIALS: usize = 20;
+/// How often slow housekeeping runs (relay reservations retried).
+const TICK: Duration = Duration::from_secs(5);
 /// Gossip messages waiting for the channel service; more are ignored (not forwarded).
 pub(crate) const GOSSIP_QUEUE: usize = 1024;
 
@@ -113,11 +120,33 @@ pub struct EventLoop {
     provider_limiter: RateLimiter<PeerId>,
     /// Provider lookups whose results we dial.
     provider_queries: HashSet<kad::QueryId>,
+    relays: relays::Relays,
+    /// Every configured listen address is a loopback one (tests, a local relay).
+    loopback_only: bool,
+    connects: connect::Connects,
+    connect_limiter: RateLimiter<PeerId>,
 }
 
 struct PeerState {
-    addr: Multiaddr,
+    /// Each open connection's remote address, and whether it runs over a relay.
+    conns: HashMap<ConnectionId, (Multiaddr, bool)>,
     agent: Option<String>,
+}
+
+impl PeerState {
+    /// A direct connection's address if there is one, else a relayed one's (and which).
+    fn addr(&self) -> Option<(&Multiaddr, bool)> {
+        self.conns
+            .values()
+            .find(|(_, relayed)| !relayed)
+            .or_else(|| self.conns.values().next())
+            .map(|(a, r)| (a, *r))
+    }
+
+    /// A direct connection's address.
+    fn direct_addr(&self) -> Option<&Multiaddr> {
+        self.addr().filter(|(_, relayed)| !relayed).map(|(a, _)| a)
+    }
 }
 
 impl EventLoop {
@@ -169,6 +198,19 @@ impl EventLoop {
             gossip,
             provider_limiter: RateLimiter::new(64, 1.0, 4096),
             provider_queries: HashSet::new(),
+            relays: {
+                let mut r = relays::Relays::default();
+                for addr in &config.relays {
+                    if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                        r.add_candidate(peer, addr.clone());
+                    }
+                }
+                r
+            },
+            loopback_only: !config.listen.is_empty() && config.listen.iter().all(is_loopback),
+            connects: connect::Connects::new(config.accept_connect),
+            // A burst of 5 requests, then one every 10 s, per peer.
+            connect_limiter: RateLimiter::new(5, 0.1, 4096),
         }
     }
 
@@ -209,10 +251,13 @@ impl EventLoop {
 
     /// Runs until every [`super::Client`] is dropped.
     pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let publish_at = tokio::time::Instant::from_std(self.publish.due);
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.maybe_reserve(),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
                     None => break,
@@ -236,11 +281,14 @@ impl EventLoop {
                 let mut peers: Vec<PeerInfo> = self
                     .peers
                     .iter()
-                    .map(|(p, s)| PeerInfo {
-                        peer_id: p.to_string(),
-                        addr: s.addr.to_string(),
-                        relayed: is_relayed(&s.addr),
-                        agent: s.agent.clone(),
+                    .filter_map(|(p, s)| {
+                        let (addr, relayed) = s.addr()?;
+                        Some(PeerInfo {
+                            peer_id: p.to_string(),
+                            addr: addr.to_string(),
+                            relayed,
+                            agent: s.agent.clone(),
+                        })
                     })
                     .collect();
                 peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -333,6 +381,17 @@ impl EventLoop {
                     .collect();
                 let _ = reply.send(peers);
             }
+            Command::Connect { peer, addrs, reply } => self.start_connect(peer, addrs, reply),
+            Command::ConnectRequests(reply) => {
+                let _ = reply.send(self.connect_requests());
+            }
+            Command::AnswerConnect {
+                request_id,
+                accept,
+                reply,
+            } => {
+                let _ = reply.send(self.answer_connect(request_id, accept));
+            }
             Command::Respond { token, response } => {
                 if let Some(channel) = self.handed_over.remove(&token) {
                     let _ = self
@@ -391,7 +450,7 @@ impl EventLoop {
                 autonat::NatStatus::Unknown => "unknown",
             },
             connected_peers: self.swarm.connected_peers().count(),
-            relays: Vec::new(),
+            relays: self.relays.accepted(),
             channels: Vec::new(),
             dht_records: {
                 use libp2p::kad::store::RecordStore;
@@ -404,23 +463,43 @@ impl EventLoop {
 
     // ---- publishing our identity document ----
 
-    /// The addresses our document advertises: direct ones only if the user opted to be
-    /// public (relay circuit addresses come with reachability).
+    /// The addresses our document advertises: our relay circuit addresses, and direct
+    /// ones only if the user opted to be public and we are not found behind a NAT.
     fn reach(&self) -> Vec<Multiaddr> {
-        if !self.public {
-            return Vec::new();
+        let circuits: Vec<Multiaddr> = self
+            .swarm
+            .listeners()
+            .filter(|a| is_relayed(a))
+            .cloned()
+            .collect();
+        if !self.public || matches!(self.nat, autonat::NatStatus::Private) {
+            return circuits;
         }
-        let external: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
-        if !external.is_empty() {
-            return external;
-        }
-        let mut listen: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
-        let non_loopback: Vec<Multiaddr> =
-            listen.iter().filter(|a| !is_loopback(a)).cloned().collect();
-        if !non_loopback.is_empty() {
-            listen = non_loopback;
-        }
-        listen
+        let external: Vec<Multiaddr> = self
+            .swarm
+            .external_addresses()
+            .filter(|a| !is_relayed(a))
+            .cloned()
+            .collect();
+        let mut direct = if !external.is_empty() {
+            external
+        } else {
+            let listen: Vec<Multiaddr> = self
+                .swarm
+                .listeners()
+                .filter(|a| !is_relayed(a))
+                .cloned()
+                .collect();
+            let non_loopback: Vec<Multiaddr> =
+                listen.iter().filter(|a| !is_loopback(a)).cloned().collect();
+            if non_loopback.is_empty() {
+                listen
+            } else {
+                non_loopback
+            }
+        };
+        direct.extend(circuits);
+        direct
     }
 
     fn publish_document(&mut self) {
@@ -806,6 +885,8 @@ impl EventLoop {
                     return self.hand_over(peer, request, channel)
                 }
                 Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
+                Request::Connect { doc } => self.on_connect_request(peer, &doc),
+                Request::ConnectAnswer { accept } => self.on_connect_answer(peer, accept),
                 Request::TooLarge => {
                     self.count("request_too_large");
                     warn!(%peer, "request over the size limit");
@@ -898,6 +979,9 @@ impl EventLoop {
         id: request_response::OutboundRequestId,
         response: Result<Response, String>,
     ) {
+        if self.on_connect_response(id, &response) {
+            return;
+        }
         if let Some(reply) = self.outbound.remove(&id) {
             let _ = reply.send(response);
             return;
@@ -937,6 +1021,14 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let me = *self.swarm.local_peer_id();
+                // A relay runs on a host its operator made reachable: its listen addresses
+                // are what reservations hand out (loopback only if that is all it has).
+                if self.mode == Mode::Relay
+                    && !is_relayed(&address)
+                    && (!is_loopback(&address) || self.loopback_only)
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
                 info!(address = %address.clone().with(Protocol::P2p(me)), "listening");
                 self.update_listen_watch();
                 self.schedule_publish_soon();
@@ -949,12 +1041,24 @@ impl EventLoop {
                 self.schedule_publish_soon();
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 let addr = endpoint.get_remote_address().clone();
+                let relayed = endpoint.is_relayed();
+                if !relayed {
+                    self.on_direct_connection(peer_id, &addr);
+                }
                 self.peers
                     .entry(peer_id)
-                    .or_insert(PeerState { addr, agent: None });
+                    .or_insert(PeerState {
+                        conns: HashMap::new(),
+                        agent: None,
+                    })
+                    .conns
+                    .insert(connection_id, (addr, relayed));
                 if let Some(hooks) = &self.hooks {
                     let _ = hooks.connected.send(peer_id);
                 }
@@ -965,11 +1069,20 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
                 // Rate-limit buckets are kept (bounded): reconnecting must not refill them.
-                self.peers.remove(&peer_id);
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                } else if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.conns.remove(&connection_id);
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.on_listener_closed(listener_id);
+                self.update_listen_watch();
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, error = %error, "dial failed");
@@ -994,6 +1107,17 @@ impl EventLoop {
                 if let Some(state) = self.peers.get_mut(&peer_id) {
                     state.agent = Some(info.agent_version.chars().take(128).collect());
                 }
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    let direct = self
+                        .peers
+                        .get(&peer_id)
+                        .and_then(|p| p.direct_addr())
+                        .cloned();
+                    if let Some(addr) = direct {
+                        self.relays.add_candidate(peer_id, addr);
+                        self.maybe_reserve();
+                    }
+                }
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -1011,7 +1135,25 @@ impl EventLoop {
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 info!(?old, ?new, "NAT status changed");
                 self.nat = new;
+                self.maybe_reserve();
+                self.release_relays_if_unwanted();
+                self.schedule_publish_soon();
             }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => self.on_reservation_accepted(relay_peer_id, renewal),
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => info!(peer = %remote_peer_id, "hole punch succeeded"),
+                Err(e) => {
+                    info!(peer = %remote_peer_id, error = %e, "hole punch failed");
+                    self.on_hole_punch_failed(remote_peer_id);
+                }
+            },
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
             BehaviourEvent::Verbs(event) => match event {

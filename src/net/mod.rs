@@ -2,12 +2,13 @@
 //! [`Client`] every other part of the program uses to ask it for things.
 
 mod behaviour;
+mod consent;
 mod event_loop;
 mod ratelimit;
 
 pub use behaviour::{agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL};
 pub(crate) use event_loop::GOSSIP_QUEUE;
-pub use event_loop::{EventLoop, UserHooks};
+pub use event_loop::{ConnectOutcome, ConnectRequestView, EventLoop, UserHooks};
 pub use libp2p::gossipsub::{MessageAcceptance, MessageId};
 
 use std::collections::BTreeMap;
@@ -118,6 +119,20 @@ pub(crate) enum Command {
     /// Look for the providers of a key and dial them.
     FindProviders {
         key: Vec<u8>,
+    },
+    /// CONNECT to `peer` at `addrs` (its document's); answers how it ended.
+    Connect {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<ConnectOutcome>,
+    },
+    /// Incoming CONNECT requests waiting for the user.
+    ConnectRequests(oneshot::Sender<Vec<ConnectRequestView>>),
+    /// The user's answer to one.
+    AnswerConnect {
+        request_id: u64,
+        accept: bool,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     /// Gossip peers and their scores, by topic (tests, diagnostics).
     GossipPeers {
@@ -275,6 +290,32 @@ impl Client {
     pub async fn gossip_peers(&self, topic: String) -> Result<Vec<(PeerId, f64)>, NodeGone> {
         self.ask(|reply| Command::GossipPeers { topic, reply })
             .await
+    }
+
+    /// Asks `peer` (reachable at `addrs`) for a direct connection; see [`ConnectOutcome`].
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<ConnectOutcome, NodeGone> {
+        self.ask(|reply| Command::Connect { peer, addrs, reply })
+            .await
+    }
+
+    /// Incoming CONNECT requests waiting for an answer (policy `ask`).
+    pub async fn connect_requests(&self) -> Result<Vec<ConnectRequestView>, NodeGone> {
+        self.ask(Command::ConnectRequests).await
+    }
+
+    /// Accepts or denies a waiting CONNECT request.
+    pub async fn answer_connect(&self, request_id: u64, accept: bool) -> Result<(), String> {
+        self.ask(|reply| Command::AnswerConnect {
+            request_id,
+            accept,
+            reply,
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Dials an address (bootstrap peers are dialed at start; this adds one later).

@@ -1,0 +1,163 @@
+//! Reachability between in-process nodes on loopback: users who keep their address to
+//! themselves reserve on a relay and publish only circuit addresses; direct messages
+//! reach them over the circuit; CONNECT sets up a direct connection only with the
+//! target's consent (policy or the user's answer), and an offline target is answered at
+//! once. The NAT lab (tests/nat_lab.rs) proves the same through real NATs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, start, test_config};
+use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
+use ptpchat::config::{ConnectPolicy, Mode};
+use ptpchat::identity::SignedDocument;
+use ptpchat::messaging::Delivery;
+use ptpchat::net::ConnectOutcome;
+use ptpchat::node::{self, RunningNode};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn user(home: &std::path::Path, relay: &[Multiaddr], policy: ConnectPolicy) -> RunningNode {
+    let mut cfg = test_config(Mode::User, home, relay);
+    cfg.accept_connect = policy;
+    node::start(cfg).await.expect("node starts")
+}
+
+fn uuid_of(n: &RunningNode) -> Uuid {
+    n.id.as_ref().unwrap().uuid
+}
+
+/// `of`'s document as `by` finds it once it names a relay circuit.
+async fn circuit_doc(by: &RunningNode, of: &RunningNode) -> SignedDocument {
+    let uuid = uuid_of(of);
+    eventually(WAIT, "a document with a circuit address", || async {
+        let doc = by.client.whois(uuid).await.ok()?;
+        let reach = doc.doc().reach_addrs();
+        (!reach.is_empty()).then_some(doc)
+    })
+    .await
+}
+
+fn is_circuit(a: &Multiaddr) -> bool {
+    a.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// Whether `a` holds a direct (not relayed) connection to `b`.
+async fn direct(a: &RunningNode, b: PeerId) -> bool {
+    a.client
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.peer_id == b.to_string() && !p.relayed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_users_reserve_publish_circuits_and_connect_only_with_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(Mode::Relay, &dir.path().join("relay"), &[]).await;
+    let relay_addrs = relay.listen_addrs().await;
+    let a = user(&dir.path().join("a"), &relay_addrs, ConnectPolicy::None).await;
+    let b = user(&dir.path().join("b"), &relay_addrs, ConnectPolicy::None).await;
+
+    // Both hold a reservation, and each document names only circuits through the relay.
+    for n in [&a, &b] {
+        eventually(WAIT, "a reservation", || async {
+            let s = n.client.status().await.ok()?;
+            (s.relays.len() == 1).then_some(())
+        })
+        .await;
+    }
+    let b_doc = circuit_doc(&a, &b).await;
+    let reach = b_doc.doc().reach_addrs();
+    assert!(reach.iter().all(is_circuit), "only circuits: {reach:?}");
+    assert!(reach[0].to_string().contains(&relay.peer_id.to_string()));
+
+    // A message to B goes over the circuit, without any CONNECT.
+    let sending = a
+        .messenger
+        .as_ref()
+        .unwrap()
+        .send(uuid_of(&b), "over the relay".into(), vec![])
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(WAIT, sending.outcome).await.unwrap();
+    assert_eq!(outcome.unwrap(), Delivery::Delivered);
+    assert!(!direct(&a, b.peer_id).await);
+
+    // B's policy is "none": A is denied, and no direct connection comes of it.
+    let denied = a.client.connect(b.peer_id, reach.clone()).await.unwrap();
+    assert_eq!(denied, ConnectOutcome::Denied);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !direct(&a, b.peer_id).await,
+        "a direct connection without consent"
+    );
+    assert!(!direct(&b, a.peer_id).await);
+
+    // C accepts everybody: A's CONNECT ends in a direct connection (hole punching on
+    // loopback is a plain dial, but it runs through the same DCUtR exchange).
+    let c = user(&dir.path().join("c"), &relay_addrs, ConnectPolicy::All).await;
+    let c_doc = circuit_doc(&a, &c).await;
+    let outcome = a
+        .client
+        .connect(c.peer_id, c_doc.doc().reach_addrs())
+        .await
+        .unwrap();
+    let ConnectOutcome::Direct(addr) = outcome else {
+        panic!("expected a direct connection, got {outcome:?}");
+    };
+    assert!(!is_circuit(&addr));
+    assert!(direct(&a, c.peer_id).await);
+
+    // D asks its user: the request waits in `requests` until D accepts it.
+    let d = user(&dir.path().join("d"), &relay_addrs, ConnectPolicy::Ask).await;
+    let d_doc = circuit_doc(&a, &d).await;
+    let asking = {
+        let client = a.client.clone();
+        let addrs = d_doc.doc().reach_addrs();
+        let d_peer = d.peer_id;
+        tokio::spawn(async move { client.connect(d_peer, addrs).await })
+    };
+    let pending = eventually(WAIT, "the request queued at D", || async {
+        d.client.connect_requests().await.ok()?.into_iter().next()
+    })
+    .await;
+    assert_eq!(pending.from, uuid_of(&a));
+    assert!(!pending.verified);
+    assert!(
+        !direct(&a, d.peer_id).await,
+        "no direct connection before the answer"
+    );
+    assert!(d
+        .client
+        .answer_connect(pending.request_id + 100, true)
+        .await
+        .is_err());
+    d.client
+        .answer_connect(pending.request_id, true)
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(WAIT, asking).await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, Ok(ConnectOutcome::Direct(_))),
+        "after accept: {outcome:?}"
+    );
+    assert!(d.client.connect_requests().await.unwrap().is_empty());
+
+    // B goes offline: its reservation is gone, and A hears so at once, not at a timeout.
+    b.shutdown().await;
+    let started = std::time::Instant::now();
+    let outcome = a
+        .client
+        .connect(b_doc.doc().peer_id().unwrap(), reach)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, ConnectOutcome::Offline(_)),
+        "offline target: {outcome:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
