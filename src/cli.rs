@@ -150,6 +150,12 @@ pub enum Command {
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         timeout: u64,
     },
+    /// Close every connection with a contact (direct and relayed); exit 4 if there was none
+    #[command(after_help = "Example:\n  ptpchat disconnect bob")]
+    Disconnect {
+        /// A UUID, ptpchat: URI or contact name
+        to: String,
+    },
     /// List incoming CONNECT requests waiting for your answer (policy `ask`)
     #[command(after_help = "Example:\n  ptpchat requests --json")]
     Requests,
@@ -379,6 +385,13 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Contacts(cmd) => messages::contacts(&home, json, cmd).await,
         Command::Channel(cmd) => channels::channel(&home, json, cmd).await,
         Command::Connect { to, timeout } => connect::connect(&home, json, to, timeout).await,
+        Command::Disconnect { to } => {
+            let data = ask(&home, ControlRequest::Disconnect { to }).await?;
+            if json {
+                print_json(&data);
+            }
+            Ok(())
+        }
         Command::Requests => connect::requests(&home, json).await,
         Command::Accept { request_id } => connect::answer(&home, json, request_id, true).await,
         Command::Deny { request_id } => connect::answer(&home, json, request_id, false).await,

@@ -78,6 +78,22 @@ pub(super) async fn connect(
     }
 }
 
+/// Closes every connection with a contact (direct and relayed); exit 4 if there was none.
+pub(super) async fn disconnect(m: &Messenger, client: &Client, to: String) -> ControlResponse {
+    let (uuid, _) = match resolve(m, &to) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let Some(peer) = m.latest_document(&uuid).and_then(|d| d.doc().peer_id()) else {
+        return ControlResponse::err(4, format!("no identity document known for {uuid}"));
+    };
+    match client.disconnect(peer).await {
+        Ok(true) => ControlResponse::ok(json!({ "disconnected": true })),
+        Ok(false) => ControlResponse::err(4, "not connected"),
+        Err(_) => ControlResponse::err(1, "the node is shutting down"),
+    }
+}
+
 pub(super) async fn requests(client: &Client) -> ControlResponse {
     match client.connect_requests().await {
         Ok(list) => ControlResponse::ok(list),

@@ -108,6 +108,9 @@ pub enum ControlRequest {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    Disconnect {
+        to: String,
+    },
     Requests,
     Accept {
         request_id: u64,

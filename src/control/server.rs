@@ -262,6 +262,7 @@ async fn handle(
                 ControlRequest::Connect { to, timeout_ms } => {
                     connect::connect(m, client, to, timeout_ms).await
                 }
+                ControlRequest::Disconnect { to } => connect::disconnect(m, client, to).await,
                 ControlRequest::Requests => connect::requests(client).await,
                 ControlRequest::Accept { request_id } => {
                     connect::answer(client, request_id, true).await

@@ -102,7 +102,10 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(agent_version())
-                    .with_push_listen_addr_updates(true),
+                    .with_push_listen_addr_updates(true)
+                    // Addresses a peer says it listens on are not dialed on its word: they
+                    // include its loopback and LAN ones (which may be someone else here).
+                    .with_cache_size(0),
             );
 
             let mut kad_config = kad::Config::new(KAD_PROTOCOL);

@@ -46,8 +46,8 @@ const FALLBACK_FETCH_PEERS: usize = 8;
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// Most providers of one key dialed after a provider lookup.
 const MAX_PROVIDER_DIALS: usize = 20;
-/// How often slow housekeeping runs (relay reservations retried).
-const TICK: Duration = Duration::from_secs(5);
+/// How often slow housekeeping runs (relay reservations retried, hole punching timed out).
+const TICK: Duration = Duration::from_secs(2);
 /// Gossip messages waiting for the channel service; more are ignored (not forwarded).
 pub(crate) const GOSSIP_QUEUE: usize = 1024;
 
@@ -257,7 +257,10 @@ impl EventLoop {
             let publish_at = tokio::time::Instant::from_std(self.publish.due);
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = tick.tick() => self.maybe_reserve(),
+                _ = tick.tick() => {
+                    self.maybe_reserve();
+                    self.expire_punches();
+                }
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
                     None => break,
@@ -382,6 +385,9 @@ impl EventLoop {
                 let _ = reply.send(peers);
             }
             Command::Connect { peer, addrs, reply } => self.start_connect(peer, addrs, reply),
+            Command::Disconnect { peer, reply } => {
+                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
+            }
             Command::ConnectRequests(reply) => {
                 let _ = reply.send(self.connect_requests());
             }

@@ -126,6 +126,11 @@ pub(crate) enum Command {
         addrs: Vec<Multiaddr>,
         reply: oneshot::Sender<ConnectOutcome>,
     },
+    /// Close every connection with `peer` (answers whether there was one).
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
     /// Incoming CONNECT requests waiting for the user.
     ConnectRequests(oneshot::Sender<Vec<ConnectRequestView>>),
     /// The user's answer to one.
@@ -300,6 +305,11 @@ impl Client {
     ) -> Result<ConnectOutcome, NodeGone> {
         self.ask(|reply| Command::Connect { peer, addrs, reply })
             .await
+    }
+
+    /// Closes every connection with `peer`; false if there was none.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, NodeGone> {
+        self.ask(|reply| Command::Disconnect { peer, reply }).await
     }
 
     /// Incoming CONNECT requests waiting for an answer (policy `ask`).

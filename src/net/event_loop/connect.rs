@@ -26,6 +26,9 @@ use crate::verbs::{ConnectAnswer, Request, Response};
 
 /// Requests waiting for the user (policy `ask`), at most.
 pub const MAX_PENDING_REQUESTS: usize = 64;
+/// After accept, how long we wait for hole punching (DCUtR makes three attempts) before
+/// we report that only the relay works.
+pub const PUNCH_WAIT: Duration = Duration::from_secs(30);
 /// How long a queued request can be answered.
 pub const PENDING_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
@@ -67,8 +70,8 @@ pub(crate) struct Connects {
 struct Outgoing {
     addrs: Vec<Multiaddr>,
     reply: oneshot::Sender<ConnectOutcome>,
-    /// Accepted: waiting for the direct connection.
-    punching: bool,
+    /// Accepted: waiting for the direct connection since then.
+    punching: Option<Instant>,
 }
 
 struct Pending {
@@ -155,7 +158,7 @@ impl EventLoop {
             Outgoing {
                 addrs,
                 reply,
-                punching: false,
+                punching: None,
             },
         );
     }
@@ -196,10 +199,10 @@ impl EventLoop {
                 let Some(o) = self.connects.outgoing.get_mut(&peer) else {
                     return;
                 };
-                if o.punching {
+                if o.punching.is_some() {
                     return;
                 }
-                o.punching = true;
+                o.punching = Some(Instant::now());
                 let addrs = o.addrs.clone();
                 self.give_consent(peer);
                 // A new circuit: the one we asked over carries no identify or DCUtR.
@@ -220,9 +223,24 @@ impl EventLoop {
             .connects
             .outgoing
             .get(&peer)
-            .is_some_and(|o| o.punching)
+            .is_some_and(|o| o.punching.is_some())
         {
             self.finish_connect(&peer, ConnectOutcome::Direct(addr.clone()));
+        }
+    }
+
+    /// Reports the CONNECTs whose hole punching has run out of time (the requester's
+    /// DCUtR side does not report failure itself).
+    pub(super) fn expire_punches(&mut self) {
+        let late: Vec<PeerId> = self
+            .connects
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.punching.is_some_and(|t| t.elapsed() >= PUNCH_WAIT))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in late {
+            self.finish_connect(&peer, ConnectOutcome::Relayed);
         }
     }
 
@@ -232,7 +250,7 @@ impl EventLoop {
             .connects
             .outgoing
             .get(&peer)
-            .is_some_and(|o| o.punching)
+            .is_some_and(|o| o.punching.is_some())
             && self.direct_addr(&peer).is_none()
         {
             self.finish_connect(&peer, ConnectOutcome::Relayed);
@@ -341,7 +359,7 @@ impl EventLoop {
             .connects
             .outgoing
             .get(&peer)
-            .is_some_and(|o| !o.punching && !o.reply.is_closed());
+            .is_some_and(|o| o.punching.is_none() && !o.reply.is_closed());
         if !waiting {
             self.count("connect_unexpected_answer");
             return Response::Nack {
