@@ -161,3 +161,52 @@ async fn private_users_reserve_publish_circuits_and_connect_only_with_consent() 
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A relay that allows 3 reservations: 6 users ask, 3 get one, the relay stays up, and a
+/// message still reaches a user who holds one, over its circuit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_holds_its_reservation_limit_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(Mode::Relay, &dir.path().join("relay"), &[]);
+    cfg.relay_limits.max_reservations = 3;
+    let relay = node::start(cfg).await.expect("relay starts");
+    let relay_addrs = relay.listen_addrs().await;
+    let mut users = Vec::new();
+    for i in 0..6 {
+        users.push(
+            user(
+                &dir.path().join(format!("u{i}")),
+                &relay_addrs,
+                ConnectPolicy::None,
+            )
+            .await,
+        );
+    }
+    // Give every user time to ask (and retry once after a refusal).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut holders = Vec::new();
+    for u in &users {
+        if u.client.status().await.unwrap().relays.len() == 1 {
+            holders.push(u);
+        }
+    }
+    assert_eq!(
+        holders.len(),
+        3,
+        "exactly the relay's limit hold a reservation"
+    );
+    // The relay is up, counted the refusals, and still relays for the ones it admitted.
+    assert!(common::rejected(&relay, "relay_reservation_denied").await >= 3);
+    let (from, to) = (holders[0], holders[1]);
+    let doc = circuit_doc(from, to).await;
+    assert!(doc.doc().reach_addrs().iter().all(is_circuit));
+    let sending = from
+        .messenger
+        .as_ref()
+        .unwrap()
+        .send(uuid_of(to), "still relayed".into(), vec![])
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(WAIT, sending.outcome).await.unwrap();
+    assert_eq!(outcome.unwrap(), Delivery::Delivered);
+}

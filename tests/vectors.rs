@@ -348,3 +348,70 @@ fn message_vectors() {
         cbor::from_slice(&field("outcomes-response", "cbor"), MAX_RESPONSE_BYTES).unwrap();
     assert_eq!(resp, outcomes);
 }
+
+#[test]
+fn connect_vectors() {
+    use ptpchat::verbs::ConnectAnswer;
+    let doc = identity().issue_document(&[], NOW);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "connect-request",
+            cbor::to_vec(&Request::Connect {
+                doc: doc.bytes().to_vec(),
+            })
+            .unwrap(),
+        ),
+        (
+            "connect-answer-request",
+            cbor::to_vec(&Request::ConnectAnswer { accept: true }).unwrap(),
+        ),
+        (
+            "connect-accept-response",
+            cbor::to_vec(&Response::Connect {
+                answer: ConnectAnswer::Accept,
+            })
+            .unwrap(),
+        ),
+        (
+            "connect-pending-response",
+            cbor::to_vec(&Response::Connect {
+                answer: ConnectAnswer::Pending,
+            })
+            .unwrap(),
+        ),
+    ];
+    for (name, bytes) in &cases {
+        print(name, &[("cbor", hex::encode(bytes))]);
+    }
+    let v = vectors("connect.md");
+    for (name, bytes) in &cases {
+        assert_eq!(&hex::decode(&v[*name]["cbor"]).unwrap(), bytes, "{name}");
+    }
+    let decode_req = |name: &str| -> Request {
+        cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), MAX_REQUEST_BYTES).unwrap()
+    };
+    let decode_resp = |name: &str| -> Response {
+        cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), MAX_RESPONSE_BYTES).unwrap()
+    };
+    let Request::Connect { doc: d } = decode_req("connect-request") else {
+        panic!("not a CONNECT");
+    };
+    let d = SignedDocument::decode(&d, NOW).unwrap();
+    assert_eq!(d.doc().uuid(), identity().uuid());
+    assert_eq!(
+        decode_req("connect-answer-request"),
+        Request::ConnectAnswer { accept: true }
+    );
+    assert_eq!(
+        decode_resp("connect-accept-response"),
+        Response::Connect {
+            answer: ConnectAnswer::Accept
+        }
+    );
+    assert_eq!(
+        decode_resp("connect-pending-response"),
+        Response::Connect {
+            answer: ConnectAnswer::Pending
+        }
+    );
+}

@@ -209,8 +209,8 @@ impl EventLoop {
             },
             loopback_only: !config.listen.is_empty() && config.listen.iter().all(is_loopback),
             connects: connect::Connects::new(config.accept_connect),
-            // A burst of 5 requests, then one every 10 s, per peer.
-            connect_limiter: RateLimiter::new(5, 0.1, 4096),
+            // A burst of 10 requests, then one every 2 s, per peer.
+            connect_limiter: RateLimiter::new(10, 0.5, 4096),
         }
     }
 
@@ -1144,6 +1144,16 @@ impl EventLoop {
                 self.maybe_reserve();
                 self.release_relays_if_unwanted();
                 self.schedule_publish_soon();
+            }
+            BehaviourEvent::RelayServer(relay::Event::ReservationReqDenied {
+                src_peer_id, ..
+            }) => {
+                self.count("relay_reservation_denied");
+                debug!(peer = %src_peer_id, "relay reservation refused (a limit)");
+            }
+            BehaviourEvent::RelayServer(relay::Event::CircuitReqDenied { src_peer_id, .. }) => {
+                self.count("relay_circuit_denied");
+                debug!(peer = %src_peer_id, "relay circuit refused (a limit, or no reservation)");
             }
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,
