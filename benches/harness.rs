@@ -23,6 +23,8 @@
 mod common;
 #[path = "harness/fanout.rs"]
 mod fanout;
+#[path = "harness/relay.rs"]
+mod relay;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -535,6 +537,25 @@ fn main() {
         json["cli_status_ms"] =
             serde_json::json!({ "p50": ms(pct(&status, 0.5)), "p90": ms(pct(&status, 0.9)) });
         json["idle_node_rss_mib"] = serde_json::json!(rss_kib as f64 / 1024.0);
+    }
+
+    if wanted("relay") {
+        println!("\n## 5. relay memory with idle reservations (the real binary)");
+        let n = env_usize("BENCH_RESERVATIONS", if smoke { 20 } else { 1_000 });
+        let r = rt.block_on(relay::reservations(n));
+        println!(
+            "relay RSS idle {:.1} MiB; with {}/{n} reservations accepted {:.1} MiB (goal < 300 MiB); {:.0} KiB per reservation; all reserved in {:.1} s",
+            r.idle_kib as f64 / 1024.0,
+            r.accepted,
+            r.loaded_kib as f64 / 1024.0,
+            (r.loaded_kib.saturating_sub(r.idle_kib)) as f64 / r.accepted.max(1) as f64,
+            r.took.as_secs_f64()
+        );
+        json["relay"] = serde_json::json!({
+            "reservations": r.accepted,
+            "idle_rss_mib": r.idle_kib as f64 / 1024.0,
+            "rss_mib": r.loaded_kib as f64 / 1024.0,
+        });
     }
 
     let path = std::env::var("BENCH_JSON")

@@ -221,6 +221,9 @@ pub struct RelayArgs {
     /// Circuits one peer may open in a burst, then one per 10 s (default 60; twice that per IP address)
     #[arg(long, value_name = "N")]
     pub circuit_burst: Option<u32>,
+    /// Reservations one IP address may ask for in a burst, then one a minute (default 60; raise it for carrier-grade NAT)
+    #[arg(long, value_name = "N")]
+    pub reservation_ip_burst: Option<u32>,
     /// Treat private and reserved IP ranges as routable: answer NAT probes from them (closed networks, labs)
     #[arg(long)]
     pub private_ips: bool,
@@ -584,6 +587,9 @@ pub fn node_config_for_relay(home: PathBuf, args: RelayArgs) -> Result<NodeConfi
     }
     if let Some(n) = args.circuit_burst.or(file.circuit_burst) {
         cfg.relay_limits.circuit_burst = n.max(1);
+    }
+    if let Some(n) = args.reservation_ip_burst.or(file.reservation_ip_burst) {
+        cfg.relay_limits.reservation_ip_burst = n.max(1);
     }
     let metrics = args.metrics.or(file.metrics);
     cfg.metrics = metrics

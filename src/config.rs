@@ -103,6 +103,9 @@ pub struct RelayLimits {
     /// Circuits one source peer may open in a burst (then one per 10 s); twice as many
     /// per source IP address (then one per 5 s).
     pub circuit_burst: u32,
+    /// Reservations one IP address may ask for in a burst (then one a minute); raise it for
+    /// users behind carrier-grade NAT, who share addresses.
+    pub reservation_ip_burst: u32,
 }
 
 impl Default for RelayLimits {
@@ -115,6 +118,7 @@ impl Default for RelayLimits {
             max_circuit_duration: std::time::Duration::from_secs(30 * 60),
             max_circuit_bytes: 16 * 1024 * 1024,
             circuit_burst: 60,
+            reservation_ip_burst: 60,
         }
     }
 }
@@ -192,6 +196,7 @@ pub struct FileConfig {
     pub max_reservations: Option<usize>,
     pub max_circuits: Option<usize>,
     pub circuit_burst: Option<u32>,
+    pub reservation_ip_burst: Option<u32>,
 }
 
 /// Why the configuration is unusable.

@@ -186,9 +186,8 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
     Ok(swarm)
 }
 
-/// Circuit relay v2 limits: `limits` for what is held at once and for circuit rates;
-/// reservation rates are libp2p's (per peer a burst of 30, then one per 2 minutes; per IP
-/// a burst of 60, then one a minute).
+/// Circuit relay v2 limits: `limits` for what is held at once, circuit rates and the
+/// per-IP reservation burst; per peer a burst of 30 reservations, then one per 2 minutes.
 fn relay_config(limits: &RelayLimits) -> relay::Config {
     use std::num::NonZeroU32;
     let burst = NonZeroU32::new(limits.circuit_burst.max(1)).expect("at least 1");
@@ -203,7 +202,16 @@ fn relay_config(limits: &RelayLimits) -> relay::Config {
         ..relay::Config::default()
     };
     config.circuit_src_rate_limiters.clear();
+    // libp2p's per-peer reservation rate (a burst of 30, then one per 2 minutes) stays;
+    // the per-IP one is ours to size.
+    config.reservation_rate_limiters.clear();
+    let ip_reservations = NonZeroU32::new(limits.reservation_ip_burst.max(1)).expect("at least 1");
     config
+        .reservation_rate_per_peer(
+            NonZeroU32::new(30).expect("30 > 0"),
+            Duration::from_secs(120),
+        )
+        .reservation_rate_per_ip(ip_reservations, Duration::from_secs(60))
         .circuit_src_per_peer(burst, Duration::from_secs(10))
         .circuit_src_per_ip(ip_burst, Duration::from_secs(5))
 }
