@@ -386,6 +386,7 @@ impl EventLoop {
             }
             Command::Connect { peer, addrs, reply } => self.start_connect(peer, addrs, reply),
             Command::Disconnect { peer, reply } => {
+                self.withdraw_consent(&peer);
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
             Command::ConnectRequests(reply) => {

@@ -91,7 +91,11 @@ impl Daemon {
             .arg("--home")
             .arg(home)
             .args(args)
-            .env("RUST_LOG", "warn")
+            // PTPCHAT_TEST_LOG=debug shows a daemon's logs when a test needs looking into.
+            .env(
+                "RUST_LOG",
+                std::env::var("PTPCHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -72,6 +72,9 @@ struct Outgoing {
     reply: oneshot::Sender<ConnectOutcome>,
     /// Accepted: waiting for the direct connection since then.
     punching: Option<Instant>,
+    /// The request was sent a second time (request-response fails every pending request to
+    /// a peer when any dial to it fails, such as the losing side of an earlier hole punch).
+    retried: bool,
 }
 
 struct Pending {
@@ -118,6 +121,13 @@ impl EventLoop {
         b.dcutr.allow(peer);
     }
 
+    /// Ends any consent `peer` holds (a deny, a hang-up): its next circuits are gated again.
+    pub(super) fn withdraw_consent(&mut self, peer: &PeerId) {
+        let b = self.swarm.behaviour_mut();
+        b.identify.revoke(peer);
+        b.dcutr.revoke(peer);
+    }
+
     /// Starts a CONNECT to `peer`, reachable at `addrs` (its document's).
     pub(super) fn start_connect(
         &mut self,
@@ -159,6 +169,7 @@ impl EventLoop {
                 addrs,
                 reply,
                 punching: None,
+                retried: false,
             },
         );
     }
@@ -179,7 +190,30 @@ impl EventLoop {
                 self.finish_connect(&peer, ConnectOutcome::Denied);
             }
             Ok(_) => self.finish_connect(&peer, ConnectOutcome::Denied),
-            Err(e) => self.finish_connect(&peer, ConnectOutcome::Offline(e.clone())),
+            Err(e) => {
+                let retry = self
+                    .connects
+                    .outgoing
+                    .get_mut(&peer)
+                    .filter(|o| !o.retried && o.punching.is_none())
+                    .map(|o| {
+                        o.retried = true;
+                        o.addrs.clone()
+                    });
+                match (retry, self.publish.current.as_ref()) {
+                    (Some(addrs), Some(doc)) => {
+                        debug!(%peer, error = %e, "CONNECT failed; sending it once more");
+                        let doc = doc.bytes().to_vec();
+                        let id = self
+                            .swarm
+                            .behaviour_mut()
+                            .verbs
+                            .send_request_with_addresses(&peer, Request::Connect { doc }, addrs);
+                        self.connects.requests.insert(id, peer);
+                    }
+                    _ => self.finish_connect(&peer, ConnectOutcome::Offline(e.clone())),
+                }
+            }
         }
         true
     }
@@ -325,6 +359,8 @@ impl EventLoop {
         info!(%uuid, accept, "CONNECT answered by policy");
         if accept {
             self.give_consent(peer);
+        } else {
+            self.withdraw_consent(&peer);
         }
         Response::Connect {
             answer: if accept {
@@ -345,6 +381,8 @@ impl EventLoop {
             .ok_or_else(|| format!("no pending CONNECT request {request_id}"))?;
         if accept {
             self.give_consent(p.peer);
+        } else {
+            self.withdraw_consent(&p.peer);
         }
         self.swarm
             .behaviour_mut()
