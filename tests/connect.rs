@@ -162,13 +162,15 @@ async fn private_users_reserve_publish_circuits_and_connect_only_with_consent() 
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-/// A relay that allows 3 reservations: 6 users ask, 3 get one, the relay stays up, and a
-/// message still reaches a user who holds one, over its circuit.
+/// A relay that allows 3 reservations and 1 circuit: 6 users ask for a reservation, 3 get
+/// one; a second circuit is refused while the first carries messages; the relay stays up
+/// and counts both refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_holds_its_reservation_limit_and_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(Mode::Relay, &dir.path().join("relay"), &[]);
     cfg.relay_limits.max_reservations = 3;
+    cfg.relay_limits.max_circuits = 1;
     let relay = node::start(cfg).await.expect("relay starts");
     let relay_addrs = relay.listen_addrs().await;
     let mut users = Vec::new();
@@ -209,4 +211,35 @@ async fn a_relay_holds_its_reservation_limit_and_keeps_serving() {
         .unwrap();
     let outcome = tokio::time::timeout(WAIT, sending.outcome).await.unwrap();
     assert_eq!(outcome.unwrap(), Delivery::Delivered);
+
+    // A third user's circuit to the same target is one too many: refused and counted, the
+    // message waits in the outbox, and the first circuit still delivers.
+    let third = holders[2];
+    let waiting = third
+        .messenger
+        .as_ref()
+        .unwrap()
+        .send(uuid_of(to), "one circuit too many".into(), vec![])
+        .await
+        .unwrap();
+    eventually(WAIT, "the second circuit refused", || async {
+        (common::rejected(&relay, "relay_circuit_denied").await >= 1).then_some(())
+    })
+    .await;
+    let again = from
+        .messenger
+        .as_ref()
+        .unwrap()
+        .send(uuid_of(to), "the first circuit still works".into(), vec![])
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(WAIT, again.outcome).await.unwrap();
+    assert_eq!(outcome.unwrap(), Delivery::Delivered);
+    let mut waiting = waiting.outcome;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "no delivery over a refused circuit"
+    );
 }
