@@ -212,6 +212,9 @@ pub struct RelayArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9090
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// An address this host is reachable at but does not listen on, e.g. its public IP behind 1:1 NAT (repeatable)
+    #[arg(long, value_name = "MA")]
+    pub external: Vec<String>,
     /// Most relay reservations held at once (default 4096)
     #[arg(long, value_name = "N")]
     pub max_reservations: Option<usize>,
@@ -579,6 +582,7 @@ pub fn node_config_for_relay(home: PathBuf, args: RelayArgs) -> Result<NodeConfi
     cfg.mdns = false;
     cfg.public = true;
     cfg.private_ips = args.private_ips || file.private_ips.unwrap_or(false);
+    cfg.external = pick(args.external, file.external, "--external")?.unwrap_or_default();
     if let Some(n) = args.max_reservations.or(file.max_reservations) {
         cfg.relay_limits.max_reservations = n;
     }

@@ -50,6 +50,9 @@ pub struct NodeConfig {
     /// networks and the NAT lab; off on the internet, where a relay must not be talked
     /// into dialing private addresses).
     pub private_ips: bool,
+    /// Addresses this host is reachable at that it does not listen on (behind 1:1 NAT or a
+    /// port forward): a relay hands them out in reservations (`relay --external`).
+    pub external: Vec<Multiaddr>,
     /// What a relay lets strangers use (`relay --max-reservations`, `--max-circuits`).
     pub relay_limits: RelayLimits,
 }
@@ -141,6 +144,7 @@ impl NodeConfig {
             channel_announce_every: std::time::Duration::from_secs(120),
             accept_connect: ConnectPolicy::default(),
             private_ips: false,
+            external: Vec::new(),
             relay_limits: RelayLimits::default(),
         }
     }
@@ -197,6 +201,7 @@ pub struct FileConfig {
     pub max_circuits: Option<usize>,
     pub circuit_burst: Option<u32>,
     pub reservation_ip_burst: Option<u32>,
+    pub external: Option<Vec<String>>,
 }
 
 /// Why the configuration is unusable.

@@ -87,10 +87,11 @@ nat() {
     ns "$host" ip link set eth0 up
     ns "$host" ip route add default via "${raddr%/*}"
     ns "$router" sysctl -qw net.ipv4.ip_forward=1
-    if [ "$mode" = symmetric ]; then
-        ns "$router" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE --random-fully
-    else
-        ns "$router" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE
+    local random=()
+    [ "$mode" = symmetric ] && random=(--random-fully)
+    if ! ns "$router" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE "${random[@]}"; then
+        log "SKIP: this kernel or iptables cannot masquerade (nf_nat)"
+        exit 77
     fi
     ns "$router" iptables -A FORWARD -i lan -o wan -j ACCEPT
     ns "$router" iptables -A FORWARD -i wan -o lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT

@@ -123,6 +123,8 @@ pub struct EventLoop {
     relays: relays::Relays,
     /// Every configured listen address is a loopback one (tests, a local relay).
     loopback_only: bool,
+    /// `--private-ips`: LAN addresses count as reachable.
+    private_ips: bool,
     connects: connect::Connects,
     connect_limiter: RateLimiter<PeerId>,
 }
@@ -160,6 +162,10 @@ impl EventLoop {
         counters: Counters,
         hooks: Option<UserHooks>,
     ) -> Self {
+        let mut swarm = swarm;
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+        }
         let (hooks, gossip) = match hooks {
             Some(h) => (Some(h.messaging), Some(h.gossip)),
             None => (None, None),
@@ -208,6 +214,7 @@ impl EventLoop {
                 r
             },
             loopback_only: !config.listen.is_empty() && config.listen.iter().all(is_loopback),
+            private_ips: config.private_ips,
             connects: connect::Connects::new(config.accept_connect),
             // A burst of 10 requests, then one every 2 s, per peer.
             connect_limiter: RateLimiter::new(10, 0.5, 4096),
@@ -1028,12 +1035,15 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let me = *self.swarm.local_peer_id();
-                // A relay runs on a host its operator made reachable: its listen addresses
-                // are what reservations hand out (loopback only if that is all it has).
-                if self.mode == Mode::Relay
-                    && !is_relayed(&address)
-                    && (!is_loopback(&address) || self.loopback_only)
-                {
+                // A relay runs on a host its operator made reachable: its routable listen
+                // addresses are what reservations hand out (LAN ones too with --private-ips,
+                // loopback only if that is all it listens on).
+                let usable = if is_loopback(&address) {
+                    self.loopback_only
+                } else {
+                    self.private_ips || !is_lan(&address)
+                };
+                if self.mode == Mode::Relay && !is_relayed(&address) && usable {
                     self.swarm.add_external_address(address.clone());
                 }
                 info!(address = %address.clone().with(Protocol::P2p(me)), "listening");
@@ -1294,6 +1304,22 @@ fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// A LAN or link-local address (RFC 1918, carrier-grade NAT, IPv6 unique-local and
+/// link-local): not reachable from the internet.
+fn is_lan(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => {
+            let o = ip.octets();
+            ip.is_private() || ip.is_link_local() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        Protocol::Ip6(ip) => {
+            let first = ip.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+        _ => false,
+    })
+}
+
 fn is_loopback(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_loopback(),
@@ -1305,6 +1331,19 @@ fn is_loopback(addr: &Multiaddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lan_addresses_are_not_handed_out_by_a_relay() {
+        let lan = |a: &str| is_lan(&a.parse().unwrap());
+        assert!(lan("/ip4/10.1.2.3/tcp/4001"));
+        assert!(lan("/ip4/192.168.0.9/udp/4001/quic-v1"));
+        assert!(lan("/ip4/100.64.0.1/tcp/4001"));
+        assert!(lan("/ip6/fd00::1/tcp/4001"));
+        assert!(lan("/ip6/fe80::1/tcp/4001"));
+        assert!(!lan("/ip4/198.51.100.7/tcp/4001"));
+        assert!(!lan("/ip4/203.0.113.10/tcp/4001"));
+        assert!(!lan("/ip6/2001:db8::1/tcp/4001"));
+    }
 
     #[test]
     fn dht_keys_must_be_canonical() {
