@@ -375,14 +375,8 @@ fn binary(samples: usize) -> (u64, Vec<Duration>) {
     }
     // Idle: let start-up work (bootstrap attempts, first publish) finish.
     std::thread::sleep(Duration::from_secs(if smoke() { 1 } else { 5 }));
-    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id()))
-        .expect("the node's /proc status");
-    let rss = proc_status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .expect("VmRSS in /proc/<pid>/status");
+    let rss = relay::rss_kib(node.child.id());
+    assert!(rss > 0, "VmRSS in /proc/<pid>/status");
     times.sort();
     (rss, times)
 }

@@ -104,6 +104,15 @@ fn identity_document_vectors() {
     );
 }
 
+/// Vector `name`'s `cbor` field, decoded.
+fn decode<T: serde::de::DeserializeOwned>(
+    v: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    name: &str,
+    max: usize,
+) -> T {
+    cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), max).unwrap()
+}
+
 #[test]
 fn verbs_vectors() {
     let uuid = identity().uuid();
@@ -142,12 +151,8 @@ fn verbs_vectors() {
     for (name, bytes) in &cases {
         assert_eq!(&hex::decode(&v[*name]["cbor"]).unwrap(), bytes, "{name}");
     }
-    let decode_req = |name: &str| -> Request {
-        cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), MAX_REQUEST_BYTES).unwrap()
-    };
-    let decode_resp = |name: &str| -> Response {
-        cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), MAX_RESPONSE_BYTES).unwrap()
-    };
+    let decode_req = |name: &str| -> Request { decode(&v, name, MAX_REQUEST_BYTES) };
+    let decode_resp = |name: &str| -> Response { decode(&v, name, MAX_RESPONSE_BYTES) };
     assert_eq!(
         decode_req("getcertificate-request"),
         Request::GetCertificate {
@@ -387,12 +392,8 @@ fn connect_vectors() {
     for (name, bytes) in &cases {
         assert_eq!(&hex::decode(&v[*name]["cbor"]).unwrap(), bytes, "{name}");
     }
-    let decode_req = |name: &str| -> Request {
-        cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), MAX_REQUEST_BYTES).unwrap()
-    };
-    let decode_resp = |name: &str| -> Response {
-        cbor::from_slice(&hex::decode(&v[name]["cbor"]).unwrap(), MAX_RESPONSE_BYTES).unwrap()
-    };
+    let decode_req = |name: &str| -> Request { decode(&v, name, MAX_REQUEST_BYTES) };
+    let decode_resp = |name: &str| -> Response { decode(&v, name, MAX_RESPONSE_BYTES) };
     let Request::Connect { doc: d } = decode_req("connect-request") else {
         panic!("not a CONNECT");
     };
