@@ -176,6 +176,29 @@ async fn a_public_channel_is_discovered_joined_and_reaches_every_member() {
     net.stop().await;
 }
 
+/// Newcomers arriving together each learn the channels of the node they connect to within
+/// seconds, not at its next periodic announcement (two minutes by default): the second
+/// arrival's announcement, held back so a burst costs one, is still sent.
+#[tokio::test]
+async fn newcomers_arriving_together_all_discover_a_channel_at_once() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cfg = test_config(Mode::User, dirs[0].path(), &[]);
+    cfg.public = true;
+    assert!(cfg.channel_announce_every >= Duration::from_secs(120));
+    let a = node::start(cfg).await.unwrap();
+    ch(&a).create("lobby", false).await.unwrap();
+    let boot = vec![first_addr(&a).await];
+    let (b, c) = tokio::join!(
+        user(dirs[1].path(), &boot),
+        user(dirs[2].path(), &boot)
+    );
+    wait_discovered(&b, "lobby").await;
+    wait_discovered(&c, "lobby").await;
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn a_private_channel_is_read_by_invited_members_only_and_rotates_its_key_when_one_leaves() {
     let net = network(4).await;

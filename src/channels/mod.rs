@@ -100,6 +100,8 @@ struct State {
     recent: HashSet<[u8; 16]>,
     recent_order: VecDeque<[u8; 16]>,
     last_channel_frame: HashMap<Uuid, Instant>,
+    /// Channels with an announcement held back by [`CHANNEL_DEBOUNCE`], still to be sent.
+    announce_pending: HashSet<Uuid>,
     /// Topics tapped by tests: raw frames go to the tap, unvalidated and not forwarded.
     taps: HashMap<String, broadcast::Sender<Vec<u8>>>,
 }
@@ -628,6 +630,38 @@ impl Channels {
         Ok((body, peers))
     }
 
+    /// Announces `id` now, or, if it was announced less than [`CHANNEL_DEBOUNCE`] ago, once
+    /// that time is up: a burst of newcomers gets one announcement, and the last of them
+    /// still hears it (not only the next periodic one, minutes later).
+    async fn announce_debounced(&self, id: Uuid) {
+        let wait = {
+            let mut st = self.state();
+            let since = st.last_channel_frame.get(&id).map(|t| t.elapsed());
+            match since {
+                Some(since) if since < CHANNEL_DEBOUNCE => {
+                    if !st.announce_pending.insert(id) {
+                        return;
+                    }
+                    Some(CHANNEL_DEBOUNCE - since)
+                }
+                _ => None,
+            }
+        };
+        match wait {
+            None => {
+                let _ = self.announce(id).await;
+            }
+            Some(wait) => {
+                let c = self.clone();
+                self.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    c.state().announce_pending.remove(&id);
+                    let _ = c.announce(id).await;
+                });
+            }
+        }
+    }
+
     /// Sends CHANNEL on the channel's topic and, for a public channel, on the announce
     /// topic (a frame of its own there: ids are remembered across topics).
     async fn announce(&self, id: Uuid) -> Result<(), String> {
@@ -1013,26 +1047,21 @@ async fn gossip_loop(c: Channels, mut rx: mpsc::Receiver<GossipEvent>) {
                 // peer on a channel learns that we are in it.
                 let targets: Vec<Uuid> = {
                     let st = c.state();
-                    let due = |id: &Uuid| {
-                        st.last_channel_frame
-                            .get(id)
-                            .is_none_or(|t| t.elapsed() >= CHANNEL_DEBOUNCE)
-                    };
                     if topic == frame::ANNOUNCE_TOPIC {
                         st.rows
                             .iter()
-                            .filter(|(i, r)| r.joined && !r.private && due(i))
+                            .filter(|(_, r)| r.joined && !r.private)
                             .map(|(i, _)| *i)
                             .collect()
                     } else {
                         frame::channel_of_topic(&topic)
-                            .filter(|i| st.rows.get(i).is_some_and(|r| r.joined) && due(i))
+                            .filter(|i| st.rows.get(i).is_some_and(|r| r.joined))
                             .into_iter()
                             .collect()
                     }
                 };
                 for id in targets {
-                    let _ = c.announce(id).await;
+                    c.announce_debounced(id).await;
                 }
             }
         }
