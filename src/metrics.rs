@@ -116,5 +116,27 @@ pub fn render(s: &Status) -> String {
     for (kind, n) in &s.rejected {
         let _ = writeln!(out, "ptpchat_rejected_total{{kind=\"{kind}\"}} {n}");
     }
+    for (name, help, value) in [
+        (
+            "ptpchat_lookups_total",
+            "Directory lookups run through the DHT.",
+            s.lookups.done,
+        ),
+        (
+            "ptpchat_lookups_found_total",
+            "Of those, the ones the DHT answered with a valid document.",
+            s.lookups.found,
+        ),
+        (
+            "ptpchat_lookup_requests_total",
+            "DHT requests sent by those lookups.",
+            s.lookups.requests,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
     out
 }

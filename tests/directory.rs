@@ -80,6 +80,15 @@ async fn whois_finds_a_document_and_the_dht_keeps_it_after_its_owner_stops() {
     let d = start(Mode::User, dirs[3].path(), &boot).await;
     let again = wait_published(&d, b_id.uuid).await;
     assert_eq!(again.doc().seq, doc.doc().seq);
+    // D's status accounts for the lookup: D is a DHT client holding nothing, so the
+    // document came from at least one hop away.
+    let counted = d.client.status().await.unwrap().lookups;
+    assert!(
+        counted.found >= 1 && counted.done >= counted.found,
+        "{counted:?}"
+    );
+    assert!(counted.hops_bound >= counted.found, "{counted:?}");
+    assert!(counted.requests >= counted.found, "{counted:?}");
 
     // Nobody owns this UUID.
     let nobody = Uuid::from_bytes([0x42; 16]);
@@ -387,6 +396,10 @@ async fn metrics_endpoint_reports_peers_records_and_rejections() {
     assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
     assert!(page.contains("\nptpchat_connected_peers 1\n"), "{page}");
     assert!(page.contains("\nptpchat_dht_records 1\n"), "{page}");
+    assert!(
+        page.contains("\n# TYPE ptpchat_lookups_total counter\n"),
+        "{page}"
+    );
     assert!(get("/other").await.starts_with("HTTP/1.1 404"));
     relay.shutdown().await;
     b.shutdown().await;

@@ -42,6 +42,11 @@ const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(300);
 const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(60);
 /// Most connected peers asked directly when the DHT has no answer.
 const FALLBACK_FETCH_PEERS: usize = 8;
+/// A lookup stops asking the DHT once this many answers carried a valid document...
+const LOOKUP_QUORUM: u32 = 3;
+/// ...or this long after the first valid one came: otherwise one peer that has gone away
+/// holds the answer back for a whole dial timeout (5 s over QUIC).
+const LOOKUP_GRACE: Duration = Duration::from_millis(500);
 /// Most addresses taken from one peer's identify message.
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// Most providers of one key dialed after a provider lookup.
@@ -61,6 +66,16 @@ struct Lookup {
     /// Direct GETCERTIFICATE requests still outstanding (fallback phase).
     fetches: usize,
     dht_done: bool,
+    /// Peers that had answered the DHT query before its first valid document arrived, plus
+    /// the one that sent it: an upper bound on the lookup's hop count.
+    answered_at_first: Option<u32>,
+    /// The DHT query, while it runs.
+    query: Option<kad::QueryId>,
+    /// Valid documents received from the DHT so far.
+    records: u32,
+    /// When the query is finished if it has not ended by itself (set by the first valid
+    /// document).
+    grace_until: Option<Instant>,
 }
 
 struct PublishState {
@@ -93,6 +108,7 @@ pub struct EventLoop {
     public: bool,
     lookups: HashMap<u64, Lookup>,
     next_lookup: u64,
+    lookup_stats: crate::net::LookupStats,
     lookup_queries: HashMap<kad::QueryId, u64>,
     lookup_fetches: HashMap<request_response::OutboundRequestId, u64>,
     direct_fetches: HashMap<request_response::OutboundRequestId, (Uuid, Reply)>,
@@ -180,6 +196,7 @@ impl EventLoop {
             lookups: HashMap::new(),
             next_lookup: 0,
             lookup_queries: HashMap::new(),
+            lookup_stats: Default::default(),
             lookup_fetches: HashMap::new(),
             direct_fetches: HashMap::new(),
             publish: PublishState {
@@ -262,6 +279,8 @@ impl EventLoop {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let publish_at = tokio::time::Instant::from_std(self.publish.due);
+            let grace = self.next_lookup_grace();
+            let grace_at = tokio::time::Instant::from_std(grace.unwrap_or(self.publish.due));
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => {
@@ -273,6 +292,7 @@ impl EventLoop {
                     None => break,
                 },
                 _ = tokio::time::sleep_until(publish_at), if self.identity.is_some() => self.publish_document(),
+                _ = tokio::time::sleep_until(grace_at), if grace.is_some() => self.end_lookup_graces(),
             }
         }
         debug!("event loop stopped");
@@ -472,6 +492,7 @@ impl EventLoop {
             },
             published_seq: self.publish.current.as_ref().map(|d| d.doc().seq),
             rejected: self.rejected.snapshot(),
+            lookups: self.lookup_stats,
         }
     }
 
@@ -606,14 +627,19 @@ impl EventLoop {
                 replies: vec![reply],
                 fetches: 0,
                 dht_done: false,
+                answered_at_first: None,
+                query: Some(query),
+                records: 0,
+                grace_until: None,
             },
         );
     }
 
     /// Considers a candidate document for lookup `id`; bad ones are counted and dropped.
-    fn offer(&mut self, id: u64, bytes: &[u8], from: Option<PeerId>) {
+    /// Returns whether it was valid.
+    fn offer(&mut self, id: u64, bytes: &[u8], from: Option<PeerId>) -> bool {
         let Some(uuid) = self.lookups.get(&id).map(|l| l.uuid) else {
-            return;
+            return false;
         };
         match SignedDocument::decode_for(bytes, &uuid, unix_now()) {
             Ok(doc) => {
@@ -625,11 +651,45 @@ impl EventLoop {
                 if better {
                     lookup.best = Some(doc);
                 }
+                true
             }
             Err(e) => {
                 self.count("lookup_invalid_document");
                 warn!(peer = ?from, %uuid, error = %e, "ignored invalid identity document in lookup");
+                false
             }
+        }
+    }
+
+    /// Stops lookup `id`'s DHT query; Kademlia then reports it finished as usual.
+    fn finish_dht_query(&mut self, id: u64) {
+        let Some(query) = self.lookups.get_mut(&id).and_then(|l| l.query.take()) else {
+            return;
+        };
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+            q.finish();
+        }
+    }
+
+    /// When the next lookup's grace after its first valid document runs out.
+    fn next_lookup_grace(&self) -> Option<Instant> {
+        self.lookups
+            .values()
+            .filter(|l| l.query.is_some())
+            .filter_map(|l| l.grace_until)
+            .min()
+    }
+
+    fn end_lookup_graces(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .lookups
+            .iter()
+            .filter(|(_, l)| l.query.is_some() && l.grace_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.finish_dht_query(id);
         }
     }
 
@@ -675,17 +735,21 @@ impl EventLoop {
             return;
         };
         let now = unix_now();
-        let result = match lookup.best {
+        let cached = self.store.cached_document(&lookup.uuid, now).ok().flatten();
+        // A lookup ends after a few answers, so peers near the key could hand us an older
+        // valid document: never go back behind one we already hold.
+        let best = match (lookup.best, cached) {
+            (Some(doc), Some(held)) if !doc.may_replace(&held).unwrap_or(false) => Some(held),
+            (best, _) => best,
+        };
+        let result = match best {
             Some(doc) => {
                 let _ = self.store.cache_document(&doc, now);
                 // Keep a copy in the DHT store too, so we can answer others.
                 let _ = self.accept_into_dht(&doc, now);
                 Ok(doc)
             }
-            None => match self.store.cached_document(&lookup.uuid, now) {
-                Ok(Some(doc)) => Ok(doc),
-                _ => Err(LookupError::NotFound(lookup.uuid)),
-            },
+            None => Err(LookupError::NotFound(lookup.uuid)),
         };
         for reply in lookup.replies {
             let _ = reply.send(result.clone());
@@ -1226,17 +1290,44 @@ impl EventLoop {
                 _ => {}
             },
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => match result {
                 kad::QueryResult::GetRecord(result) => {
                     let Some(&lookup) = self.lookup_queries.get(&id) else {
                         return;
                     };
                     if let Ok(kad::GetRecordOk::FoundRecord(peer_record)) = &result {
-                        self.offer(lookup, &peer_record.record.value, peer_record.peer);
+                        if self.offer(lookup, &peer_record.record.value, peer_record.peer) {
+                            let l = self.lookups.get_mut(&lookup).expect("offer checked");
+                            l.records += 1;
+                            if l.answered_at_first.is_none() {
+                                // A record from our own store (no peer) took no hop.
+                                l.answered_at_first = Some(match peer_record.peer {
+                                    Some(_) => stats.num_successes() + 1,
+                                    None => 0,
+                                });
+                                l.grace_until = Some(Instant::now() + LOOKUP_GRACE);
+                            }
+                            if l.records >= LOOKUP_QUORUM {
+                                self.finish_dht_query(lookup);
+                            }
+                        }
                     }
                     if step.last {
                         self.lookup_queries.remove(&id);
+                        if let Some(l) = self.lookups.get_mut(&lookup) {
+                            l.query = None;
+                        }
+                        self.lookup_stats.done += 1;
+                        self.lookup_stats.requests += u64::from(stats.num_requests());
+                        if let Some(n) = self.lookups.get(&lookup).and_then(|l| l.answered_at_first)
+                        {
+                            self.lookup_stats.found += 1;
+                            self.lookup_stats.hops_bound += u64::from(n);
+                        }
                         self.dht_lookup_finished(lookup);
                     }
                 }

@@ -41,6 +41,26 @@ pub struct Status {
     pub published_seq: Option<u64>,
     /// Bad input seen, by kind (see docs/security.md).
     pub rejected: BTreeMap<&'static str, u64>,
+    /// What this node's directory lookups cost, since it started.
+    pub lookups: LookupStats,
+}
+
+/// Counters of the directory lookups this node ran through the DHT (`status --json` →
+/// `lookups`). The path length of a Kademlia lookup is not visible from outside the query,
+/// so `hops_bound` sums, over the lookups that found a document, the number of peers that
+/// had answered before the first valid document arrived plus the peer that sent it: an
+/// upper bound on each lookup's hop count (every peer on the path to the holder answered
+/// before it did).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct LookupStats {
+    /// DHT queries finished.
+    pub done: u64,
+    /// Of those, the ones that found a valid document in the DHT.
+    pub found: u64,
+    /// Requests sent by all finished queries.
+    pub requests: u64,
+    /// Sum of the per-lookup hop bounds (see above), over the `found` lookups.
+    pub hops_bound: u64,
 }
 
 /// One connected peer (`ptpchat peers`).
