@@ -2,25 +2,34 @@
 //! side by side in one run, because the machine is shared and noisy. It prints a table and
 //! writes the same figures as JSON to `target/bench/results.json` (or `BENCH_JSON`).
 //!
-//! 1. crypto floor: ed25519 sign, strict verify and batch verify; seal and open of a 1 KiB
+//! 1. crypto floor (`crypto`): ed25519 sign, strict verify and batch verify; seal and open of a 1 KiB
 //!    envelope (a fresh ephemeral key each, the worst case); CBOR encode/decode of it;
-//! 2. direct messages over TCP and QUIC, two nodes in one process on loopback with a
+//! 2. direct messages (`direct`) over TCP and QUIC, two nodes in one process on loopback with a
 //!    connection open: sustained 1 KiB messages/s until every ACK is back (each signed,
 //!    sealed, verified, opened and durably committed on both sides) with its ratio to one
 //!    core's verify rate; and one 100-byte message from writing `send` on A's control
-//!    socket to reading the line on B's `recv --follow`, p50/p90/p99;
-//! 3. the disk's floor under that latency: a 4 KiB write + `fdatasync`, and a durable redb
-//!    commit of one row (the latency path holds two durable commits in series);
-//! 4. the real binary: `ptpchat status` round trip against a running node, process start
-//!    included, and the resident memory of that idle node.
+//!    socket to reading the line on B's `recv --follow`, p50/p90/p99; with the disk's
+//!    floor under that latency: a 4 KiB write + `fdatasync`, and a durable
+//!    redb commit of one row (the latency path holds two durable commits in series);
+//! 3. channel fan-out, 50 members, side by side with a Mosquitto broker (`fanout`);
+//! 4. the directory: 200 nodes in this process, `whois` of random UUIDs with every node up
+//!    and with 20% stopped: success, hops, latency (`directory`);
+//! 5. memory of the real binary: idle (`binary`), in 10 channels with 50 peers (`busy`),
+//!    and as a relay with 1,000 idle reservations (`relay`);
+//! 6. the real binary: `ptpchat status` round trip against a running node, process start
+//!    included (`binary`).
 //!
-//! Channel fan-out against Mosquitto, the 200-node directory and relay memory come with the
-//! features they measure (channels, relays). `BENCH_SMOKE=1` runs every section with tiny
-//! sizes in a few seconds (CI does, so the harness never rots); `BENCH_MESSAGES` and
-//! `BENCH_LATENCY_SAMPLES` override the sizes. Results go in docs/benchmarks.md.
+//! `BENCH_ONLY=crypto,direct,fanout,binary,directory,busy,relay` runs the sections named.
+//! `BENCH_SMOKE=1` runs every section with tiny sizes in a few seconds (CI does, so the
+//! harness never rots); `BENCH_*` variables override the sizes (docs/benchmarks.md lists
+//! them). Results go in docs/benchmarks.md.
 
+#[path = "harness/busy.rs"]
+mod busy;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "harness/directory.rs"]
+mod directory;
 #[path = "harness/fanout.rs"]
 mod fanout;
 #[path = "harness/relay.rs"]
@@ -381,8 +390,7 @@ fn binary(samples: usize) -> (u64, Vec<Duration>) {
     (rss, times)
 }
 
-/// Whether a section runs: all of them, or those named in `BENCH_ONLY` (comma-separated:
-/// crypto, direct, fanout, binary).
+/// Whether a section runs: all of them, or those named in `BENCH_ONLY` (comma-separated).
 fn wanted(section: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
 }
@@ -515,8 +523,56 @@ fn main() {
             ),
         }
     }
+    if wanted("directory") {
+        let n = env_usize("BENCH_DIRECTORY_NODES", if smoke { 12 } else { 200 });
+        let lookups = env_usize("BENCH_LOOKUPS", if smoke { 20 } else { 1_000 });
+        println!(
+            "\n## 4. directory: {n} nodes in this process (loopback QUIC), whois of random UUIDs"
+        );
+        let d = rt.block_on(directory::run(n, lookups));
+        if smoke {
+            // A few nodes all up: every lookup must find its document, or the harness rots.
+            assert_eq!(
+                d.all_up.succeeded, d.all_up.lookups,
+                "directory smoke lookups failed"
+            );
+        }
+        println!(
+            "{n} nodes started, bootstrapped and published in {:.1} s",
+            d.setup.as_secs_f64()
+        );
+        let mut out = serde_json::json!({ "nodes": d.nodes, "stopped": d.stopped });
+        for (name, p) in [("all up", &d.all_up), ("20% stopped", &d.churn)] {
+            let (p50, p90) = if p.latency.is_empty() {
+                (f64::NAN, f64::NAN)
+            } else {
+                (ms(pct(&p.latency, 0.5)), ms(pct(&p.latency, 0.9)))
+            };
+            let success = p.succeeded as f64 / p.lookups.max(1) as f64;
+            println!(
+                "{name:<12} {} lookups: success {:.1}% (DHT alone {}/{}); hops (upper bound) mean {:.2} (goal <= 4); DHT requests per lookup {:.1}; latency p50 {p50:.1} ms p90 {p90:.1} ms",
+                p.lookups,
+                success * 100.0,
+                p.dht_found,
+                p.dht_done,
+                p.mean_hops_bound(),
+                p.mean_requests(),
+            );
+            let key = if name == "all up" {
+                "all_up"
+            } else {
+                "churn_20pct"
+            };
+            out[key] = serde_json::json!({
+                "lookups": p.lookups, "success": success, "dht_found": p.dht_found,
+                "mean_hops_bound": p.mean_hops_bound(), "mean_requests": p.mean_requests(),
+                "p50_ms": p50, "p90_ms": p90,
+            });
+        }
+        json["directory"] = out;
+    }
     if wanted("binary") {
-        println!("\n## 4. the real binary");
+        println!("\n## 5 and 6. the real binary: idle memory, `status` round trip");
         let (rss_kib, status) = binary(if smoke { 5 } else { 100 });
         println!(
         "`ptpchat status` round trip, process start included ({} runs): p50 {:.1} ms  p90 {:.1} ms (goal < 20 ms)",
@@ -533,8 +589,30 @@ fn main() {
         json["idle_node_rss_mib"] = serde_json::json!(rss_kib as f64 / 1024.0);
     }
 
+    if wanted("busy") {
+        let peers = env_usize("BENCH_BUSY_PEERS", if smoke { 5 } else { 50 });
+        let channels = env_usize("BENCH_BUSY_CHANNELS", if smoke { 2 } else { 10 });
+        println!(
+            "\n## 5. memory: a node in {channels} channels with {peers} peers (the real binary)"
+        );
+        let b = rt.block_on(busy::run(peers, channels));
+        println!(
+            "busy node RSS {:.1} MiB (idle before: {:.1} MiB); {} peers connected; {}/{} channel posts stored",
+            b.rss_kib as f64 / 1024.0,
+            b.idle_kib as f64 / 1024.0,
+            b.connected,
+            b.stored,
+            b.peers * b.channels
+        );
+        println!("busy node refused input: {}", b.rejected);
+        json["busy_node"] = serde_json::json!({
+            "channels": b.channels, "peers": b.peers, "connected": b.connected,
+            "stored_posts": b.stored, "idle_rss_mib": b.idle_kib as f64 / 1024.0,
+            "rss_mib": b.rss_kib as f64 / 1024.0,
+        });
+    }
     if wanted("relay") {
-        println!("\n## 5. relay memory with idle reservations (the real binary)");
+        println!("\n## 5. memory: a relay with idle reservations (the real binary)");
         let n = env_usize("BENCH_RESERVATIONS", if smoke { 20 } else { 1_000 });
         let r = rt.block_on(relay::reservations(n));
         println!(
