@@ -188,10 +188,7 @@ async fn newcomers_arriving_together_all_discover_a_channel_at_once() {
     let a = node::start(cfg).await.unwrap();
     ch(&a).create("lobby", false).await.unwrap();
     let boot = vec![first_addr(&a).await];
-    let (b, c) = tokio::join!(
-        user(dirs[1].path(), &boot),
-        user(dirs[2].path(), &boot)
-    );
+    let (b, c) = tokio::join!(user(dirs[1].path(), &boot), user(dirs[2].path(), &boot));
     wait_discovered(&b, "lobby").await;
     wait_discovered(&c, "lobby").await;
     for n in [a, b, c] {
