@@ -735,21 +735,20 @@ impl EventLoop {
             return;
         };
         let now = unix_now();
-        let cached = self.store.cached_document(&lookup.uuid, now).ok().flatten();
-        // A lookup ends after a few answers, so peers near the key could hand us an older
-        // valid document: never go back behind one we already hold.
-        let best = match (lookup.best, cached) {
-            (Some(doc), Some(held)) if !doc.may_replace(&held).unwrap_or(false) => Some(held),
-            (best, _) => best,
-        };
-        let result = match best {
+        // The document we hold ourselves is among the candidates already: Kademlia offers
+        // the local record first (the DHT store is seeded from the cache and updated after
+        // every lookup), so peers answering with an older one cannot take us back.
+        let result = match lookup.best {
             Some(doc) => {
                 let _ = self.store.cache_document(&doc, now);
                 // Keep a copy in the DHT store too, so we can answer others.
                 let _ = self.accept_into_dht(&doc, now);
                 Ok(doc)
             }
-            None => Err(LookupError::NotFound(lookup.uuid)),
+            None => match self.store.cached_document(&lookup.uuid, now) {
+                Ok(Some(doc)) => Ok(doc),
+                _ => Err(LookupError::NotFound(lookup.uuid)),
+            },
         };
         for reply in lookup.replies {
             let _ = reply.send(result.clone());
