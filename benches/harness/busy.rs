@@ -24,17 +24,13 @@ pub struct Busy {
 }
 
 /// The channel posts the binary has stored (`recv --json` lines with a channel).
-fn stored_rows(home: &std::path::Path) -> Vec<serde_json::Value> {
+fn posts_stored(home: &std::path::Path) -> Vec<serde_json::Value> {
     let run = common::cli(home, &["recv", "--json"]);
     run.stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| !v["channel"].is_null())
         .collect()
-}
-
-fn stored_posts(home: &std::path::Path) -> usize {
-    stored_rows(home).len()
 }
 
 pub async fn run(peers: usize, channels: usize) -> Busy {
@@ -51,7 +47,7 @@ pub async fn run(peers: usize, channels: usize) -> Busy {
         ],
     );
     let boot: libp2p::Multiaddr = binary.dial_addr().parse().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_kib = relay::rss_kib(binary.child.id());
     let mut ids = Vec::new();
     for c in 0..channels {
@@ -106,10 +102,10 @@ pub async fn run(peers: usize, channels: usize) -> Busy {
     }
     let want = peers * channels;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut stored = stored_posts(home.path());
+    let mut stored = posts_stored(home.path()).len();
     while stored < want && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        stored = stored_posts(home.path());
+        stored = posts_stored(home.path()).len();
     }
     // Settle: the posts' gossip and the joins' announcements die down.
     tokio::time::sleep(Duration::from_secs(if super::smoke() { 1 } else { 5 })).await;
@@ -118,7 +114,7 @@ pub async fn run(peers: usize, channels: usize) -> Busy {
     if stored < want {
         // Whose posts are missing: a few senders entirely, or a share of everyone's?
         let mut per_sender = std::collections::HashMap::<String, usize>::new();
-        for v in stored_rows(home.path()) {
+        for v in posts_stored(home.path()) {
             *per_sender.entry(v["from"].to_string()).or_default() += 1;
         }
         let mut hist = std::collections::BTreeMap::<usize, usize>::new();
