@@ -230,6 +230,24 @@ pub struct RelayArgs {
     /// Treat private and reserved IP ranges as routable: answer NAT probes from them (closed networks, labs)
     #[arg(long)]
     pub private_ips: bool,
+    /// Keep no mail for offline users (mailboxes are on by default)
+    #[arg(long)]
+    pub no_mailbox: bool,
+    /// Days a mailbox keeps an undrained message (default 7)
+    #[arg(long, value_name = "DAYS")]
+    pub mail_retention_days: Option<u32>,
+    /// Most MiB of mail one recipient's mailbox holds (default 32)
+    #[arg(long, value_name = "MIB")]
+    pub mail_quota_recipient: Option<u64>,
+    /// Most MiB of mail one sender may deposit per day (default 64)
+    #[arg(long, value_name = "MIB")]
+    pub mail_quota_sender: Option<u64>,
+    /// Most MiB of mail held over all mailboxes (default 1024)
+    #[arg(long, value_name = "MIB")]
+    pub mail_disk_cap: Option<u64>,
+    /// Shift the mailbox clock by this many seconds (tests of expiry only)
+    #[arg(long, value_name = "SECS", hide = true, allow_hyphen_values = true)]
+    pub mail_clock_offset: Option<i64>,
 }
 
 /// An error with the exit code it maps to.
@@ -602,6 +620,29 @@ pub fn node_config_for_relay(home: PathBuf, args: RelayArgs) -> Result<NodeConfi
                 .map_err(|e| usage(format!("invalid --metrics address {m:?}: {e}")))
         })
         .transpose()?;
+    cfg.mailbox = if args.no_mailbox || file.mailbox == Some(false) {
+        None
+    } else {
+        let mut m = crate::mailbox::service::MailboxConfig::default();
+        const MIB: u64 = 1024 * 1024;
+        if let Some(d) = args.mail_retention_days.or(file.mail_retention_days) {
+            if !(1..=365).contains(&d) {
+                return Err(usage("--mail-retention-days must be 1 to 365"));
+            }
+            m.limits.retention_ms = d as u64 * 24 * 3600 * 1000;
+        }
+        if let Some(q) = args.mail_quota_recipient.or(file.mail_quota_recipient_mib) {
+            m.limits.per_mailbox_bytes = q.max(1) * MIB;
+        }
+        if let Some(q) = args.mail_quota_sender.or(file.mail_quota_sender_mib) {
+            m.sender_bytes_per_day = q.clamp(1, 4095) * MIB;
+        }
+        if let Some(q) = args.mail_disk_cap.or(file.mail_disk_cap_mib) {
+            m.limits.total_bytes = q.max(1) * MIB;
+        }
+        m.clock_offset_ms = args.mail_clock_offset.unwrap_or(0).saturating_mul(1000);
+        Some(m)
+    };
     Ok(cfg)
 }
 

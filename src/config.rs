@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub external: Vec<Multiaddr>,
     /// What a relay lets strangers use (`relay --max-reservations`, `--max-circuits`).
     pub relay_limits: RelayLimits,
+    /// Mailboxes for offline users (relays; `None` turns them off, and user nodes have none).
+    pub mailbox: Option<crate::mailbox::service::MailboxConfig>,
 }
 
 /// The standing answer to CONNECT requests.
@@ -146,6 +148,7 @@ impl NodeConfig {
             private_ips: false,
             external: Vec::new(),
             relay_limits: RelayLimits::default(),
+            mailbox: (mode == Mode::Relay).then(Default::default),
         }
     }
 
@@ -202,6 +205,11 @@ pub struct FileConfig {
     pub circuit_burst: Option<u32>,
     pub reservation_ip_burst: Option<u32>,
     pub external: Option<Vec<String>>,
+    pub mailbox: Option<bool>,
+    pub mail_retention_days: Option<u32>,
+    pub mail_quota_recipient_mib: Option<u64>,
+    pub mail_quota_sender_mib: Option<u64>,
+    pub mail_disk_cap_mib: Option<u64>,
 }
 
 /// Why the configuration is unusable.

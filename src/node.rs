@@ -94,6 +94,8 @@ pub struct RunningNode {
     pub messenger: Option<Messenger>,
     /// Channels (user nodes).
     pub channels: Option<Channels>,
+    /// Mailboxes for offline users (relays).
+    mailboxes: Option<crate::mailbox::service::Mailboxes>,
     listen: watch::Receiver<Vec<Multiaddr>>,
     /// `None` once it has been awaited (see [`RunningNode::stopped`]).
     event_loop: Option<JoinHandle<()>>,
@@ -112,6 +114,9 @@ impl RunningNode {
         }
         if let Some(messenger) = self.messenger {
             messenger.shutdown().await;
+        }
+        if let Some(mailboxes) = self.mailboxes {
+            mailboxes.shutdown().await;
         }
         if let Some(metrics) = self.metrics {
             metrics.abort();
@@ -180,6 +185,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         info!(home = %config.home.display(), "created a new identity");
     }
     let keypair = identity.libp2p_keypair();
+    let relay_key = keypair.clone();
     let peer_id = keypair.public().to_peer_id();
     let id = (config.mode == Mode::User).then(|| IdInfo::of(&identity));
     if let Some(id) = &id {
@@ -232,6 +238,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         }
     }
     event_loop.bootstrap_dht();
+    let mailboxes = match (&config.mailbox, config.mode) {
+        (Some(m), Mode::Relay) => {
+            let (service, tx) = crate::mailbox::service::Mailboxes::start(
+                store.clone(),
+                relay_key,
+                client.clone(),
+                *m,
+                counters.clone(),
+            );
+            event_loop.set_mailbox(tx);
+            Some(service)
+        }
+        _ => None,
+    };
     let listen = event_loop.watch_listen_addrs();
     let event_loop = tokio::spawn(event_loop.run());
     let messenger = match config.mode {
@@ -300,6 +320,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         event_loop: Some(event_loop),
         messenger,
         channels,
+        mailboxes,
         control,
         metrics,
     })

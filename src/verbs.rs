@@ -14,8 +14,8 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ptpchat/verbs/1");
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024 + 4096;
 /// Most messages in one MESSAGE request.
 pub const MAX_BATCH: usize = 64;
-/// Largest response accepted.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Largest response accepted (a page of mail is the largest).
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024 + 4096;
 
 /// A request verb.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,30 @@ pub enum Request {
     /// CONNECT-ANSWER: the target's later answer to a CONNECT it answered `Pending`.
     /// Answered with [`Response::Connect`] echoing it (or a NACK if nothing was asked).
     ConnectAnswer { accept: bool },
+    /// DEPOSIT: store sealed messages in a mailbox of the receiving relay until its owner
+    /// drains them (see protocols/mailbox.md). `mailbox` is the recipient's mailbox id at
+    /// this relay. Answered with [`Response::Deposited`], one result per message, in order.
+    Deposit {
+        #[serde(with = "serde_bytes")]
+        mailbox: [u8; 32],
+        sealed: Vec<serde_bytes::ByteBuf>,
+    },
+    /// MAIL-CHALLENGE: ask the relay for a fresh nonce to sign. Answered with
+    /// [`Response::Challenge`].
+    MailChallenge,
+    /// MAIL-LOGIN: prove ownership of a mailbox: `doc` is our signed identity document
+    /// (its PeerId must be the connection's), `sig` its current key's signature over the
+    /// login bytes (domain, relay PeerId, the last nonce). Answered with the first page,
+    /// [`Response::Mail`].
+    MailLogin {
+        #[serde(with = "serde_bytes")]
+        doc: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        sig: [u8; 64],
+    },
+    /// MAIL-ACK: after a login on this connection, delete these items (the recipient has
+    /// them stored) and send the next page. Answered with [`Response::Mail`].
+    MailAck { ack: Vec<u64> },
     /// Not sent: what an undecodable request becomes on the receiving side.
     #[serde(skip)]
     Malformed(String),
@@ -71,6 +95,39 @@ pub enum Response {
     Outcomes { outcomes: Vec<Outcome> },
     /// The answer to a CONNECT (or the echo of a CONNECT-ANSWER).
     Connect { answer: ConnectAnswer },
+    /// The fate of each message of a DEPOSIT.
+    Deposited { results: Vec<DepositResult> },
+    /// The nonce a MAIL-LOGIN must sign; valid for one login within a minute.
+    Challenge {
+        #[serde(with = "serde_bytes")]
+        nonce: [u8; 32],
+    },
+    /// A page of mail, oldest first; `more` says whether more is waiting after it.
+    Mail { items: Vec<MailItem>, more: bool },
+}
+
+/// What a relay did with one deposited message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DepositResult {
+    /// Stored until `expires` (Unix seconds); `sig` is the relay's signature over the
+    /// receipt bytes (see [`crate::mailbox::receipt_bytes`]).
+    Stored {
+        expires: u64,
+        #[serde(with = "serde_bytes")]
+        sig: [u8; 64],
+    },
+    /// Not stored; `reason` is a stable word (`mailbox_full`, `sender_quota`, `relay_full`,
+    /// `too_large`, `malformed`, `busy`).
+    Nack { reason: String },
+}
+
+/// One stored message in a page of mail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailItem {
+    /// The relay's number for it, to acknowledge it with.
+    pub n: u64,
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
 }
 
 /// What a target says to a CONNECT.

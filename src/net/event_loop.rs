@@ -123,7 +123,10 @@ pub struct EventLoop {
     rejected: Counters,
     /// Channels to the messenger (user nodes only).
     hooks: Option<EventLoopHooks>,
-    /// Inbound MESSAGE/CHUNK requests handed to the messenger, awaiting its answer.
+    /// Mailbox verbs go to the mailbox service (relays with mailboxes only).
+    mailbox: Option<mpsc::Sender<InboundVerb>>,
+    /// Inbound MESSAGE/CHUNK requests handed to the messenger (or mailbox verbs handed to
+    /// the mailbox service), awaiting its answer.
     handed_over: HashMap<u64, request_response::ResponseChannel<Response>>,
     next_token: u64,
     /// Our own verb requests awaiting answers.
@@ -214,6 +217,7 @@ impl EventLoop {
             message_limiter: RateLimiter::new(1024, 1000.0, 4096),
             rejected: counters,
             hooks,
+            mailbox: None,
             handed_over: HashMap::new(),
             next_token: 0,
             outbound: HashMap::new(),
@@ -945,7 +949,13 @@ impl EventLoop {
         request: Request,
         channel: request_response::ResponseChannel<Response>,
     ) {
-        let is_message = matches!(request, Request::Message { .. } | Request::Chunk { .. });
+        let is_message = matches!(
+            request,
+            Request::Message { .. }
+                | Request::Chunk { .. }
+                | Request::Deposit { .. }
+                | Request::MailAck { .. }
+        );
         let limiter = if is_message {
             &mut self.message_limiter
         } else {
@@ -961,6 +971,10 @@ impl EventLoop {
                 Request::Message { .. } | Request::Chunk { .. } => {
                     return self.hand_over(peer, request, channel)
                 }
+                Request::Deposit { .. }
+                | Request::MailChallenge
+                | Request::MailLogin { .. }
+                | Request::MailAck { .. } => return self.hand_to_mailbox(peer, request, channel),
                 Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
                 Request::Connect { doc } => self.on_connect_request(peer, &doc),
                 Request::ConnectAnswer { accept } => self.on_connect_answer(peer, accept),
@@ -1022,6 +1036,46 @@ impl EventLoop {
             .behaviour_mut()
             .verbs
             .send_response(channel, response);
+    }
+
+    /// Gives a mailbox verb to the mailbox service; a node without one answers
+    /// `no_mailbox`, a full queue `busy`.
+    fn hand_to_mailbox(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: request_response::ResponseChannel<Response>,
+    ) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let reason = match &self.mailbox {
+            None => "no_mailbox",
+            Some(tx) => match tx.try_send(InboundVerb {
+                token,
+                peer,
+                request,
+            }) {
+                Ok(()) => {
+                    self.handed_over.insert(token, channel);
+                    return;
+                }
+                Err(_) => {
+                    self.count("mail_busy");
+                    "busy"
+                }
+            },
+        };
+        let _ = self.swarm.behaviour_mut().verbs.send_response(
+            channel,
+            Response::Nack {
+                reason: reason.into(),
+            },
+        );
+    }
+
+    /// Hands mailbox verbs to the mailbox service from now on (relays).
+    pub(crate) fn set_mailbox(&mut self, tx: mpsc::Sender<InboundVerb>) {
+        self.mailbox = Some(tx);
     }
 
     fn certificate_for(&mut self, uuid: &Uuid) -> Response {

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::identity::{Identity, SignedDocument};
 
 pub mod channels;
+pub mod mailbox;
 pub mod messages;
 
 pub use channels::{ChannelRow, GrantOutcome};
@@ -156,6 +157,7 @@ impl Store {
             tx.open_table(DIRECTORY)?;
             Store::create_message_tables(&tx)?;
             Store::create_channel_tables(&tx)?;
+            Store::create_mail_tables(&tx)?;
         }
         tx.commit()?;
         Ok(())

@@ -1,0 +1,442 @@
+//! The relay's side of mailboxes: DEPOSIT, MAIL-CHALLENGE, MAIL-LOGIN and MAIL-ACK,
+//! handed over by the event loop and answered through [`Client::respond`]; and the sweep
+//! that deletes what is older than the retention.
+//!
+//! What is kept in memory is bounded: a nonce per peer that asked for one (a minute), a
+//! login per peer (ten minutes), and a token bucket per depositing peer (the per-sender
+//! quota). None of it is written to disk or logged with a mailbox id, so the relay's
+//! database and logs never link a sender to a recipient.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+use super::{
+    login_bytes, mailbox_id, receipt_bytes, MAX_DEPOSIT_BATCH, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
+};
+use crate::identity::SignedDocument;
+use crate::messaging::envelope::MAX_SEALED_BYTES;
+use crate::messaging::{Counters, InboundVerb};
+use crate::net::ratelimit::RateLimiter;
+use crate::net::Client;
+use crate::store::mailbox::{self, MailLimits};
+use crate::store::{Store, Writer};
+use crate::verbs::{DepositResult, MailItem, Request, Response};
+
+/// How long a nonce may be used.
+const CHALLENGE_TTL: Duration = Duration::from_secs(60);
+/// How long a login lasts without use.
+const SESSION_TTL: Duration = Duration::from_secs(600);
+/// Peers with a nonce or a login at once.
+const MAX_PEERS: usize = 4096;
+/// Requests handled at once; more get NACK `busy`.
+const CONCURRENCY: usize = 32;
+/// How often expired mail is deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Most items one sweep transaction deletes.
+const SWEEP_BATCH: usize = 10_000;
+/// Most items one MAIL-ACK names.
+const MAX_ACK: usize = 256;
+
+/// A relay operator's mailbox settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MailboxConfig {
+    pub limits: MailLimits,
+    /// The per-sender quota: items one peer may deposit per day (a token bucket with this
+    /// burst, refilled over 24 hours)…
+    pub sender_items_per_day: u32,
+    /// …and bytes.
+    pub sender_bytes_per_day: u64,
+    /// Added to the clock the mailbox uses (tests of expiry; 0 otherwise).
+    pub clock_offset_ms: i64,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        MailboxConfig {
+            limits: MailLimits::default(),
+            sender_items_per_day: 2000,
+            sender_bytes_per_day: 64 * 1024 * 1024,
+            clock_offset_ms: 0,
+        }
+    }
+}
+
+struct Limiters {
+    challenges: HashMap<PeerId, ([u8; 32], Instant)>,
+    sessions: HashMap<PeerId, ([u8; 32], Instant)>,
+    sender_items: RateLimiter<PeerId>,
+    sender_bytes: RateLimiter<PeerId>,
+}
+
+struct Inner {
+    store: Store,
+    writer: Writer,
+    keypair: Keypair,
+    relay: PeerId,
+    net: Client,
+    config: MailboxConfig,
+    counters: Counters,
+    state: Mutex<Limiters>,
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        crate::unix_now_ms().saturating_add_signed(self.config.clock_offset_ms)
+    }
+}
+
+/// The running mailbox service; stop it with [`Mailboxes::shutdown`].
+pub struct Mailboxes {
+    tasks: crate::tasks::Tasks,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Mailboxes {
+    /// Starts the service; the event loop hands it mailbox verbs on the returned channel.
+    pub fn start(
+        store: Store,
+        keypair: Keypair,
+        net: Client,
+        config: MailboxConfig,
+        counters: Counters,
+    ) -> (Mailboxes, mpsc::Sender<InboundVerb>) {
+        let (writer, writer_thread) = store.writer();
+        let (tx, rx) = mpsc::channel(CONCURRENCY * 4);
+        let per_day = |n: f64| n / 86_400.0;
+        let inner = Arc::new(Inner {
+            store,
+            writer,
+            relay: keypair.public().to_peer_id(),
+            keypair,
+            net,
+            counters,
+            state: Mutex::new(Limiters {
+                challenges: HashMap::new(),
+                sessions: HashMap::new(),
+                sender_items: RateLimiter::new(
+                    config.sender_items_per_day,
+                    per_day(config.sender_items_per_day as f64),
+                    MAX_PEERS,
+                ),
+                sender_bytes: RateLimiter::new(
+                    config.sender_bytes_per_day.min(u32::MAX as u64) as u32,
+                    per_day(config.sender_bytes_per_day as f64),
+                    MAX_PEERS,
+                ),
+            }),
+            config,
+        });
+        let tasks = crate::tasks::Tasks::default();
+        tasks.spawn(sweeper(inner.clone()));
+        tasks.spawn(dispatcher(inner, rx));
+        (
+            Mailboxes {
+                tasks,
+                writer_thread,
+            },
+            tx,
+        )
+    }
+
+    /// Stops the tasks and waits (up to 5 s) for the writer to finish its last commit.
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+        if let Some(t) = self.writer_thread.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::task::spawn_blocking(move || t.join()),
+            )
+            .await;
+        }
+    }
+}
+
+fn nack(reason: &str) -> Response {
+    Response::Nack {
+        reason: reason.into(),
+    }
+}
+
+async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<InboundVerb>) {
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let tasks = crate::tasks::Tasks::default();
+    while let Some(verb) = rx.recv().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            inner.counters.count("mail_busy");
+            let _ = inner.net.respond(verb.token, nack("busy")).await;
+            continue;
+        };
+        let inner = inner.clone();
+        tasks.spawn(async move {
+            let response = handle(&inner, verb.peer, verb.request).await;
+            let _ = inner.net.respond(verb.token, response).await;
+            drop(permit);
+        });
+    }
+    tasks.shutdown().await;
+}
+
+async fn handle(inner: &Inner, peer: PeerId, request: Request) -> Response {
+    match request {
+        Request::Deposit { mailbox, sealed } => deposit(inner, peer, mailbox, sealed).await,
+        Request::MailChallenge => challenge(inner, peer),
+        Request::MailLogin { doc, sig } => login(inner, peer, &doc, &sig).await,
+        Request::MailAck { ack } => acknowledge(inner, peer, ack).await,
+        _ => nack("unexpected"),
+    }
+}
+
+async fn deposit(
+    inner: &Inner,
+    peer: PeerId,
+    mailbox: [u8; 32],
+    sealed: Vec<serde_bytes::ByteBuf>,
+) -> Response {
+    if sealed.is_empty() || sealed.len() > MAX_DEPOSIT_BATCH {
+        inner.counters.count("mail_malformed");
+        return nack("malformed");
+    }
+    let now = Instant::now();
+    // Per item: Ok(index into `accepted`) or the refusal.
+    let mut plan: Vec<Result<usize, &'static str>> = Vec::with_capacity(sealed.len());
+    let mut accepted: Vec<Vec<u8>> = Vec::new();
+    if let Ok(mut st) = inner.state.lock() {
+        for s in sealed {
+            if s.is_empty() || s.len() > MAX_SEALED_BYTES {
+                inner.counters.count("mail_too_large");
+                plan.push(Err("too_large"));
+                continue;
+            }
+            let cost = s.len() as u32;
+            if !st.sender_items.allow(&peer, now) || !st.sender_bytes.allow_n(&peer, now, cost) {
+                inner.counters.count("mail_sender_quota");
+                plan.push(Err("sender_quota"));
+                continue;
+            }
+            plan.push(Ok(accepted.len()));
+            accepted.push(s.into_vec());
+        }
+    } else {
+        return nack("busy");
+    }
+    let stored = if accepted.is_empty() {
+        Vec::new()
+    } else {
+        let limits = inner.config.limits;
+        let now_ms = inner.now_ms();
+        let blobs = accepted.clone();
+        match inner
+            .writer
+            .write(move |txn| mailbox::deposit(txn, &mailbox, &blobs, now_ms, &limits))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "could not store deposited mail");
+                return nack("busy");
+            }
+        }
+    };
+    let results = plan
+        .into_iter()
+        .map(|p| match p {
+            Err(reason) => DepositResult::Nack {
+                reason: reason.into(),
+            },
+            Ok(i) => match stored.get(i) {
+                Some(Ok(expires)) => {
+                    let bytes = receipt_bytes(&mailbox, &accepted[i], *expires);
+                    match inner
+                        .keypair
+                        .sign(&bytes)
+                        .ok()
+                        .and_then(|s| s.try_into().ok())
+                    {
+                        Some(sig) => DepositResult::Stored {
+                            expires: *expires,
+                            sig,
+                        },
+                        None => DepositResult::Nack {
+                            reason: "busy".into(),
+                        },
+                    }
+                }
+                Some(Err(reason)) => {
+                    inner.counters.count(match *reason {
+                        "mailbox_full" => "mail_mailbox_full",
+                        _ => "mail_relay_full",
+                    });
+                    DepositResult::Nack {
+                        reason: (*reason).into(),
+                    }
+                }
+                None => DepositResult::Nack {
+                    reason: "busy".into(),
+                },
+            },
+        })
+        .collect();
+    Response::Deposited { results }
+}
+
+fn challenge(inner: &Inner, peer: PeerId) -> Response {
+    let Ok(mut st) = inner.state.lock() else {
+        return nack("busy");
+    };
+    let now = Instant::now();
+    if st.challenges.len() >= MAX_PEERS && !st.challenges.contains_key(&peer) {
+        st.challenges
+            .retain(|_, (_, at)| now.duration_since(*at) < CHALLENGE_TTL);
+        if st.challenges.len() >= MAX_PEERS {
+            inner.counters.count("mail_busy");
+            return nack("busy");
+        }
+    }
+    let nonce = crate::identity::random_secret();
+    st.challenges.insert(peer, (nonce, now));
+    Response::Challenge { nonce }
+}
+
+async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Response {
+    let refused = |what: &str| {
+        inner.counters.count("mail_login_refused");
+        debug!(%peer, reason = what, "mailbox login refused");
+        nack(what)
+    };
+    // The nonce is used up by this attempt, whatever its outcome: no replay, no guessing.
+    let nonce = match inner.state.lock() {
+        Ok(mut st) => st.challenges.remove(&peer),
+        Err(_) => return nack("busy"),
+    };
+    let Some((nonce, _)) = nonce.filter(|(_, at)| at.elapsed() < CHALLENGE_TTL) else {
+        return refused("no_challenge");
+    };
+    let doc = match SignedDocument::decode(doc, inner.now_ms() / 1000) {
+        Ok(d) => d,
+        Err(_) => return refused("bad_document"),
+    };
+    if doc.doc().peer_id() != Some(peer) {
+        return refused("peer_mismatch");
+    }
+    let key = match VerifyingKey::from_bytes(&doc.doc().current_key) {
+        Ok(k) => k,
+        Err(_) => return refused("bad_signature"),
+    };
+    if key
+        .verify_strict(
+            &login_bytes(&inner.relay, &nonce),
+            &Signature::from_bytes(sig),
+        )
+        .is_err()
+    {
+        return refused("bad_signature");
+    }
+    let mailbox = mailbox_id(&inner.relay, &doc.doc().uuid());
+    match inner.state.lock() {
+        Ok(mut st) => {
+            let now = Instant::now();
+            if st.sessions.len() >= MAX_PEERS && !st.sessions.contains_key(&peer) {
+                st.sessions
+                    .retain(|_, (_, at)| now.duration_since(*at) < SESSION_TTL);
+                if st.sessions.len() >= MAX_PEERS {
+                    inner.counters.count("mail_busy");
+                    return nack("busy");
+                }
+            }
+            st.sessions.insert(peer, (mailbox, now));
+        }
+        Err(_) => return nack("busy"),
+    }
+    page(inner, &mailbox)
+}
+
+async fn acknowledge(inner: &Inner, peer: PeerId, ack: Vec<u64>) -> Response {
+    if ack.len() > MAX_ACK {
+        inner.counters.count("mail_malformed");
+        return nack("malformed");
+    }
+    let mailbox = match inner.state.lock() {
+        Ok(mut st) => match st.sessions.get_mut(&peer) {
+            Some((m, at)) if at.elapsed() < SESSION_TTL => {
+                *at = Instant::now();
+                *m
+            }
+            _ => {
+                inner.counters.count("mail_login_refused");
+                return nack("not_logged_in");
+            }
+        },
+        Err(_) => return nack("busy"),
+    };
+    if !ack.is_empty() {
+        let written = inner
+            .writer
+            .write(move |txn| mailbox::ack(txn, &mailbox, &ack))
+            .await;
+        if let Err(e) = written {
+            warn!(error = %e, "could not delete acknowledged mail");
+            return nack("busy");
+        }
+    }
+    page(inner, &mailbox)
+}
+
+fn page(inner: &Inner, mailbox: &[u8; 32]) -> Response {
+    match inner.store.mail_page(
+        mailbox,
+        inner.now_ms(),
+        &inner.config.limits,
+        MAX_PAGE_ITEMS,
+        MAX_PAGE_BYTES,
+    ) {
+        Ok((items, more)) => Response::Mail {
+            items: items
+                .into_iter()
+                .map(|(n, sealed)| MailItem { n, sealed })
+                .collect(),
+            more,
+        },
+        Err(e) => {
+            warn!(error = %e, "could not read a mailbox");
+            nack("busy")
+        }
+    }
+}
+
+/// Deletes expired mail at start and then every [`SWEEP_EVERY`].
+async fn sweeper(inner: Arc<Inner>) {
+    loop {
+        let mut total = 0;
+        loop {
+            let limits = inner.config.limits;
+            let now_ms = inner.now_ms();
+            match inner
+                .writer
+                .write(move |txn| mailbox::expire(txn, now_ms, &limits, SWEEP_BATCH))
+                .await
+            {
+                Ok(n) => {
+                    total += n;
+                    if n < SWEEP_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not delete expired mail");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            info!(items = total, "deleted mail past its retention");
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
