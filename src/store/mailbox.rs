@@ -293,7 +293,7 @@ mod tests {
             });
             assert!(r[0].is_ok());
             let r = write(&store, |t| {
-                deposit(t, &b, &[vec![9; 900]], t0 + DAY, &limits)
+                deposit(t, &[3; 32], &[vec![9; 500]], t0 + DAY, &limits)
             });
             assert_eq!(
                 r[0],
