@@ -104,6 +104,23 @@ pub fn render(s: &Status) -> String {
         "Records held in the local DHT store.",
         s.dht_records as u64,
     );
+    if let Some(m) = &s.mail {
+        gauge(
+            "ptpchat_mail_items",
+            "Messages held in mailboxes for offline users.",
+            m.items,
+        );
+        gauge(
+            "ptpchat_mail_bytes",
+            "Bytes of sealed messages held in mailboxes.",
+            m.bytes,
+        );
+        gauge(
+            "ptpchat_mailboxes",
+            "Mailboxes holding at least one message.",
+            m.mailboxes,
+        );
+    }
     gauge(
         "ptpchat_listen_addrs",
         "Addresses this node listens on.",

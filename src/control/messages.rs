@@ -253,6 +253,13 @@ pub(super) async fn send(
             r.data = Some(serde_json::json!({"msg_id": msg_id, "status": "expired"}));
             r
         }
+        Ok(Ok(Delivery::Stored(mailboxes))) => {
+            let mut r = ControlResponse::ok(
+                serde_json::json!({"msg_id": msg_id, "status": "stored", "mailboxes": mailboxes}),
+            );
+            r.code = Some(3);
+            r
+        }
         // Not ACKed yet (or the node is stopping): it stays in the outbox.
         Ok(Err(_)) | Err(_) => {
             let mut r =

@@ -86,7 +86,12 @@ pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound
 
 async fn handle(inner: &Arc<Inner>, peer: PeerId, request: Request) -> Response {
     match request {
-        Request::Message { sealed } => messages(inner, peer, sealed).await,
+        Request::Message { sealed } => match receive(inner, Some(peer), sealed).await {
+            Ok(results) => Response::Outcomes {
+                outcomes: results.into_iter().map(|r| r.outcome).collect(),
+            },
+            Err(reason) => nack(reason),
+        },
         Request::Chunk {
             msg_id,
             attachment,
@@ -97,25 +102,48 @@ async fn handle(inner: &Arc<Inner>, peer: PeerId, request: Request) -> Response 
     }
 }
 
-/// A verified message, the signed form kept for a transfer, and its key grant if it is one.
-type Checked = (Envelope, Vec<u8>, Option<KeyGrant>);
+/// What a message of a special kind carries.
+#[derive(Clone)]
+enum Special {
+    /// A channel key ([`GRANT_KIND`]).
+    Grant(KeyGrant),
+    /// The sender has these messages of ours ([`RECEIPT_KIND`]).
+    Receipt(Vec<Uuid>),
+}
+
+/// A verified message, the signed form kept for a transfer, and what its kind carries.
+type Checked = (Envelope, Vec<u8>, Option<Special>);
+
+/// A received message's outcome, and for an accepted one its sender, id and whether it
+/// was a delivery receipt (the drainer sends receipts for the others).
+pub(super) struct Received {
+    pub outcome: Outcome,
+    pub accepted: Option<(Uuid, Uuid, bool)>,
+}
 
 /// What the group transaction decided for one verified message.
 enum Fate {
     Duplicate,
     Stored(u64, HistoryEntry),
     Grant(GrantOutcome),
+    Receipt,
     Pending,
     Busy,
 }
 
-async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::ByteBuf>) -> Response {
+/// Opens, checks and stores sealed messages that came from `peer` directly, or from one of
+/// our mailboxes (`None`); `Err` is a NACK word for the whole request.
+pub(super) async fn receive(
+    inner: &Arc<Inner>,
+    peer: Option<PeerId>,
+    sealed: Vec<serde_bytes::ByteBuf>,
+) -> Result<Vec<Received>, &'static str> {
     if sealed.is_empty() || sealed.len() > MAX_BATCH {
         inner.counters.count("message_batch_invalid");
-        return nack("malformed");
+        return Err("malformed");
     }
     let Some(keys) = inner.current_keys() else {
-        return nack("not_ready");
+        return Err("not_ready");
     };
     let checker = inner.clone();
     let small = sealed.len() <= 2;
@@ -124,7 +152,7 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
         let sender_document = |from: &Uuid, bytes: &[u8]| checker.sender_document(from, bytes);
         let cx = VerifyContext {
             me: keys.uuid,
-            peer: Some(peer),
+            peer,
             now_ms,
             max_attachment: checker.max_attachment,
             sender_document: &sender_document,
@@ -135,12 +163,24 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
             .map(|s| {
                 let opened = envelope::open(s, &keys, &checker.open)?;
                 let v = envelope::verify(&opened, &cx)?;
-                // A channel key travels as a direct message of its own kind.
-                let grant = if v.envelope.kind == GRANT_KIND {
+                if peer.is_none() && !v.envelope.attachments.is_empty() {
+                    // Attachments are sent directly, never left at a mailbox.
+                    return Err(Reject::Malformed("attachments in a mailbox message".into()));
+                }
+                // A channel key and a delivery receipt travel as direct messages of their
+                // own kinds.
+                let special = if v.envelope.kind == GRANT_KIND || v.envelope.kind == RECEIPT_KIND {
                     if !v.envelope.attachments.is_empty() {
-                        return Err(Reject::Malformed("a key grant has no attachments".into()));
+                        return Err(Reject::Malformed(format!(
+                            "a {} message has no attachments",
+                            v.envelope.kind
+                        )));
                     }
-                    Some(decode_grant(&v.envelope.body)?)
+                    Some(if v.envelope.kind == GRANT_KIND {
+                        Special::Grant(decode_grant(&v.envelope.body)?)
+                    } else {
+                        Special::Receipt(decode_receipt(&v.envelope.body)?)
+                    })
                 } else {
                     None
                 };
@@ -150,7 +190,7 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
                 } else {
                     opened.to_vec()
                 };
-                Ok((v.envelope, keep, grant))
+                Ok((v.envelope, keep, special))
             })
             .collect::<Vec<Result<Checked, Reject>>>()
     };
@@ -161,11 +201,12 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
     } else {
         match tokio::task::spawn_blocking(work).await {
             Ok(c) => c,
-            Err(_) => return nack("busy"),
+            Err(_) => return Err("busy"),
         }
     };
 
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(checked.len());
+    let mut infos: Vec<Option<(Uuid, Uuid, bool)>> = vec![None; checked.len()];
     let mut accepted = Vec::new();
     for (i, c) in checked.into_iter().enumerate() {
         match c {
@@ -175,7 +216,7 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
             }
             Err(reject) => {
                 inner.counters.count(reject.counter());
-                warn!(%peer, reason = reject.reason(), error = %reject, "refused a message");
+                warn!(?peer, reason = reject.reason(), error = %reject, "refused a message");
                 outcomes.push(Some(outcome_nack(reject.reason())));
             }
         }
@@ -187,18 +228,26 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
             .write(move |txn| {
                 let now = crate::unix_now_ms();
                 let mut fates = Vec::with_capacity(jobs.len());
-                for (env, signed, grant) in jobs {
+                for (env, signed, special) in jobs {
                     let key = seen_key(&env.from(), env.ts, &env.msg_id());
                     if txn.open_table(INBOX_SEEN)?.get(&key)?.is_some() {
                         fates.push(Fate::Duplicate);
                         continue;
                     }
-                    if let Some(grant) = grant {
-                        let outcome = apply_grant(txn, &env.from, &grant, now)?;
-                        // Seq 0 is no history row: a grant is channel state, not a message.
-                        txn.open_table(INBOX_SEEN)?.insert(&key, 0)?;
-                        fates.push(Fate::Grant(outcome));
-                        continue;
+                    match special {
+                        Some(Special::Grant(grant)) => {
+                            let outcome = apply_grant(txn, &env.from, &grant, now)?;
+                            // Seq 0 is no history row: a grant is channel state, not a message.
+                            txn.open_table(INBOX_SEEN)?.insert(&key, 0)?;
+                            fates.push(Fate::Grant(outcome));
+                            continue;
+                        }
+                        Some(Special::Receipt(_)) => {
+                            txn.open_table(INBOX_SEEN)?.insert(&key, 0)?;
+                            fates.push(Fate::Receipt);
+                            continue;
+                        }
+                        None => {}
                     }
                     if env.attachments.is_empty() {
                         let entry = received_entry(&env, Vec::new());
@@ -240,10 +289,25 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "could not store received messages");
-                return nack("busy");
+                return Err("busy");
             }
         };
-        for ((i, (env, _, grant)), fate) in accepted.into_iter().zip(fates) {
+        for ((i, (env, _, special)), fate) in accepted.into_iter().zip(fates) {
+            infos[i] = Some((
+                env.from(),
+                env.msg_id(),
+                matches!(special, Some(Special::Receipt(_))),
+            ));
+            let grant = match special {
+                Some(Special::Grant(g)) => Some(g),
+                Some(Special::Receipt(ids)) => {
+                    if matches!(fate, Fate::Receipt) {
+                        super::outbox::confirm(inner, env.from(), &ids).await;
+                    }
+                    None
+                }
+                None => None,
+            };
             outcomes[i] = Some(match fate {
                 Fate::Duplicate => {
                     inner.counters.count("message_duplicate");
@@ -270,16 +334,46 @@ async fn messages(inner: &Arc<Inner>, peer: PeerId, sealed: Vec<serde_bytes::Byt
                     inner.counters.count("transfer_limit");
                     outcome_nack("busy")
                 }
-                Fate::Pending => resume(inner, peer, env).await,
+                Fate::Receipt => Outcome::Ack,
+                Fate::Pending => match peer {
+                    Some(peer) => resume(inner, peer, env).await,
+                    None => outcome_nack("busy"),
+                },
             });
         }
     }
-    Response::Outcomes {
-        outcomes: outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| outcome_nack("busy")))
-            .collect(),
+    Ok(outcomes
+        .into_iter()
+        .zip(infos)
+        .map(|(o, accepted)| Received {
+            outcome: o.unwrap_or_else(|| outcome_nack("busy")),
+            accepted,
+        })
+        .collect())
+}
+
+/// The kind of a delivery receipt: its body lists the ids of the messages it confirms.
+pub(crate) const RECEIPT_KIND: &str = "receipt";
+/// Most message ids in one delivery receipt.
+pub(crate) const MAX_RECEIPT_IDS: usize = 256;
+
+/// A receipt body: message ids, hyphenated, separated by commas.
+pub(super) fn encode_receipt(ids: &[Uuid]) -> String {
+    ids.iter()
+        .map(|u| u.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_receipt(body: &str) -> Result<Vec<Uuid>, Reject> {
+    let ids: Vec<Uuid> = body
+        .split(',')
+        .map(|s| Uuid::try_parse(s).map_err(|_| Reject::Malformed("bad receipt id".into())))
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() || ids.len() > MAX_RECEIPT_IDS {
+        return Err(Reject::Malformed("bad receipt length".into()));
     }
+    Ok(ids)
 }
 
 fn received_entry(env: &Envelope, attachments: Vec<StoredAttachment>) -> HistoryEntry {

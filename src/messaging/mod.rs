@@ -7,6 +7,7 @@
 pub mod envelope;
 pub mod files;
 mod inbound;
+mod mail;
 mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
@@ -200,6 +201,10 @@ impl Messenger {
         let m = Messenger { inner };
         m.spawn(outbox::scheduler(m.inner.clone()));
         m.spawn(inbound::dispatcher(m.inner.clone(), channels.inbound));
+        m.spawn(mail::drainer(
+            m.inner.clone(),
+            channels.connected.resubscribe(),
+        ));
         m.spawn(outbox::on_connections(m.inner.clone(), channels.connected));
         Ok(m)
     }

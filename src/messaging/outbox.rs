@@ -24,7 +24,12 @@ use super::{files, Inner, SendError, Sending, OUTBOX_RETENTION_MS};
 use crate::identity::SignedDocument;
 use crate::store::messages::{append_history, row, OUTBOX, SENT_STATUS};
 use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
-use crate::verbs::{Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES};
+use crate::verbs::{DepositResult, Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES};
+use redb::ReadableTable;
+
+/// Outbox keys from here up are delivery receipts, which have no history row (history
+/// positions stay far below).
+pub(super) const RECEIPT_SEQ_BASE: u64 = 1 << 63;
 
 /// MESSAGE requests outstanding to one recipient at once.
 const IN_FLIGHT: usize = 16;
@@ -51,6 +56,9 @@ pub enum Delivery {
     Failed(String),
     /// Not delivered within 7 days.
     Expired,
+    /// Not delivered yet, but stored at the recipient's mailbox (this many relays
+    /// receipted it). Told to whoever waits; delivery goes on.
+    Stored(usize),
 }
 
 impl Delivery {
@@ -59,6 +67,7 @@ impl Delivery {
             Delivery::Delivered => "delivered",
             Delivery::Failed(_) => "failed",
             Delivery::Expired => "expired",
+            Delivery::Stored(_) => "stored",
         }
     }
 }
@@ -71,6 +80,21 @@ struct Queued {
     signed: Arc<Vec<u8>>,
     files: Vec<String>,
     created_ms: u64,
+    /// Receipted by a mailbox relay.
+    stored: bool,
+}
+
+impl Queued {
+    fn entry(&self, to: &Uuid) -> OutboxEntry {
+        OutboxEntry {
+            msg_id: *self.msg_id.as_bytes(),
+            to: *to.as_bytes(),
+            signed: self.signed.to_vec(),
+            files: self.files.clone(),
+            created_ms: self.created_ms,
+            stored: self.stored,
+        }
+    }
 }
 
 struct Queue {
@@ -121,6 +145,7 @@ pub(super) fn load(inner: &Inner) -> Result<(), crate::store::StoreError> {
                 signed: Arc::new(e.signed),
                 files: e.files,
                 created_ms: e.created_ms,
+                stored: e.stored,
             });
     }
     if !outbox.queues.is_empty() {
@@ -195,6 +220,7 @@ pub(super) async fn send(
         signed: signed.clone(),
         files: paths.clone(),
         created_ms: ts,
+        stored: false,
     };
     let history = HistoryEntry {
         msg_id: *msg_id.as_bytes(),
@@ -227,6 +253,7 @@ pub(super) async fn send(
             signed: Arc::new(signed),
             files: paths,
             created_ms: ts,
+            stored: false,
         });
         if !q.working {
             q.due = Instant::now();
@@ -397,6 +424,7 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
     }
     let mut in_flight = FuturesUnordered::new();
     let mut failed = false;
+    let mut unreachable = false;
     loop {
         while !failed && in_flight.len() < IN_FLIGHT {
             match take_batch(inner, &to) {
@@ -407,8 +435,9 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
         let Some(result) = in_flight.next().await else {
             break;
         };
-        if let Err(back) = result {
+        if let Err((back, no_route)) = result {
             failed = true;
+            unreachable |= no_route;
             if let Ok(mut outbox) = inner.outbox.lock() {
                 if let Some(q) = outbox.queues.get_mut(&to) {
                     for m in back.into_iter().rev() {
@@ -418,11 +447,181 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
             }
         }
     }
+    if unreachable {
+        // The recipient is offline (or cannot be reached): leave what waits at its mailboxes.
+        deposit_queued(inner, &to, &doc).await;
+    }
     if failed {
         // The next attempt looks the recipient up again: it may have moved.
         inner.forget_document(&to);
     }
     !failed
+}
+
+/// Deposits every queued message for `to` that no mailbox holds yet (and that has no
+/// attachments: those wait for a direct delivery) at each of the recipient's mailbox
+/// relays; a message receipted by at least one is marked stored, durably, and whoever
+/// waits for it is told.
+async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
+    let boxes = crate::mailbox::mailboxes(doc.doc());
+    if boxes.is_empty() {
+        return;
+    }
+    let todo: Vec<Queued> = match inner.outbox.lock() {
+        Ok(o) => match o.queues.get(to) {
+            Some(q) => q
+                .pending
+                .iter()
+                .filter(|m| !m.stored && m.files.is_empty())
+                .cloned()
+                .collect(),
+            None => return,
+        },
+        Err(_) => return,
+    };
+    let mut receipts: HashMap<Uuid, usize> = HashMap::new();
+    for batch in deposit_batches(&todo) {
+        let attempts = boxes
+            .iter()
+            .map(|(relay, addr)| deposit_at(inner, to, doc, *relay, addr.clone(), batch));
+        for stored in futures::future::join_all(attempts).await {
+            for id in stored {
+                *receipts.entry(id).or_default() += 1;
+            }
+        }
+    }
+    if receipts.is_empty() {
+        return;
+    }
+    let mut stored: Vec<Queued> = todo
+        .into_iter()
+        .filter(|m| receipts.contains_key(&m.msg_id))
+        .collect();
+    for m in stored.iter_mut() {
+        m.stored = true;
+    }
+    let rows: Vec<(u64, OutboxEntry)> = stored.iter().map(|m| (m.seq, m.entry(to))).collect();
+    let written = inner
+        .writer
+        .write(move |txn| {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut status = txn.open_table(SENT_STATUS)?;
+            for (seq, e) in &rows {
+                // Only if still queued: an ACK may have finished it meanwhile.
+                if outbox.get(*seq)?.is_some() {
+                    outbox.insert(*seq, row(e)?.as_slice())?;
+                    if *seq < RECEIPT_SEQ_BASE {
+                        status.insert(*seq, "stored")?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = written {
+        warn!(error = %e, "could not record mailbox receipts");
+        return;
+    }
+    info!(recipient = %to, messages = stored.len(), "stored at the recipient's mailbox");
+    if let Ok(mut outbox) = inner.outbox.lock() {
+        if let Some(q) = outbox.queues.get_mut(to) {
+            for m in q.pending.iter_mut() {
+                if receipts.contains_key(&m.msg_id) {
+                    m.stored = true;
+                }
+            }
+        }
+        for m in &stored {
+            let n = receipts.get(&m.msg_id).copied().unwrap_or(1);
+            for w in outbox.waiters.remove(&m.msg_id).unwrap_or_default() {
+                let _ = w.send(Delivery::Stored(n));
+            }
+        }
+    }
+}
+
+/// Splits messages into DEPOSIT batches under the batch and request size limits.
+fn deposit_batches(todo: &[Queued]) -> Vec<&[Queued]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, m) in todo.iter().enumerate() {
+        let len = m.signed.len() + 512;
+        if i > start
+            && (i - start >= crate::mailbox::MAX_DEPOSIT_BATCH
+                || bytes + len >= MAX_REQUEST_BYTES / 2)
+        {
+            out.push(&todo[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += len;
+    }
+    if start < todo.len() {
+        out.push(&todo[start..]);
+    }
+    out
+}
+
+/// Deposits one batch at one relay; returns the ids of the messages it receipted (each
+/// receipt checked against the relay's key).
+async fn deposit_at(
+    inner: &Inner,
+    to: &Uuid,
+    doc: &SignedDocument,
+    relay: PeerId,
+    addr: libp2p::Multiaddr,
+    batch: &[Queued],
+) -> Vec<Uuid> {
+    let mailbox = crate::mailbox::mailbox_id(&relay, to);
+    let sealed: Vec<Vec<u8>> = match inner.seal.lock() {
+        Ok(mut seal) => batch
+            .iter()
+            .map(|m| seal.seal(&doc.doc().enc_key, &m.signed))
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    let request = Request::Deposit {
+        mailbox,
+        sealed: sealed
+            .iter()
+            .cloned()
+            .map(serde_bytes::ByteBuf::from)
+            .collect(),
+    };
+    let results = match inner.net.request(relay, vec![addr], request).await {
+        Ok(Response::Deposited { results }) if results.len() == batch.len() => results,
+        Ok(Response::Nack { reason }) => {
+            debug!(%relay, %reason, "mailbox refused the deposit");
+            return Vec::new();
+        }
+        Ok(other) => {
+            inner.counters.count("bad_response");
+            debug!(%relay, ?other, "unexpected answer to DEPOSIT");
+            return Vec::new();
+        }
+        Err(e) => {
+            debug!(%relay, error = %e, "DEPOSIT failed");
+            return Vec::new();
+        }
+    };
+    let mut ok = Vec::new();
+    for ((m, s), r) in batch.iter().zip(&sealed).zip(results) {
+        match r {
+            DepositResult::Stored { expires, sig } => {
+                if crate::mailbox::verify_receipt(&relay, &mailbox, s, expires, &sig) {
+                    ok.push(m.msg_id);
+                } else {
+                    inner.counters.count("mail_bad_receipt");
+                    warn!(%relay, "a mailbox relay's receipt does not verify");
+                }
+            }
+            DepositResult::Nack { reason } => {
+                debug!(%relay, msg_id = %m.msg_id, %reason, "mailbox refused a message");
+            }
+        }
+    }
+    ok
 }
 
 /// The recipient's document: the one we hold, unless `refresh` asks the directory first
@@ -499,14 +698,15 @@ async fn expire_old(inner: &Inner, to: &Uuid) {
     }
 }
 
-/// Sends one batch; `Err` gives back what must be retried later.
+/// Sends one batch; `Err` gives back what must be retried later, and whether the
+/// recipient could not be reached at all.
 async fn deliver(
     inner: &Inner,
     doc: &SignedDocument,
     batch: Vec<Queued>,
-) -> Result<(), Vec<Queued>> {
+) -> Result<(), (Vec<Queued>, bool)> {
     let Some(peer) = doc.doc().peer_id() else {
-        return Err(batch);
+        return Err((batch, true));
     };
     let addrs = doc.doc().reach_addrs();
     let sealed: Vec<serde_bytes::ByteBuf> = match inner.seal.lock() {
@@ -514,7 +714,7 @@ async fn deliver(
             .iter()
             .map(|m| serde_bytes::ByteBuf::from(seal.seal(&doc.doc().enc_key, &m.signed)))
             .collect(),
-        Err(_) => return Err(batch),
+        Err(_) => return Err((batch, false)),
     };
     let response = inner
         .net
@@ -524,16 +724,16 @@ async fn deliver(
         Ok(Response::Outcomes { outcomes }) if outcomes.len() == batch.len() => outcomes,
         Ok(Response::Nack { reason }) => {
             debug!(%peer, %reason, "recipient refused the whole request");
-            return Err(batch);
+            return Err((batch, false));
         }
         Ok(other) => {
             inner.counters.count("bad_response");
             debug!(%peer, ?other, "unexpected answer to MESSAGE");
-            return Err(batch);
+            return Err((batch, false));
         }
         Err(e) => {
             debug!(%peer, error = %e, "MESSAGE request failed");
-            return Err(batch);
+            return Err((batch, true));
         }
     };
     let mut done = Vec::new();
@@ -558,7 +758,7 @@ async fn deliver(
     if retry.is_empty() {
         Ok(())
     } else {
-        Err(retry)
+        Err((retry, false))
     }
 }
 
@@ -653,6 +853,10 @@ async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
             let mut status = txn.open_table(SENT_STATUS)?;
             for (seq, d) in &records {
                 outbox.remove(*seq)?;
+                if *seq >= RECEIPT_SEQ_BASE {
+                    // A delivery receipt has no history row to give a status to.
+                    continue;
+                }
                 let s = match d {
                     Delivery::Failed(r) => format!("failed:{r}"),
                     d => d.status().to_string(),
@@ -674,4 +878,89 @@ async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
             }
         }
     }
+}
+
+/// A delivery receipt from `from` for our messages `ids`: those still queued for `from`
+/// are delivered (a receipt from anyone else confirms nothing).
+pub(super) async fn confirm(inner: &Inner, from: Uuid, ids: &[Uuid]) {
+    let done: Vec<(u64, Uuid, Delivery)> = match inner.outbox.lock() {
+        Ok(mut outbox) => match outbox.queues.get_mut(&from) {
+            Some(q) => {
+                let (hit, keep): (Vec<_>, Vec<_>) =
+                    q.pending.drain(..).partition(|m| ids.contains(&m.msg_id));
+                q.pending = keep.into();
+                hit.into_iter()
+                    .map(|m| (m.seq, m.msg_id, Delivery::Delivered))
+                    .collect()
+            }
+            None => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    };
+    if !done.is_empty() {
+        info!(recipient = %from, messages = done.len(), "delivery receipt: the recipient has them");
+        finish(inner, done).await;
+    }
+}
+
+/// Queues a delivery receipt to `to` for the messages `ids` we took from a mailbox. It
+/// goes through the outbox like a message (direct, or to the sender's own mailbox), but
+/// has no history row and nobody waits for it.
+pub(super) async fn send_receipt(
+    inner: &Arc<Inner>,
+    to: Uuid,
+    ids: &[Uuid],
+) -> Result<(), SendError> {
+    let Some(keys) = inner.current_keys() else {
+        return Err(SendError::Stopped);
+    };
+    let msg_id = Uuid::new_v4();
+    let ts = crate::unix_now_ms();
+    let env = Envelope {
+        v: envelope::ENVELOPE_VERSION,
+        msg_id: *msg_id.as_bytes(),
+        from: *keys.uuid.as_bytes(),
+        to: *to.as_bytes(),
+        ts,
+        kind: super::inbound::RECEIPT_KIND.into(),
+        body: super::inbound::encode_receipt(ids),
+        attachments: Vec::new(),
+    };
+    let signed = envelope::sign(&env, &keys);
+    let entry = OutboxEntry {
+        msg_id: *msg_id.as_bytes(),
+        to: *to.as_bytes(),
+        signed: signed.clone(),
+        files: Vec::new(),
+        created_ms: ts,
+        stored: false,
+    };
+    let seq = inner
+        .writer
+        .write(move |txn| {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let seq = match outbox.last()? {
+                Some((k, _)) if k.value() >= RECEIPT_SEQ_BASE => k.value() + 1,
+                _ => RECEIPT_SEQ_BASE,
+            };
+            outbox.insert(seq, row(&entry)?.as_slice())?;
+            Ok(seq)
+        })
+        .await?;
+    if let Ok(mut outbox) = inner.outbox.lock() {
+        let q = outbox.queues.entry(to).or_insert_with(Queue::new);
+        q.pending.push_back(Queued {
+            seq,
+            msg_id,
+            signed: Arc::new(signed),
+            files: Vec::new(),
+            created_ms: ts,
+            stored: false,
+        });
+        if !q.working {
+            q.due = Instant::now();
+        }
+    }
+    inner.wake.notify_one();
+    Ok(())
 }

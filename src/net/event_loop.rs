@@ -497,6 +497,11 @@ impl EventLoop {
             published_seq: self.publish.current.as_ref().map(|d| d.doc().seq),
             rejected: self.rejected.snapshot(),
             lookups: self.lookup_stats,
+            mail: if self.mailbox.is_some() {
+                self.store.mail_totals().ok()
+            } else {
+                None
+            },
         }
     }
 

@@ -43,6 +43,9 @@ pub struct Status {
     pub rejected: BTreeMap<&'static str, u64>,
     /// What this node's directory lookups cost, since it started.
     pub lookups: LookupStats,
+    /// What a relay's mailboxes hold (relays with mailboxes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail: Option<crate::store::mailbox::MailTotals>,
 }
 
 /// Counters of the directory lookups this node ran through the DHT (`status --json` →

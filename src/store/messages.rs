@@ -84,6 +84,10 @@ pub struct OutboxEntry {
     pub files: Vec<String>,
     /// When it was accepted, ms since the epoch.
     pub created_ms: u64,
+    /// A mailbox relay has receipted it: it is not deposited again, only retried directly
+    /// until the recipient's ACK or delivery receipt.
+    #[serde(default)]
+    pub stored: bool,
 }
 
 /// A verified message whose attachments are still arriving.
