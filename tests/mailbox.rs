@@ -115,3 +115,152 @@ async fn mail_for_an_offline_user_is_stored_twice_drained_once_and_confirmed() {
         n.shutdown().await;
     }
 }
+
+fn nack(r: Result<Response, String>) -> String {
+    match r {
+        Ok(Response::Nack { reason }) => reason,
+        other => panic!("expected a NACK, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = MailboxConfig::default();
+    config.limits.per_mailbox_items = 2;
+    config.sender_items_per_day = 5;
+    let r = relay(&dir.path().join("r"), config).await;
+    let r_addrs = r.listen_addrs().await;
+    let bob_home = dir.path().join("bob");
+    let bob = user(&bob_home, &r_addrs).await;
+    let alice = user(&dir.path().join("alice"), &r_addrs).await;
+    let eve = user(&dir.path().join("eve"), &r_addrs).await;
+    let bob_id = uuid_of(&bob);
+    mailboxes_seen(&alice, bob_id, 1).await;
+    let bob_doc = eve.client.whois(bob_id).await.unwrap();
+    bob.shutdown().await;
+
+    // Three messages for Bob: his mailbox holds two; the third stays in Alice's outbox.
+    let m = alice.messenger.as_ref().unwrap();
+    let mut outcomes = Vec::new();
+    for text in ["one", "two", "three"] {
+        let sending = m.send(bob_id, text.into(), vec![]).await.unwrap();
+        outcomes.push(tokio::time::timeout(Duration::from_secs(5), sending.outcome).await);
+    }
+    assert_eq!(
+        outcomes[0].as_ref().unwrap().as_ref().unwrap(),
+        &Delivery::Stored(1)
+    );
+    assert_eq!(
+        outcomes[1].as_ref().unwrap().as_ref().unwrap(),
+        &Delivery::Stored(1)
+    );
+    assert!(
+        outcomes[2].is_err(),
+        "the third is not stored: {:?}",
+        outcomes[2]
+    );
+    let statuses: Vec<String> = history(&alice).into_iter().map(|(_, e)| e.status).collect();
+    assert_eq!(statuses, ["stored", "stored", "queued"]);
+    assert!(rejected(&r, "mail_mailbox_full").await >= 1);
+
+    // Eve can deposit (anyone may), but a full mailbox evicts nothing for her…
+    let mailbox = mailbox_id(&r.peer_id, &bob_id);
+    let deposit = |n: usize| Request::Deposit {
+        mailbox,
+        sealed: vec![serde_bytes::ByteBuf::from(vec![0xa5; 100]); n],
+    };
+    match eve
+        .client
+        .request(r.peer_id, r_addrs.clone(), deposit(1))
+        .await
+    {
+        Ok(Response::Deposited { results }) => assert_eq!(
+            results,
+            [DepositResult::Nack {
+                reason: "mailbox_full".into()
+            }]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // …and her own quota (5 a day here) runs out, whatever the mailbox.
+    let elsewhere = Request::Deposit {
+        mailbox: [9; 32],
+        sealed: vec![serde_bytes::ByteBuf::from(vec![0xa5; 100]); 6],
+    };
+    match eve
+        .client
+        .request(r.peer_id, r_addrs.clone(), elsewhere)
+        .await
+    {
+        Ok(Response::Deposited { results }) => {
+            let refused = results
+                .iter()
+                .filter(|d| matches!(d, DepositResult::Nack { reason } if reason == "sender_quota"))
+                .count();
+            assert_eq!(refused, 2, "1 + 4 of her 5 used: {results:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Eve cannot read Bob's mail: no login without a nonce, not with Bob's document (her
+    // connection is not Bob's), not with a signature that is not the owner's, and a nonce
+    // works once only.
+    let ask = |req: Request| eve.client.request(r.peer_id, r_addrs.clone(), req);
+    let stranger = relay(&dir.path().join("stranger"), MailboxConfig::default()).await;
+    let stranger_ack = stranger
+        .client
+        .request(
+            r.peer_id,
+            r_addrs.clone(),
+            Request::MailAck { ack: vec![1, 2] },
+        )
+        .await;
+    assert_eq!(nack(stranger_ack), "not_logged_in");
+    // Eve's node is logged in to her own mailbox (it drains it): acknowledging Bob's item
+    // numbers there deletes nothing of his.
+    match ask(Request::MailAck { ack: vec![1, 2] }).await {
+        Ok(Response::Mail { items, .. }) => assert!(items.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let login = |doc: Vec<u8>| Request::MailLogin { doc, sig: [0; 64] };
+    assert_eq!(
+        nack(ask(login(bob_doc.bytes().to_vec())).await),
+        "no_challenge"
+    );
+    assert!(matches!(
+        ask(Request::MailChallenge).await,
+        Ok(Response::Challenge { .. })
+    ));
+    assert_eq!(
+        nack(ask(login(bob_doc.bytes().to_vec())).await),
+        "peer_mismatch"
+    );
+    assert_eq!(
+        nack(ask(login(bob_doc.bytes().to_vec())).await),
+        "no_challenge",
+        "used up"
+    );
+    let eve_doc = alice.client.whois(uuid_of(&eve)).await.unwrap();
+    assert!(matches!(
+        ask(Request::MailChallenge).await,
+        Ok(Response::Challenge { .. })
+    ));
+    assert_eq!(
+        nack(ask(login(eve_doc.bytes().to_vec())).await),
+        "bad_signature"
+    );
+    assert!(rejected(&r, "mail_login_refused").await >= 4);
+
+    // Bob's two messages are still there for him, and the third comes from Alice's outbox.
+    let bob = user(&bob_home, &r_addrs).await;
+    eventually(WAIT, "Bob's mail drained", || async {
+        let mut t: Vec<String> = history(&bob).into_iter().map(|(_, e)| e.text).collect();
+        t.sort();
+        (t == ["one", "three", "two"]).then_some(())
+    })
+    .await;
+    for n in [alice, bob, eve, stranger, r] {
+        n.shutdown().await;
+    }
+}
