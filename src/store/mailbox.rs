@@ -182,6 +182,9 @@ pub fn expire(
     Ok(old.len() as u64)
 }
 
+/// A page of mail: (item number, sealed message) oldest first, and whether more follow.
+pub type MailPage = (Vec<(u64, Vec<u8>)>, bool);
+
 /// Totals over every mailbox.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MailTotals {
@@ -208,7 +211,7 @@ impl Store {
         limits: &MailLimits,
         max_items: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, bool), StoreError> {
+    ) -> Result<MailPage, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(MAIL)?;
         let lo = item_key(mailbox, 0);
