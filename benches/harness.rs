@@ -17,9 +17,11 @@
 //! 5. memory of the real binary: idle (`binary`), in 10 channels with 50 peers (`busy`),
 //!    and as a relay with 1,000 idle reservations (`relay`);
 //! 6. the real binary: `ptpchat status` round trip against a running node, process start
-//!    included (`binary`).
+//!    included (`binary`);
+//! 7. a flood of mailbox deposits at the real relay binary, past its disk cap: deposits
+//!    stored per second, refusals, the relay's memory (`mailbox`).
 //!
-//! `BENCH_ONLY=crypto,direct,fanout,binary,directory,busy,relay` runs the sections named.
+//! `BENCH_ONLY=crypto,direct,fanout,binary,directory,busy,relay,mailbox` runs the sections named.
 //! `BENCH_SMOKE=1` runs every section with tiny sizes in a few seconds (CI does, so the
 //! harness never rots); `BENCH_*` variables override the sizes (docs/benchmarks.md lists
 //! them). Results go in docs/benchmarks.md.
@@ -32,6 +34,8 @@ mod common;
 mod directory;
 #[path = "harness/fanout.rs"]
 mod fanout;
+#[path = "harness/mailbox.rs"]
+mod mailbox;
 #[path = "harness/relay.rs"]
 mod relay;
 
@@ -627,6 +631,39 @@ fn main() {
             "reservations": r.accepted,
             "idle_rss_mib": r.idle_kib as f64 / 1024.0,
             "rss_mib": r.loaded_kib as f64 / 1024.0,
+        });
+    }
+
+    if wanted("mailbox") {
+        let senders = env_usize("BENCH_MAIL_SENDERS", if smoke { 2 } else { 20 });
+        let cap = env_usize("BENCH_MAIL_CAP_MIB", if smoke { 1 } else { 16 }) as u64;
+        println!("\n## 7. a flood of mailbox deposits past the disk cap (the real relay binary)");
+        let f = rt.block_on(mailbox::run(senders, cap));
+        let offered = f.stored + f.refused.values().sum::<u64>();
+        println!(
+            "{} senders offered {offered} x 1 KiB: {} stored ({:.0}/s over {:.1} s), refused {:?}; relay holds {} items, {:.1} MiB (cap {cap} MiB)",
+            f.senders,
+            f.stored,
+            f.stored as f64 / f.took.as_secs_f64(),
+            f.took.as_secs_f64(),
+            f.refused,
+            f.items_held,
+            f.bytes_held as f64 / 1048576.0
+        );
+        println!(
+            "relay RSS idle {:.1} MiB, peak during the flood {:.1} MiB, after {:.1} MiB",
+            f.idle_kib as f64 / 1024.0,
+            f.peak_kib as f64 / 1024.0,
+            f.after_kib as f64 / 1024.0
+        );
+        assert!(f.stored > 0, "the relay stored nothing");
+        assert!(f.bytes_held <= cap * 1048576, "the disk cap was overrun");
+        json["mailbox_flood"] = serde_json::json!({
+            "senders": f.senders, "offered": offered, "stored": f.stored,
+            "stored_per_s": f.stored as f64 / f.took.as_secs_f64(), "refused": f.refused,
+            "held_items": f.items_held, "held_mib": f.bytes_held as f64 / 1048576.0,
+            "idle_rss_mib": f.idle_kib as f64 / 1024.0, "peak_rss_mib": f.peak_kib as f64 / 1024.0,
+            "after_rss_mib": f.after_kib as f64 / 1024.0,
         });
     }
 
