@@ -117,7 +117,7 @@ pub enum DepositResult {
         sig: [u8; 64],
     },
     /// Not stored; `reason` is a stable word (`mailbox_full`, `sender_quota`, `relay_full`,
-    /// `too_large`, `malformed`, `busy`).
+    /// `too_large`, `busy`).
     Nack { reason: String },
 }
 

@@ -35,7 +35,9 @@ pub const MAX_MAILBOXES: usize = 3;
 
 /// The recipient's mailbox id at one relay: SHA-256 over a domain, the relay's PeerId and
 /// the recipient's UUID. Binding the relay makes one user's ids differ between relays, so
-/// two relays' databases cannot be joined on it.
+/// two relays' databases do not share a key (what else links them is in docs/security.md:
+/// a relay that knows a UUID can compute its id, and the sealed form shows a recipient-key
+/// tag).
 pub fn mailbox_id(relay: &PeerId, uuid: &Uuid) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(MAILBOX_DOMAIN);

@@ -325,6 +325,17 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
     if doc.doc().peer_id() != Some(peer) {
         return refused("peer_mismatch");
     }
+    // A key rotated away (the relay holds a document whose key chain extends this one's)
+    // no longer opens the mailbox.
+    if let Ok(Some(held)) = inner
+        .store
+        .cached_document(&doc.doc().uuid(), inner.now_ms() / 1000)
+    {
+        let (login, newest) = (&doc.doc().key_chain, &held.doc().key_chain);
+        if newest.len() > login.len() && newest.starts_with(login) {
+            return refused("stale_key");
+        }
+    }
     let key = match VerifyingKey::from_bytes(&doc.doc().current_key) {
         Ok(k) => k,
         Err(_) => return refused("bad_signature"),
