@@ -23,7 +23,6 @@ use super::{
 use crate::identity::SignedDocument;
 use crate::messaging::envelope::MAX_SEALED_BYTES;
 use crate::messaging::{Counters, InboundVerb};
-use crate::net::ratelimit::RateLimiter;
 use crate::net::Client;
 use crate::store::mailbox::{self, MailLimits};
 use crate::store::{Store, Writer};
@@ -71,8 +70,68 @@ impl Default for MailboxConfig {
 struct Limiters {
     challenges: HashMap<PeerId, ([u8; 32], Instant)>,
     sessions: HashMap<PeerId, ([u8; 32], Instant)>,
-    sender_items: RateLimiter<PeerId>,
-    sender_bytes: RateLimiter<PeerId>,
+    senders: SenderQuota,
+}
+
+/// The per-sender quota: two token buckets per depositing peer (items and bytes), each
+/// refilled over a day, kept in memory only. When [`MAX_SENDERS`] peers are tracked, a new
+/// one replaces the peer whose buckets are fullest (the one that has used least), so a
+/// crowd of fresh PeerIds cannot lock everyone else out.
+struct SenderQuota {
+    items_per_day: f64,
+    bytes_per_day: f64,
+    buckets: HashMap<PeerId, (f64, f64, Instant)>,
+}
+
+/// Depositing peers whose quota is tracked at once.
+const MAX_SENDERS: usize = 16_384;
+
+impl SenderQuota {
+    fn refill(&self, b: &mut (f64, f64, Instant), now: Instant) {
+        let days = now.duration_since(b.2).as_secs_f64() / 86_400.0;
+        b.0 = (b.0 + days * self.items_per_day).min(self.items_per_day);
+        b.1 = (b.1 + days * self.bytes_per_day).min(self.bytes_per_day);
+        b.2 = now;
+    }
+
+    /// Takes one item and `bytes` from `peer`'s buckets if both have enough; else nothing.
+    fn take(&mut self, peer: &PeerId, bytes: u64, now: Instant) -> bool {
+        if !self.buckets.contains_key(peer) && self.buckets.len() >= MAX_SENDERS {
+            let (ipd, bpd) = (self.items_per_day, self.bytes_per_day);
+            let fullest = self
+                .buckets
+                .iter()
+                .max_by(|a, b| {
+                    let score = |v: &(f64, f64, Instant)| v.0 / ipd + v.1 / bpd;
+                    score(a.1).total_cmp(&score(b.1))
+                })
+                .map(|(p, _)| *p);
+            if let Some(p) = fullest {
+                self.buckets.remove(&p);
+            }
+        }
+        let mut b = self.buckets.get(peer).copied().unwrap_or((
+            self.items_per_day,
+            self.bytes_per_day,
+            now,
+        ));
+        self.refill(&mut b, now);
+        let ok = b.0 >= 1.0 && b.1 >= bytes as f64;
+        if ok {
+            b.0 -= 1.0;
+            b.1 -= bytes as f64;
+        }
+        self.buckets.insert(*peer, b);
+        ok
+    }
+
+    /// Gives back what [`SenderQuota::take`] took for an item the store then refused.
+    fn give_back(&mut self, peer: &PeerId, bytes: u64) {
+        if let Some(b) = self.buckets.get_mut(peer) {
+            b.0 = (b.0 + 1.0).min(self.items_per_day);
+            b.1 = (b.1 + bytes as f64).min(self.bytes_per_day);
+        }
+    }
 }
 
 struct Inner {
@@ -109,7 +168,6 @@ impl Mailboxes {
     ) -> (Mailboxes, mpsc::Sender<InboundVerb>) {
         let (writer, writer_thread) = store.writer();
         let (tx, rx) = mpsc::channel(CONCURRENCY * 4);
-        let per_day = |n: f64| n / 86_400.0;
         let inner = Arc::new(Inner {
             store,
             writer,
@@ -120,16 +178,11 @@ impl Mailboxes {
             state: Mutex::new(Limiters {
                 challenges: HashMap::new(),
                 sessions: HashMap::new(),
-                sender_items: RateLimiter::new(
-                    config.sender_items_per_day,
-                    per_day(config.sender_items_per_day as f64),
-                    MAX_PEERS,
-                ),
-                sender_bytes: RateLimiter::new(
-                    config.sender_bytes_per_day.min(u32::MAX as u64) as u32,
-                    per_day(config.sender_bytes_per_day as f64),
-                    MAX_PEERS,
-                ),
+                senders: SenderQuota {
+                    items_per_day: config.sender_items_per_day as f64,
+                    bytes_per_day: config.sender_bytes_per_day as f64,
+                    buckets: HashMap::new(),
+                },
             }),
             config,
         });
@@ -214,8 +267,7 @@ async fn deposit(
                 plan.push(Err("too_large"));
                 continue;
             }
-            let cost = s.len() as u32;
-            if !st.sender_items.allow(&peer, now) || !st.sender_bytes.allow_n(&peer, now, cost) {
+            if !st.senders.take(&peer, s.len() as u64, now) {
                 inner.counters.count("mail_sender_quota");
                 plan.push(Err("sender_quota"));
                 continue;
@@ -269,6 +321,10 @@ async fn deposit(
                     }
                 }
                 Some(Err(reason)) => {
+                    // Refused by the store: it costs the sender none of its quota.
+                    if let Ok(mut st) = inner.state.lock() {
+                        st.senders.give_back(&peer, accepted[i].len() as u64);
+                    }
                     inner.counters.count(match *reason {
                         "mailbox_full" => "mail_mailbox_full",
                         _ => "mail_relay_full",
@@ -449,5 +505,43 @@ async fn sweeper(inner: Arc<Inner>) {
             info!(items = total, "deleted mail past its retention");
         }
         tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_quota_charges_both_buckets_gives_back_and_evicts_the_least_used() {
+        let mut q = SenderQuota {
+            items_per_day: 3.0,
+            bytes_per_day: 100.0,
+            buckets: HashMap::new(),
+        };
+        let (heavy, now) = (PeerId::random(), Instant::now());
+        assert!(q.take(&heavy, 60, now));
+        assert!(!q.take(&heavy, 60, now), "bytes run out first");
+        assert!(q.take(&heavy, 40, now), "and the refusal took no item");
+        assert!(q.take(&heavy, 0, now));
+        assert!(!q.take(&heavy, 0, now), "then the items run out");
+        q.give_back(&heavy, 40);
+        assert!(q.take(&heavy, 40, now), "a refused item's share came back");
+        // A day later it is full again.
+        assert!(q.take(&heavy, 100, now + Duration::from_secs(86_400)));
+
+        // A full table drops the peers that used least, never the heavy one.
+        let later = now + Duration::from_secs(86_400);
+        while q.buckets.len() < MAX_SENDERS {
+            q.take(&PeerId::random(), 0, later);
+        }
+        for _ in 0..100 {
+            assert!(q.take(&PeerId::random(), 1, later));
+        }
+        assert_eq!(q.buckets.len(), MAX_SENDERS);
+        assert!(
+            !q.take(&heavy, 1, later),
+            "the heavy sender's use is remembered"
+        );
     }
 }

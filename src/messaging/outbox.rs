@@ -80,8 +80,8 @@ struct Queued {
     signed: Arc<Vec<u8>>,
     files: Vec<String>,
     created_ms: u64,
-    /// Receipted by a mailbox relay.
-    stored: bool,
+    /// The mailbox relays that receipted it.
+    stored_at: Vec<String>,
 }
 
 impl Queued {
@@ -92,7 +92,7 @@ impl Queued {
             signed: self.signed.to_vec(),
             files: self.files.clone(),
             created_ms: self.created_ms,
-            stored: self.stored,
+            stored_at: self.stored_at.clone(),
         }
     }
 }
@@ -145,7 +145,7 @@ pub(super) fn load(inner: &Inner) -> Result<(), crate::store::StoreError> {
                 signed: Arc::new(e.signed),
                 files: e.files,
                 created_ms: e.created_ms,
-                stored: e.stored,
+                stored_at: e.stored_at,
             });
     }
     if !outbox.queues.is_empty() {
@@ -220,7 +220,7 @@ pub(super) async fn send(
         signed: signed.clone(),
         files: paths.clone(),
         created_ms: ts,
-        stored: false,
+        stored_at: Vec::new(),
     };
     let history = HistoryEntry {
         msg_id: *msg_id.as_bytes(),
@@ -253,7 +253,7 @@ pub(super) async fn send(
             signed: Arc::new(signed),
             files: paths,
             created_ms: ts,
-            stored: false,
+            stored_at: Vec::new(),
         });
         if !q.working {
             q.due = Instant::now();
@@ -458,10 +458,10 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
     !failed
 }
 
-/// Deposits every queued message for `to` that no mailbox holds yet (and that has no
-/// attachments: those wait for a direct delivery) at each of the recipient's mailbox
-/// relays; a message receipted by at least one is marked stored, durably, and whoever
-/// waits for it is told.
+/// Deposits every queued message for `to` (that has no attachments: those wait for a direct
+/// delivery) at each of the recipient's mailbox relays that has not receipted it yet; a
+/// message receipted by a relay is marked stored there, durably, and whoever waits for it
+/// is told.
 async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
     let boxes = crate::mailbox::mailboxes(doc.doc());
     if boxes.is_empty() {
@@ -472,21 +472,27 @@ async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
             Some(q) => q
                 .pending
                 .iter()
-                .filter(|m| !m.stored && m.files.is_empty())
+                .filter(|m| m.files.is_empty())
                 .cloned()
                 .collect(),
             None => return,
         },
         Err(_) => return,
     };
-    let mut receipts: HashMap<Uuid, usize> = HashMap::new();
-    for batch in deposit_batches(&todo) {
-        let attempts = boxes
+    let mut receipts: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for (relay, addr) in &boxes {
+        let name = relay.to_string();
+        let here: Vec<Queued> = todo
             .iter()
-            .map(|(relay, addr)| deposit_at(inner, to, doc, *relay, addr.clone(), batch));
+            .filter(|m| !m.stored_at.contains(&name))
+            .cloned()
+            .collect();
+        let attempts = deposit_batches(&here)
+            .into_iter()
+            .map(|batch| deposit_at(inner, to, doc, *relay, addr.clone(), batch));
         for stored in futures::future::join_all(attempts).await {
             for id in stored {
-                *receipts.entry(id).or_default() += 1;
+                receipts.entry(id).or_default().push(name.clone());
             }
         }
     }
@@ -498,7 +504,8 @@ async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
         .filter(|m| receipts.contains_key(&m.msg_id))
         .collect();
     for m in stored.iter_mut() {
-        m.stored = true;
+        m.stored_at
+            .extend(receipts.get(&m.msg_id).cloned().unwrap_or_default());
     }
     let rows: Vec<(u64, OutboxEntry)> = stored.iter().map(|m| (m.seq, m.entry(to))).collect();
     let written = inner
@@ -526,15 +533,14 @@ async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
     if let Ok(mut outbox) = inner.outbox.lock() {
         if let Some(q) = outbox.queues.get_mut(to) {
             for m in q.pending.iter_mut() {
-                if receipts.contains_key(&m.msg_id) {
-                    m.stored = true;
+                if let Some(at) = receipts.get(&m.msg_id) {
+                    m.stored_at.extend(at.iter().cloned());
                 }
             }
         }
         for m in &stored {
-            let n = receipts.get(&m.msg_id).copied().unwrap_or(1);
             for w in outbox.waiters.remove(&m.msg_id).unwrap_or_default() {
-                let _ = w.send(Delivery::Stored(n));
+                let _ = w.send(Delivery::Stored(m.stored_at.len()));
             }
         }
     }
@@ -933,7 +939,7 @@ pub(super) async fn send_receipt(
         signed: signed.clone(),
         files: Vec::new(),
         created_ms: ts,
-        stored: false,
+        stored_at: Vec::new(),
     };
     let seq = inner
         .writer
@@ -955,7 +961,7 @@ pub(super) async fn send_receipt(
             signed: Arc::new(signed),
             files: Vec::new(),
             created_ms: ts,
-            stored: false,
+            stored_at: Vec::new(),
         });
         if !q.working {
             q.due = Instant::now();

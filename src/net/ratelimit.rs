@@ -25,11 +25,6 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Takes a token for `key` if one is left.
     pub fn allow(&mut self, key: &K, now: Instant) -> bool {
-        self.allow_n(key, now, 1)
-    }
-
-    /// Takes `cost` tokens for `key` if that many are left.
-    pub fn allow_n(&mut self, key: &K, now: Instant, cost: u32) -> bool {
         if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
             // Forget buckets that have refilled completely; they carry no information.
             let (burst, per_sec) = (self.burst, self.per_sec);
@@ -42,8 +37,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let (tokens, at) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
         *at = now;
-        if *tokens >= cost as f64 {
-            *tokens -= cost as f64;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
             true
         } else {
             false

@@ -84,10 +84,11 @@ pub struct OutboxEntry {
     pub files: Vec<String>,
     /// When it was accepted, ms since the epoch.
     pub created_ms: u64,
-    /// A mailbox relay has receipted it: it is not deposited again, only retried directly
-    /// until the recipient's ACK or delivery receipt.
+    /// The mailbox relays (PeerIds) that receipted it. It is not deposited at those again,
+    /// only at mailboxes the recipient names later, and retried directly until the
+    /// recipient's ACK or delivery receipt.
     #[serde(default)]
-    pub stored: bool,
+    pub stored_at: Vec<String>,
 }
 
 /// A verified message whose attachments are still arriving.
