@@ -289,3 +289,36 @@ async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_user_keeps_a_mailbox_at_the_relay_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(&dir.path().join("r"), MailboxConfig::default()).await;
+    let r_addrs = r.listen_addrs().await;
+    let mut cfg = test_config(Mode::User, &dir.path().join("bob"), &r_addrs);
+    cfg.public = true;
+    cfg.relays = r_addrs.clone();
+    let bob = node::start(cfg).await.unwrap();
+    let alice = user(&dir.path().join("alice"), &r_addrs).await;
+    let bob_id = uuid_of(&bob);
+    mailboxes_seen(&alice, bob_id, 1).await;
+    let doc = alice.client.whois(bob_id).await.unwrap();
+    let reach = doc.doc().reach_addrs();
+    assert!(
+        reach.iter().any(|a| !a.to_string().contains("p2p-circuit")),
+        "its direct address is published too: {reach:?}"
+    );
+    bob.shutdown().await;
+    let sending = alice
+        .messenger
+        .as_ref()
+        .unwrap()
+        .send(bob_id, "while you were out".into(), vec![])
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(WAIT, sending.outcome).await.unwrap();
+    assert_eq!(outcome.unwrap(), Delivery::Stored(1));
+    for n in [alice, r] {
+        n.shutdown().await;
+    }
+}

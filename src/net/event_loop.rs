@@ -229,7 +229,7 @@ impl EventLoop {
                 let mut r = relays::Relays::default();
                 for addr in &config.relays {
                     if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-                        r.add_candidate(peer, addr.clone());
+                        r.add_explicit(peer, addr.clone());
                     }
                 }
                 r
@@ -1200,6 +1200,9 @@ impl EventLoop {
                     .insert(connection_id, (addr, relayed));
                 if let Some(hooks) = &self.hooks {
                     let _ = hooks.connected.send(peer_id);
+                }
+                if !relayed && self.relays.is_candidate(&peer_id) {
+                    self.maybe_reserve();
                 }
                 if self.publish.failed {
                     self.publish.failed = false;

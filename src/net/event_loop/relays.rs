@@ -1,10 +1,13 @@
 //! Reservations on relays (DESIGN.md section 5): a user node that is private (AutoNAT), or
 //! that did not opt to publish its own address, listens through up to [`MAX_RELAYS`]
-//! relays, and its identity document names only those circuit addresses.
+//! relays, and its identity document names only those circuit addresses. A `--public`
+//! user node reserves only on the relays named with `--relay`, and publishes their circuits
+//! beside its direct addresses: those relays are its mailboxes (DESIGN.md section 6).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{core::transport::ListenerId, multiaddr::Protocol, Multiaddr, PeerId};
 use tracing::{debug, info, warn};
 
@@ -27,6 +30,8 @@ pub(crate) struct Relays {
 
 struct Candidate {
     addr: Multiaddr,
+    /// Named with `--relay`: a `--public` node still reserves on it, for its mailbox.
+    explicit: bool,
     /// Not before this (after a failure).
     not_before: Instant,
 }
@@ -38,7 +43,16 @@ struct Reservation {
 
 impl Relays {
     /// Adds a relay we may reserve on; `addr` may end in `/p2p/<peer>` (it is taken off).
-    pub fn add_candidate(&mut self, peer: PeerId, mut addr: Multiaddr) {
+    pub fn add_candidate(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.add(peer, addr, false);
+    }
+
+    /// Adds a relay the user named (`--relay`).
+    pub fn add_explicit(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.add(peer, addr, true);
+    }
+
+    fn add(&mut self, peer: PeerId, mut addr: Multiaddr, explicit: bool) {
         if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
             addr.pop();
         }
@@ -50,11 +64,20 @@ impl Relays {
         }
         self.candidates
             .entry(peer)
-            .and_modify(|c| c.addr = addr.clone())
+            .and_modify(|c| {
+                c.addr = addr.clone();
+                c.explicit |= explicit;
+            })
             .or_insert(Candidate {
                 addr,
+                explicit,
                 not_before: Instant::now(),
             });
+    }
+
+    /// Whether we know `peer` as a relay.
+    pub fn is_candidate(&self, peer: &PeerId) -> bool {
+        self.candidates.contains_key(peer)
     }
 
     /// Relays whose reservation was accepted, as `/…/p2p/<relay>`.
@@ -81,9 +104,21 @@ impl EventLoop {
             && (!self.public || matches!(self.nat, libp2p::autonat::NatStatus::Private))
     }
 
+    /// Whether we may reserve on `relay`: any relay when we want reservations; else (a
+    /// `--public` user node) only the relays the user named, which are then its mailboxes.
+    fn may_reserve_on(&self, relay: &PeerId) -> bool {
+        self.mode == Mode::User
+            && (self.wants_relays()
+                || self
+                    .relays
+                    .candidates
+                    .get(relay)
+                    .is_some_and(|c| c.explicit))
+    }
+
     /// Reserves on candidate relays until we hold [`MAX_RELAYS`].
     pub(super) fn maybe_reserve(&mut self) {
-        if !self.wants_relays() {
+        if self.mode != Mode::User {
             return;
         }
         let now = Instant::now();
@@ -92,13 +127,28 @@ impl EventLoop {
             .relays
             .candidates
             .iter()
-            .filter(|(p, c)| !self.relays.reservations.contains_key(p) && c.not_before <= now)
+            .filter(|(p, c)| {
+                !self.relays.reservations.contains_key(p)
+                    && c.not_before <= now
+                    && self.may_reserve_on(p)
+            })
             .map(|(p, c)| (*p, c.addr.clone()))
             .collect();
         picks.sort_by_key(|(p, _)| *p);
         for (relay, addr) in picks {
             if free == 0 {
                 break;
+            }
+            // Reserve over a connection we hold: asking while our own dial to the relay is
+            // still under way can fail, and a failure waits RETRY_AFTER. A relay we are not
+            // connected to is dialed; the next tick reserves.
+            if !self.swarm.is_connected(&relay) {
+                let opts = DialOpts::peer_id(relay)
+                    .addresses(vec![addr])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                let _ = self.swarm.dial(opts);
+                continue;
             }
             let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
             match self.swarm.listen_on(circuit.clone()) {
@@ -162,14 +212,17 @@ impl EventLoop {
         if self.wants_relays() {
             return;
         }
-        let listeners: Vec<ListenerId> = self
+        let unwanted: Vec<PeerId> = self
             .relays
             .reservations
-            .drain()
-            .map(|(_, r)| r.listener)
+            .keys()
+            .filter(|p| !self.may_reserve_on(p))
+            .copied()
             .collect();
-        for l in listeners {
-            self.swarm.remove_listener(l);
+        for p in unwanted {
+            if let Some(r) = self.relays.reservations.remove(&p) {
+                self.swarm.remove_listener(r.listener);
+            }
         }
     }
 }
