@@ -627,18 +627,18 @@ pub fn node_config_for_relay(home: PathBuf, args: RelayArgs) -> Result<NodeConfi
         const MIB: u64 = 1024 * 1024;
         if let Some(d) = args.mail_retention_days.or(file.mail_retention_days) {
             if !(1..=365).contains(&d) {
-                return Err(usage("--mail-retention-days must be 1 to 365"));
+                return Err(usage("the mail retention must be 1 to 365 days"));
             }
             m.limits.retention_ms = d as u64 * 24 * 3600 * 1000;
         }
         if let Some(q) = args.mail_quota_recipient.or(file.mail_quota_recipient_mib) {
-            m.limits.per_mailbox_bytes = q.max(1) * MIB;
+            m.limits.per_mailbox_bytes = q.max(1).saturating_mul(MIB);
         }
         if let Some(q) = args.mail_quota_sender.or(file.mail_quota_sender_mib) {
-            m.sender_bytes_per_day = q.clamp(1, 4095) * MIB;
+            m.sender_bytes_per_day = q.max(1).saturating_mul(MIB);
         }
         if let Some(q) = args.mail_disk_cap.or(file.mail_disk_cap_mib) {
-            m.limits.total_bytes = q.max(1) * MIB;
+            m.limits.total_bytes = q.max(1).saturating_mul(MIB);
         }
         m.clock_offset_ms = args.mail_clock_offset.unwrap_or(0).saturating_mul(1000);
         Some(m)

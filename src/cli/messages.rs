@@ -102,6 +102,10 @@ pub async fn send(
         let id = plain(&data["msg_id"]);
         match status.as_str() {
             "delivered" => println!("delivered {id}"),
+            "stored" => println!(
+                "stored {id}: the recipient is away; {} of its mailbox relays hold it, and it is also retried directly",
+                plain(&data["mailboxes"])
+            ),
             _ => println!("queued {id}: not delivered yet; it stays in the outbox and is retried for up to 7 days"),
         }
     }

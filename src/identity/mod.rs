@@ -6,7 +6,7 @@ mod document;
 
 pub use document::{
     dht_key, DocumentError, IdentityDocument, KeyLink, SignedDocument, MAX_CHAIN_LINKS,
-    MAX_DOCUMENT_BYTES,
+    MAX_DOCUMENT_BYTES, MAX_REACH,
 };
 
 use ed25519_dalek::{Signer, SigningKey};

@@ -7,7 +7,7 @@
 //! commits each outcome. A failure puts the batch back and backs off (2 s doubling to
 //! 10 min); a connection from the recipient makes its queue due at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +107,9 @@ struct Queue {
     /// The last attempt failed: look the recipient up in the directory again rather than
     /// trusting the cached document (it may have moved).
     refresh: bool,
+    /// Messages a delivery receipt confirmed while a worker had them in flight: if the
+    /// attempt fails they are finished as delivered rather than queued again.
+    confirmed: HashSet<Uuid>,
 }
 
 impl Queue {
@@ -118,6 +121,7 @@ impl Queue {
             working: false,
             peer: None,
             refresh: false,
+            confirmed: HashSet::new(),
         }
     }
 }
@@ -389,6 +393,7 @@ async fn worker(inner: Arc<Inner>, to: Uuid) {
     if let Ok(mut outbox) = inner.outbox.lock() {
         if let Some(q) = outbox.queues.get_mut(&to) {
             q.working = false;
+            q.confirmed.clear();
             q.refresh = !ok;
             if ok {
                 q.backoff = FIRST_BACKOFF;
@@ -438,13 +443,19 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
         if let Err((back, no_route)) = result {
             failed = true;
             unreachable |= no_route;
+            let mut confirmed = Vec::new();
             if let Ok(mut outbox) = inner.outbox.lock() {
                 if let Some(q) = outbox.queues.get_mut(&to) {
                     for m in back.into_iter().rev() {
-                        q.pending.push_front(m);
+                        if q.confirmed.remove(&m.msg_id) {
+                            confirmed.push((m.seq, m.msg_id, Delivery::Delivered));
+                        } else {
+                            q.pending.push_front(m);
+                        }
                     }
                 }
             }
+            finish(inner, confirmed).await;
         }
     }
     if unreachable {
@@ -895,6 +906,14 @@ pub(super) async fn confirm(inner: &Inner, from: Uuid, ids: &[Uuid]) {
                 let (hit, keep): (Vec<_>, Vec<_>) =
                     q.pending.drain(..).partition(|m| ids.contains(&m.msg_id));
                 q.pending = keep.into();
+                if q.working {
+                    // The rest may be in a worker's hands right now.
+                    q.confirmed.extend(
+                        ids.iter()
+                            .filter(|id| !hit.iter().any(|m| m.msg_id == **id))
+                            .take(super::inbound::MAX_RECEIPT_IDS),
+                    );
+                }
                 hit.into_iter()
                     .map(|m| (m.seq, m.msg_id, Delivery::Delivered))
                     .collect()

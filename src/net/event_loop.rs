@@ -542,6 +542,8 @@ impl EventLoop {
                 non_loopback
             }
         };
+        // Room for the circuits (our mailboxes) within the document's address limit.
+        direct.truncate(crate::identity::MAX_REACH.saturating_sub(circuits.len()));
         direct.extend(circuits);
         direct
     }
