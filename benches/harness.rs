@@ -636,12 +636,13 @@ fn main() {
 
     if wanted("mailbox") {
         let senders = env_usize("BENCH_MAIL_SENDERS", if smoke { 2 } else { 20 });
-        let cap = env_usize("BENCH_MAIL_CAP_MIB", if smoke { 1 } else { 16 }) as u64;
+        let cap = env_usize("BENCH_MAIL_CAP_MIB", if smoke { 1 } else { 256 }) as u64;
+        let blob = env_usize("BENCH_MAIL_BLOB_KIB", if smoke { 1 } else { 8 });
         println!("\n## 7. a flood of mailbox deposits past the disk cap (the real relay binary)");
-        let f = rt.block_on(mailbox::run(senders, cap));
+        let f = rt.block_on(mailbox::run(senders, cap, blob));
         let offered = f.stored + f.refused.values().sum::<u64>();
         println!(
-            "{} senders offered {offered} x 1 KiB: {} stored ({:.0}/s over {:.1} s), refused {:?}; relay holds {} items, {:.1} MiB (cap {cap} MiB)",
+            "{} senders offered {offered} x {blob} KiB: {} stored ({:.0}/s over {:.1} s), refused {:?}; relay holds {} items, {:.1} MiB (cap {cap} MiB)",
             f.senders,
             f.stored,
             f.stored as f64 / f.took.as_secs_f64(),
@@ -659,7 +660,7 @@ fn main() {
         assert!(f.stored > 0, "the relay stored nothing");
         assert!(f.bytes_held <= cap * 1048576, "the disk cap was overrun");
         json["mailbox_flood"] = serde_json::json!({
-            "senders": f.senders, "offered": offered, "stored": f.stored,
+            "senders": f.senders, "blob_kib": blob, "offered": offered, "stored": f.stored,
             "stored_per_s": f.stored as f64 / f.took.as_secs_f64(), "refused": f.refused,
             "held_items": f.items_held, "held_mib": f.bytes_held as f64 / 1048576.0,
             "idle_rss_mib": f.idle_kib as f64 / 1024.0, "peak_rss_mib": f.peak_kib as f64 / 1024.0,

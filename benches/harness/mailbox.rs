@@ -1,5 +1,5 @@
 //! A flood of deposits at the real relay binary: `senders` in-process peers, each
-//! depositing 1 KiB sealed messages in batches of 64 into random mailboxes as fast as the
+//! depositing `blob_kib` KiB sealed messages in batches of 64 into random mailboxes as fast as the
 //! relay answers, until each has used its per-sender quota (2,000 a day by default). The
 //! relay runs with a small disk cap, so the flood runs past it: what is stored per second
 //! (each batch one durable commit), what is refused, and the relay's memory before,
@@ -27,7 +27,7 @@ pub struct Flood {
     pub bytes_held: u64,
 }
 
-pub async fn run(senders: usize, cap_mib: u64) -> Flood {
+pub async fn run(senders: usize, cap_mib: u64, blob_kib: usize) -> Flood {
     let home = tempfile::tempdir().unwrap();
     let cap = cap_mib.to_string();
     let binary = common::Daemon::spawn(
@@ -78,13 +78,15 @@ pub async fn run(senders: usize, cap_mib: u64) -> Flood {
         async move {
             let mut stored = 0u64;
             let mut refused: std::collections::BTreeMap<String, u64> = Default::default();
-            // 32 batches of 64: just over the 2,000-a-day quota.
-            for b in 0..32u32 {
+            // 32 batches of 64: just over the 2,000-a-day quota. Batches stay under the
+            // request limit (1 MiB).
+            let per_batch = (512 / blob_kib.max(1)).clamp(1, 64);
+            for b in 0..(2048 / per_batch) as u32 {
                 let mut mailbox = [0u8; 32];
                 mailbox[..4].copy_from_slice(&(i as u32).to_be_bytes());
                 mailbox[4..8].copy_from_slice(&b.to_be_bytes());
-                let sealed = (0..64)
-                    .map(|k| serde_bytes::ByteBuf::from(vec![k as u8; 1024]))
+                let sealed = (0..per_batch)
+                    .map(|k| serde_bytes::ByteBuf::from(vec![k as u8; blob_kib * 1024]))
                     .collect();
                 let r = n
                     .client
@@ -105,7 +107,9 @@ pub async fn run(senders: usize, cap_mib: u64) -> Flood {
                             }
                         }
                     }
-                    Ok(Response::Nack { reason }) => *refused.entry(reason).or_default() += 64,
+                    Ok(Response::Nack { reason }) => {
+                        *refused.entry(reason).or_default() += per_batch as u64
+                    }
                     other => panic!("deposit failed: {other:?}"),
                 }
             }

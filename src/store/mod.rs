@@ -24,6 +24,9 @@ const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 const DIRECTORY: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("directory");
 
 const SCHEMA_VERSION: &[u8] = b"1";
+/// redb's page cache. Its default (1 GiB) would let a relay's memory grow with the mail it
+/// holds; this bounds it, and is far more than a user node's working set.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// File name of the database inside `<home>`.
 pub const DB_FILE: &str = "ptpchat.redb";
 /// Most documents kept in the directory cache; when full, documents for new UUIDs are not
@@ -91,7 +94,10 @@ impl Store {
                 .map_err(io)?;
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        let db = match Database::create(&path) {
+        let db = match redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::InUse(home.to_path_buf()))
