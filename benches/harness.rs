@@ -642,14 +642,16 @@ fn main() {
         let f = rt.block_on(mailbox::run(senders, cap, blob));
         let offered = f.stored + f.refused.values().sum::<u64>();
         println!(
-            "{} senders offered {offered} x {blob} KiB: {} stored ({:.0}/s over {:.1} s), refused {:?}; relay holds {} items, {:.1} MiB (cap {cap} MiB)",
+            "{} senders offered {offered} x {blob} KiB: {} stored ({:.0}/s over {:.1} s), refused {:?}; relay holds {} items, {:.1} MiB (cap {cap} MiB) in a {:.1} MiB database file ({:.1} MiB on disk)",
             f.senders,
             f.stored,
             f.stored as f64 / f.took.as_secs_f64(),
             f.took.as_secs_f64(),
             f.refused,
             f.items_held,
-            f.bytes_held as f64 / 1048576.0
+            f.bytes_held as f64 / 1048576.0,
+            f.db_bytes as f64 / 1048576.0,
+            f.db_disk_bytes as f64 / 1048576.0
         );
         println!(
             "relay RSS idle {:.1} MiB, peak during the flood {:.1} MiB, after {:.1} MiB",
@@ -663,6 +665,8 @@ fn main() {
             "senders": f.senders, "blob_kib": blob, "offered": offered, "stored": f.stored,
             "stored_per_s": f.stored as f64 / f.took.as_secs_f64(), "refused": f.refused,
             "held_items": f.items_held, "held_mib": f.bytes_held as f64 / 1048576.0,
+            "db_file_mib": f.db_bytes as f64 / 1048576.0,
+            "db_disk_mib": f.db_disk_bytes as f64 / 1048576.0,
             "idle_rss_mib": f.idle_kib as f64 / 1024.0, "peak_rss_mib": f.peak_kib as f64 / 1024.0,
             "after_rss_mib": f.after_kib as f64 / 1024.0,
         });

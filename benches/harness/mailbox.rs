@@ -25,6 +25,10 @@ pub struct Flood {
     pub after_kib: u64,
     pub items_held: u64,
     pub bytes_held: u64,
+    /// Size of the relay's database file after the flood, and the disk it takes (the file
+    /// is sparse where redb grew it ahead of use).
+    pub db_bytes: u64,
+    pub db_disk_bytes: u64,
 }
 
 pub async fn run(senders: usize, cap_mib: u64, blob_kib: usize) -> Flood {
@@ -131,6 +135,12 @@ pub async fn run(senders: usize, cap_mib: u64, blob_kib: usize) -> Flood {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_kib = relay::rss_kib(pid);
     let status = common::cli(home.path(), &["status", "--json"]).json();
+    let (db_bytes, db_disk_bytes) = std::fs::metadata(home.path().join("ptpchat.redb"))
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.len(), m.blocks() * 512)
+        })
+        .unwrap_or((0, 0));
     for n in nodes {
         n.shutdown().await;
     }
@@ -144,5 +154,7 @@ pub async fn run(senders: usize, cap_mib: u64, blob_kib: usize) -> Flood {
         after_kib,
         items_held: status["mail"]["items"].as_u64().unwrap_or(0),
         bytes_held: status["mail"]["bytes"].as_u64().unwrap_or(0),
+        db_bytes,
+        db_disk_bytes,
     }
 }
