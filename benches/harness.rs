@@ -491,7 +491,11 @@ fn main() {
         let members = env_usize("BENCH_MEMBERS", if smoke { 5 } else { 50 });
         let posts = env_usize("BENCH_FANOUT_MESSAGES", if smoke { 20 } else { 1_000 });
         let pace = Duration::from_millis(env_usize("BENCH_FANOUT_PACE_MS", 10) as u64);
-        let gossip = rt.block_on(fanout::gossip(members, posts, pace));
+        let settle = Duration::from_secs(env_usize(
+            "BENCH_FANOUT_SETTLE_S",
+            if smoke { 0 } else { 30 },
+        ) as u64);
+        let gossip = rt.block_on(fanout::gossip(members, posts, pace, settle));
         let broker = rt.block_on(fanout::mosquitto(members, posts, pace));
         let show = |name: &str, f: &fanout::Fan| {
             let (p50, p99) = if f.to_last.is_empty() {
@@ -504,6 +508,14 @@ fn main() {
             pace.as_millis(),
             f.delivery * 100.0
         );
+            if !f.each.is_empty() {
+                println!(
+                    "{name:<10} every delivery: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms",
+                    ms(pct(&f.each, 0.5)),
+                    ms(pct(&f.each, 0.9)),
+                    ms(pct(&f.each, 0.99))
+                );
+            }
             serde_json::json!({ "delivery": f.delivery, "p50_ms": p50, "p99_ms": p99 })
         };
         json["fanout"]["members"] = serde_json::json!(members);
