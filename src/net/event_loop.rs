@@ -123,6 +123,8 @@ pub struct EventLoop {
     rejected: Counters,
     /// Channels to the messenger (user nodes only).
     hooks: Option<EventLoopHooks>,
+    /// Writes to the directory cache, off the event loop (see [`CacheWriter`]).
+    cache: CacheWriter,
     /// Mailbox verbs go to the mailbox service (relays with mailboxes only).
     mailbox: Option<mpsc::Sender<InboundVerb>>,
     /// Inbound MESSAGE/CHUNK requests handed to the messenger (or mailbox verbs handed to
@@ -190,6 +192,7 @@ impl EventLoop {
             None => (None, None),
         };
         EventLoop {
+            cache: CacheWriter::new(&store),
             swarm,
             commands,
             store,
@@ -581,7 +584,7 @@ impl EventLoop {
             self.count("own_document_invalid");
             tracing::error!(error = %e, "our own identity document does not verify; peers will refuse it (is the clock right?)");
         }
-        let _ = self.store.cache_document(&doc, now);
+        self.cache.put(&doc, now);
         if let Some(hooks) = &self.hooks {
             hooks.keys.send_replace(Some(keys));
         }
@@ -751,7 +754,7 @@ impl EventLoop {
         // every lookup), so peers answering with an older one cannot take us back.
         let result = match lookup.best {
             Some(doc) => {
-                let _ = self.store.cache_document(&doc, now);
+                self.cache.put(&doc, now);
                 // Keep a copy in the DHT store too, so we can answer others.
                 let _ = self.accept_into_dht(&doc, now);
                 Ok(doc)
@@ -798,9 +801,7 @@ impl EventLoop {
             }
         };
         match self.accept_into_dht(&doc, now) {
-            Ok(true) => {
-                let _ = self.store.cache_document(&doc, now);
-            }
+            Ok(true) => self.cache.put(&doc, now),
             Ok(false) => {}
             Err(e) => {
                 self.count("dht_put_superseded");
@@ -1456,6 +1457,45 @@ fn uuid_from_dht_key(key: &[u8]) -> Option<Uuid> {
 
 fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// The directory cache's writes, on a thread of their own: each is a durable redb commit,
+/// which would otherwise hold up the event loop (and the runtime thread under it) for an
+/// fsync per accepted DHT record or lookup result. A cache write nobody waits for; when
+/// the queue is full it is dropped. Dropping this waits for the queued writes, so the
+/// database is closed when the event loop is gone.
+struct CacheWriter {
+    writer: Option<crate::store::Writer>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CacheWriter {
+    fn new(store: &Store) -> Self {
+        let (writer, thread) = store.writer();
+        CacheWriter {
+            writer: Some(writer),
+            thread,
+        }
+    }
+
+    fn put(&self, doc: &SignedDocument, now: u64) {
+        let doc = doc.clone();
+        let queued = self.writer.as_ref().is_some_and(|w| {
+            w.submit(move |tx| crate::store::cache_document_in(tx, &doc, now).map(|_| ()))
+        });
+        if !queued {
+            debug!("directory cache write dropped: its queue is full");
+        }
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A LAN or link-local address (RFC 1918, carrier-grade NAT, IPv6 unique-local and

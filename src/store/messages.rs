@@ -381,6 +381,21 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Queues `f` for the next group transaction and does not wait for it: for writes
+    /// nobody is told about (a cache). False when the queue is full; the write is dropped.
+    pub fn submit<F>(&self, f: F) -> bool
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
+    {
+        let (reply, _) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(TypedJob {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        self.tx.try_send(job).is_ok()
+    }
+
     /// Runs `f` in the next group transaction and returns its result once that is durably
     /// committed. If any job in the group fails, nothing of the group is committed.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>

@@ -76,6 +76,28 @@ pub struct Store {
     names_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Caches `doc` in the directory table inside `tx` (see [`Store::cache_document`]).
+pub(crate) fn cache_document_in(
+    tx: &redb::WriteTransaction,
+    doc: &SignedDocument,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let key = *doc.doc().uuid().as_bytes();
+    let mut table = tx.open_table(DIRECTORY)?;
+    let held = table.get(&key)?.map(|v| v.value().to_vec());
+    let replace = match held.and_then(|b| SignedDocument::decode(&b, now).ok()) {
+        Some(held) => doc.may_replace(&held).unwrap_or(false),
+        None => true,
+    };
+    if replace {
+        if table.len()? as usize >= MAX_CACHED_DOCUMENTS && table.get(&key)?.is_none() {
+            return Ok(false);
+        }
+        table.insert(&key, doc.bytes())?;
+    }
+    Ok(replace)
+}
+
 impl Store {
     /// Opens (creating if needed) the database in `home`. The file is made readable by the
     /// owner only, since it holds secret keys.
@@ -204,23 +226,8 @@ impl Store {
     /// Keeps a verified document if it may replace the one held for its UUID.
     /// Returns whether it was new.
     pub fn cache_document(&self, doc: &SignedDocument, now: u64) -> Result<bool, StoreError> {
-        let key = *doc.doc().uuid().as_bytes();
         let tx = self.db.begin_write()?;
-        let is_new = {
-            let mut table = tx.open_table(DIRECTORY)?;
-            let held = table.get(&key)?.map(|v| v.value().to_vec());
-            let replace = match held.and_then(|b| SignedDocument::decode(&b, now).ok()) {
-                Some(held) => doc.may_replace(&held).unwrap_or(false),
-                None => true,
-            };
-            if replace {
-                if table.len()? as usize >= MAX_CACHED_DOCUMENTS && table.get(&key)?.is_none() {
-                    return Ok(false);
-                }
-                table.insert(&key, doc.bytes())?;
-            }
-            replace
-        };
+        let is_new = cache_document_in(&tx, doc, now)?;
         tx.commit()?;
         Ok(is_new)
     }
