@@ -228,6 +228,29 @@ async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
     }
     assert!(rejected(&r, "mail_sender_quota").await >= 2);
 
+    // Bad input gets a clear NACK and is counted: an empty DEPOSIT, an oversized message,
+    // and any mailbox verb sent to a node that keeps no mail.
+    let empty = Request::Deposit {
+        mailbox: [1; 32],
+        sealed: Vec::new(),
+    };
+    let empty = eve.client.request(r.peer_id, r_addrs.clone(), empty).await;
+    assert_eq!(nack(empty), "malformed");
+    let huge = Request::Deposit {
+        mailbox: [1; 32],
+        sealed: vec![serde_bytes::ByteBuf::from(vec![0; 200 * 1024])],
+    };
+    let huge = eve.client.request(r.peer_id, r_addrs.clone(), huge).await;
+    assert_eq!(reasons(huge), ["too_large"]);
+    assert!(rejected(&r, "mail_malformed").await >= 1);
+    assert!(rejected(&r, "mail_too_large").await >= 1);
+    let alice_addrs = alice.listen_addrs().await;
+    let to_user = eve
+        .client
+        .request(alice.peer_id, alice_addrs, to([1; 32], 1))
+        .await;
+    assert_eq!(nack(to_user), "no_mailbox");
+
     // Eve cannot read Bob's mail: no login without a nonce, not with Bob's document (her
     // connection is not Bob's), not with a signature that is not the owner's, and a nonce
     // works once only.

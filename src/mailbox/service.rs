@@ -342,21 +342,34 @@ async fn deposit(
     Response::Deposited { results }
 }
 
+/// Puts `peer`'s entry in a table of at most [`MAX_PEERS`]: when full, entries older than
+/// `ttl` go first; false (nothing stored) if it is still full.
+fn insert_bounded(
+    table: &mut HashMap<PeerId, ([u8; 32], Instant)>,
+    peer: PeerId,
+    value: [u8; 32],
+    ttl: Duration,
+) -> bool {
+    let now = Instant::now();
+    if table.len() >= MAX_PEERS && !table.contains_key(&peer) {
+        table.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+        if table.len() >= MAX_PEERS {
+            return false;
+        }
+    }
+    table.insert(peer, (value, now));
+    true
+}
+
 fn challenge(inner: &Inner, peer: PeerId) -> Response {
     let Ok(mut st) = inner.state.lock() else {
         return nack("busy");
     };
-    let now = Instant::now();
-    if st.challenges.len() >= MAX_PEERS && !st.challenges.contains_key(&peer) {
-        st.challenges
-            .retain(|_, (_, at)| now.duration_since(*at) < CHALLENGE_TTL);
-        if st.challenges.len() >= MAX_PEERS {
-            inner.counters.count("mail_busy");
-            return nack("busy");
-        }
-    }
     let nonce = crate::identity::random_secret();
-    st.challenges.insert(peer, (nonce, now));
+    if !insert_bounded(&mut st.challenges, peer, nonce, CHALLENGE_TTL) {
+        inner.counters.count("mail_busy");
+        return nack("busy");
+    }
     Response::Challenge { nonce }
 }
 
@@ -408,16 +421,10 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
     let mailbox = mailbox_id(&inner.relay, &doc.doc().uuid());
     match inner.state.lock() {
         Ok(mut st) => {
-            let now = Instant::now();
-            if st.sessions.len() >= MAX_PEERS && !st.sessions.contains_key(&peer) {
-                st.sessions
-                    .retain(|_, (_, at)| now.duration_since(*at) < SESSION_TTL);
-                if st.sessions.len() >= MAX_PEERS {
-                    inner.counters.count("mail_busy");
-                    return nack("busy");
-                }
+            if !insert_bounded(&mut st.sessions, peer, mailbox, SESSION_TTL) {
+                inner.counters.count("mail_busy");
+                return nack("busy");
             }
-            st.sessions.insert(peer, (mailbox, now));
         }
         Err(_) => return nack("busy"),
     }

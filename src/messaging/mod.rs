@@ -241,7 +241,7 @@ impl Messenger {
         let out = outbox::Outgoing {
             kind: "text",
             body: text.clone(),
-            shown: text,
+            shown: Some(text),
         };
         outbox::send(&self.inner, to, out, attachments).await
     }
@@ -256,7 +256,10 @@ impl Messenger {
         let out = outbox::Outgoing {
             kind: crate::channels::frame::GRANT_KIND,
             body: crate::channels::frame::encode_grant(grant),
-            shown: format!("[key of channel {}, epoch {}]", grant.name, grant.epoch),
+            shown: Some(format!(
+                "[key of channel {}, epoch {}]",
+                grant.name, grant.epoch
+            )),
         };
         outbox::send(&self.inner, to, out, Vec::new()).await
     }

@@ -165,12 +165,14 @@ fn poisoned() -> crate::store::StoreError {
     crate::store::StoreError::Db("outbox lock poisoned".into())
 }
 
-/// A direct message of `kind` ("text", or [`crate::channels::frame::GRANT_KIND`]) with its
-/// `body`; `shown` is what our own history shows for it.
+/// A direct message of `kind` ("text", [`crate::channels::frame::GRANT_KIND`] or
+/// [`super::inbound::RECEIPT_KIND`]) with its `body`; `shown` is what our own history
+/// shows for it, `None` for a delivery receipt, which has no history row (its outbox key
+/// is taken from [`RECEIPT_SEQ_BASE`] up).
 pub(super) struct Outgoing {
     pub kind: &'static str,
     pub body: String,
-    pub shown: String,
+    pub shown: Option<String>,
 }
 
 pub(super) async fn send(
@@ -226,21 +228,29 @@ pub(super) async fn send(
         created_ms: ts,
         stored_at: Vec::new(),
     };
-    let history = HistoryEntry {
+    let history = shown.map(|text| HistoryEntry {
         msg_id: *msg_id.as_bytes(),
         incoming: false,
         peer: *to.as_bytes(),
         ts,
-        text: shown,
+        text,
         attachments: stored,
         status: "queued".into(),
         detail: None,
         channel: None,
-    };
+    });
+    // Nobody waits for a delivery receipt.
+    let waited = history.is_some();
     let seq = inner
         .writer
         .write(move |txn| {
-            let seq = append_history(txn, &history)?;
+            let seq = match &history {
+                Some(h) => append_history(txn, h)?,
+                None => match txn.open_table(OUTBOX)?.last()? {
+                    Some((k, _)) if k.value() >= RECEIPT_SEQ_BASE => k.value() + 1,
+                    _ => RECEIPT_SEQ_BASE,
+                },
+            };
             txn.open_table(OUTBOX)?
                 .insert(seq, row(&entry)?.as_slice())?;
             Ok(seq)
@@ -249,7 +259,9 @@ pub(super) async fn send(
     let (tx, outcome) = oneshot::channel();
     {
         let mut outbox = inner.outbox.lock().map_err(|_| poisoned())?;
-        outbox.waiters.entry(msg_id).or_default().push(tx);
+        if waited {
+            outbox.waiters.entry(msg_id).or_default().push(tx);
+        }
         let q = outbox.queues.entry(to).or_insert_with(Queue::new);
         q.pending.push_back(Queued {
             seq,
@@ -936,56 +948,10 @@ pub(super) async fn send_receipt(
     to: Uuid,
     ids: &[Uuid],
 ) -> Result<(), SendError> {
-    let Some(keys) = inner.current_keys() else {
-        return Err(SendError::Stopped);
-    };
-    let msg_id = Uuid::new_v4();
-    let ts = crate::unix_now_ms();
-    let env = Envelope {
-        v: envelope::ENVELOPE_VERSION,
-        msg_id: *msg_id.as_bytes(),
-        from: *keys.uuid.as_bytes(),
-        to: *to.as_bytes(),
-        ts,
-        kind: super::inbound::RECEIPT_KIND.into(),
+    let out = Outgoing {
+        kind: super::inbound::RECEIPT_KIND,
         body: super::inbound::encode_receipt(ids),
-        attachments: Vec::new(),
+        shown: None,
     };
-    let signed = envelope::sign(&env, &keys);
-    let entry = OutboxEntry {
-        msg_id: *msg_id.as_bytes(),
-        to: *to.as_bytes(),
-        signed: signed.clone(),
-        files: Vec::new(),
-        created_ms: ts,
-        stored_at: Vec::new(),
-    };
-    let seq = inner
-        .writer
-        .write(move |txn| {
-            let mut outbox = txn.open_table(OUTBOX)?;
-            let seq = match outbox.last()? {
-                Some((k, _)) if k.value() >= RECEIPT_SEQ_BASE => k.value() + 1,
-                _ => RECEIPT_SEQ_BASE,
-            };
-            outbox.insert(seq, row(&entry)?.as_slice())?;
-            Ok(seq)
-        })
-        .await?;
-    if let Ok(mut outbox) = inner.outbox.lock() {
-        let q = outbox.queues.entry(to).or_insert_with(Queue::new);
-        q.pending.push_back(Queued {
-            seq,
-            msg_id,
-            signed: Arc::new(signed),
-            files: Vec::new(),
-            created_ms: ts,
-            stored_at: Vec::new(),
-        });
-        if !q.working {
-            q.due = Instant::now();
-        }
-    }
-    inner.wake.notify_one();
-    Ok(())
+    send(inner, to, out, Vec::new()).await.map(|_| ())
 }

@@ -976,13 +976,12 @@ impl EventLoop {
             }
         } else {
             match request {
-                Request::Message { .. } | Request::Chunk { .. } => {
-                    return self.hand_over(peer, request, channel)
-                }
-                Request::Deposit { .. }
+                Request::Message { .. }
+                | Request::Chunk { .. }
+                | Request::Deposit { .. }
                 | Request::MailChallenge
                 | Request::MailLogin { .. }
-                | Request::MailAck { .. } => return self.hand_to_mailbox(peer, request, channel),
+                | Request::MailAck { .. } => return self.hand_over(peer, request, channel),
                 Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
                 Request::Connect { doc } => self.on_connect_request(peer, &doc),
                 Request::ConnectAnswer { accept } => self.on_connect_answer(peer, accept),
@@ -1009,55 +1008,30 @@ impl EventLoop {
             .send_response(channel, response);
     }
 
-    /// Gives a MESSAGE or CHUNK to the messenger; it answers later through
-    /// [`Command::Respond`]. A relay (no user) or a full queue answers at once.
+    /// Gives a MESSAGE or CHUNK to the messenger, or a mailbox verb to the mailbox service;
+    /// the service answers later through [`Command::Respond`]. A node without that service
+    /// (`no_user` on a relay, `no_mailbox` on a user node or a relay without mailboxes) or
+    /// a full queue (`busy`) is answered at once.
     fn hand_over(
         &mut self,
         peer: PeerId,
         request: Request,
         channel: request_response::ResponseChannel<Response>,
     ) {
-        let nack = |reason: &str| Response::Nack {
-            reason: reason.into(),
+        let is_message = matches!(request, Request::Message { .. } | Request::Chunk { .. });
+        let (target, absent, busy) = if is_message {
+            (
+                self.hooks.as_ref().map(|h| &h.inbound),
+                "no_user",
+                "inbound_busy",
+            )
+        } else {
+            (self.mailbox.as_ref(), "no_mailbox", "mail_busy")
         };
         let token = self.next_token;
         self.next_token += 1;
-        let response = match &self.hooks {
-            None => nack("no_user"),
-            Some(hooks) => match hooks.inbound.try_send(InboundVerb {
-                token,
-                peer,
-                request,
-            }) {
-                Ok(()) => {
-                    self.handed_over.insert(token, channel);
-                    return;
-                }
-                Err(_) => {
-                    self.count("inbound_busy");
-                    nack("busy")
-                }
-            },
-        };
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .verbs
-            .send_response(channel, response);
-    }
-
-    /// Gives a mailbox verb to the mailbox service; a node without one answers
-    /// `no_mailbox`, a full queue `busy`.
-    fn hand_to_mailbox(
-        &mut self,
-        peer: PeerId,
-        request: Request,
-        channel: request_response::ResponseChannel<Response>,
-    ) {
-        let token = self.next_token;
-        self.next_token += 1;
-        let reason = match &self.mailbox {
-            None => "no_mailbox",
+        let reason = match target {
+            None => absent,
             Some(tx) => match tx.try_send(InboundVerb {
                 token,
                 peer,
@@ -1068,7 +1042,7 @@ impl EventLoop {
                     return;
                 }
                 Err(_) => {
-                    self.count("mail_busy");
+                    self.count(busy);
                     "busy"
                 }
             },
