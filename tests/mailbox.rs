@@ -345,3 +345,42 @@ async fn a_public_user_keeps_a_mailbox_at_the_relay_it_names() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_away_key_no_longer_opens_the_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay(&dir.path().join("r"), MailboxConfig::default()).await;
+    let r_addrs = r.listen_addrs().await;
+    let home = dir.path().join("bob");
+    let bob = user(&home, &r_addrs).await;
+    let bob_id = uuid_of(&bob);
+    bob.shutdown().await;
+    // A copy of Bob's home keeps the old key; Bob rotates his.
+    let old_home = dir.path().join("bob-old");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&home)
+        .arg(&old_home)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let rotated = common::cli(&home, &["id", "--rotate"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    let bob = user(&home, &r_addrs).await;
+    eventually(WAIT, "the relay to hold Bob's rotated document", || async {
+        let doc = r.client.whois(bob_id).await.ok()?;
+        (!doc.doc().key_chain.is_empty()).then_some(())
+    })
+    .await;
+    bob.shutdown().await;
+    // The old key's node logs in (its drainer does) and is refused, and counted.
+    let before = rejected(&r, "mail_login_refused").await;
+    let old = user(&old_home, &r_addrs).await;
+    eventually(WAIT, "the old key's login refused", || async {
+        (rejected(&r, "mail_login_refused").await > before).then_some(())
+    })
+    .await;
+    for n in [old, r] {
+        n.shutdown().await;
+    }
+}
