@@ -21,17 +21,20 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::identity::MessageKeys;
-use crate::messaging::{Counters, GrantNote, Messenger};
+use crate::messaging::{Counters, GrantNote, Messenger, Stored};
 use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
 use crate::store::channels::mark_channel_seen;
 use crate::store::messages::append_history;
-use crate::store::{ChannelRow, GrantOutcome, HistoryEntry, Store};
+use crate::store::{ChannelRow, GrantOutcome, HistoryEntry, Queued, Store};
 use frame::{ChannelBody, Drop};
 
 /// Public channels remembered from announcements.
 const MAX_DISCOVERED: usize = 1024;
 /// Members listed per channel.
 const MAX_MEMBERS_HEARD: usize = 1024;
+/// Posts heard from the mesh that may wait for their commit at once; past this, validation
+/// waits for the disk. (The writer commits up to 512 jobs in one group.)
+const POSTS_COMMITTING: usize = 1024;
 /// Recent frame ids kept in memory (the store keeps them for [`SEEN_RETENTION_MS`]).
 const RECENT_IDS: usize = 8192;
 /// How long the ids of frames are kept: longer than a frame stays fresh.
@@ -140,6 +143,8 @@ struct Inner {
     counters: Counters,
     announce_every: Duration,
     state: Mutex<State>,
+    /// Posts heard from the mesh, queued for the disk, for [`commit_loop`].
+    committing: mpsc::Sender<Queued<Option<Stored>>>,
     tasks: crate::tasks::Tasks,
 }
 
@@ -162,6 +167,7 @@ impl Channels {
     ) -> Result<Channels, crate::store::StoreError> {
         let store = messenger.store().clone();
         let rows = store.channels()?.into_iter().collect();
+        let (committing, commits) = mpsc::channel(POSTS_COMMITTING);
         let inner = Arc::new(Inner {
             store,
             net,
@@ -172,10 +178,12 @@ impl Channels {
                 rows,
                 ..State::default()
             }),
+            committing,
             tasks: Default::default(),
         });
         let c = Channels { inner };
         c.spawn(gossip_loop(c.clone(), gossip));
+        c.spawn(commit_loop(c.clone(), commits));
         c.spawn(grant_loop(c.clone(), grants));
         c.spawn(maintenance(c.clone()));
         Ok(c)
@@ -677,12 +685,34 @@ impl Channels {
         on_channel.map(|_| ())
     }
 
+    /// Stores our own post and waits for the commit (`channel send` answers after it).
     async fn store_post(&self, msg_id: [u8; 16], ts: u64, entry: HistoryEntry) {
-        let stored = self
+        if let Some(q) = self.queue_post(msg_id, ts, entry).await {
+            self.posted(q.committed().await);
+        }
+    }
+
+    /// Stores a post from the mesh without waiting for the disk: the commit is awaited, in
+    /// order, by [`commit_loop`], so the next frame is validated (and forwarded) while this
+    /// one's group is being made durable. What `recv` shows still waits for the commit.
+    async fn store_heard_post(&self, msg_id: [u8; 16], ts: u64, entry: HistoryEntry) {
+        if let Some(q) = self.queue_post(msg_id, ts, entry).await {
+            // Bounded: when the disk is this far behind, validation waits for it.
+            let _ = self.inner.committing.send(q).await;
+        }
+    }
+
+    async fn queue_post(
+        &self,
+        msg_id: [u8; 16],
+        ts: u64,
+        entry: HistoryEntry,
+    ) -> Option<Queued<Option<Stored>>> {
+        let queued = self
             .inner
             .messenger
             .writer()
-            .write(move |txn| {
+            .queue(move |txn| {
                 if !mark_channel_seen(txn, &msg_id, ts)? {
                     return Ok(None);
                 }
@@ -690,6 +720,16 @@ impl Channels {
                 Ok(Some((seq, entry)))
             })
             .await;
+        match queued {
+            Ok(q) => Some(q),
+            Err(e) => {
+                warn!(error = %e, "could not store a channel post");
+                None
+            }
+        }
+    }
+
+    fn posted(&self, stored: Result<Option<Stored>, crate::store::StoreError>) {
         match stored {
             Ok(Some(s)) => self.inner.messenger.announce_stored(s),
             Ok(None) => self.inner.counters.count("channel_duplicate"),
@@ -870,7 +910,7 @@ impl Channels {
                         detail: None,
                         channel: Some(ByteArray::new(b.channel)),
                     };
-                    self.store_post(b.msg_id, b.ts, entry).await;
+                    self.store_heard_post(b.msg_id, b.ts, entry).await;
                 }
             }
         }
@@ -1065,6 +1105,14 @@ async fn gossip_loop(c: Channels, mut rx: mpsc::Receiver<GossipEvent>) {
                 }
             }
         }
+    }
+}
+
+/// Waits for the commits of posts heard from the mesh, in the order they were queued, and
+/// shows each to `recv --follow` readers once it is durable.
+async fn commit_loop(c: Channels, mut rx: mpsc::Receiver<Queued<Option<Stored>>>) {
+    while let Some(q) = rx.recv().await {
+        c.posted(q.committed().await);
     }
 }
 

@@ -403,6 +403,18 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
+        self.queue(f).await?.committed().await
+    }
+
+    /// Queues `f` for the next group transaction, waiting only for room in the queue, and
+    /// hands back what tells when it is durably committed. Jobs run in the order they are
+    /// queued, so a caller that queues in order and waits elsewhere keeps its order without
+    /// holding its own work up for the disk.
+    pub async fn queue<T, F>(&self, f: F) -> Result<Queued<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(TypedJob {
             f: Some(f),
@@ -424,7 +436,20 @@ impl Writer {
         if sent.is_err() {
             return Err(StoreError::Db("the store writer has stopped".into()));
         }
-        rx.await
+        Ok(Queued { rx })
+    }
+}
+
+/// A write queued with [`Writer::queue`], not yet known to be committed.
+pub struct Queued<T> {
+    rx: oneshot::Receiver<Result<T, StoreError>>,
+}
+
+impl<T> Queued<T> {
+    /// The write's result once its group is durably committed.
+    pub async fn committed(self) -> Result<T, StoreError> {
+        self.rx
+            .await
             .map_err(|_| StoreError::Db("the store writer has stopped".into()))?
     }
 }

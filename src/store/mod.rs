@@ -16,7 +16,9 @@ pub mod mailbox;
 pub mod messages;
 
 pub use channels::{ChannelRow, GrantOutcome};
-pub use messages::{Contact, HistoryEntry, OutboxEntry, PendingIn, StoredAttachment, Writer};
+pub use messages::{
+    Contact, HistoryEntry, OutboxEntry, PendingIn, Queued, StoredAttachment, Writer,
+};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
