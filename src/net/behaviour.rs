@@ -228,6 +228,15 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
         .validate_messages()
         .max_transmit_size(crate::channels::frame::MAX_TRANSMIT_BYTES)
         .duplicate_cache_time(config.gossip_duplicate_cache)
+        // Our own posts can come back to us (an IWANT answered after our duplicate-cache
+        // entry went, a peer's gossip): they are duplicates, which the channel service
+        // ignores, not misbehaviour. gossipsub's default counts every such copy as an
+        // invalid message from the honest peer that relayed it, and two of those graylist it.
+        .allow_self_origin(true)
+        // A forward that waits longer than this in the queue to a peer is dropped. The
+        // default (1 s) loses posts whenever a node's cores are saturated for a moment; a
+        // post a few seconds late beats a lost one. The queue stays bounded by its length.
+        .forward_queue_duration(FORWARD_PATIENCE)
         .message_id_fn(|m: &gossipsub::Message| {
             let mut h = Sha256::new();
             h.update(m.topic.as_str().as_bytes());
@@ -255,11 +264,28 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
         ]
         .into_iter()
         .collect(),
+        // A message that waited too long in our queue to a peer says as much about us as
+        // about the peer: an overloaded node (all its cores busy) lets its own forwards
+        // expire, and would then graylist honest peers and drop every post they send (the
+        // busy-node benchmark lost 8–24% of a burst that way). What a peer that does not
+        // read costs us stays bounded by the queue; it is not a reason to stop hearing it.
+        slow_peer_weight: 0.0,
+        // Broken IWANT promises and early GRAFTs are what honest peers also do for a moment
+        // when they are overloaded; a burst of them is tolerated, a steady stream is not
+        // (the penalty is quadratic above the threshold, and decays each second).
+        behaviour_penalty_threshold: BEHAVIOUR_PENALTY_TOLERANCE,
         ..Default::default()
     };
     behaviour.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
     Ok(behaviour)
 }
+
+/// How long a forward may wait in the queue to a peer (gossipsub's publish default).
+const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Misbehaviour events (broken IWANT promises, GRAFTs within the back-off) tolerated
+/// before they count against a peer's score.
+const BEHAVIOUR_PENALTY_TOLERANCE: f64 = 10.0;
 
 /// Score parameters for one of our topics: a rejected message costs its forwarder a lot
 /// and is forgotten slowly (P4: -20 × n², decaying 1% a second), while the rewards for
