@@ -22,6 +22,31 @@ pub struct Fan {
     pub to_last: Vec<Duration>,
     /// Every (member, message) delivery's latency, sorted: where the tail comes from.
     pub each: Vec<Duration>,
+    /// CPU time this process spent per post while measuring, less what the idle mesh costs
+    /// in as long (ptpchat only: every node is in this process).
+    pub cpu_per_post: Option<Duration>,
+    /// Members the publisher had as gossip peers on the channel when measuring (its
+    /// flood-publish reaches these directly; the rest hear the post from the mesh).
+    pub direct: Option<usize>,
+}
+
+/// CPU time (user + system) this process has used so far.
+fn process_cpu() -> Duration {
+    let mut u = libc::rusage {
+        ru_utime: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        ru_stime: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        ..unsafe { std::mem::zeroed() }
+    };
+    // SAFETY: getrusage writes into the struct we pass and nothing else.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Posts carry their number, padded to the same 100 bytes on both systems.
@@ -54,6 +79,8 @@ fn summarise(
         delivery: total as f64 / (members * published.len()) as f64,
         to_last,
         each,
+        cpu_per_post: None,
+        direct: None,
     }
 }
 
@@ -173,12 +200,29 @@ pub async fn gossip(members: usize, messages: usize, pace: Duration, settle: Dur
             "the mesh never reached all {members} members"
         );
     }
-    let _ = topic;
     // Measure the steady state: 51 nodes starting at once on 2 cores (dials, DHT and
     // provider lookups, identify, the announcements each new connection triggers) keep the
     // machine busy for tens of seconds, and posts measured in that storm wait behind it.
-    tokio::time::sleep(settle).await;
+    // What the idle mesh costs (heartbeats, gossip, pings), measured over the end of the
+    // settle, to take out of the posts' share.
+    let idle_window = Duration::from_secs(5)
+        .min(settle)
+        .max(Duration::from_secs(1));
+    tokio::time::sleep(settle.saturating_sub(idle_window)).await;
+    let idle_from = (Instant::now(), process_cpu());
+    tokio::time::sleep(idle_window).await;
+    let idle_per_sec = (process_cpu().saturating_sub(idle_from.1)).as_secs_f64()
+        / idle_from.0.elapsed().as_secs_f64();
+    eprintln!("fanout: measuring");
 
+    let direct = publisher
+        .client
+        .gossip_peers(topic)
+        .await
+        .map(|p| p.len())
+        .ok();
+
+    let (cpu_before, measuring) = (process_cpu(), Instant::now());
     let mut published = Vec::with_capacity(messages);
     let mut tick = tokio::time::interval(pace);
     for seq in 0..messages {
@@ -187,7 +231,13 @@ pub async fn gossip(members: usize, messages: usize, pace: Duration, settle: Dur
         pc.send("bench", payload(seq)).await.expect("published");
     }
     let arrivals = collect(frx, members * messages, Duration::from_secs(60)).await;
-    let fan = summarise(&published, &arrivals, members);
+    let idle = Duration::from_secs_f64(idle_per_sec * measuring.elapsed().as_secs_f64());
+    let cpu = process_cpu()
+        .saturating_sub(cpu_before)
+        .saturating_sub(idle);
+    let mut fan = summarise(&published, &arrivals, members);
+    fan.cpu_per_post = Some(cpu / messages.max(1) as u32);
+    fan.direct = direct;
     for n in nodes {
         n.shutdown().await;
     }
