@@ -51,6 +51,21 @@ async fn mail_items(relay: &RunningNode) -> u64 {
     relay.client.status().await.unwrap().mail.unwrap().items
 }
 
+/// Sends `text` from `from` to `to` and waits for how it went (delivered, stored, ...).
+async fn send_to(from: &RunningNode, to: Uuid, text: &str) -> Delivery {
+    let sending = from
+        .messenger
+        .as_ref()
+        .unwrap()
+        .send(to, text.into(), vec![])
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, sending.outcome)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn texts(node: &RunningNode) -> Vec<(String, String)> {
     history(node)
         .into_iter()
@@ -75,15 +90,10 @@ async fn mail_for_an_offline_user_is_stored_twice_drained_once_and_confirmed() {
     bob.shutdown().await;
 
     // Bob is away: the message is stored at both of his mailboxes.
-    let sending = alice
-        .messenger
-        .as_ref()
-        .unwrap()
-        .send(bob_id, "see you".into(), vec![])
-        .await
-        .unwrap();
-    let outcome = tokio::time::timeout(WAIT, sending.outcome).await.unwrap();
-    assert_eq!(outcome.unwrap(), Delivery::Stored(2));
+    assert_eq!(
+        send_to(&alice, bob_id, "see you").await,
+        Delivery::Stored(2)
+    );
     assert_eq!(texts(&alice), [("see you".into(), "stored".into())]);
     assert_eq!((mail_items(&r1).await, mail_items(&r2).await), (1, 1));
     alice.shutdown().await;
@@ -332,15 +342,10 @@ async fn a_public_user_keeps_a_mailbox_at_the_relay_it_names() {
         "its direct address is published too: {reach:?}"
     );
     bob.shutdown().await;
-    let sending = alice
-        .messenger
-        .as_ref()
-        .unwrap()
-        .send(bob_id, "while you were out".into(), vec![])
-        .await
-        .unwrap();
-    let outcome = tokio::time::timeout(WAIT, sending.outcome).await.unwrap();
-    assert_eq!(outcome.unwrap(), Delivery::Stored(1));
+    assert_eq!(
+        send_to(&alice, bob_id, "while you were out").await,
+        Delivery::Stored(1)
+    );
     for n in [alice, r] {
         n.shutdown().await;
     }

@@ -32,18 +32,9 @@ pub struct Fan {
 
 /// CPU time (user + system) this process has used so far.
 fn process_cpu() -> Duration {
-    let mut u = libc::rusage {
-        ru_utime: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-        ru_stime: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-        ..unsafe { std::mem::zeroed() }
-    };
-    // SAFETY: getrusage writes into the struct we pass and nothing else.
+    // SAFETY: rusage is plain integers, so all-zero is a valid value; getrusage only
+    // writes into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)
