@@ -611,6 +611,7 @@ impl Channels {
             epoch: row.epoch,
             text,
         };
+        // A copy of our own frame that comes back through the mesh is a duplicate.
         self.state().remember_id(body.msg_id);
         Ok((body, row, me))
     }
@@ -623,8 +624,6 @@ impl Channels {
         text: String,
     ) -> Result<(ChannelBody, usize), String> {
         let (body, row, me) = self.body(id, kind, text).await?;
-        // A copy of our own frame that comes back through the mesh is a duplicate.
-        self.state().remember_id(body.msg_id);
         let signed = frame::sign(&body, &me);
         let data = match (row.private, row.key) {
             (false, _) => signed,
@@ -679,7 +678,6 @@ impl Channels {
         let on_channel = self.publish_frame(id, frame::CHANNEL, String::new()).await;
         if self.state().rows.get(&id).is_some_and(|r| !r.private) {
             let (body, _, me) = self.body(id, frame::CHANNEL, String::new()).await?;
-            self.state().remember_id(body.msg_id);
             self.inner
                 .net
                 .publish(frame::ANNOUNCE_TOPIC.into(), frame::sign(&body, &me))
