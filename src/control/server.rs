@@ -227,12 +227,7 @@ async fn handle(
                 return ControlResponse::err(2, format!("not a UUID: {uuid:?}"));
             };
             match client.whois(uuid).await {
-                Ok(doc) => {
-                    if let Some(m) = messenger {
-                        m.saw_document(&doc);
-                    }
-                    ControlResponse::ok(crate::cli::WhoisView::of(&doc))
-                }
+                Ok(doc) => ControlResponse::ok(crate::cli::WhoisView::of(&doc)),
                 Err(LookupError::NotFound(_)) => {
                     ControlResponse::err(4, format!("no valid identity document found for {uuid}"))
                 }

@@ -342,19 +342,6 @@ impl Messenger {
         }
     }
 
-    /// Takes note of a document a lookup just returned (`whois`), so what the node says
-    /// about a contact next agrees with it. The directory's own disk write of the same
-    /// document is queued behind other writes; until it lands the disk copy is older.
-    pub fn saw_document(&self, doc: &SignedDocument) {
-        let newer = match self.inner.known_document(&doc.doc().uuid()) {
-            Some(held) => doc.may_replace(&held) == Ok(true),
-            None => true,
-        };
-        if newer {
-            self.inner.remember_in_memory(doc);
-        }
-    }
-
     /// Remembers a document found by a lookup (e.g. `contacts add`).
     pub fn remember_document(&self, doc: &SignedDocument) {
         self.inner.remember(doc);

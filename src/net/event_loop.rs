@@ -1435,10 +1435,11 @@ fn is_relayed(addr: &Multiaddr) -> bool {
 
 /// The directory cache's writes, on a thread of their own: each is a durable redb commit,
 /// which would otherwise hold up the event loop (and the runtime thread under it) for an
-/// fsync per accepted DHT record or lookup result. A cache write nobody waits for; when
-/// the queue is full it is dropped. Dropping this waits for the queued writes, so the
-/// database is closed when the event loop is gone.
+/// fsync per accepted DHT record or lookup result. A cache write nobody waits for, though
+/// readers of the cache see it at once; when the queue is full it is dropped. Dropping
+/// this waits for the queued writes, so the database is closed when the event loop is gone.
 struct CacheWriter {
+    store: Store,
     writer: Option<crate::store::Writer>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -1447,16 +1448,17 @@ impl CacheWriter {
     fn new(store: &Store) -> Self {
         let (writer, thread) = store.writer();
         CacheWriter {
+            store: store.clone(),
             writer: Some(writer),
             thread,
         }
     }
 
     fn put(&self, doc: &SignedDocument, now: u64) {
-        let doc = doc.clone();
-        let queued = self.writer.as_ref().is_some_and(|w| {
-            w.submit(move |tx| crate::store::cache_document_in(tx, &doc, now).map(|_| ()))
-        });
+        let queued = self
+            .writer
+            .as_ref()
+            .is_some_and(|w| self.store.cache_document_behind(w, doc, now));
         if !queued {
             debug!("directory cache write dropped: its queue is full");
         }

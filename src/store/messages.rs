@@ -346,6 +346,31 @@ trait Job: Send {
     fn finish(self: Box<Self>, committed: Result<(), String>);
 }
 
+/// A write nobody waits for; `done` runs when its group is over.
+struct UnwatchedJob<F, D> {
+    f: Option<F>,
+    done: Option<D>,
+}
+
+impl<F, D> Job for UnwatchedJob<F, D>
+where
+    F: FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send,
+    D: FnOnce() + Send,
+{
+    fn run(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        match self.f.take() {
+            Some(f) => f(txn),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(self: Box<Self>, _committed: Result<(), String>) {
+        if let Some(done) = self.done {
+            done();
+        }
+    }
+}
+
 struct TypedJob<T, F> {
     f: Option<F>,
     result: Option<T>,
@@ -387,11 +412,19 @@ impl Writer {
     where
         F: FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
     {
-        let (reply, _) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(TypedJob {
+        self.submit_then(f, || ())
+    }
+
+    /// Like [`submit`](Self::submit), and calls `done` on the writer thread once the
+    /// group is over, committed or not (not if the write is dropped).
+    pub fn submit_then<F, D>(&self, f: F, done: D) -> bool
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
+        D: FnOnce() + Send + 'static,
+    {
+        let job: Box<dyn Job> = Box::new(UnwatchedJob {
             f: Some(f),
-            result: None,
-            reply,
+            done: Some(done),
         });
         self.tx.try_send(job).is_ok()
     }

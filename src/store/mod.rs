@@ -2,9 +2,10 @@
 //! docs/decisions/0001-storage-redb.md). Every write commits durably before it returns,
 //! so anything acknowledged to a peer or user survives `kill -9`.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
@@ -76,6 +77,9 @@ pub struct Store {
     /// Bumped whenever contacts or channels change, so views that name senders and
     /// channels reload only then.
     names_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Directory documents handed to a writer and not yet committed: readers see them at
+    /// once (see [`Store::cache_document_behind`]). At most one per write in the queue.
+    pending_docs: Arc<Mutex<HashMap<[u8; 16], SignedDocument>>>,
 }
 
 /// Caches `doc` in the directory table inside `tx` (see [`Store::cache_document`]).
@@ -142,6 +146,7 @@ impl Store {
             db: Arc::new(db),
             path,
             names_generation: Arc::default(),
+            pending_docs: Arc::default(),
         };
         store.check_schema()?;
         Ok(store)
@@ -234,18 +239,64 @@ impl Store {
         Ok(is_new)
     }
 
+    /// Caches `doc` through `writer` without waiting for the disk. Until the write is
+    /// over, [`cached_document`](Self::cached_document) answers with `doc` where the write
+    /// would replace what is held, so a reader never sees an older key than a lookup just
+    /// returned. False (and nothing changes) when the writer's queue is full.
+    pub fn cache_document_behind(&self, writer: &Writer, doc: &SignedDocument, now: u64) -> bool {
+        let key = *doc.doc().uuid().as_bytes();
+        if let Ok(mut p) = self.pending_docs.lock() {
+            // One queued before and newer stays: this write will not replace it either.
+            if p.get(&key).is_none_or(|q| doc.may_replace(q) == Ok(true)) {
+                p.insert(key, doc.clone());
+            }
+        }
+        let settle = {
+            let (pending, bytes) = (self.pending_docs.clone(), doc.bytes().to_vec());
+            move || {
+                if let Ok(mut p) = pending.lock() {
+                    // A newer document for the same identity may have been queued since.
+                    if p.get(&key).is_some_and(|d| d.bytes() == bytes) {
+                        p.remove(&key);
+                    }
+                }
+            }
+        };
+        let d = doc.clone();
+        let (f, done) = (
+            move |tx: &redb::WriteTransaction| cache_document_in(tx, &d, now).map(|_| ()),
+            settle.clone(),
+        );
+        let queued = writer.submit_then(f, done);
+        if !queued {
+            settle();
+        }
+        queued
+    }
+
     /// The held document for `uuid`, re-verified (expired ones are not returned).
     pub fn cached_document(
         &self,
         uuid: &Uuid,
         now: u64,
     ) -> Result<Option<SignedDocument>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(DIRECTORY)?;
-        let Some(v) = table.get(uuid.as_bytes())? else {
-            return Ok(None);
+        let pending = self
+            .pending_docs
+            .lock()
+            .ok()
+            .and_then(|p| p.get(uuid.as_bytes()).cloned())
+            .filter(|d| d.doc().expires > now);
+        let held = {
+            let tx = self.db.begin_read()?;
+            let table = tx.open_table(DIRECTORY)?;
+            let v = table.get(uuid.as_bytes())?;
+            v.and_then(|v| SignedDocument::decode_for(v.value(), uuid, now).ok())
         };
-        Ok(SignedDocument::decode_for(v.value(), uuid, now).ok())
+        Ok(match (pending, held) {
+            (Some(p), Some(h)) if p.may_replace(&h) == Ok(true) => Some(p),
+            (Some(p), None) => Some(p),
+            (_, h) => h,
+        })
     }
 
     /// Every held document that still verifies at `now` (to re-seed the DHT store after a
@@ -337,5 +388,32 @@ mod tests {
         let later = NOW + crate::identity::DOCUMENT_VALIDITY_SECS + 10;
         assert!(store.cached_document(&id.uuid(), later).unwrap().is_none());
         assert!(store.cached_documents(later).unwrap().is_empty());
+    }
+
+    /// A document queued behind a slow write is what readers get at once; an older one
+    /// queued later does not hide it; once the writes are over it is on disk.
+    #[test]
+    fn a_document_queued_for_the_disk_is_read_before_it_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut id = Identity::generate(NOW);
+        let old = id.issue_document(&[], NOW);
+        let new = id.issue_document(&[], NOW + 1);
+        assert!(store.cache_document(&old, NOW).unwrap());
+        let (writer, thread) = store.writer();
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        assert!(writer.submit(move |_| {
+            let _ = held.recv();
+            Ok(())
+        }));
+        assert!(store.cache_document_behind(&writer, &new, NOW + 1));
+        assert!(store.cache_document_behind(&writer, &old, NOW + 1));
+        let read = || store.cached_document(&id.uuid(), NOW + 2).unwrap().unwrap();
+        assert_eq!(read(), new, "the queued newer document, before its commit");
+        hold.send(()).unwrap();
+        drop(writer);
+        thread.unwrap().join().unwrap();
+        assert!(store.pending_docs.lock().unwrap().is_empty());
+        assert_eq!(read(), new, "and from disk after it");
     }
 }
