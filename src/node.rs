@@ -213,6 +213,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let (hooks, messaging_channels) = crate::messaging::channels();
     let (gossip_tx, gossip_rx) = mpsc::channel(crate::net::GOSSIP_QUEUE);
     let (grants_tx, grants_rx) = mpsc::channel(256);
+    let (history_tx, history_rx) = mpsc::channel(crate::channels::HISTORY_QUEUE);
     let user = config.mode == Mode::User;
     let mut event_loop = EventLoop::new(
         swarm,
@@ -224,6 +225,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         user.then_some(crate::net::UserHooks {
             messaging: hooks,
             gossip: gossip_tx,
+            history: history_tx,
         }),
     );
     event_loop.seed_dht_from_store();
@@ -277,6 +279,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             client.clone(),
             gossip_rx,
             grants_rx,
+            history_rx,
             counters,
         )?),
         None => None,

@@ -16,6 +16,11 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024 + 4096;
 pub const MAX_BATCH: usize = 64;
 /// Largest response accepted (a page of mail is the largest).
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024 + 4096;
+/// Most frames in one page of channel history.
+pub const MAX_HISTORY_FRAMES: usize = 256;
+/// Most frame bytes in one page of channel history (under [`MAX_RESPONSE_BYTES`] with
+/// room for the CBOR around them).
+pub const MAX_HISTORY_BYTES: usize = 960 * 1024;
 
 /// A request verb.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +76,14 @@ pub enum Request {
     /// MAIL-ACK: after a login on this connection, delete these items (the recipient has
     /// them stored) and send the next page. Answered with [`Response::Mail`].
     MailAck { ack: Vec<u64> },
+    /// CHANNEL-HISTORY: the posts of a channel the receiver is in, from `since` (Unix ms)
+    /// on, as they were on the channel's topic (see protocols/channels.md). Answered with
+    /// [`Response::ChannelHistory`], or NACK `unknown_channel`.
+    ChannelHistory {
+        #[serde(with = "serde_bytes")]
+        channel: [u8; 16],
+        since: u64,
+    },
     /// Not sent: what an undecodable request becomes on the receiving side.
     #[serde(skip)]
     Malformed(String),
@@ -104,6 +117,14 @@ pub enum Response {
     },
     /// A page of mail, oldest first; `more` says whether more is waiting after it.
     Mail { items: Vec<MailItem>, more: bool },
+    /// A page of channel posts, oldest first (at most [`MAX_HISTORY_FRAMES`] frames and
+    /// [`MAX_HISTORY_BYTES`] bytes); `more` says whether more follow, to be asked for with
+    /// `since` = `next` (the last frame's time).
+    ChannelHistory {
+        frames: Vec<serde_bytes::ByteBuf>,
+        more: bool,
+        next: u64,
+    },
 }
 
 /// What a relay did with one deposited message.

@@ -174,7 +174,7 @@ fn verify_at(
     author: Option<libp2p::PeerId>,
     now_ms: u64,
 ) -> Result<frame::Checked, frame::Drop> {
-    frame::verify(signed, author, now_ms, &docs, None)
+    frame::verify(signed, frame::Via::Gossip(author), now_ms, &docs, None)
 }
 
 /// The signed form, decoded with the field names and types the spec gives.
@@ -611,4 +611,51 @@ fn limits_are_as_specified() {
         assert!(frame::check_name(bad).is_err(), "{bad}");
     }
     assert!(frame::check_name(&"a".repeat(64)).is_ok());
+}
+
+/// CHANNEL-HISTORY (section 10): the request for the public channel's posts since five
+/// minutes before `ts`, and a page holding the public TEXT frame. The frame in a page is
+/// checked as on the topic except for who passed it on: any member may, so a frame that
+/// names no gossip author still verifies `Via::History`, and one flipped byte still fails.
+#[test]
+fn channel_history_request_and_page() {
+    use ptpchat::verbs::{Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+    let request = Request::ChannelHistory {
+        channel: *id(PUBLIC_CHANNEL).as_bytes(),
+        since: TS - 300_000,
+    };
+    let page = Response::ChannelHistory {
+        frames: vec![serde_bytes::ByteBuf::from(bytes(PUBLIC_SIGNED))],
+        more: false,
+        next: TS,
+    };
+    let (req_hex, page_hex) = (
+        hex::encode(cbor::to_vec(&request).unwrap()),
+        hex::encode(cbor::to_vec(&page).unwrap()),
+    );
+    let v = common::spec_vectors("channels.md");
+    let h = &v["channel-history"];
+    assert_eq!(h["request"], req_hex);
+    assert_eq!(h["page"], page_hex);
+    assert_eq!(h["since"], (TS - 300_000).to_string());
+    assert_eq!(h["next"], TS.to_string());
+
+    let decoded: Request = cbor::from_slice(&bytes(&h["request"]), MAX_REQUEST_BYTES).unwrap();
+    assert_eq!(decoded, request);
+    let Response::ChannelHistory { frames, more, next } =
+        cbor::from_slice(&bytes(&h["page"]), MAX_RESPONSE_BYTES).unwrap()
+    else {
+        panic!("not a page of history");
+    };
+    assert!(!more);
+    assert_eq!(next, TS);
+    assert_eq!(frames.len(), 1);
+    let c = frame::verify(&frames[0], frame::Via::History, TS, &docs, None).unwrap();
+    assert_eq!(c.body, public_body());
+    // Gossip would refuse it without its author; a page does not ask for one.
+    assert!(verify_at(&frames[0], None, TS).is_err());
+    let mut flipped = frames[0].to_vec();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert!(frame::verify(&flipped, frame::Via::History, TS, &docs, None).is_err());
 }

@@ -12,6 +12,7 @@ use ptpchat::channels::frame::{self, ChannelBody};
 use ptpchat::channels::Channels;
 use ptpchat::config::Mode;
 use ptpchat::node::{self, RunningNode};
+use ptpchat::verbs::{Request, Response};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -489,6 +490,86 @@ async fn a_restarted_member_rejoins_its_channels_by_itself() {
         vec![(id, "before"), (id, "after")]
     );
     net.users.push(b);
+    net.stop().await;
+}
+
+/// Gossip keeps nothing for a member who is away. Back, it asks a member for what it
+/// missed (CHANNEL-HISTORY), in a public and a private channel alike, and stores each post
+/// once. Anyone may read a public channel's recent posts; a private one's are refused to a
+/// peer that is not in it.
+#[tokio::test]
+async fn a_member_back_from_away_catches_up_on_what_it_missed() {
+    let mut net = network(3).await;
+    let news = ch(&net.users[0]).create("news", false).await.unwrap();
+    let ops = ch(&net.users[0]).create("ops", true).await.unwrap();
+    for n in &net.users[1..] {
+        wait_discovered(n, "news").await;
+        ch(n).join("news").await.unwrap();
+    }
+    invite_and_join(&net.users[0], "ops", &[&net.users[1], &net.users[2]]).await;
+    send_when_meshed(&net.users[0], "news", "before").await;
+    send_when_meshed(&net.users[0], "ops", "ops before").await;
+    wait_post(&net.users[1], "before").await;
+    wait_post(&net.users[1], "ops before").await;
+
+    let b = net.users.remove(1);
+    b.shutdown().await;
+    let missed = [
+        ("news", "missed 1"),
+        ("ops", "ops missed"),
+        ("news", "missed 2"),
+    ];
+    for (channel, text) in missed {
+        send_when_meshed(&net.users[0], channel, text).await;
+        wait_post(&net.users[1], text).await;
+    }
+
+    let boot = vec![first_addr(&net.relay).await];
+    let b = user(net._dirs[2].path(), &boot).await;
+    for (_, text) in missed {
+        wait_post(&b, text).await;
+    }
+    let mut got: Vec<(Uuid, String)> = posts(&b).into_iter().map(|p| (p.0, p.2)).collect();
+    got.sort();
+    let mut want = vec![
+        (news, "before".to_string()),
+        (news, "missed 1".into()),
+        (news, "missed 2".into()),
+        (ops, "ops before".into()),
+        (ops, "ops missed".into()),
+    ];
+    want.sort();
+    assert_eq!(got, want, "each missed post once, in its channel");
+
+    // The relay is in neither channel: it may read the public one's recent posts (they
+    // were on an open topic), not the private one's.
+    let a = &net.users[0];
+    let ask = |channel: Uuid| {
+        net.relay.client.request(
+            a.peer_id,
+            Vec::new(),
+            Request::ChannelHistory {
+                channel: *channel.as_bytes(),
+                since: 0,
+            },
+        )
+    };
+    match ask(news).await.unwrap() {
+        Response::ChannelHistory { frames, more, .. } => {
+            assert_eq!(frames.len(), 3, "A's three posts in news");
+            assert!(!more);
+        }
+        other => panic!("expected a page of history, got {other:?}"),
+    }
+    let before = rejected(a, "history_not_member").await;
+    assert_eq!(
+        ask(ops).await.unwrap(),
+        Response::Nack {
+            reason: "unknown_channel".into()
+        }
+    );
+    assert_eq!(rejected(a, "history_not_member").await, before + 1);
+    net.users.insert(1, b);
     net.stop().await;
 }
 

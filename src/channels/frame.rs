@@ -205,11 +205,21 @@ pub struct Checked {
     pub sender: SignedDocument,
 }
 
-/// Checks a signed frame. `author` is the gossipsub message's signed source: it must be
-/// the sender's PeerId, so nobody can re-publish someone else's frame as theirs.
+/// How a frame reached us, which decides who must have sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A gossipsub message with this signed source: it must be the sender's PeerId, so
+    /// nobody can re-publish someone else's frame as theirs.
+    Gossip(Option<PeerId>),
+    /// A page of CHANNEL-HISTORY: any member may hand on anyone's post; the sender's
+    /// signature (and the msg_id, for replays) is what counts.
+    History,
+}
+
+/// Checks a signed frame that reached us `via` gossip or a history page.
 pub fn verify(
     signed: &[u8],
-    author: Option<PeerId>,
+    via: Via,
     now_ms: u64,
     sender_document: &SenderDocumentCheck<'_>,
     key_cache: Option<&KeyCache>,
@@ -233,8 +243,10 @@ pub fn verify(
         return Err(Reject::SenderMismatch.into());
     }
     check_signature(SIGN_DOMAIN, &form, &sender, key_cache)?;
-    if sender.doc().peer_id() != author {
-        return Err(Reject::PeerMismatch.into());
+    if let Via::Gossip(author) = via {
+        if sender.doc().peer_id() != author {
+            return Err(Reject::PeerMismatch.into());
+        }
     }
     if body.ts > now_ms.saturating_add(MAX_FUTURE_SKEW_MS) {
         return Err(Reject::BadTimestamp.into());

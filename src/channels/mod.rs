@@ -21,12 +21,14 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::identity::MessageKeys;
-use crate::messaging::{Counters, GrantNote, Messenger, Stored};
+use crate::messaging::{Counters, GrantNote, InboundVerb, Messenger, Stored};
 use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
-use crate::store::channels::mark_channel_seen;
+use crate::store::channels::{keep_channel_frame, mark_channel_seen};
 use crate::store::messages::append_history;
 use crate::store::{ChannelRow, GrantOutcome, HistoryEntry, Queued, Store};
-use frame::{ChannelBody, Drop};
+use crate::verbs::{Request, Response};
+use frame::{ChannelBody, Drop, Via};
+use libp2p::PeerId;
 
 /// Public channels remembered from announcements.
 const MAX_DISCOVERED: usize = 1024;
@@ -42,6 +44,17 @@ const SEEN_RETENTION_MS: u64 = 2 * frame::MAX_AGE_MS;
 /// A channel with fewer connected members than this looks for more at each interval
 /// (gossipsub's own lower mesh bound).
 const ENOUGH_PEERS: usize = 4;
+/// Requests for channel history waiting to be answered; more are answered `busy`.
+pub const HISTORY_QUEUE: usize = 64;
+/// Least time between two catch-ups of one channel.
+const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
+/// How far before the newest post we hold a catch-up starts: posts of other members may
+/// have reached us out of order, and clocks differ.
+const CATCH_UP_OVERLAP_MS: u64 = 5 * 60 * 1000;
+/// Most members one catch-up asks before it gives up until the next.
+const CATCH_UP_PEERS: usize = 3;
+/// Most pages one catch-up reads.
+const CATCH_UP_PAGES: usize = 16;
 /// Least time between two CHANNEL frames sent because a peer subscribed.
 const CHANNEL_DEBOUNCE: Duration = Duration::from_secs(2);
 
@@ -107,6 +120,8 @@ struct State {
     announce_pending: HashSet<Uuid>,
     /// Topics tapped by tests: raw frames go to the tap, unvalidated and not forwarded.
     taps: HashMap<String, broadcast::Sender<Vec<u8>>>,
+    /// When each channel's last catch-up began.
+    last_catch_up: HashMap<Uuid, Instant>,
 }
 
 impl State {
@@ -163,6 +178,7 @@ impl Channels {
         net: Client,
         gossip: mpsc::Receiver<GossipEvent>,
         grants: mpsc::Receiver<GrantNote>,
+        history: mpsc::Receiver<InboundVerb>,
         counters: Counters,
     ) -> Result<Channels, crate::store::StoreError> {
         let store = messenger.store().clone();
@@ -185,6 +201,7 @@ impl Channels {
         c.spawn(gossip_loop(c.clone(), gossip));
         c.spawn(commit_loop(c.clone(), commits));
         c.spawn(grant_loop(c.clone(), grants));
+        c.spawn(history_loop(c.clone(), history));
         c.spawn(maintenance(c.clone()));
         Ok(c)
     }
@@ -564,7 +581,7 @@ impl Channels {
         if !row.as_ref().is_some_and(|r| r.joined) {
             return Err(fail(1, format!("you are not in {target}; join it first")));
         }
-        let (body, peers) = self
+        let (body, data, peers) = self
             .publish_frame(id, frame::TEXT, text)
             .await
             .map_err(|e| fail(1, format!("not sent: {e}")))?;
@@ -579,7 +596,7 @@ impl Channels {
             detail: None,
             channel: Some(ByteArray::new(*id.as_bytes())),
         };
-        self.store_post(body.msg_id, body.ts, entry).await;
+        self.store_post(entry, data).await;
         Ok((Uuid::from_bytes(body.msg_id), peers))
     }
 
@@ -622,7 +639,7 @@ impl Channels {
         id: Uuid,
         kind: &str,
         text: String,
-    ) -> Result<(ChannelBody, usize), String> {
+    ) -> Result<(ChannelBody, Vec<u8>, usize), String> {
         let (body, row, me) = self.body(id, kind, text).await?;
         let signed = frame::sign(&body, &me);
         let data = match (row.private, row.key) {
@@ -635,8 +652,12 @@ impl Channels {
             }
             (true, None) => return Err("no key for this channel".into()),
         };
-        let peers = self.inner.net.publish(frame::topic(&id), data).await?;
-        Ok((body, peers))
+        let peers = self
+            .inner
+            .net
+            .publish(frame::topic(&id), data.clone())
+            .await?;
+        Ok((body, data, peers))
     }
 
     /// Announces `id` now, or, if it was announced less than [`CHANNEL_DEBOUNCE`] ago, once
@@ -687,8 +708,8 @@ impl Channels {
     }
 
     /// Stores our own post and waits for the commit (`channel send` answers after it).
-    async fn store_post(&self, msg_id: [u8; 16], ts: u64, entry: HistoryEntry) {
-        if let Some(q) = self.queue_post(msg_id, ts, entry).await {
+    async fn store_post(&self, entry: HistoryEntry, frame: Vec<u8>) {
+        if let Some(q) = self.queue_post(entry, frame).await {
             self.posted(q.committed().await);
         }
     }
@@ -696,26 +717,31 @@ impl Channels {
     /// Stores a post from the mesh without waiting for the disk: the commit is awaited, in
     /// order, by [`commit_loop`], so the next frame is validated (and forwarded) while this
     /// one's group is being made durable. What `recv` shows still waits for the commit.
-    async fn store_heard_post(&self, msg_id: [u8; 16], ts: u64, entry: HistoryEntry) {
-        if let Some(q) = self.queue_post(msg_id, ts, entry).await {
+    async fn store_heard_post(&self, entry: HistoryEntry, frame: Vec<u8>) {
+        if let Some(q) = self.queue_post(entry, frame).await {
             // Bounded: when the disk is this far behind, validation waits for it.
             let _ = self.inner.committing.send(q).await;
         }
     }
 
+    /// Queues a post for the disk: its id (a second copy is a duplicate), its history
+    /// entry, and its frame as it was on the topic (what CHANNEL-HISTORY hands out).
     async fn queue_post(
         &self,
-        msg_id: [u8; 16],
-        ts: u64,
         entry: HistoryEntry,
+        frame: Vec<u8>,
     ) -> Option<Queued<Option<Stored>>> {
         let queued = self
             .inner
             .messenger
             .writer()
             .queue(move |txn| {
+                let (msg_id, ts) = (entry.msg_id, entry.ts);
                 if !mark_channel_seen(txn, &msg_id, ts)? {
                     return Ok(None);
+                }
+                if let Some(channel) = &entry.channel {
+                    keep_channel_frame(txn, channel, ts, &msg_id, &frame)?;
                 }
                 let seq = append_history(txn, &entry)?;
                 Ok(Some((seq, entry)))
@@ -741,18 +767,12 @@ impl Channels {
     // ---- validation ----
 
     /// Checks one gossip message against what we know; nothing in it is trusted before.
-    fn check(&self, msg: &GossipIn) -> Result<frame::Checked, Drop> {
+    fn check(&self, topic: &str, data: &[u8], via: Via) -> Result<frame::Checked, Drop> {
         let now = crate::unix_now_ms();
         let m = &self.inner.messenger;
         let sender_document = |from: &Uuid, bytes: &[u8]| m.check_sender_document(from, bytes);
-        if msg.topic == frame::ANNOUNCE_TOPIC {
-            let c = frame::verify(
-                &msg.data,
-                msg.author,
-                now,
-                &sender_document,
-                Some(m.key_cache()),
-            )?;
+        if topic == frame::ANNOUNCE_TOPIC {
+            let c = frame::verify(data, via, now, &sender_document, Some(m.key_cache()))?;
             if c.body.kind != frame::CHANNEL || c.body.private {
                 return Err(Drop::BadKind);
             }
@@ -761,7 +781,7 @@ impl Channels {
             }
             return Ok(c);
         }
-        let id = frame::channel_of_topic(&msg.topic).ok_or(Drop::UnknownChannel)?;
+        let id = frame::channel_of_topic(topic).ok_or(Drop::UnknownChannel)?;
         let row = self
             .state()
             .rows
@@ -771,7 +791,7 @@ impl Channels {
             .ok_or(Drop::UnknownChannel)?;
         let opened;
         let signed: &[u8] = if row.private {
-            let sealed = frame::sealed_header(&msg.data)?;
+            let sealed = frame::sealed_header(data)?;
             if sealed.channel != *id.as_bytes() {
                 return Err(Drop::WrongChannel);
             }
@@ -785,15 +805,9 @@ impl Channels {
             opened = frame::open(&sealed, &key)?;
             &opened
         } else {
-            &msg.data
+            data
         };
-        let c = frame::verify(
-            signed,
-            msg.author,
-            now,
-            &sender_document,
-            Some(m.key_cache()),
-        )?;
+        let c = frame::verify(signed, via, now, &sender_document, Some(m.key_cache()))?;
         if c.body.channel != *id.as_bytes() {
             return Err(Drop::WrongChannel);
         }
@@ -822,7 +836,7 @@ impl Channels {
         if let Some(tap) = self.state().taps.get(&msg.topic) {
             let _ = tap.send(msg.data.clone());
         }
-        let verdict = self.check(&msg);
+        let verdict = self.check(&msg.topic, &msg.data, Via::Gossip(msg.author));
         let acceptance = match &verdict {
             Ok(_) => MessageAcceptance::Accept,
             Err(d) => {
@@ -848,12 +862,166 @@ impl Channels {
             .validate(msg.id, msg.source, acceptance)
             .await;
         if let Ok(c) = verdict {
-            self.apply(&msg.topic, c).await;
+            self.apply(&msg.topic, c, msg.data).await;
         }
     }
 
-    /// Acts on a valid frame.
-    async fn apply(&self, topic: &str, c: frame::Checked) {
+    // ---- history ----
+
+    /// One page of CHANNEL-HISTORY for `peer`: only of a channel we are in, and of a
+    /// private one only for a member we know holds its key (others would get ciphertext
+    /// they cannot read, and learn how much was said).
+    fn history_page(&self, peer: PeerId, id: Uuid, since: u64) -> Response {
+        let nack = |reason: &str| Response::Nack {
+            reason: reason.into(),
+        };
+        let Some(row) = self.state().rows.get(&id).filter(|r| r.joined).cloned() else {
+            self.inner.counters.count("history_unknown_channel");
+            return nack("unknown_channel");
+        };
+        if row.private {
+            let m = &self.inner.messenger;
+            let member = row.members.iter().any(|u| {
+                m.latest_document(&Uuid::from_bytes(**u))
+                    .is_some_and(|d| d.doc().peer_id() == Some(peer))
+            });
+            if !member {
+                self.inner.counters.count("history_not_member");
+                return nack("unknown_channel");
+            }
+        }
+        let horizon = crate::unix_now_ms().saturating_sub(frame::MAX_AGE_MS);
+        match self.inner.store.channel_frames(
+            id.as_bytes(),
+            since.max(horizon),
+            crate::verbs::MAX_HISTORY_FRAMES,
+            crate::verbs::MAX_HISTORY_BYTES,
+        ) {
+            Ok((frames, more)) => Response::ChannelHistory {
+                next: frames.last().map_or(since, |(ts, _)| *ts),
+                frames: frames
+                    .into_iter()
+                    .map(|(_, f)| serde_bytes::ByteBuf::from(f))
+                    .collect(),
+                more,
+            },
+            Err(e) => {
+                warn!(error = %e, "could not read channel history");
+                nack("busy")
+            }
+        }
+    }
+
+    /// Catches up on `id` from `peer`, unless a catch-up of it began in the last
+    /// [`CATCH_UP_EVERY`].
+    fn catch_up_soon(&self, id: Uuid, peer: PeerId) {
+        {
+            let mut st = self.state();
+            if st
+                .last_catch_up
+                .get(&id)
+                .is_some_and(|t| t.elapsed() < CATCH_UP_EVERY)
+            {
+                return;
+            }
+            st.last_catch_up.insert(id, Instant::now());
+        }
+        let c = self.clone();
+        self.spawn(async move {
+            // The member that just arrived first; if it cannot answer (it was away too, or
+            // does not know us yet), a few others we are connected to on the channel.
+            let mut others = c
+                .inner
+                .net
+                .gossip_peers(frame::topic(&id))
+                .await
+                .unwrap_or_default();
+            others.retain(|(p, _)| *p != peer);
+            others.sort_by(|x, y| y.1.total_cmp(&x.1));
+            let asked = std::iter::once(peer).chain(others.into_iter().map(|(p, _)| p));
+            for p in asked.take(CATCH_UP_PEERS) {
+                if c.catch_up(id, p).await {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Asks `peer` for the posts of `id` since a little before the newest we hold (at most
+    /// [`frame::MAX_AGE_MS`] back: older frames are refused as stale anyway) and stores
+    /// those that check out exactly as gossip would, but from any member. False if `peer`
+    /// gave no history at all.
+    async fn catch_up(&self, id: Uuid, peer: PeerId) -> bool {
+        let horizon = crate::unix_now_ms().saturating_sub(frame::MAX_AGE_MS);
+        let newest = self
+            .inner
+            .store
+            .newest_channel_frame(id.as_bytes())
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let mut since = newest.saturating_sub(CATCH_UP_OVERLAP_MS).max(horizon);
+        let topic = frame::topic(&id);
+        let mut stored = 0usize;
+        let mut answered = false;
+        for _ in 0..CATCH_UP_PAGES {
+            let request = Request::ChannelHistory {
+                channel: *id.as_bytes(),
+                since,
+            };
+            let (frames, more, next) = match self.inner.net.request(peer, Vec::new(), request).await
+            {
+                Ok(Response::ChannelHistory { frames, more, next }) => (frames, more, next),
+                Ok(other) => {
+                    debug!(%peer, channel = %id, answer = ?other, "no channel history");
+                    return answered;
+                }
+                Err(e) => {
+                    debug!(%peer, channel = %id, error = %e, "no channel history");
+                    return answered;
+                }
+            };
+            answered = true;
+            if frames.len() > crate::verbs::MAX_HISTORY_FRAMES {
+                self.inner.counters.count("channel_history_oversized");
+                return answered;
+            }
+            for f in frames {
+                match self.check(&topic, &f, Via::History) {
+                    Ok(c) if c.body.kind == frame::TEXT => {
+                        self.state().remember_id(c.body.msg_id);
+                        self.store_heard_post(heard_entry(c.body), f.into_vec())
+                            .await;
+                        stored += 1;
+                    }
+                    Ok(_) => self.inner.counters.count("channel_history_bad_kind"),
+                    // What we have, or can no longer check: not the sender's fault.
+                    Err(
+                        Drop::Duplicate
+                        | Drop::UnknownChannel
+                        | Drop::UnknownEpoch
+                        | Drop::WrongEpoch
+                        | Drop::Stale,
+                    ) => {}
+                    Err(d) => {
+                        self.inner.counters.count(d.counter());
+                        debug!(%peer, channel = %id, reason = %d, "dropped a frame of channel history");
+                    }
+                }
+            }
+            if !more || next <= since {
+                break;
+            }
+            since = next;
+        }
+        if stored > 0 {
+            info!(channel = %id, %peer, posts = stored, "caught up on missed posts");
+        }
+        answered
+    }
+
+    /// Acts on a valid frame; `data` is the frame as it was on the topic.
+    async fn apply(&self, topic: &str, c: frame::Checked, data: Vec<u8>) {
         let now = crate::unix_now_ms();
         let b = c.body;
         let from = Uuid::from_bytes(b.from);
@@ -900,18 +1068,7 @@ impl Channels {
                 self.state().hear(id, from, now);
                 self.note_key_holder(id, from);
                 if kind == frame::TEXT {
-                    let entry = HistoryEntry {
-                        msg_id: b.msg_id,
-                        incoming: true,
-                        peer: b.from,
-                        ts: b.ts,
-                        text: b.text,
-                        attachments: Vec::new(),
-                        status: "received".into(),
-                        detail: None,
-                        channel: Some(ByteArray::new(b.channel)),
-                    };
-                    self.store_heard_post(b.msg_id, b.ts, entry).await;
+                    self.store_heard_post(heard_entry(b), data).await;
                 }
             }
         }
@@ -1083,7 +1240,7 @@ async fn gossip_loop(c: Channels, mut rx: mpsc::Receiver<GossipEvent>) {
     while let Some(event) = rx.recv().await {
         match event {
             GossipEvent::Message(msg) => c.on_message(msg).await,
-            GossipEvent::Subscribed { topic, .. } => {
+            GossipEvent::Subscribed { peer, topic } => {
                 // A newcomer on the announce topic learns our public channels, and a new
                 // peer on a channel learns that we are in it.
                 let targets: Vec<Uuid> = {
@@ -1103,9 +1260,43 @@ async fn gossip_loop(c: Channels, mut rx: mpsc::Receiver<GossipEvent>) {
                 };
                 for id in targets {
                     c.announce_debounced(id).await;
+                    // A member we were not connected to may hold posts we missed.
+                    if topic != frame::ANNOUNCE_TOPIC {
+                        c.catch_up_soon(id, peer);
+                    }
                 }
             }
         }
+    }
+}
+
+/// The history entry of a post heard from another member.
+fn heard_entry(b: ChannelBody) -> HistoryEntry {
+    HistoryEntry {
+        msg_id: b.msg_id,
+        incoming: true,
+        peer: b.from,
+        ts: b.ts,
+        text: b.text,
+        attachments: Vec::new(),
+        status: "received".into(),
+        detail: None,
+        channel: Some(ByteArray::new(b.channel)),
+    }
+}
+
+/// Answers CHANNEL-HISTORY requests, one at a time.
+async fn history_loop(c: Channels, mut rx: mpsc::Receiver<InboundVerb>) {
+    while let Some(v) = rx.recv().await {
+        let response = match v.request {
+            Request::ChannelHistory { channel, since } => {
+                c.history_page(v.peer, Uuid::from_bytes(channel), since)
+            }
+            _ => Response::Nack {
+                reason: "malformed".into(),
+            },
+        };
+        let _ = c.inner.net.respond(v.token, response).await;
     }
 }
 

@@ -96,6 +96,8 @@ struct PublishState {
 pub struct UserHooks {
     pub messaging: EventLoopHooks,
     pub gossip: mpsc::Sender<GossipEvent>,
+    /// CHANNEL-HISTORY requests, for the channel service to answer.
+    pub history: mpsc::Sender<InboundVerb>,
 }
 
 /// The event loop. Create with [`EventLoop::new`], run with [`EventLoop::run`].
@@ -127,6 +129,7 @@ pub struct EventLoop {
     cache: CacheWriter,
     /// Mailbox verbs go to the mailbox service (relays with mailboxes only).
     mailbox: Option<mpsc::Sender<InboundVerb>>,
+    channel_history: Option<mpsc::Sender<InboundVerb>>,
     /// Inbound MESSAGE/CHUNK requests handed to the messenger (or mailbox verbs handed to
     /// the mailbox service), awaiting its answer.
     handed_over: HashMap<u64, request_response::ResponseChannel<Response>>,
@@ -187,9 +190,9 @@ impl EventLoop {
         for addr in &config.external {
             swarm.add_external_address(addr.clone());
         }
-        let (hooks, gossip) = match hooks {
-            Some(h) => (Some(h.messaging), Some(h.gossip)),
-            None => (None, None),
+        let (hooks, gossip, channel_history) = match hooks {
+            Some(h) => (Some(h.messaging), Some(h.gossip), Some(h.history)),
+            None => (None, None, None),
         };
         EventLoop {
             cache: CacheWriter::new(&store),
@@ -221,6 +224,7 @@ impl EventLoop {
             rejected: counters,
             hooks,
             mailbox: None,
+            channel_history,
             handed_over: HashMap::new(),
             next_token: 0,
             outbound: HashMap::new(),
@@ -929,15 +933,20 @@ impl EventLoop {
             SignedDocument::decode_for(bytes, from, now)
                 .map_err(|e| crate::messaging::envelope::Reject::BadSenderDocument(e.to_string()))
         };
-        let verdict =
-            channel_frame::verify(&msg.data, msg.author, crate::unix_now_ms(), &check, None)
-                .and_then(|c| {
-                    if c.body.kind == channel_frame::CHANNEL && !c.body.private {
-                        Ok(())
-                    } else {
-                        Err(channel_frame::Drop::BadKind)
-                    }
-                });
+        let verdict = channel_frame::verify(
+            &msg.data,
+            channel_frame::Via::Gossip(msg.author),
+            crate::unix_now_ms(),
+            &check,
+            None,
+        )
+        .and_then(|c| {
+            if c.body.kind == channel_frame::CHANNEL && !c.body.private {
+                Ok(())
+            } else {
+                Err(channel_frame::Drop::BadKind)
+            }
+        });
         let acceptance = match verdict {
             Ok(()) => Accept,
             Err(channel_frame::Drop::Stale) => Ignore,
@@ -981,7 +990,8 @@ impl EventLoop {
                 | Request::Deposit { .. }
                 | Request::MailChallenge
                 | Request::MailLogin { .. }
-                | Request::MailAck { .. } => return self.hand_over(peer, request, channel),
+                | Request::MailAck { .. }
+                | Request::ChannelHistory { .. } => return self.hand_over(peer, request, channel),
                 Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
                 Request::Connect { doc } => self.on_connect_request(peer, &doc),
                 Request::ConnectAnswer { accept } => self.on_connect_answer(peer, accept),
@@ -1008,25 +1018,29 @@ impl EventLoop {
             .send_response(channel, response);
     }
 
-    /// Gives a MESSAGE or CHUNK to the messenger, or a mailbox verb to the mailbox service;
-    /// the service answers later through [`Command::Respond`]. A node without that service
-    /// (`no_user` on a relay, `no_mailbox` on a user node or a relay without mailboxes) or
-    /// a full queue (`busy`) is answered at once.
+    /// Gives a MESSAGE or CHUNK to the messenger, a CHANNEL-HISTORY to the channel service,
+    /// or a mailbox verb to the mailbox service; the service answers later through
+    /// [`Command::Respond`]. A node without that service (`no_user` or `unknown_channel` on
+    /// a relay, `no_mailbox` on a user node or a relay without mailboxes) or a full queue
+    /// (`busy`) is answered at once.
     fn hand_over(
         &mut self,
         peer: PeerId,
         request: Request,
         channel: request_response::ResponseChannel<Response>,
     ) {
-        let is_message = matches!(request, Request::Message { .. } | Request::Chunk { .. });
-        let (target, absent, busy) = if is_message {
-            (
+        let (target, absent, busy) = match request {
+            Request::Message { .. } | Request::Chunk { .. } => (
                 self.hooks.as_ref().map(|h| &h.inbound),
                 "no_user",
                 "inbound_busy",
-            )
-        } else {
-            (self.mailbox.as_ref(), "no_mailbox", "mail_busy")
+            ),
+            Request::ChannelHistory { .. } => (
+                self.channel_history.as_ref(),
+                "unknown_channel",
+                "history_busy",
+            ),
+            _ => (self.mailbox.as_ref(), "no_mailbox", "mail_busy"),
         };
         let token = self.next_token;
         self.next_token += 1;

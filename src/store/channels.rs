@@ -17,6 +17,15 @@ pub(crate) const CHANNELS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::
 pub(crate) const CHANNEL_SEEN: TableDefinition<&[u8; 16], u64> =
     TableDefinition::new("channel_seen");
 
+/// Recent channel posts as they were on the topic (signed, or sealed for a private
+/// channel): channel id ‖ timestamp (ms, big-endian) ‖ msg_id → the bytes. What a member
+/// who was away asks for (CHANNEL-HISTORY); pruned with [`CHANNEL_SEEN`].
+pub(crate) const CHANNEL_FRAMES: TableDefinition<&[u8; 40], &[u8]> =
+    TableDefinition::new("channel_frames");
+
+/// A kept post: its timestamp (ms) and its bytes as they were on the topic.
+pub type TimedFrame = (u64, Vec<u8>);
+
 /// Most private channels one can be invited to without joining (invites from strangers
 /// must not fill the disk).
 pub const MAX_PENDING_INVITES: usize = 64;
@@ -52,7 +61,50 @@ impl Store {
     pub(crate) fn create_channel_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
         txn.open_table(CHANNELS)?;
         txn.open_table(CHANNEL_SEEN)?;
+        txn.open_table(CHANNEL_FRAMES)?;
         Ok(())
+    }
+
+    /// Posts of `channel` from `since_ms` on, oldest first, as they were on the topic: at
+    /// most `max_frames` and `max_bytes` in all, with each one's time.
+    /// True if more follow.
+    pub fn channel_frames(
+        &self,
+        channel: &[u8; 16],
+        since_ms: u64,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<TimedFrame>, bool), StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CHANNEL_FRAMES)?;
+        let (from, to) = (
+            frame_key(channel, since_ms, &[0; 16]),
+            frame_key(channel, u64::MAX, &[0xff; 16]),
+        );
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for r in t.range::<&[u8; 40]>(&from..=&to)? {
+            let (k, v) = r?;
+            let v = v.value();
+            if out.len() >= max_frames || bytes + v.len() > max_bytes {
+                return Ok((out, true));
+            }
+            bytes += v.len();
+            out.push((frame_ts(k.value()), v.to_vec()));
+        }
+        Ok((out, false))
+    }
+
+    /// The timestamp of the newest post of `channel` we hold.
+    pub fn newest_channel_frame(&self, channel: &[u8; 16]) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CHANNEL_FRAMES)?;
+        let (from, to) = (
+            frame_key(channel, 0, &[0; 16]),
+            frame_key(channel, u64::MAX, &[0xff; 16]),
+        );
+        let newest = t.range::<&[u8; 40]>(&from..=&to)?.next_back().transpose()?;
+        Ok(newest.map(|(k, _)| frame_ts(k.value())))
     }
 
     /// Every channel we know.
@@ -97,11 +149,41 @@ impl Store {
             for k in &old {
                 t.remove(k)?;
             }
+            let mut frames = tx.open_table(CHANNEL_FRAMES)?;
+            frames.retain(|k, _| frame_ts(k) >= before_ms)?;
             old.len()
         };
         tx.commit()?;
         Ok(removed)
     }
+}
+
+fn frame_key(channel: &[u8; 16], ts: u64, msg_id: &[u8; 16]) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..16].copy_from_slice(channel);
+    k[16..24].copy_from_slice(&ts.to_be_bytes());
+    k[24..].copy_from_slice(msg_id);
+    k
+}
+
+fn frame_ts(key: &[u8; 40]) -> u64 {
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&key[16..24]);
+    u64::from_be_bytes(ts)
+}
+
+/// Keeps a post as it was on the topic, inside the transaction that stores it, so a member
+/// who was away can ask for it.
+pub fn keep_channel_frame(
+    txn: &WriteTransaction,
+    channel: &[u8; 16],
+    ts: u64,
+    msg_id: &[u8; 16],
+    frame: &[u8],
+) -> Result<(), StoreError> {
+    txn.open_table(CHANNEL_FRAMES)?
+        .insert(&frame_key(channel, ts, msg_id), frame)?;
+    Ok(())
 }
 
 /// Records a frame id inside a write transaction; false if it was already there.
