@@ -56,6 +56,10 @@ fi
 ip netns del "${P}probe"
 
 ns() { local n=$1; shift; ip netns exec "$P$n" "$@"; }
+# Daemons are started with `ip netns exec` itself in the background, not through `ns`: a
+# function in the background is a subshell, and killing its pid would leave the daemon
+# (the subshell's child) running after the lab is gone. `ip` execs the daemon, so $! is
+# the daemon's own pid.
 
 # ---- the network ----
 for n in i r na a nb b nc c; do
@@ -108,7 +112,7 @@ export RUST_LOG=${RUST_LOG:-info}
 LISTEN=(--listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1)
 
 # The measured rounds open two circuits each, more than the default burst allows.
-ns r "$BIN" --home "$WORK/relay" relay "${LISTEN[@]}" --private-ips --circuit-burst 500 \
+ip netns exec "${P}r" "$BIN" --home "$WORK/relay" relay "${LISTEN[@]}" --private-ips --circuit-burst 500 \
     >"$WORK/relay.out" 2>"$WORK/relay.log" &
 PIDS+=($!)
 RELAY_TCP=""
@@ -123,7 +127,7 @@ log "relay at $RELAY_TCP"
 
 user() { # NAME NS POLICY [PORT]
     local port=${4:-4001}
-    ns "$2" "$BIN" --home "$WORK/$1" run --listen "/ip4/0.0.0.0/tcp/$port" \
+    ip netns exec "$P$2" "$BIN" --home "$WORK/$1" run --listen "/ip4/0.0.0.0/tcp/$port" \
         --listen "/ip4/0.0.0.0/udp/$port/quic-v1" --no-mdns --private-ips \
         --bootstrap "$RELAY_TCP" --bootstrap "$RELAY_QUIC" --accept-connect "$3" \
         >/dev/null 2>"$WORK/$1.log" &
