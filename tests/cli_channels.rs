@@ -1,6 +1,6 @@
 //! Channels through the real binary, as CLI.md promises: create, discover with
 //! `list --all`, join, send, `recv --follow --channel`, members, invitations into a
-//! private channel, and the exit codes for bad input.
+//! private channel, the exit codes for bad input, and a restarted member catching up.
 
 mod common;
 
@@ -69,16 +69,13 @@ fn follow(home: &Path, channel: &str) -> (std::process::Child, mpsc::Receiver<se
     (child, rx)
 }
 
-#[test]
-fn channels_work_through_the_command_line() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (relay_home, a, b) = (dirs[0].path(), dirs[1].path(), dirs[2].path());
-    let mut relay = Daemon::spawn(relay_home, &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+/// A relay on loopback, and the `run` arguments of a public user node bootstrapped to it.
+fn relay_and_run_args(home: &Path) -> (Daemon, Vec<String>) {
+    let mut relay = Daemon::spawn(home, &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     let mut line = String::new();
     BufReader::new(relay.child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let relay_addr = line.trim().to_string();
     let run = [
         "run",
         "--no-mdns",
@@ -87,8 +84,17 @@ fn channels_work_through_the_command_line() {
         "--quiet",
         "--public",
         "--bootstrap",
-        &relay_addr,
+        line.trim(),
     ];
+    (relay, run.iter().map(|s| s.to_string()).collect())
+}
+
+#[test]
+fn channels_work_through_the_command_line() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (relay_home, a, b) = (dirs[0].path(), dirs[1].path(), dirs[2].path());
+    let (_relay, run) = relay_and_run_args(relay_home);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
     let _a = Daemon::spawn(a, &run);
     let _b = Daemon::spawn(b, &run);
     _a.wait_ready();
@@ -201,4 +207,52 @@ fn channels_work_through_the_command_line() {
         let _ = r.kill();
         let _ = r.wait();
     }
+}
+
+/// A member whose node was stopped reads, once it runs again, what was posted meanwhile:
+/// it asks the members it reconnects to (CHANNEL-HISTORY), and `recv` shows each post once.
+#[test]
+fn a_restarted_member_reads_what_was_posted_while_it_was_stopped() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b, c) = (dirs[1].path(), dirs[2].path(), dirs[3].path());
+    let (_relay, run) = relay_and_run_args(dirs[0].path());
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let _a = Daemon::spawn(a, &run);
+    let _b = Daemon::spawn(b, &run);
+    let mut c_node = Daemon::spawn(c, &run);
+    for n in [&_a, &_b, &c_node] {
+        n.wait_ready();
+    }
+    assert_eq!(cli(a, &["channel", "create", "lobby"]).code, 0);
+    for n in [b, c] {
+        until(n, &["channel", "join", "lobby"], |r| r.code == 0);
+    }
+    let posts = |home: &Path| -> Vec<String> {
+        json_lines(&cli(home, &["recv", "--channel", "lobby", "--json"]))
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    until(a, &["channel", "send", "lobby", "hello"], |r| r.code == 0);
+    until(c, &["recv", "--channel", "lobby", "--json"], |r| {
+        r.stdout.contains("hello")
+    });
+
+    assert_eq!(c_node.terminate(), Some(0));
+    until(
+        a,
+        &["channel", "send", "lobby", "while you were out"],
+        |r| r.code == 0,
+    );
+    until(b, &["recv", "--channel", "lobby", "--json"], |r| {
+        r.stdout.contains("while you were out")
+    });
+    assert!(!posts(c).contains(&"while you were out".to_string()));
+
+    let _c = Daemon::spawn(c, &run);
+    _c.wait_ready();
+    until(c, &["recv", "--channel", "lobby", "--json"], |r| {
+        r.stdout.contains("while you were out")
+    });
+    assert_eq!(posts(c), ["hello", "while you were out"]);
 }
