@@ -18,6 +18,8 @@ pub const MAX_BATCH: usize = 64;
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024 + 4096;
 /// Most frames in one page of channel history.
 pub const MAX_HISTORY_FRAMES: usize = 256;
+/// A channel-history cursor: a post's time (u64 big-endian ms) ‖ its msg_id.
+pub const HISTORY_CURSOR_BYTES: usize = 24;
 /// Most frame bytes in one page of channel history (under [`MAX_RESPONSE_BYTES`] with
 /// room for the CBOR around them).
 pub const MAX_HISTORY_BYTES: usize = 960 * 1024;
@@ -77,12 +79,15 @@ pub enum Request {
     /// them stored) and send the next page. Answered with [`Response::Mail`].
     MailAck { ack: Vec<u64> },
     /// CHANNEL-HISTORY: the posts of a channel the receiver is in, from `since` (Unix ms)
-    /// on, as they were on the channel's topic (see protocols/channels.md). Answered with
-    /// [`Response::ChannelHistory`], or NACK `unknown_channel`.
+    /// on, or after the cursor `after` (the `next` of the previous page; empty for the
+    /// first), as they were on the channel's topic (see protocols/channels.md). Answered
+    /// with [`Response::ChannelHistory`], or NACK `unknown_channel` or `busy`.
     ChannelHistory {
         #[serde(with = "serde_bytes")]
         channel: [u8; 16],
         since: u64,
+        #[serde(default, with = "serde_bytes")]
+        after: Vec<u8>,
     },
     /// Not sent: what an undecodable request becomes on the receiving side.
     #[serde(skip)]
@@ -119,11 +124,13 @@ pub enum Response {
     Mail { items: Vec<MailItem>, more: bool },
     /// A page of channel posts, oldest first (at most [`MAX_HISTORY_FRAMES`] frames and
     /// [`MAX_HISTORY_BYTES`] bytes); `more` says whether more follow, to be asked for with
-    /// `since` = `next` (the last frame's time).
+    /// `after` = `next`: the last frame's cursor, its time (u64 big-endian ms) ‖ its msg_id
+    /// ([`HISTORY_CURSOR_BYTES`] bytes; empty when there is no frame).
     ChannelHistory {
         frames: Vec<serde_bytes::ByteBuf>,
         more: bool,
-        next: u64,
+        #[serde(with = "serde_bytes")]
+        next: Vec<u8>,
     },
 }
 

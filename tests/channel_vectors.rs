@@ -613,8 +613,8 @@ fn limits_are_as_specified() {
     assert!(frame::check_name(&"a".repeat(64)).is_ok());
 }
 
-/// CHANNEL-HISTORY (section 10): the request for the public channel's posts since five
-/// minutes before `ts`, and a page holding the public TEXT frame. The frame in a page is
+/// CHANNEL-HISTORY (section 10): the first request for the public channel's posts since ten
+/// minutes before `ts`, and a page holding the public TEXT frame, with its cursor. The frame in a page is
 /// checked as on the topic except for who passed it on: any member may, so a frame that
 /// names no gossip author still verifies `Via::History`, and one flipped byte still fails.
 #[test]
@@ -622,12 +622,19 @@ fn channel_history_request_and_page() {
     use ptpchat::verbs::{Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
     let request = Request::ChannelHistory {
         channel: *id(PUBLIC_CHANNEL).as_bytes(),
-        since: TS - 300_000,
+        since: TS - 600_000,
+        after: Vec::new(),
     };
+    // The cursor of the frame: its time, big-endian, then its msg_id.
+    let cursor = [
+        TS.to_be_bytes().to_vec(),
+        bytes(&PUBLIC_MSG_ID.replace('-', "")),
+    ]
+    .concat();
     let page = Response::ChannelHistory {
         frames: vec![serde_bytes::ByteBuf::from(bytes(PUBLIC_SIGNED))],
         more: false,
-        next: TS,
+        next: cursor.clone(),
     };
     let (req_hex, page_hex) = (
         hex::encode(cbor::to_vec(&request).unwrap()),
@@ -637,8 +644,8 @@ fn channel_history_request_and_page() {
     let h = &v["channel-history"];
     assert_eq!(h["request"], req_hex);
     assert_eq!(h["page"], page_hex);
-    assert_eq!(h["since"], (TS - 300_000).to_string());
-    assert_eq!(h["next"], TS.to_string());
+    assert_eq!(h["since"], (TS - 600_000).to_string());
+    assert_eq!(h["next"], hex::encode(&cursor));
 
     let decoded: Request = cbor::from_slice(&bytes(&h["request"]), MAX_REQUEST_BYTES).unwrap();
     assert_eq!(decoded, request);
@@ -648,7 +655,7 @@ fn channel_history_request_and_page() {
         panic!("not a page of history");
     };
     assert!(!more);
-    assert_eq!(next, TS);
+    assert_eq!(next, cursor);
     assert_eq!(frames.len(), 1);
     let c = frame::verify(&frames[0], frame::Via::History, TS, &docs, None).unwrap();
     assert_eq!(c.body, public_body());

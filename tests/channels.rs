@@ -429,6 +429,20 @@ async fn forged_replayed_and_oversized_frames_are_dropped_counted_and_scored_dow
     net.stop().await;
 }
 
+/// Asks `peer` from `from` for the whole history of `channel` it holds (one page).
+async fn ask_history(
+    from: &RunningNode,
+    peer: libp2p::PeerId,
+    channel: Uuid,
+) -> Result<Response, String> {
+    let request = Request::ChannelHistory {
+        channel: *channel.as_bytes(),
+        since: 0,
+        after: Vec::new(),
+    };
+    from.client.request(peer, Vec::new(), request).await
+}
+
 /// Publishes from M, retrying while no peer is connected.
 async fn m_publish(m: &RunningNode, topic: &str, data: Vec<u8>) {
     eventually(WAIT, "M to publish", || async {
@@ -495,8 +509,7 @@ async fn a_restarted_member_rejoins_its_channels_by_itself() {
 
 /// Gossip keeps nothing for a member who is away. Back, it asks a member for what it
 /// missed (CHANNEL-HISTORY), in a public and a private channel alike, and stores each post
-/// once. Anyone may read a public channel's recent posts; a private one's are refused to a
-/// peer that is not in it.
+/// once. Only members get a channel's history: a peer that is not in it is refused.
 #[tokio::test]
 async fn a_member_back_from_away_catches_up_on_what_it_missed() {
     let mut net = network(3).await;
@@ -541,34 +554,28 @@ async fn a_member_back_from_away_catches_up_on_what_it_missed() {
     want.sort();
     assert_eq!(got, want, "each missed post once, in its channel");
 
-    // The relay is in neither channel: it may read the public one's recent posts (they
-    // were on an open topic), not the private one's.
-    let a = &net.users[0];
-    let ask = |channel: Uuid| {
-        net.relay.client.request(
-            a.peer_id,
-            Vec::new(),
-            Request::ChannelHistory {
-                channel: *channel.as_bytes(),
-                since: 0,
-            },
-        )
-    };
-    match ask(news).await.unwrap() {
-        Response::ChannelHistory { frames, more, .. } => {
-            assert_eq!(frames.len(), 3, "A's three posts in news");
-            assert!(!more);
+    // History goes to members only: C (in both channels) gets A's pages, the relay (in
+    // neither, not even on the public topic) is refused both, and counted.
+    let (a, c) = (&net.users[0], &net.users[1]);
+    for (channel, count) in [(news, 3), (ops, 2)] {
+        match ask_history(c, a.peer_id, channel).await.unwrap() {
+            Response::ChannelHistory { frames, more, .. } => {
+                assert_eq!(frames.len(), count, "A's posts in {channel}");
+                assert!(!more);
+            }
+            other => panic!("expected a page of history, got {other:?}"),
         }
-        other => panic!("expected a page of history, got {other:?}"),
     }
     let before = rejected(a, "history_not_member").await;
-    assert_eq!(
-        ask(ops).await.unwrap(),
-        Response::Nack {
-            reason: "unknown_channel".into()
-        }
-    );
-    assert_eq!(rejected(a, "history_not_member").await, before + 1);
+    for channel in [news, ops] {
+        assert_eq!(
+            ask_history(&net.relay, a.peer_id, channel).await.unwrap(),
+            Response::Nack {
+                reason: "unknown_channel".into()
+            }
+        );
+    }
+    assert_eq!(rejected(a, "history_not_member").await, before + 2);
     net.users.insert(1, b);
     net.stop().await;
 }

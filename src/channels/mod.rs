@@ -22,11 +22,14 @@ use uuid::Uuid;
 
 use crate::identity::MessageKeys;
 use crate::messaging::{Counters, GrantNote, InboundVerb, Messenger, Stored};
+use crate::net::ratelimit::RateLimiter;
 use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
 use crate::store::channels::{keep_channel_frame, mark_channel_seen};
 use crate::store::messages::append_history;
 use crate::store::{ChannelRow, GrantOutcome, HistoryEntry, Queued, Store};
-use crate::verbs::{Request, Response};
+use crate::verbs::{
+    Request, Response, HISTORY_CURSOR_BYTES, MAX_HISTORY_BYTES, MAX_HISTORY_FRAMES,
+};
 use frame::{ChannelBody, Drop, Via};
 use libp2p::PeerId;
 
@@ -49,8 +52,11 @@ pub const HISTORY_QUEUE: usize = 64;
 /// Least time between two catch-ups of one channel.
 const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
 /// How far before the newest post we hold a catch-up starts: posts of other members may
-/// have reached us out of order, and clocks differ.
-const CATCH_UP_OVERLAP_MS: u64 = 5 * 60 * 1000;
+/// have reached us out of order, and clocks differ by up to the skew a frame may have.
+const CATCH_UP_OVERLAP_MS: u64 = crate::messaging::envelope::MAX_FUTURE_SKEW_MS;
+/// Bytes of channel history all peers together may have from us, per second (and twice
+/// that at once): what a stranger can make us send, whatever its number of PeerIds.
+const HISTORY_BYTES_PER_SEC: u32 = 1024 * 1024;
 /// Most members one catch-up asks before it gives up until the next.
 const CATCH_UP_PEERS: usize = 3;
 /// Most pages one catch-up reads.
@@ -160,6 +166,8 @@ struct Inner {
     state: Mutex<State>,
     /// Posts heard from the mesh, queued for the disk, for [`commit_loop`].
     committing: mpsc::Sender<Queued<Option<Stored>>>,
+    /// Bytes of history pages we may still send (see [`HISTORY_BYTES_PER_SEC`]).
+    history_budget: Mutex<RateLimiter<()>>,
     tasks: crate::tasks::Tasks,
 }
 
@@ -195,6 +203,11 @@ impl Channels {
                 ..State::default()
             }),
             committing,
+            history_budget: Mutex::new(RateLimiter::new(
+                2 * HISTORY_BYTES_PER_SEC,
+                HISTORY_BYTES_PER_SEC as f64,
+                1,
+            )),
             tasks: Default::default(),
         });
         let c = Channels { inner };
@@ -868,10 +881,11 @@ impl Channels {
 
     // ---- history ----
 
-    /// One page of CHANNEL-HISTORY for `peer`: only of a channel we are in, and of a
-    /// private one only for a member we know holds its key (others would get ciphertext
-    /// they cannot read, and learn how much was said).
-    fn history_page(&self, peer: PeerId, id: Uuid, since: u64) -> Response {
+    /// One page of CHANNEL-HISTORY for `peer`: only of a channel we are in; of a public
+    /// one only for a peer on its topic, of a private one only for a member we know holds
+    /// its key (others would get ciphertext they cannot read, and learn how much was
+    /// said). All answers together stay within [`HISTORY_BYTES_PER_SEC`].
+    async fn history_page(&self, peer: PeerId, id: Uuid, since: u64, after: &[u8]) -> Response {
         let nack = |reason: &str| Response::Nack {
             reason: reason.into(),
         };
@@ -879,41 +893,74 @@ impl Channels {
             self.inner.counters.count("history_unknown_channel");
             return nack("unknown_channel");
         };
-        if row.private {
+        let allowed = if row.private {
             let m = &self.inner.messenger;
-            let member = row.members.iter().any(|u| {
+            row.members.iter().any(|u| {
                 m.latest_document(&Uuid::from_bytes(**u))
                     .is_some_and(|d| d.doc().peer_id() == Some(peer))
-            });
-            if !member {
-                self.inner.counters.count("history_not_member");
-                return nack("unknown_channel");
-            }
+            })
+        } else {
+            let on_topic = self.inner.net.gossip_peers(frame::topic(&id)).await;
+            on_topic.is_ok_and(|peers| peers.iter().any(|(p, _)| *p == peer))
+        };
+        if !allowed {
+            self.inner.counters.count("history_not_member");
+            return nack("unknown_channel");
         }
+        let after: Option<[u8; HISTORY_CURSOR_BYTES]> = match after.len() {
+            0 => None,
+            HISTORY_CURSOR_BYTES => after.try_into().ok(),
+            _ => return nack("malformed"),
+        };
+        // Never older than a receiver would take (the cursor's time is its first 8 bytes).
         let horizon = crate::unix_now_ms().saturating_sub(frame::MAX_AGE_MS);
-        match self.inner.store.channel_frames(
-            id.as_bytes(),
-            since.max(horizon),
-            crate::verbs::MAX_HISTORY_FRAMES,
-            crate::verbs::MAX_HISTORY_BYTES,
-        ) {
-            Ok((frames, more)) => Response::ChannelHistory {
-                next: frames.last().map_or(since, |(ts, _)| *ts),
-                frames: frames
-                    .into_iter()
-                    .map(|(_, f)| serde_bytes::ByteBuf::from(f))
-                    .collect(),
-                more,
-            },
-            Err(e) => {
+        let after = after.filter(|c| {
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&c[..8]);
+            u64::from_be_bytes(ts) >= horizon
+        });
+        let store = self.inner.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            store.channel_frames(
+                id.as_bytes(),
+                since.max(horizon),
+                after.as_ref(),
+                MAX_HISTORY_FRAMES,
+                MAX_HISTORY_BYTES,
+            )
+        })
+        .await;
+        let (frames, more) = match read {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
                 warn!(error = %e, "could not read channel history");
-                nack("busy")
+                return nack("busy");
             }
+            Err(_) => return nack("busy"),
+        };
+        let bytes: usize = frames.iter().map(|(_, f)| f.len()).sum();
+        let budget_ok = self
+            .inner
+            .history_budget
+            .lock()
+            .is_ok_and(|mut b| b.allow_n(&(), bytes as f64, Instant::now()));
+        if !budget_ok {
+            self.inner.counters.count("history_busy");
+            return nack("busy");
+        }
+        Response::ChannelHistory {
+            next: frames.last().map(|(c, _)| c.to_vec()).unwrap_or_default(),
+            frames: frames
+                .into_iter()
+                .map(|(_, f)| serde_bytes::ByteBuf::from(f))
+                .collect(),
+            more,
         }
     }
 
     /// Catches up on `id` from `peer`, unless a catch-up of it began in the last
-    /// [`CATCH_UP_EVERY`].
+    /// [`CATCH_UP_EVERY`]: from a little before the newest post we hold (at most
+    /// [`frame::MAX_AGE_MS`] back: older frames are refused as stale anyway).
     fn catch_up_soon(&self, id: Uuid, peer: PeerId) {
         {
             let mut st = self.state();
@@ -926,10 +973,24 @@ impl Channels {
             }
             st.last_catch_up.insert(id, Instant::now());
         }
+        let now = crate::unix_now_ms();
+        // A post stamped ahead of our clock (up to the allowed skew) must not move the
+        // start past what we missed.
+        let newest = self
+            .inner
+            .store
+            .newest_channel_frame(id.as_bytes())
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+            .min(now);
+        let since = newest
+            .saturating_sub(CATCH_UP_OVERLAP_MS)
+            .max(now.saturating_sub(frame::MAX_AGE_MS));
         let c = self.clone();
         self.spawn(async move {
-            // The member that just arrived first; if it cannot answer (it was away too, or
-            // does not know us yet), a few others we are connected to on the channel.
+            // The member that just arrived first; if it has nothing for us (it was away
+            // too, or does not know us yet), a few others we are connected to on the topic.
             let mut others = c
                 .inner
                 .net
@@ -940,52 +1001,47 @@ impl Channels {
             others.sort_by(|x, y| y.1.total_cmp(&x.1));
             let asked = std::iter::once(peer).chain(others.into_iter().map(|(p, _)| p));
             for p in asked.take(CATCH_UP_PEERS) {
-                if c.catch_up(id, p).await {
+                if c.catch_up(id, p, since).await {
                     return;
                 }
             }
         });
     }
 
-    /// Asks `peer` for the posts of `id` since a little before the newest we hold (at most
-    /// [`frame::MAX_AGE_MS`] back: older frames are refused as stale anyway) and stores
-    /// those that check out exactly as gossip would, but from any member. False if `peer`
-    /// gave no history at all.
-    async fn catch_up(&self, id: Uuid, peer: PeerId) -> bool {
-        let horizon = crate::unix_now_ms().saturating_sub(frame::MAX_AGE_MS);
-        let newest = self
-            .inner
-            .store
-            .newest_channel_frame(id.as_bytes())
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        let mut since = newest.saturating_sub(CATCH_UP_OVERLAP_MS).max(horizon);
+    /// Asks `peer` for the posts of `id` since `since` and stores those that check out
+    /// exactly as gossip would, but from any member. False if `peer` gave no valid page
+    /// with a post in it.
+    async fn catch_up(&self, id: Uuid, peer: PeerId, since: u64) -> bool {
         let topic = frame::topic(&id);
         let mut stored = 0usize;
         let mut answered = false;
+        let mut after: Vec<u8> = Vec::new();
         for _ in 0..CATCH_UP_PAGES {
             let request = Request::ChannelHistory {
                 channel: *id.as_bytes(),
                 since,
+                after: after.clone(),
             };
             let (frames, more, next) = match self.inner.net.request(peer, Vec::new(), request).await
             {
                 Ok(Response::ChannelHistory { frames, more, next }) => (frames, more, next),
                 Ok(other) => {
                     debug!(%peer, channel = %id, answer = ?other, "no channel history");
-                    return answered;
+                    break;
                 }
                 Err(e) => {
                     debug!(%peer, channel = %id, error = %e, "no channel history");
-                    return answered;
+                    break;
                 }
             };
-            answered = true;
-            if frames.len() > crate::verbs::MAX_HISTORY_FRAMES {
+            if frames.len() > MAX_HISTORY_FRAMES {
                 self.inner.counters.count("channel_history_oversized");
-                return answered;
+                break;
             }
+            if frames.is_empty() {
+                break;
+            }
+            answered = true;
             for f in frames {
                 match self.check(&topic, &f, Via::History) {
                     Ok(c) if c.body.kind == frame::TEXT => {
@@ -1009,10 +1065,11 @@ impl Channels {
                     }
                 }
             }
-            if !more || next <= since {
+            // The cursor must move forward, or the peer could keep us paging in place.
+            if !more || next.len() != HISTORY_CURSOR_BYTES || next <= after {
                 break;
             }
-            since = next;
+            after = next;
         }
         if stored > 0 {
             info!(channel = %id, %peer, posts = stored, "caught up on missed posts");
@@ -1289,8 +1346,13 @@ fn heard_entry(b: ChannelBody) -> HistoryEntry {
 async fn history_loop(c: Channels, mut rx: mpsc::Receiver<InboundVerb>) {
     while let Some(v) = rx.recv().await {
         let response = match v.request {
-            Request::ChannelHistory { channel, since } => {
-                c.history_page(v.peer, Uuid::from_bytes(channel), since)
+            Request::ChannelHistory {
+                channel,
+                since,
+                after,
+            } => {
+                c.history_page(v.peer, Uuid::from_bytes(channel), since, &after)
+                    .await
             }
             _ => Response::Nack {
                 reason: "malformed".into(),

@@ -4,7 +4,7 @@
 mod behaviour;
 mod consent;
 mod event_loop;
-mod ratelimit;
+pub(crate) mod ratelimit;
 
 pub use behaviour::{agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL};
 pub(crate) use event_loop::GOSSIP_QUEUE;

@@ -25,6 +25,11 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Takes a token for `key` if one is left.
     pub fn allow(&mut self, key: &K, now: Instant) -> bool {
+        self.allow_n(key, 1.0, now)
+    }
+
+    /// Takes `n` tokens for `key` if that many are left (a budget of bytes, say).
+    pub fn allow_n(&mut self, key: &K, n: f64, now: Instant) -> bool {
         if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
             // Forget buckets that have refilled completely; they carry no information.
             let (burst, per_sec) = (self.burst, self.per_sec);
@@ -37,8 +42,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let (tokens, at) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if *tokens >= n {
+            *tokens -= n;
             true
         } else {
             false

@@ -23,8 +23,9 @@ pub(crate) const CHANNEL_SEEN: TableDefinition<&[u8; 16], u64> =
 pub(crate) const CHANNEL_FRAMES: TableDefinition<&[u8; 40], &[u8]> =
     TableDefinition::new("channel_frames");
 
-/// A kept post: its timestamp (ms) and its bytes as they were on the topic.
-pub type TimedFrame = (u64, Vec<u8>);
+/// A kept post: its cursor (its time, u64 big-endian ms, ‖ its msg_id) and its bytes as
+/// they were on the topic.
+pub type TimedFrame = ([u8; 24], Vec<u8>);
 
 /// Most private channels one can be invited to without joining (invites from strangers
 /// must not fill the disk).
@@ -65,32 +66,41 @@ impl Store {
         Ok(())
     }
 
-    /// Posts of `channel` from `since_ms` on, oldest first, as they were on the topic: at
-    /// most `max_frames` and `max_bytes` in all, with each one's time.
-    /// True if more follow.
+    /// Posts of `channel` from `since_ms` on, or after the cursor `after` when given,
+    /// oldest first, as they were on the topic: at most `max_frames` and `max_bytes` in
+    /// all, with each one's cursor. True if more follow.
     pub fn channel_frames(
         &self,
         channel: &[u8; 16],
         since_ms: u64,
+        after: Option<&[u8; 24]>,
         max_frames: usize,
         max_bytes: usize,
     ) -> Result<(Vec<TimedFrame>, bool), StoreError> {
+        use std::ops::Bound;
         let tx = self.db.begin_read()?;
         let t = tx.open_table(CHANNEL_FRAMES)?;
-        let (from, to) = (
-            frame_key(channel, since_ms, &[0; 16]),
-            frame_key(channel, u64::MAX, &[0xff; 16]),
-        );
+        let to = frame_key(channel, u64::MAX, &[0xff; 16]);
+        let mut start = frame_key(channel, since_ms, &[0; 16]);
+        if let Some(c) = after {
+            start[16..].copy_from_slice(c);
+        }
+        let from = match after {
+            Some(_) => Bound::Excluded(&start),
+            None => Bound::Included(&start),
+        };
         let mut out = Vec::new();
         let mut bytes = 0;
-        for r in t.range::<&[u8; 40]>(&from..=&to)? {
+        for r in t.range::<&[u8; 40]>((from, Bound::Included(&to)))? {
             let (k, v) = r?;
             let v = v.value();
             if out.len() >= max_frames || bytes + v.len() > max_bytes {
                 return Ok((out, true));
             }
             bytes += v.len();
-            out.push((frame_ts(k.value()), v.to_vec()));
+            let mut cursor = [0u8; 24];
+            cursor.copy_from_slice(&k.value()[16..]);
+            out.push((cursor, v.to_vec()));
         }
         Ok((out, false))
     }
@@ -305,6 +315,50 @@ mod tests {
     fn held(store: &Store) -> (bool, u32, u8) {
         let (_, c) = store.channels().unwrap().into_iter().next().unwrap();
         (c.joined, c.epoch, c.key.map_or(0, |k| k[0]))
+    }
+
+    /// Pages of kept posts follow the cursor, so posts sharing one timestamp (a sender
+    /// chooses its own) cannot stall paging; other channels' posts never appear; pruning
+    /// goes by the post's time.
+    #[test]
+    fn kept_posts_page_by_cursor_and_are_pruned_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tx = store.db.begin_write().unwrap();
+        for i in 0..5u8 {
+            keep_channel_frame(&tx, &CH, 1_000, &[i; 16], &[i]).unwrap();
+        }
+        keep_channel_frame(&tx, &CH, 2_000, &[9; 16], &[9]).unwrap();
+        keep_channel_frame(&tx, &ALICE, 1_500, &[7; 16], &[7]).unwrap();
+        tx.commit().unwrap();
+
+        let mut got = Vec::new();
+        let mut after: Option<[u8; 24]> = None;
+        loop {
+            let (page, more) = store
+                .channel_frames(&CH, 1_000, after.as_ref(), 2, 1 << 20)
+                .unwrap();
+            assert!(page.len() <= 2);
+            got.extend(page.iter().map(|(_, f)| f[0]));
+            after = page.last().map(|(c, _)| *c);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(got, [0, 1, 2, 3, 4, 9], "each post once, oldest first");
+        assert_eq!(store.newest_channel_frame(&CH).unwrap(), Some(2_000));
+        let (late, _) = store.channel_frames(&CH, 1_001, None, 10, 1 << 20).unwrap();
+        assert_eq!(late.len(), 1);
+        // A byte budget smaller than one frame gives an empty page that says more follow.
+        assert_eq!(
+            store.channel_frames(&CH, 0, None, 10, 0).unwrap(),
+            (vec![], true)
+        );
+
+        store.prune_channel_seen(1_600).unwrap();
+        let (left, _) = store.channel_frames(&CH, 0, None, 10, 1 << 20).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(store.newest_channel_frame(&ALICE).unwrap(), None);
     }
 
     #[test]
