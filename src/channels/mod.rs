@@ -59,6 +59,9 @@ const CATCH_UP_OVERLAP_MS: u64 = crate::messaging::envelope::MAX_FUTURE_SKEW_MS;
 const HISTORY_BYTES_PER_SEC: u32 = 1024 * 1024;
 /// Most members one catch-up asks before it gives up until the next.
 const CATCH_UP_PEERS: usize = 3;
+/// How long a catch-up waits before asking a member once more that did not know we are
+/// in the channel.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
 /// Most pages one catch-up reads.
 const CATCH_UP_PAGES: usize = 16;
 /// Least time between two CHANNEL frames sent because a peer subscribed.
@@ -1016,7 +1019,9 @@ impl Channels {
         let mut stored = 0usize;
         let mut answered = false;
         let mut after: Vec<u8> = Vec::new();
-        for _ in 0..CATCH_UP_PAGES {
+        let mut retried = false;
+        let mut page = 0;
+        while page < CATCH_UP_PAGES {
             let request = Request::ChannelHistory {
                 channel: *id.as_bytes(),
                 since,
@@ -1025,6 +1030,13 @@ impl Channels {
             let (frames, more, next) = match self.inner.net.request(peer, Vec::new(), request).await
             {
                 Ok(Response::ChannelHistory { frames, more, next }) => (frames, more, next),
+                // Our subscription travels on gossip's stream, this request on one of its
+                // own: the peer may not have seen us join the topic yet. Once more, later.
+                Ok(Response::Nack { reason }) if reason == "unknown_channel" && !retried => {
+                    retried = true;
+                    tokio::time::sleep(CATCH_UP_RETRY).await;
+                    continue;
+                }
                 Ok(other) => {
                     debug!(%peer, channel = %id, answer = ?other, "no channel history");
                     break;
@@ -1070,6 +1082,7 @@ impl Channels {
                 break;
             }
             after = next;
+            page += 1;
         }
         if stored > 0 {
             info!(channel = %id, %peer, posts = stored, "caught up on missed posts");
