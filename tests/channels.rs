@@ -580,6 +580,78 @@ async fn a_member_back_from_away_catches_up_on_what_it_missed() {
     net.stop().await;
 }
 
+/// A member hands history on but cannot forge it: a post in its page that claims a sender
+/// who did not sign it is dropped and counted; the real post beside it is stored.
+#[tokio::test]
+async fn a_forged_post_in_a_history_page_is_dropped_and_counted() {
+    let mut net = network(3).await;
+    let id = ch(&net.users[0]).create("lobby", false).await.unwrap();
+    for n in &net.users[1..] {
+        wait_discovered(n, "lobby").await;
+        ch(n).join("lobby").await.unwrap();
+    }
+    send_when_meshed(&net.users[0], "lobby", "warm-up").await;
+    for n in &net.users[1..] {
+        wait_post(n, "warm-up").await;
+    }
+    let b = net.users.remove(2);
+    b.shutdown().await;
+    let (a, m) = (&net.users[0], &net.users[1]);
+    send_when_meshed(a, "lobby", "real").await;
+    wait_post(m, "real").await;
+
+    // M keeps a post that names A as its sender but carries M's signature.
+    let keys_of = |n: &RunningNode| n.messenger.as_ref().unwrap().current_keys().unwrap();
+    let body = ChannelBody {
+        v: 1,
+        msg_id: *Uuid::new_v4().as_bytes(),
+        from: *uuid(a).as_bytes(),
+        channel: *id.as_bytes(),
+        ts: ptpchat::unix_now_ms(),
+        kind: "text".into(),
+        name: "lobby".into(),
+        private: false,
+        epoch: 0,
+        text: "forged".into(),
+    };
+    let forged = splice_signature(
+        &frame::sign(&body, &keys_of(a)),
+        &frame::sign(&body, &keys_of(m)),
+    );
+    let (writer, thread) = m.messenger.as_ref().unwrap().store().writer();
+    writer
+        .write(move |txn| {
+            ptpchat::store::channels::keep_channel_frame(
+                txn,
+                &body.channel,
+                body.ts,
+                &body.msg_id,
+                &forged,
+            )
+        })
+        .await
+        .unwrap();
+    drop(writer);
+    if let Some(t) = thread {
+        t.join().unwrap();
+    }
+
+    // A leaves: only M can tell B what it missed.
+    let a = net.users.remove(0);
+    a.shutdown().await;
+    let boot = vec![first_addr(&net.relay).await];
+    let b = user(net._dirs[3].path(), &boot).await;
+    wait_post(&b, "real").await;
+    eventually(WAIT, "the forged post counted", || async {
+        (rejected(&b, "channel_bad_signature").await == 1).then_some(())
+    })
+    .await;
+    let texts: Vec<String> = posts(&b).into_iter().map(|p| p.2).collect();
+    assert_eq!(texts, ["warm-up", "real"]);
+    net.users.push(b);
+    net.stop().await;
+}
+
 #[tokio::test]
 async fn a_removed_member_gets_no_new_key_and_cannot_read_what_follows() {
     let net = network(3).await;
