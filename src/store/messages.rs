@@ -407,16 +407,9 @@ pub struct Writer {
 
 impl Writer {
     /// Queues `f` for the next group transaction and does not wait for it: for writes
-    /// nobody is told about (a cache). False when the queue is full; the write is dropped.
-    pub fn submit<F>(&self, f: F) -> bool
-    where
-        F: FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
-    {
-        self.submit_then(f, || ())
-    }
-
-    /// Like [`submit`](Self::submit), and calls `done` on the writer thread once the
-    /// group is over, committed or not (not if the write is dropped).
+    /// nobody is told about (a cache). Calls `done` on the writer thread once the group is
+    /// over, committed or not. False when the queue is full: the write is dropped, and
+    /// `done` is not called.
     pub fn submit_then<F, D>(&self, f: F, done: D) -> bool
     where
         F: FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,

@@ -242,7 +242,7 @@ impl Store {
     /// Caches `doc` through `writer` without waiting for the disk. Until the write is
     /// over, [`cached_document`](Self::cached_document) answers with `doc` where the write
     /// would replace what is held, so a reader never sees an older key than a lookup just
-    /// returned. False (and nothing changes) when the writer's queue is full.
+    /// returned. False (and nothing is cached) when the writer's queue is full.
     pub fn cache_document_behind(&self, writer: &Writer, doc: &SignedDocument, now: u64) -> bool {
         let key = *doc.doc().uuid().as_bytes();
         if let Ok(mut p) = self.pending_docs.lock() {
@@ -263,11 +263,8 @@ impl Store {
             }
         };
         let d = doc.clone();
-        let (f, done) = (
-            move |tx: &redb::WriteTransaction| cache_document_in(tx, &d, now).map(|_| ()),
-            settle.clone(),
-        );
-        let queued = writer.submit_then(f, done);
+        let write = move |tx: &redb::WriteTransaction| cache_document_in(tx, &d, now).map(|_| ());
+        let queued = writer.submit_then(write, settle.clone());
         if !queued {
             settle();
         }
@@ -402,10 +399,11 @@ mod tests {
         assert!(store.cache_document(&old, NOW).unwrap());
         let (writer, thread) = store.writer();
         let (hold, held) = std::sync::mpsc::channel::<()>();
-        assert!(writer.submit(move |_| {
+        let blocked = move |_: &redb::WriteTransaction| {
             let _ = held.recv();
             Ok(())
-        }));
+        };
+        assert!(writer.submit_then(blocked, || ()));
         assert!(store.cache_document_behind(&writer, &new, NOW + 1));
         assert!(store.cache_document_behind(&writer, &old, NOW + 1));
         let read = || store.cached_document(&id.uuid(), NOW + 2).unwrap().unwrap();
