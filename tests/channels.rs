@@ -67,6 +67,27 @@ fn uuid(n: &RunningNode) -> Uuid {
     n.id.as_ref().unwrap().uuid
 }
 
+/// A TEXT body from `from` in the public channel `channel` named `name`, stamped now.
+fn text_body(from: &RunningNode, channel: Uuid, name: &str, text: &str) -> ChannelBody {
+    ChannelBody {
+        v: 1,
+        msg_id: *Uuid::new_v4().as_bytes(),
+        from: *uuid(from).as_bytes(),
+        channel: *channel.as_bytes(),
+        ts: ptpchat::unix_now_ms(),
+        kind: "text".into(),
+        name: name.into(),
+        private: false,
+        epoch: 0,
+        text: text.into(),
+    }
+}
+
+/// A node's current signing keys (to make frames in its name, or to forge them).
+fn keys_of(n: &RunningNode) -> std::sync::Arc<ptpchat::identity::MessageKeys> {
+    n.messenger.as_ref().unwrap().current_keys().unwrap()
+}
+
 /// Channel posts in a node's history: (channel id, from, text).
 fn posts(n: &RunningNode) -> Vec<(Uuid, Uuid, String)> {
     common::history(n)
@@ -303,25 +324,17 @@ async fn a_private_channel_is_read_by_invited_members_only_and_rotates_its_key_w
     assert!(!posts(c).iter().any(|p| p.2 == "new plan"));
 
     // And what C posts under the old epoch is dropped by those who stayed.
-    let keys = c.messenger.as_ref().unwrap().current_keys().unwrap();
     let body = ChannelBody {
-        v: 1,
-        msg_id: *Uuid::new_v4().as_bytes(),
-        from: *uuid(c).as_bytes(),
-        channel: *id.as_bytes(),
-        ts: ptpchat::unix_now_ms(),
-        kind: "text".into(),
-        name: "ops".into(),
         private: true,
         epoch: old_epoch,
-        text: "still here".into(),
+        ..text_body(c, id, "ops", "still here")
     };
     let sealed = frame::seal(
         &old_key,
         id.as_bytes(),
         old_epoch,
         [9; 12],
-        &frame::sign(&body, &keys),
+        &frame::sign(&body, &keys_of(c)),
     );
     let before = rejected(d, "channel_wrong_epoch").await;
     ch(c).publish_raw(&topic, sealed).await.unwrap();
@@ -347,19 +360,7 @@ async fn forged_replayed_and_oversized_frames_are_dropped_counted_and_scored_dow
     send_when_meshed(m, "lobby", "hello from m").await;
     wait_post(a, "hello from m").await;
 
-    let keys_of = |n: &RunningNode| n.messenger.as_ref().unwrap().current_keys().unwrap();
-    let body = |from: &RunningNode, text: &str| ChannelBody {
-        v: 1,
-        msg_id: *Uuid::new_v4().as_bytes(),
-        from: *uuid(from).as_bytes(),
-        channel: *id.as_bytes(),
-        ts: ptpchat::unix_now_ms(),
-        kind: "text".into(),
-        name: "lobby".into(),
-        private: false,
-        epoch: 0,
-        text: text.into(),
-    };
+    let body = |from: &RunningNode, text: &str| text_body(from, id, "lobby", text);
     async fn dropped(n: &RunningNode, what: &str, before: u64) {
         eventually(WAIT, what, || async {
             (rejected(n, what).await > before).then_some(())
@@ -576,6 +577,23 @@ async fn a_member_back_from_away_catches_up_on_what_it_missed() {
         );
     }
     assert_eq!(rejected(a, "history_not_member").await, before + 2);
+    // A cursor that is not one is refused, and counted.
+    let before = rejected(a, "request_malformed").await;
+    let bad_cursor = Request::ChannelHistory {
+        channel: *news.as_bytes(),
+        since: 0,
+        after: vec![1, 2, 3],
+    };
+    assert_eq!(
+        c.client
+            .request(a.peer_id, Vec::new(), bad_cursor)
+            .await
+            .unwrap(),
+        Response::Nack {
+            reason: "malformed".into()
+        }
+    );
+    assert_eq!(rejected(a, "request_malformed").await, before + 1);
     net.users.insert(1, b);
     net.stop().await;
 }
@@ -601,19 +619,7 @@ async fn a_forged_post_in_a_history_page_is_dropped_and_counted() {
     wait_post(m, "real").await;
 
     // M keeps a post that names A as its sender but carries M's signature.
-    let keys_of = |n: &RunningNode| n.messenger.as_ref().unwrap().current_keys().unwrap();
-    let body = ChannelBody {
-        v: 1,
-        msg_id: *Uuid::new_v4().as_bytes(),
-        from: *uuid(a).as_bytes(),
-        channel: *id.as_bytes(),
-        ts: ptpchat::unix_now_ms(),
-        kind: "text".into(),
-        name: "lobby".into(),
-        private: false,
-        epoch: 0,
-        text: "forged".into(),
-    };
+    let body = text_body(a, id, "lobby", "forged");
     let forged = splice_signature(
         &frame::sign(&body, &keys_of(a)),
         &frame::sign(&body, &keys_of(m)),

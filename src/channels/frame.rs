@@ -129,6 +129,20 @@ pub enum Drop {
 }
 
 impl Drop {
+    /// Whether whoever handed us the frame is to blame. Not for a copy we already have, a
+    /// channel we are not (or no longer) in, an epoch we are behind or ahead of, or a
+    /// frame that grew old on the way: honest peers hand those on too.
+    pub fn blames_sender(&self) -> bool {
+        !matches!(
+            self,
+            Drop::Duplicate
+                | Drop::UnknownChannel
+                | Drop::UnknownEpoch
+                | Drop::WrongEpoch
+                | Drop::Stale
+        )
+    }
+
     /// The counter this drop is counted under (see docs/security.md).
     pub fn counter(&self) -> &'static str {
         match self {

@@ -858,17 +858,12 @@ impl Channels {
             Err(d) => {
                 self.inner.counters.count(d.counter());
                 debug!(peer = %msg.source, topic = %msg.topic, reason = %d, "dropped a channel frame");
-                match d {
-                    // Not the forwarder's fault: we may have left, or be behind, or it is
-                    // a copy we already have.
-                    // An old epoch is what honest peers still forward for a moment after a
-                    // rotation: not forwarded, but not held against them either.
-                    Drop::Duplicate
-                    | Drop::UnknownChannel
-                    | Drop::UnknownEpoch
-                    | Drop::WrongEpoch
-                    | Drop::Stale => MessageAcceptance::Ignore,
-                    _ => MessageAcceptance::Reject,
+                // An old epoch, for one, is what honest peers still forward for a moment
+                // after a rotation: not forwarded, but not held against them either.
+                if d.blames_sender() {
+                    MessageAcceptance::Reject
+                } else {
+                    MessageAcceptance::Ignore
                 }
             }
         };
@@ -913,15 +908,13 @@ impl Channels {
         let after: Option<[u8; HISTORY_CURSOR_BYTES]> = match after.len() {
             0 => None,
             HISTORY_CURSOR_BYTES => after.try_into().ok(),
-            _ => return nack("malformed"),
+            _ => {
+                self.inner.counters.count("request_malformed");
+                return nack("malformed");
+            }
         };
-        // Never older than a receiver would take (the cursor's time is its first 8 bytes).
+        // Never older than a receiver would take.
         let horizon = crate::unix_now_ms().saturating_sub(frame::MAX_AGE_MS);
-        let after = after.filter(|c| {
-            let mut ts = [0u8; 8];
-            ts.copy_from_slice(&c[..8]);
-            u64::from_be_bytes(ts) >= horizon
-        });
         let store = self.inner.store.clone();
         let read = tokio::task::spawn_blocking(move || {
             store.channel_frames(
@@ -1063,14 +1056,8 @@ impl Channels {
                         stored += 1;
                     }
                     Ok(_) => self.inner.counters.count("channel_history_bad_kind"),
-                    // What we have, or can no longer check: not the sender's fault.
-                    Err(
-                        Drop::Duplicate
-                        | Drop::UnknownChannel
-                        | Drop::UnknownEpoch
-                        | Drop::WrongEpoch
-                        | Drop::Stale,
-                    ) => {}
+                    // What we have, or can no longer check: skipped, not counted.
+                    Err(d) if !d.blames_sender() => {}
                     Err(d) => {
                         self.inner.counters.count(d.counter());
                         debug!(%peer, channel = %id, reason = %d, "dropped a frame of channel history");

@@ -66,7 +66,7 @@ impl Store {
         Ok(())
     }
 
-    /// Posts of `channel` from `since_ms` on, or after the cursor `after` when given,
+    /// Posts of `channel` from `since_ms` on and, when `after` is given, after that cursor,
     /// oldest first, as they were on the topic: at most `max_frames` and `max_bytes` in
     /// all, with each one's cursor. True if more follow.
     pub fn channel_frames(
@@ -81,13 +81,15 @@ impl Store {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(CHANNEL_FRAMES)?;
         let to = frame_key(channel, u64::MAX, &[0xff; 16]);
-        let mut start = frame_key(channel, since_ms, &[0; 16]);
-        if let Some(c) = after {
-            start[16..].copy_from_slice(c);
-        }
-        let from = match after {
-            Some(_) => Bound::Excluded(&start),
-            None => Bound::Included(&start),
+        let since = frame_key(channel, since_ms, &[0; 16]);
+        let after = after.map(|c| {
+            let mut k = since;
+            k[16..].copy_from_slice(c);
+            k
+        });
+        let from = match &after {
+            Some(k) if *k >= since => Bound::Excluded(k),
+            _ => Bound::Included(&since),
         };
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -348,6 +350,12 @@ mod tests {
         assert_eq!(got, [0, 1, 2, 3, 4, 9], "each post once, oldest first");
         assert_eq!(store.newest_channel_frame(&CH).unwrap(), Some(2_000));
         let (late, _) = store.channel_frames(&CH, 1_001, None, 10, 1 << 20).unwrap();
+        assert_eq!(late.len(), 1);
+        // A cursor older than `since` does not reach back past it.
+        let old_cursor = [[0u8; 8], [0; 8], [0; 8]].concat().try_into().unwrap();
+        let (late, _) = store
+            .channel_frames(&CH, 1_001, Some(&old_cursor), 10, 1 << 20)
+            .unwrap();
         assert_eq!(late.len(), 1);
         // A byte budget smaller than one frame gives an empty page that says more follow.
         assert_eq!(
