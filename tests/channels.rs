@@ -698,3 +698,68 @@ async fn a_removed_member_gets_no_new_key_and_cannot_read_what_follows() {
     );
     net.stop().await;
 }
+
+/// A hostile member tries to make itself unremovable by granting the last epoch there is:
+/// the others ignore a key that far ahead, and removing it still cuts it off (before the
+/// fix the grant was taken and the removal overflowed the epoch).
+#[tokio::test]
+async fn a_member_granting_a_far_epoch_is_ignored_and_can_still_be_removed() {
+    let net = network(3).await;
+    let [a, c, d] = &net.users[..] else { panic!() };
+    let id = ch(a).create("staff", true).await.unwrap();
+    invite_and_join(a, "staff", &[c, d]).await;
+    send_when_meshed(a, "staff", "all three").await;
+    wait_post(d, "all three").await;
+    let (epoch, key) = ch(a).key_of(&id).unwrap();
+
+    let hostile = frame::KeyGrant {
+        v: frame::FRAME_VERSION,
+        channel: *id.as_bytes(),
+        name: "staff".into(),
+        epoch: u32::MAX,
+        key: [0x66; 32],
+        members: [a, c, d]
+            .iter()
+            .map(|n| serde_bytes::ByteArray::new(*uuid(n).as_bytes()))
+            .collect(),
+    };
+    let before =
+        rejected(a, "channel_grant_ignored").await + rejected(c, "channel_grant_ignored").await;
+    for n in [a, c] {
+        d.messenger
+            .as_ref()
+            .unwrap()
+            .send_grant(uuid(n), &hostile)
+            .await
+            .unwrap();
+    }
+    eventually(WAIT, "both grants to be ignored", || async {
+        let now =
+            rejected(a, "channel_grant_ignored").await + rejected(c, "channel_grant_ignored").await;
+        (now >= before + 2).then_some(())
+    })
+    .await;
+    for n in [a, c] {
+        assert_eq!(
+            ch(n).key_of(&id),
+            Some((epoch, key)),
+            "the far key was not taken"
+        );
+    }
+
+    let (_, next) = ch(a).remove("staff", uuid(d)).await.unwrap();
+    assert_eq!(next, epoch + 1);
+    eventually(WAIT, "C to get the new key", || async {
+        (ch(c).key_of(&id) == ch(a).key_of(&id)).then_some(())
+    })
+    .await;
+    send_when_meshed(a, "staff", "without d").await;
+    wait_post(c, "without d").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!posts(d).iter().any(|p| p.2 == "without d"));
+    assert_ne!(
+        ch(d).key_of(&id).map(|k| k.1),
+        ch(a).key_of(&id).map(|k| k.1)
+    );
+    net.stop().await;
+}

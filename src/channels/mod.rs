@@ -281,6 +281,7 @@ impl Channels {
             key: private.then(|| ByteArray::new(crate::identity::random_secret())),
             members: vec![ByteArray::new(*me.uuid.as_bytes())],
             created_ms: crate::unix_now_ms(),
+            prev_members: Vec::new(),
         };
         self.save(&id, &row)?;
         info!(channel = %id, name, private, "created a channel");
@@ -370,6 +371,7 @@ impl Channels {
                     key: None,
                     members: Vec::new(),
                     created_ms: crate::unix_now_ms(),
+                    prev_members: Vec::new(),
                 }
             }
         };
@@ -415,6 +417,7 @@ impl Channels {
         if row.private {
             row.key = None;
             row.members.clear();
+            row.prev_members.clear();
         }
         self.save(&id, &row)?;
         self.state().heard.remove(&id);
@@ -566,15 +569,15 @@ impl Channels {
         if who == me.uuid {
             return Err(fail(2, "to remove yourself, leave the channel"));
         }
-        let before = row.members.len();
-        row.members.retain(|m| **m != *who.as_bytes());
-        if row.members.len() == before {
+        if !row.members.iter().any(|m| **m == *who.as_bytes()) {
             return Err(fail(
                 1,
                 format!("{who} does not hold the key of {}", row.name),
             ));
         }
         self.state().heard.entry(id).or_default().remove(&who);
+        row.prev_members.clone_from(&row.members);
+        row.members.retain(|m| **m != *who.as_bytes());
         self.rotate(id, row).await?;
         let epoch = self.key_of(&id).map(|(e, _)| e).unwrap_or_default();
         info!(channel = %id, removed = %who, epoch, "removed a member");
@@ -1154,7 +1157,8 @@ impl Channels {
     }
 
     /// A member left. For a private channel the key moves to a new epoch, sent to everyone
-    /// else; the remaining member with the lowest UUID does it, so exactly one does.
+    /// else; one remaining member does it, chosen by [`keeper`] so that no member can make
+    /// itself the one who always does (and then does not).
     async fn member_left(&self, id: Uuid, who: Uuid) {
         let row = {
             let mut st = self.state();
@@ -1166,15 +1170,14 @@ impl Channels {
         let Some(mut row) = row.filter(|r| r.private && r.joined) else {
             return;
         };
-        let before = row.members.len();
-        row.members.retain(|m| **m != *who.as_bytes());
-        if row.members.len() == before {
+        if !row.members.iter().any(|m| **m == *who.as_bytes()) {
             // Already gone (removed, or a LEAVE seen before): nothing to rotate.
             return;
         }
+        row.prev_members.clone_from(&row.members);
+        row.members.retain(|m| **m != *who.as_bytes());
         let Ok(me) = self.me().await else { return };
-        let keeper = row.members.iter().map(|m| **m).min();
-        if keeper != Some(*me.uuid.as_bytes()) {
+        if keeper(&id, row.epoch, &who, &row.members) != Some(*me.uuid.as_bytes()) {
             let _ = self.save(&id, &row);
             return;
         }
@@ -1186,7 +1189,15 @@ impl Channels {
     /// Moves a private channel to a new key epoch and sends the key to every other member.
     async fn rotate(&self, id: Uuid, mut row: ChannelRow) -> Result<(), ChannelError> {
         let me = self.me().await?;
-        row.epoch += 1;
+        row.epoch = row.epoch.checked_add(1).ok_or_else(|| {
+            fail(
+                1,
+                format!(
+                    "{} has used every key epoch; create a new channel",
+                    row.name
+                ),
+            )
+        })?;
         row.key = Some(ByteArray::new(crate::identity::random_secret()));
         row.key_from = Some(ByteArray::new(*me.uuid.as_bytes()));
         self.save(&id, &row)?;
@@ -1264,6 +1275,22 @@ impl Channels {
         let r = st.rows.get(id)?;
         r.key.map(|k| (r.epoch, *k))
     }
+}
+
+/// Which remaining member rotates the key after `left` left at `epoch`: the one whose
+/// hash with this very event is lowest. A UUID can be ground to be the lowest of all, but
+/// not to win every event, so no member decides alone whether a leaver keeps reading.
+fn keeper(channel: &Uuid, epoch: u32, left: &Uuid, members: &[ByteArray<16>]) -> Option<[u8; 16]> {
+    use sha2::{Digest, Sha256};
+    members.iter().map(|m| **m).min_by_key(|m| {
+        let mut h = Sha256::new();
+        h.update(b"ptpchat keeper v1");
+        h.update(channel.as_bytes());
+        h.update(epoch.to_be_bytes());
+        h.update(left.as_bytes());
+        h.update(m);
+        <[u8; 32]>::from(h.finalize())
+    })
 }
 
 fn member_count(st: &State, id: &Uuid, r: &ChannelRow) -> usize {

@@ -2,6 +2,8 @@
 //! channel's current key epoch; and the ids of recent channel frames, so a frame replayed
 //! after gossip forgot it is still recognised.
 
+use std::collections::BTreeSet;
+
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteArray;
@@ -45,6 +47,11 @@ pub struct ChannelRow {
     /// Who holds the current epoch's key, as far as we know (private channels).
     pub members: Vec<ByteArray<16>>,
     pub created_ms: u64,
+    /// Who held the key of the epoch before this one: a holder who rotated to this same
+    /// epoch at the same moment may have been removed by the key we took, and its grant
+    /// still counts (see [`judge`]).
+    #[serde(default)]
+    pub prev_members: Vec<ByteArray<16>>,
 }
 
 /// What a received key grant did.
@@ -212,11 +219,90 @@ pub fn mark_channel_seen(
     Ok(true)
 }
 
+/// How far past the epoch we hold a member may move a channel: room for rotations missed
+/// while away, too little for a hostile member to use up the epoch space (it would take
+/// 2^28 grants, each a signed direct message) or to wrap it.
+pub const EPOCH_WINDOW: u32 = 16;
+
+/// What to do with a grant from a current key holder of a channel we are in.
+enum Verdict {
+    /// Take its key and members.
+    Take,
+    /// Two holders rotated to the same epoch with different members: both removals stand.
+    Merge,
+    Keep(&'static str),
+}
+
+/// Judges a grant from a current holder against the key we hold.
+///
+/// Newer epochs win only inside [`EPOCH_WINDOW`]. At the same epoch with another key (two
+/// holders rotated at once) nothing the sender controls decides: a grant that removes
+/// someone we still list wins over one that does not, two different removals are merged
+/// (see [`merged`]), and only between equal member lists, where winning gains nothing, does
+/// the lower key win.
+fn judge(held: &ChannelRow, grant: &KeyGrant) -> Verdict {
+    if grant.epoch > held.epoch {
+        return if grant.epoch - held.epoch <= EPOCH_WINDOW {
+            Verdict::Take
+        } else {
+            Verdict::Keep("too far ahead of the key held")
+        };
+    }
+    if grant.epoch < held.epoch || held.key.as_deref() == Some(&grant.key) {
+        return Verdict::Keep("not newer than the key held");
+    }
+    let ours: BTreeSet<[u8; 16]> = held.members.iter().map(|m| **m).collect();
+    let theirs: BTreeSet<[u8; 16]> = grant.members.iter().map(|m| **m).collect();
+    if ours == theirs {
+        return match held.key.as_deref() {
+            Some(k) if grant.key >= *k => Verdict::Keep("lost the tie to the key held"),
+            _ => Verdict::Take,
+        };
+    }
+    if theirs.is_subset(&ours) {
+        Verdict::Take
+    } else if ours.is_subset(&theirs) {
+        Verdict::Keep("the key held removes more members")
+    } else {
+        Verdict::Merge
+    }
+}
+
+/// Two holders moved the channel to the same epoch, each without someone the other kept:
+/// every node that holds both keys moves to the next epoch, with the members both kept
+/// and a key derived from both. Whoever was left out by either grant lacks that grant's key
+/// and cannot derive the new one; no message is needed, so no node rotates again for it.
+fn merged(held: &ChannelRow, grant: &KeyGrant) -> Option<ChannelRow> {
+    use hkdf::Hkdf;
+    use sha2::Sha256;
+    let a = held.key.as_deref()?;
+    let epoch = held.epoch.checked_add(1)?;
+    let (lo, hi) = if *a < grant.key {
+        (a, &grant.key)
+    } else {
+        (&grant.key, a)
+    };
+    let ikm = [lo.as_slice(), hi.as_slice()].concat();
+    let info = [grant.channel.as_slice(), &epoch.to_be_bytes()].concat();
+    let mut key = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(b"ptpchat channel key merge v1"), &ikm)
+        .expand(&info, &mut key)
+        .ok()?;
+    let theirs: BTreeSet<[u8; 16]> = grant.members.iter().map(|m| **m).collect();
+    let mut row = held.clone();
+    row.members.retain(|m| theirs.contains(&**m));
+    row.prev_members.clone_from(&held.members);
+    row.epoch = epoch;
+    row.key = Some(ByteArray::new(key));
+    row.key_from = None;
+    Some(row)
+}
+
 /// Applies a key grant from `from` inside the transaction that records the direct message
 /// carrying it, so the grant is durable before it is ACKed.
 ///
-/// - For a private channel we are in, only a current key holder may move it to a newer
-///   epoch; two holders rotating to the same epoch at once resolve to the lower UUID's key.
+/// - For a private channel we are in, only a current key holder may move it, to an epoch
+///   inside [`EPOCH_WINDOW`]; ties are judged by [`judge`].
 /// - Otherwise the grant is an invitation, kept (boundedly) until the user joins.
 pub fn apply_grant(
     txn: &WriteTransaction,
@@ -239,26 +325,35 @@ pub fn apply_grant(
         key: Some(ByteArray::new(grant.key)),
         members: members.clone(),
         created_ms: now_ms,
+        prev_members: Vec::new(),
     };
     let (new_row, outcome) = match held {
         Some(c) if !c.private => return Ok(GrantOutcome::Ignored("public channel")),
         Some(c) if c.joined => {
-            if !c.members.iter().any(|m| **m == *from) {
+            let holds = |list: &[ByteArray<16>]| list.iter().any(|m| **m == *from);
+            let tie = grant.epoch == c.epoch;
+            let holder = holds(&c.members) || (tie && holds(&c.prev_members));
+            if !holder {
                 return Ok(GrantOutcome::Ignored("sender holds no key of this channel"));
             }
-            let newer = grant.epoch > c.epoch;
-            let tie_won = grant.epoch == c.epoch
-                && c.key.as_deref() != Some(&grant.key)
-                && c.key_from.as_deref().is_none_or(|k| from < k);
-            if !newer && !tie_won {
-                return Ok(GrantOutcome::Ignored("not newer than the key held"));
+            match judge(&c, grant) {
+                Verdict::Keep(why) => return Ok(GrantOutcome::Ignored(why)),
+                Verdict::Merge => match merged(&c, grant) {
+                    Some(m) => (m, GrantOutcome::Rotated),
+                    None => return Ok(GrantOutcome::Ignored("no epoch left to merge into")),
+                },
+                Verdict::Take => {
+                    let mut c = c;
+                    if !tie {
+                        c.prev_members = std::mem::take(&mut c.members);
+                    }
+                    c.epoch = grant.epoch;
+                    c.key = Some(ByteArray::new(grant.key));
+                    c.key_from = Some(ByteArray::new(*from));
+                    c.members = members;
+                    (c, GrantOutcome::Rotated)
+                }
             }
-            let mut c = c;
-            c.epoch = grant.epoch;
-            c.key = Some(ByteArray::new(grant.key));
-            c.key_from = Some(ByteArray::new(*from));
-            c.members = members;
-            (c, GrantOutcome::Rotated)
         }
         // A pending invitation is replaced only by one of the holders it names (a newer
         // key from the same group), so a stranger who learns the id cannot swap it.
@@ -409,17 +504,41 @@ mod tests {
         );
         assert_eq!(held(&store), (true, 3, 3));
 
-        // Two holders rotating to the same epoch at once: the lower UUID's key wins, in
-        // whichever order the two grants arrive.
+        // Two holders rotating to the same epoch at once, with the same members: the lower
+        // key wins, in whichever order the two grants arrive.
         assert_eq!(
-            apply(&store, ZERO, &grant(3, 6, &[ZERO, ALICE, ME])),
+            apply(&store, ZERO, &grant(3, 2, &[ZERO, ALICE, ME])),
             GrantOutcome::Rotated
         );
         assert!(matches!(
             apply(&store, ALICE, &grant(3, 7, &[ZERO, ALICE, ME])),
             GrantOutcome::Ignored(_)
         ));
-        assert_eq!(held(&store), (true, 3, 6));
+        assert_eq!(held(&store), (true, 3, 2));
+
+        // Beyond the window, a holder cannot move the channel (nor wrap its epoch).
+        assert!(matches!(
+            apply(
+                &store,
+                ALICE,
+                &grant(3 + EPOCH_WINDOW + 1, 8, &[ZERO, ALICE, ME])
+            ),
+            GrantOutcome::Ignored(_)
+        ));
+        assert!(matches!(
+            apply(&store, ALICE, &grant(u32::MAX, 8, &[ZERO, ALICE, ME])),
+            GrantOutcome::Ignored(_)
+        ));
+        assert_eq!(held(&store), (true, 3, 2));
+        assert_eq!(
+            apply(
+                &store,
+                ALICE,
+                &grant(3 + EPOCH_WINDOW, 8, &[ZERO, ALICE, ME])
+            ),
+            GrantOutcome::Rotated
+        );
+        assert_eq!(held(&store), (true, 3 + EPOCH_WINDOW, 8));
 
         // The public channel case: a grant never turns a public channel private.
         row.private = false;
@@ -429,5 +548,66 @@ mod tests {
             apply(&store, ZERO, &grant(9, 9, &[ZERO, ME])),
             GrantOutcome::Ignored(_)
         ));
+    }
+
+    /// A removal made at the same moment as another rotation stands, whatever the UUIDs and
+    /// keys: the member who is removed cannot win a tie it can grind.
+    #[test]
+    fn a_removal_wins_a_tie_and_two_removals_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = Uuid::from_bytes(CH);
+        let join = |g: KeyGrant| {
+            let tx = store.db.begin_write().unwrap();
+            tx.open_table(CHANNELS).unwrap().remove(&CH).unwrap();
+            tx.commit().unwrap();
+            apply(&store, ALICE, &g);
+            let (_, mut row) = store.channels().unwrap().into_iter().next().unwrap();
+            row.joined = true;
+            store.put_channel(&id, &row).unwrap();
+        };
+        let members = |s: &Store| {
+            let (_, c) = s.channels().unwrap().into_iter().next().unwrap();
+            let mut m: Vec<[u8; 16]> = c.members.iter().map(|m| **m).collect();
+            m.sort();
+            m
+        };
+        // MALLORY has the lowest UUID and the lowest key; ALICE removes it at epoch 2 while
+        // MALLORY rotates to epoch 2 keeping itself. Either order: ALICE's key.
+        for order in [true, false] {
+            join(grant(1, 1, &[ZERO, ALICE, ME, MALLORY]));
+            let removal = grant(2, 0xee, &[ZERO, ALICE, ME]);
+            let stay = grant(2, 0x00, &[ZERO, ALICE, ME, MALLORY]);
+            if order {
+                apply(&store, ALICE, &removal);
+                apply(&store, MALLORY, &stay);
+            } else {
+                apply(&store, MALLORY, &stay);
+                apply(&store, ALICE, &removal);
+            }
+            assert_eq!(held(&store), (true, 2, 0xee), "order {order}");
+            assert!(!members(&store).contains(&MALLORY));
+        }
+        // Two holders each removing someone else at once: both removals stand, and the
+        // merged key is the same in either order and is neither grant's key.
+        let mut keys = Vec::new();
+        for order in [true, false] {
+            join(grant(1, 1, &[ZERO, ALICE, ME, MALLORY]));
+            let a = grant(2, 0x11, &[ALICE, ME, MALLORY]);
+            let z = grant(2, 0x22, &[ZERO, ALICE, ME]);
+            if order {
+                apply(&store, ALICE, &a);
+                assert_eq!(apply(&store, ZERO, &z), GrantOutcome::Rotated);
+            } else {
+                apply(&store, ZERO, &z);
+                assert_eq!(apply(&store, ALICE, &a), GrantOutcome::Rotated);
+            }
+            let (_, c) = store.channels().unwrap().into_iter().next().unwrap();
+            assert_eq!(c.epoch, 3);
+            assert_eq!(members(&store), [ALICE, ME]);
+            keys.push(*c.key.unwrap());
+        }
+        assert_eq!(keys[0], keys[1]);
+        assert!(keys[0] != [0x11; 32] && keys[0] != [0x22; 32]);
     }
 }
