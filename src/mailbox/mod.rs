@@ -75,7 +75,9 @@ pub fn peer_public_key(peer: &PeerId) -> Option<libp2p::identity::PublicKey> {
     libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()
 }
 
-/// Checks a relay's receipt for `sealed` stored in `mailbox` until `expires`.
+/// Checks a relay's receipt for `sealed` stored in `mailbox` until `expires`: strictly, as
+/// every other signature here (libp2p's own `verify` accepts a small-order key, for which a
+/// fixed signature verifies any message).
 pub fn verify_receipt(
     relay: &PeerId,
     mailbox: &[u8; 32],
@@ -83,7 +85,18 @@ pub fn verify_receipt(
     expires: u64,
     sig: &[u8; 64],
 ) -> bool {
-    peer_public_key(relay).is_some_and(|k| k.verify(&receipt_bytes(mailbox, sealed, expires), sig))
+    let Some(key) = peer_public_key(relay)
+        .and_then(|k| k.try_into_ed25519().ok())
+        .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k.to_bytes()).ok())
+        .filter(|k| !k.is_weak())
+    else {
+        return false;
+    };
+    key.verify_strict(
+        &receipt_bytes(mailbox, sealed, expires),
+        &ed25519_dalek::Signature::from_bytes(sig),
+    )
+    .is_ok()
 }
 
 /// The relays a document reaches its owner through (its mailboxes): for each `/p2p-circuit`
@@ -142,6 +155,25 @@ mod tests {
             .public()
             .to_peer_id();
         assert!(!verify_receipt(&other, &mailbox, b"blob", 99, &sig));
+    }
+
+    /// A relay whose PeerId is the identity point could pass any receipt with one fixed
+    /// signature under a non-strict check.
+    #[test]
+    fn a_small_order_relay_key_signs_nothing() {
+        let mut point = [0u8; 32];
+        point[0] = 1;
+        let weak = libp2p::identity::ed25519::PublicKey::try_from_bytes(&point).unwrap();
+        let relay = libp2p::identity::PublicKey::from(weak).to_peer_id();
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        let mailbox = mailbox_id(&relay, &Uuid::new_v4());
+        let signed = receipt_bytes(&mailbox, b"anything", 99);
+        assert!(
+            peer_public_key(&relay).unwrap().verify(&signed, &sig),
+            "the non-strict check passes it"
+        );
+        assert!(!verify_receipt(&relay, &mailbox, b"anything", 99, &sig));
     }
 
     #[test]
