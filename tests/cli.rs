@@ -243,6 +243,41 @@ fn a_running_node_owns_its_home() {
     );
 }
 
+/// Whatever sits at the socket path and is not a socket (a file a user put there, or one
+/// planted) is left alone: the node refuses to start instead of deleting it.
+#[test]
+fn a_file_in_the_way_of_the_socket_is_not_removed() {
+    let home = tempfile::tempdir().unwrap();
+    assert_eq!(cli(home.path(), &["init"]).code, 0);
+    let sock = home.path().join("ptpchat.sock");
+    std::fs::write(&sock, b"precious").unwrap();
+    let mut args = vec!["run"];
+    args.extend(loopback());
+    let run = cli(home.path(), &args);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("not a socket"), "{}", run.stderr);
+    assert_eq!(std::fs::read(&sock).unwrap(), b"precious");
+
+    // Without it the node binds, 0600, and leaves nothing of how it did so behind.
+    std::fs::remove_file(&sock).unwrap();
+    let node = Daemon::spawn(home.path(), &args);
+    node.wait_ready();
+    assert_eq!(
+        std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".control-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
 #[test]
 fn bad_input_gets_one_clear_line_and_no_panic() {
     let home = tempfile::tempdir().unwrap();

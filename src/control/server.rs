@@ -1,6 +1,6 @@
 //! Serving the control socket.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -25,7 +25,8 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (replacing a stale socket left by a crashed node) with mode 0600.
+    /// Binds `path` with mode 0600, replacing only a stale socket left by a crashed node:
+    /// any other file at the path is left alone and the bind fails.
     pub async fn bind(
         path: &Path,
         client: Client,
@@ -33,7 +34,13 @@ impl ControlServer {
         messenger: Option<Messenger>,
         channels: Option<Channels>,
     ) -> std::io::Result<Self> {
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "something that is not a socket is in the way; not removing it",
+                ));
+            }
             if super::socket_is_live(path).await {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,
@@ -43,8 +50,7 @@ impl ControlServer {
             warn!(path = %path.display(), "removing stale control socket from an earlier run");
             std::fs::remove_file(path)?;
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = bind_private(path)?;
         let task = tokio::spawn(accept_loop(listener, client, id, messenger, channels));
         Ok(ControlServer {
             path: path.to_path_buf(),
@@ -60,6 +66,25 @@ impl ControlServer {
     }
 }
 
+/// Binds a Unix socket that is 0600 from the moment it appears at `path`: it is bound inside
+/// a fresh 0700 directory next to `path`, narrowed there, and renamed into place. (A umask
+/// would do the same but is process-wide, and other threads create files meanwhile.)
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let nest = parent.join(format!(".control-{}", Uuid::new_v4().simple()));
+    std::fs::DirBuilder::new().mode(0o700).create(&nest)?;
+    let inner = nest.join("s");
+    let bound = UnixListener::bind(&inner).and_then(|l| {
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inner, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&nest);
+    bound
+}
+
 async fn accept_loop(
     listener: UnixListener,
     client: Client,
@@ -70,17 +95,9 @@ async fn accept_loop(
     // Connections end with the server: aborting this task drops the set, which aborts them.
     let mut connections = tokio::task::JoinSet::new();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
-    // The node's owner is whoever owns its home directory (created by us, 0700).
-    let my_uid = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| {
-            a.as_pathname()
-                .and_then(|p| p.parent())
-                .map(|p| p.to_path_buf())
-        })
-        .and_then(|home| std::fs::metadata(home).ok())
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    // Only the user the node runs as may drive it.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let my_uid = unsafe { libc::geteuid() };
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -91,9 +108,13 @@ async fn accept_loop(
             }
         };
         match stream.peer_cred() {
-            Ok(cred) if Some(cred.uid()) == my_uid => {}
+            Ok(cred) if cred.uid() == my_uid => {}
             Ok(cred) => {
-                warn!(uid = cred.uid(), owner = ?my_uid, "refused a control connection from another user");
+                warn!(
+                    uid = cred.uid(),
+                    owner = my_uid,
+                    "refused a control connection from another user"
+                );
                 continue;
             }
             Err(e) => {
