@@ -139,6 +139,7 @@ user a a all
 user b b all
 user c c all
 user d b none 4002   # a second host behind NAT-B whose policy refuses everybody
+user e b ask 4003    # a third host behind NAT-B whose user answers each request
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls until COMMAND succeeds.
 wait_for() {
@@ -155,7 +156,7 @@ json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.readline(
 has_reservation() { cli "$1" status --json | json_field '["relays"]' | grep -q 203.0.113.10; }
 is_private() { [ "$(cli "$1" status --json | json_field '["nat"]')" = private ]; }
 
-for u in a b c d; do
+for u in a b c d e; do
     wait_for 30 "$u's relay reservation" has_reservation "$u" || exit 1
 done
 log "reservations: a, b, c hold one on the relay"
@@ -165,7 +166,7 @@ done
 log "AutoNAT: a, b and c are private"
 
 uuid() { cli "$1" id --json | json_field '["uuid"]'; }
-A=$(uuid a); B=$(uuid b); C=$(uuid c); D=$(uuid d)
+A=$(uuid a); B=$(uuid b); C=$(uuid c); D=$(uuid d); E=$(uuid e)
 
 # Each document names only the relay circuit (the host's own IP is nowhere in it).
 doc_is_circuit_only() {
@@ -217,6 +218,32 @@ if ns na conntrack -L 2>/dev/null | grep -q 203.0.113.30; then
     fail "traffic between the NATs after a deny"
 fi
 log "deny: exit 4, no direct connection, no packet between the two NATs"
+
+# Deny, then accept: E's user denies A's first CONNECT and accepts the next one. The circuit
+# of the denied request stays gated; the accepted one must still punch through, and no
+# sequence of answers may panic E (it once did, in libp2p's Either handler).
+answer_next() { # HOME VERB: answers the oldest pending request
+    local id; id=$(cli "$1" requests --json | head -1 | json_field '["request_id"]') || return 1
+    [ -n "$id" ] && cli "$1" "$2" "$id"
+}
+E_PID=${PIDS[-1]}
+for verb in deny accept; do
+    cli a connect "$E" --timeout 40 --json >"$WORK/connect-e.out" &
+    req=$!
+    wait_for 20 "A's request to reach E" answer_next e "$verb"
+    wait "$req"; code=$?
+    out=$(cat "$WORK/connect-e.out")
+    status=$(echo "$out" | json_field '["status"]' 2>/dev/null)
+    case $verb in
+        deny) [ $code = 4 ] && [ "$status" = denied ] || fail "denied connect to E: exit $code, $out" ;;
+        accept) [ $code = 0 ] && [ "$status" = direct ] || fail "accepted connect to E after a deny: exit $code, $out" ;;
+    esac
+    sleep 1
+done
+kill -0 "$E_PID" 2>/dev/null || fail "E died during deny-then-accept"
+grep -q "panicked" "$WORK/e.log" && fail "E panicked: $(grep -m1 -A2 panicked "$WORK/e.log")"
+cli e status --json >/dev/null || fail "E does not answer after deny-then-accept"
+log "deny then accept: denied, then direct; E alive"
 
 # ---- hole punching, measured ----
 if [ "$ATTEMPTS" -gt 0 ]; then

@@ -14,8 +14,8 @@ use either::Either;
 use libp2p::core::{transport::PortUse, Endpoint};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
-    dummy, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    dummy, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -30,6 +30,10 @@ pub struct Consent<B> {
     allowed: HashMap<PeerId, Instant>,
     /// Connections handed a dummy handler; the inner behaviour never hears of them.
     gated: HashSet<ConnectionId>,
+    /// Each peer's connections that carry the inner protocol.
+    open: HashMap<PeerId, Vec<ConnectionId>>,
+    /// Events of the inner behaviour meant for no connection that carries it.
+    dropped: u64,
 }
 
 impl<B> Consent<B> {
@@ -38,6 +42,8 @@ impl<B> Consent<B> {
             inner,
             allowed: HashMap::new(),
             gated: HashSet::new(),
+            open: HashMap::new(),
+            dropped: 0,
         }
     }
 
@@ -65,6 +71,26 @@ impl<B> Consent<B> {
     /// How many relayed connections are held without the inner protocol.
     pub fn gated_connections(&self) -> usize {
         self.gated.len()
+    }
+
+    /// Events of the inner behaviour dropped because no connection of its peer carries the
+    /// inner protocol (it addressed a gated one, or any while only gated ones were left).
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Where an event of the inner behaviour for `peer` may go: never to a gated connection,
+    /// whose dummy handler cannot take it (libp2p's `Either` handler would panic).
+    fn route(&self, peer: &PeerId, handler: NotifyHandler) -> Option<NotifyHandler> {
+        match handler {
+            NotifyHandler::One(id) if self.gated.contains(&id) => None,
+            NotifyHandler::One(id) => Some(NotifyHandler::One(id)),
+            NotifyHandler::Any => self
+                .open
+                .get(peer)
+                .and_then(|ids| ids.first())
+                .map(|id| NotifyHandler::One(*id)),
+        }
     }
 
     fn gate(&mut self, id: ConnectionId, peer: &PeerId, relayed: bool) -> bool {
@@ -138,9 +164,26 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Consent<B> {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         let gated = match &event {
-            FromSwarm::ConnectionEstablished(e) => self.gated.contains(&e.connection_id),
+            FromSwarm::ConnectionEstablished(e) => {
+                let gated = self.gated.contains(&e.connection_id);
+                if !gated {
+                    self.open
+                        .entry(e.peer_id)
+                        .or_default()
+                        .push(e.connection_id);
+                }
+                gated
+            }
             FromSwarm::AddressChange(e) => self.gated.contains(&e.connection_id),
-            FromSwarm::ConnectionClosed(e) => self.gated.remove(&e.connection_id),
+            FromSwarm::ConnectionClosed(e) => {
+                if let Some(ids) = self.open.get_mut(&e.peer_id) {
+                    ids.retain(|id| *id != e.connection_id);
+                    if ids.is_empty() {
+                        self.open.remove(&e.peer_id);
+                    }
+                }
+                self.gated.remove(&e.connection_id)
+            }
             _ => false,
         };
         if !gated {
@@ -164,6 +207,82 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Consent<B> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        self.inner.poll(cx).map(|e| e.map_in(Either::Left))
+        loop {
+            match self.inner.poll(cx) {
+                Poll::Ready(ToSwarm::NotifyHandler {
+                    peer_id,
+                    handler,
+                    event,
+                }) => match self.route(&peer_id, handler) {
+                    Some(handler) => {
+                        return Poll::Ready(ToSwarm::NotifyHandler {
+                            peer_id,
+                            handler,
+                            event: Either::Left(event),
+                        })
+                    }
+                    None => self.dropped += 1,
+                },
+                Poll::Ready(e) => return Poll::Ready(e.map_in(Either::Left)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::core::ConnectedPoint;
+    use libp2p::swarm::behaviour::ConnectionEstablished;
+
+    fn established(c: &mut Consent<dummy::Behaviour>, peer: PeerId, id: usize, relayed: bool) {
+        let id = ConnectionId::new_unchecked(id);
+        let local: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().unwrap();
+        let remote: Multiaddr = if relayed {
+            "/ip4/10.0.0.2/tcp/1/p2p-circuit".parse().unwrap()
+        } else {
+            "/ip4/10.0.0.2/tcp/1".parse().unwrap()
+        };
+        let _ = c.handle_established_inbound_connection(id, peer, &local, &remote);
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: local,
+            send_back_addr: remote,
+        };
+        c.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: id,
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+    }
+
+    /// A peer whose first circuit was gated (a denied CONNECT) and whose next one is not (an
+    /// accepted one): the inner behaviour's events reach only the second, whichever way
+    /// they are addressed, and none is routed to the gated one's dummy handler.
+    #[test]
+    fn inner_events_never_reach_a_gated_connection() {
+        let mut c = Consent::new(dummy::Behaviour);
+        let peer = PeerId::random();
+        established(&mut c, peer, 1, true);
+        assert_eq!(c.gated_connections(), 1);
+        assert!(c.route(&peer, NotifyHandler::Any).is_none());
+        assert!(c
+            .route(&peer, NotifyHandler::One(ConnectionId::new_unchecked(1)))
+            .is_none());
+
+        c.allow(peer);
+        established(&mut c, peer, 2, true);
+        let two = ConnectionId::new_unchecked(2);
+        assert!(
+            matches!(c.route(&peer, NotifyHandler::Any), Some(NotifyHandler::One(id)) if id == two)
+        );
+        assert!(c
+            .route(&peer, NotifyHandler::One(ConnectionId::new_unchecked(1)))
+            .is_none());
+        assert!(
+            matches!(c.route(&peer, NotifyHandler::One(two)), Some(NotifyHandler::One(id)) if id == two)
+        );
     }
 }
