@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub external: Vec<Multiaddr>,
     /// What a relay lets strangers use (`relay --max-reservations`, `--max-circuits`).
     pub relay_limits: RelayLimits,
+    /// Inbound connections per IP address and per /24 (/48).
+    pub ip_limits: crate::net::iplimit::IpLimitConfig,
     /// Mailboxes for offline users (relays; `None` turns them off, and user nodes have none).
     pub mailbox: Option<crate::mailbox::service::MailboxConfig>,
 }
@@ -148,6 +150,7 @@ impl NodeConfig {
             private_ips: false,
             external: Vec::new(),
             relay_limits: RelayLimits::default(),
+            ip_limits: Default::default(),
             mailbox: (mode == Mode::Relay).then(Default::default),
         }
     }

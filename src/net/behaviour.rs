@@ -44,6 +44,8 @@ pub fn agent_version() -> String {
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
+    /// Inbound connections per IP address and per /24 (/48).
+    pub ip_limits: super::iplimit::IpLimits,
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
     /// Gated: no listen or observed addresses go over a relayed connection without consent.
@@ -70,6 +72,7 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
     let mdns_enabled = config.mdns;
     let mode = config.mode;
     let relay_limits = config.relay_limits;
+    let ip_limit_config = config.ip_limits;
     let private_ips = config.private_ips;
     let public = config.public;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -95,6 +98,8 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
                     .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
                     .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING)),
             );
+
+            let ip_limits = super::iplimit::IpLimits::new(ip_limit_config);
 
             let relay_server = (mode == Mode::Relay)
                 .then(|| relay::Behaviour::new(peer_id, relay_config(&relay_limits)));
@@ -168,6 +173,7 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
 
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
                 limits,
+                ip_limits,
                 relay_client,
                 relay_server: relay_server.into(),
                 identify: Consent::new(identify),

@@ -502,7 +502,14 @@ impl EventLoop {
                 self.swarm.behaviour_mut().kad.store_mut().records().count()
             },
             published_seq: self.publish.current.as_ref().map(|d| d.doc().seq),
-            rejected: self.rejected.snapshot(),
+            rejected: {
+                let mut r = self.rejected.snapshot();
+                let ip = self.swarm.behaviour().ip_limits.refused();
+                if ip > 0 {
+                    r.insert("connection_ip_limit", ip);
+                }
+                r
+            },
             lookups: self.lookup_stats,
             mail: if self.mailbox.is_some() {
                 self.store.mail_totals().ok()

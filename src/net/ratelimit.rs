@@ -35,8 +35,17 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             let (burst, per_sec) = (self.burst, self.per_sec);
             self.buckets
                 .retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * per_sec < burst);
+            // Still full: forget the key heard from longest ago rather than refuse every
+            // newcomer, which would let one who fills the table lock out everyone else.
             if self.buckets.len() >= self.max_keys {
-                return false;
+                let oldest = self
+                    .buckets
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.buckets.remove(&k);
+                }
             }
         }
         let (tokens, at) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
@@ -70,10 +79,14 @@ mod tests {
     fn tracks_a_bounded_number_of_keys() {
         let mut rl = RateLimiter::new(2, 0.001, 4);
         let t = Instant::now();
-        for k in 0..4 {
-            assert!(rl.allow(&k, t));
+        for (i, k) in (0..4).enumerate() {
+            assert!(rl.allow(&k, t + Duration::from_millis(i as u64)));
         }
-        assert!(!rl.allow(&99, t));
+        // Full: a newcomer is let in, and the least recent key (0) is forgotten.
+        let later = t + Duration::from_millis(10);
+        assert!(rl.allow(&99, later));
         assert!(rl.buckets.len() <= 4);
+        assert!(!rl.buckets.contains_key(&0));
+        assert!(rl.buckets.contains_key(&3));
     }
 }
