@@ -423,7 +423,9 @@ pub(super) async fn history<W: AsyncWrite + Unpin>(
 fn valid_name(name: &str) -> Result<(), ControlResponse> {
     if name.is_empty()
         || name.chars().count() > 64
-        || name.chars().any(|c| c.is_control())
+        || name
+            .chars()
+            .any(|c| c.is_control() || crate::messaging::files::is_bidi_control(c))
         || name.trim() != name
     {
         return Err(ControlResponse::err(

@@ -83,11 +83,22 @@ pub fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>>
     Ok(buf)
 }
 
+/// Whether `c` reorders the text around it (bidirectional embeddings, overrides, isolates
+/// and marks): a name with U+202E shows `cod.exe` as `exe.doc`.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// A file name from a stranger made safe to create: no directories, no leading dot, no
-/// control characters, at most 100 characters; `fallback` if nothing is left.
+/// control or bidirectional formatting characters, at most 100 characters; `fallback` if
+/// nothing is left.
 pub fn safe_name(name: &str, fallback: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(100).collect();
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
+        .take(100)
+        .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').to_string();
     if cleaned.is_empty() {
         fallback.to_string()
@@ -148,6 +159,8 @@ mod tests {
         assert_eq!(safe_name(".bashrc", "a"), "bashrc");
         assert_eq!(safe_name("C:\\x\\evil.exe", "a"), "evil.exe");
         assert_eq!(safe_name("a\u{0}b\nc.txt", "a"), "abc.txt");
+        assert_eq!(safe_name("invoice\u{202E}fdp.exe", "a"), "invoicefdp.exe");
+        assert_eq!(safe_name("\u{2066}x\u{2069}\u{200F}", "a"), "x");
         assert_eq!(safe_name("", "attachment-0"), "attachment-0");
         assert_eq!(safe_name(&"x".repeat(300), "a").len(), 100);
     }
