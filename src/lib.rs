@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod identity;
+pub mod logthrottle;
 pub mod mailbox;
 pub mod messaging;
 pub mod metrics;

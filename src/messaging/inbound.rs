@@ -216,7 +216,7 @@ pub(super) async fn receive(
             }
             Err(reject) => {
                 inner.counters.count(reject.counter());
-                warn!(?peer, reason = reject.reason(), error = %reject, "refused a message");
+                crate::warn_remote!("message_refused", ?peer, reason = reject.reason(), error = %reject, "refused a message");
                 outcomes.push(Some(outcome_nack(reject.reason())));
             }
         }
@@ -480,7 +480,7 @@ async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
         Ok(None) => complete(inner, key, env).await,
         Err(e) => {
             inner.counters.count("attachment_bad_hash");
-            warn!(error = %e, "refused an attachment");
+            crate::warn_remote!("attachment_refused", error = %e, "refused an attachment");
             drop_transfer(inner, key, &env.msg_id).await;
             outcome_nack("bad_attachment")
         }
@@ -533,7 +533,7 @@ async fn chunk(
         Ok(p) if p.len() == want => p,
         _ => {
             inner.counters.count("chunk_invalid");
-            warn!(%peer, "refused an attachment chunk that does not open or has the wrong size");
+            crate::warn_remote!("chunk_refused", %peer, "refused an attachment chunk that does not open or has the wrong size");
             drop_transfer(inner, key, &msg_id).await;
             return one(outcome_nack("bad_chunk"));
         }
@@ -574,7 +574,7 @@ async fn chunk(
         Ok((None, _)) => one(complete(inner, key, env).await),
         Err(e) => {
             inner.counters.count("attachment_bad_hash");
-            warn!(error = %e, "refused an attachment");
+            crate::warn_remote!("attachment_refused", error = %e, "refused an attachment");
             drop_transfer(inner, key, &msg_id).await;
             one(outcome_nack("bad_attachment"))
         }

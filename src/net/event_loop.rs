@@ -680,7 +680,7 @@ impl EventLoop {
             }
             Err(e) => {
                 self.count("lookup_invalid_document");
-                warn!(peer = ?from, %uuid, error = %e, "ignored invalid identity document in lookup");
+                crate::warn_remote!("lookup_bad_document", peer = ?from, %uuid, error = %e, "ignored invalid identity document in lookup");
                 false
             }
         }
@@ -807,7 +807,7 @@ impl EventLoop {
             Ok(d) => d,
             Err(e) => {
                 self.count("dht_put_invalid_document");
-                warn!(peer = %source, %uuid, reason = e.reason(), error = %e, "rejected DHT record");
+                crate::warn_remote!("dht_bad_record", peer = %source, %uuid, reason = e.reason(), error = %e, "rejected DHT record");
                 return;
             }
         };
@@ -1004,14 +1004,14 @@ impl EventLoop {
                 Request::ConnectAnswer { accept } => self.on_connect_answer(peer, accept),
                 Request::TooLarge => {
                     self.count("request_too_large");
-                    warn!(%peer, "request over the size limit");
+                    crate::warn_remote!("request_too_large", %peer, "request over the size limit");
                     Response::Nack {
                         reason: "too_large".into(),
                     }
                 }
                 Request::Malformed(e) => {
                     self.count("request_malformed");
-                    warn!(%peer, error = %e, "malformed request");
+                    crate::warn_remote!("request_malformed", %peer, error = %e, "malformed request");
                     Response::Nack {
                         reason: "malformed".into(),
                     }
@@ -1128,7 +1128,7 @@ impl EventLoop {
                         Ok(d) => Ok(d),
                         Err(e) => {
                             self.count("certificate_invalid");
-                            warn!(%peer, %uuid, error = %e, "peer sent an invalid certificate");
+                            crate::warn_remote!("bad_certificate", %peer, %uuid, error = %e, "peer sent an invalid certificate");
                             Err(LookupError::NotFound(uuid))
                         }
                     }
