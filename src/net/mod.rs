@@ -4,6 +4,7 @@
 mod behaviour;
 mod consent;
 mod event_loop;
+pub(crate) mod gossip_limits;
 pub(crate) mod ratelimit;
 
 pub use behaviour::{agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL};
