@@ -13,7 +13,7 @@ use super::ratelimit::RateLimiter;
 pub const PEER_BURST: u32 = 512;
 pub const PEER_PER_SEC: f64 = 128.0;
 /// Frames of one author on channel topics: burst, then per second.
-pub const AUTHOR_BURST: u32 = 8;
+pub const AUTHOR_BURST: u32 = 128;
 pub const AUTHOR_PER_SEC: f64 = 2.0;
 /// CHANNEL announcements of one author on the announce topic: burst, then per second.
 pub const ANNOUNCE_BURST: u32 = 16;
