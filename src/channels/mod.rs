@@ -35,6 +35,9 @@ use libp2p::PeerId;
 
 /// Public channels remembered from announcements.
 const MAX_DISCOVERED: usize = 1024;
+/// Channels one origin (the first identity heard announcing them) may hold in the
+/// discovered list; a further new channel of it is dropped and counted.
+pub const MAX_DISCOVERED_PER_ORIGIN: usize = 4;
 /// Members listed per channel.
 const MAX_MEMBERS_HEARD: usize = 1024;
 /// Posts heard from the mesh that may wait for their commit at once; past this, validation
@@ -57,6 +60,9 @@ const CATCH_UP_OVERLAP_MS: u64 = crate::messaging::envelope::MAX_FUTURE_SKEW_MS;
 /// Bytes of channel history all peers together may have from us, per second (and twice
 /// that at once): what a stranger can make us send, whatever its number of PeerIds.
 const HISTORY_BYTES_PER_SEC: u32 = 1024 * 1024;
+/// What the checks before a history page cost from [`HISTORY_BYTES_PER_SEC`], charged
+/// before they run (up to 256 documents read and verified for a private channel).
+const HISTORY_CHECK_COST: f64 = 16.0 * 1024.0;
 /// Most members one catch-up asks before it gives up until the next.
 const CATCH_UP_PEERS: usize = 3;
 /// How long a catch-up waits before asking a member once more that did not know we are
@@ -112,6 +118,8 @@ pub struct MemberView {
 
 struct Discovered {
     name: String,
+    /// Who announced it first.
+    origin: Uuid,
     members: HashSet<Uuid>,
     last_ms: u64,
 }
@@ -798,6 +806,7 @@ impl Channels {
             if self.state().recent.contains(&c.body.msg_id) {
                 return Err(Drop::Duplicate);
             }
+            // An announcer's document is not kept: discovery never fills the directory.
             return Ok(c);
         }
         let id = frame::channel_of_topic(topic).ok_or(Drop::UnknownChannel)?;
@@ -848,6 +857,8 @@ impl Channels {
         {
             return Err(Drop::Duplicate);
         }
+        // Every check passed: only now may a new sender's document be written.
+        m.keep_sender_document(&c.sender, true);
         Ok(c)
     }
 
@@ -894,6 +905,17 @@ impl Channels {
             self.inner.counters.count("history_unknown_channel");
             return nack("unknown_channel");
         };
+        // The membership check of a private channel reads and verifies documents: it is
+        // paid for from the budget before it runs, so a stranger cannot make us do it for free.
+        let budget_ok = self
+            .inner
+            .history_budget
+            .lock()
+            .is_ok_and(|mut b| b.allow_n(&(), HISTORY_CHECK_COST, Instant::now()));
+        if !budget_ok {
+            self.inner.counters.count("history_busy");
+            return nack("busy");
+        }
         let allowed = if row.private {
             let m = &self.inner.messenger;
             row.members.iter().any(|u| {
@@ -1089,6 +1111,13 @@ impl Channels {
         self.state().remember_id(b.msg_id);
         if topic == frame::ANNOUNCE_TOPIC {
             let mut st = self.state();
+            if !st.discovered.contains_key(&id)
+                && st.discovered.values().filter(|d| d.origin == from).count()
+                    >= MAX_DISCOVERED_PER_ORIGIN
+            {
+                self.inner.counters.count("announce_origin_bound");
+                return;
+            }
             if st.discovered.len() >= MAX_DISCOVERED && !st.discovered.contains_key(&id) {
                 let oldest = st
                     .discovered
@@ -1101,6 +1130,7 @@ impl Channels {
             }
             let d = st.discovered.entry(id).or_insert_with(|| Discovered {
                 name: b.name.clone(),
+                origin: from,
                 members: HashSet::new(),
                 last_ms: now,
             });

@@ -163,6 +163,8 @@ pub(super) async fn receive(
             .map(|s| {
                 let opened = envelope::open(s, &keys, &checker.open)?;
                 let v = envelope::verify(&opened, &cx)?;
+                // Only now, with the signature checked, may a new document be written.
+                checker.keep_sender_document(&v.sender, true);
                 if peer.is_none() && !v.envelope.attachments.is_empty() {
                     // Attachments are sent directly, never left at a mailbox.
                     return Err(Reject::Malformed("attachments in a mailbox message".into()));

@@ -287,6 +287,12 @@ impl Messenger {
         self.inner.sender_document(from, bytes)
     }
 
+    /// Keeps a sender's document after the frame it came with verified (see
+    /// `Inner::keep_sender_document`).
+    pub(crate) fn keep_sender_document(&self, doc: &SignedDocument, durable: bool) {
+        self.inner.keep_sender_document(doc, durable)
+    }
+
     /// Parsed verifying keys shared with direct messages.
     pub(crate) fn key_cache(&self) -> &KeyCache {
         &self.inner.verifying_keys
@@ -405,14 +411,33 @@ impl Inner {
             DocumentError::WrongUuid { .. } => Reject::SenderMismatch,
             e => Reject::BadSenderDocument(e.to_string()),
         })?;
-        match held {
-            Some(h) => match doc.may_replace(&h) {
-                Ok(_) => self.remember(&doc),
-                Err(_) if doc.doc().current_key == h.doc().current_key => {}
-                Err(_) => return Err(Reject::StaleSenderKey),
-            },
-            None => self.remember(&doc),
+        // Nothing is kept here: the message or frame it came with is not verified yet (see
+        // `keep_sender_document`).
+        if let Some(h) = &held {
+            if doc.may_replace(h).is_err() && doc.doc().current_key != h.doc().current_key {
+                return Err(Reject::StaleSenderKey);
+            }
         }
         Ok(doc)
+    }
+
+    /// Keeps a sender's document once what it came with has verified: in memory, and on
+    /// disk through the group writer (never a transaction of its own), when it is new and
+    /// may replace the one held. `durable: false` keeps it in memory only.
+    fn keep_sender_document(&self, doc: &SignedDocument, durable: bool) {
+        let held = self.known_document(&doc.doc().uuid());
+        let replaces = match &held {
+            Some(h) if h.bytes() == doc.bytes() => return,
+            Some(h) => doc.may_replace(h).is_ok(),
+            None => true,
+        };
+        if !replaces {
+            return;
+        }
+        self.remember_in_memory(doc);
+        if durable {
+            self.store
+                .cache_document_behind(&self.writer, doc, crate::unix_now());
+        }
     }
 }

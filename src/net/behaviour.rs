@@ -32,8 +32,21 @@ pub const MAX_SUBSCRIPTIONS_PER_REQUEST: usize = 128;
 /// Our gossipsub: signed messages, application validation, topic count limits.
 pub type Gossipsub = gossipsub::Behaviour<
     gossipsub::IdentityTransform,
-    gossipsub::MaxCountSubscriptionFilter<gossipsub::AllowAllSubscriptionFilter>,
+    gossipsub::MaxCountSubscriptionFilter<PtpchatTopics>,
 >;
+
+/// Admits only our topics: the announce topic and canonical channel topics, so a peer
+/// cannot make us hold state for topics no ptpchat node uses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PtpchatTopics;
+
+impl gossipsub::TopicSubscriptionFilter for PtpchatTopics {
+    fn can_subscribe(&mut self, topic_hash: &gossipsub::TopicHash) -> bool {
+        let t = topic_hash.as_str();
+        t == crate::channels::frame::ANNOUNCE_TOPIC
+            || crate::channels::frame::channel_of_topic(t).is_some()
+    }
+}
 
 /// The identify agent version: `ptpchat/<crate version>`.
 pub fn agent_version() -> String {
@@ -254,7 +267,7 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let filter = gossipsub::MaxCountSubscriptionFilter {
-        filter: gossipsub::AllowAllSubscriptionFilter {},
+        filter: PtpchatTopics,
         max_subscribed_topics: MAX_PEER_TOPICS,
         max_subscriptions_per_request: MAX_SUBSCRIPTIONS_PER_REQUEST,
     };

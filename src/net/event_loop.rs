@@ -24,6 +24,7 @@ mod relays;
 pub use connect::{ConnectOutcome, ConnectRequestView};
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use super::gossip_limits::GossipLimits;
 use super::ratelimit::RateLimiter;
 use super::{Command, GossipEvent, GossipIn, LookupError, PeerInfo, Status};
 use crate::channels::frame as channel_frame;
@@ -142,6 +143,8 @@ pub struct EventLoop {
     /// Gossip for the channel service (user nodes only; a relay validates announcements itself).
     gossip: Option<mpsc::Sender<GossipEvent>>,
     provider_limiter: RateLimiter<PeerId>,
+    /// Buckets per forwarding peer and per author, checked before a frame is queued.
+    gossip_limits: GossipLimits,
     /// Provider lookups whose results we dial.
     provider_queries: HashSet<kad::QueryId>,
     relays: relays::Relays,
@@ -231,6 +234,7 @@ impl EventLoop {
             listen_watch: watch::Sender::new(Vec::new()),
             gossip,
             provider_limiter: RateLimiter::new(64, 1.0, 4096),
+            gossip_limits: GossipLimits::default(),
             provider_queries: HashSet::new(),
             relays: {
                 let mut r = relays::Relays::default();
@@ -890,6 +894,18 @@ impl EventLoop {
                     topic: message.topic.into_string(),
                     data: message.data,
                 };
+                // Before the queue and before any signature check: a flood beyond the
+                // buckets costs us a hash lookup, and honest frames keep their place.
+                let announce = msg.topic == channel_frame::ANNOUNCE_TOPIC;
+                if let Err(why) =
+                    self.gossip_limits
+                        .admit(msg.source, msg.author, announce, Instant::now())
+                {
+                    self.count(why.counter());
+                    debug!(peer = %msg.source, reason = why.counter(), "gossip over its rate");
+                    self.report(msg.id, msg.source, gossipsub::MessageAcceptance::Ignore);
+                    return;
+                }
                 match &self.gossip {
                     Some(tx) => {
                         if let Err(e) = tx.try_send(GossipEvent::Message(msg)) {

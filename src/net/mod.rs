@@ -4,6 +4,7 @@
 mod behaviour;
 mod consent;
 mod event_loop;
+pub(crate) mod gossip_limits;
 pub mod iplimit;
 pub(crate) mod ratelimit;
 
