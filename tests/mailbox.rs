@@ -16,6 +16,7 @@ use ptpchat::config::Mode;
 use ptpchat::mailbox::service::MailboxConfig;
 use ptpchat::mailbox::{mailbox_id, mailboxes};
 use ptpchat::messaging::Delivery;
+use ptpchat::net::dial::DialReason;
 use ptpchat::node::{self, RunningNode};
 use ptpchat::verbs::{DepositResult, Request, Response};
 use uuid::Uuid;
@@ -182,7 +183,7 @@ async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
     };
     match eve
         .client
-        .request(r.peer_id, r_addrs.clone(), deposit(1))
+        .request(r.peer_id, r_addrs.clone(), DialReason::Own, deposit(1))
         .await
     {
         Ok(Response::Deposited { results }) => assert_eq!(

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::identity::MessageKeys;
 use crate::messaging::{Counters, GrantNote, InboundVerb, Messenger, Stored};
+use crate::net::dial::DialReason;
 use crate::net::ratelimit::RateLimiter;
 use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
 use crate::store::channels::{keep_channel_frame, mark_channel_seen};
@@ -1020,7 +1021,11 @@ impl Channels {
                 since,
                 after: after.clone(),
             };
-            let (frames, more, next) = match self.inner.net.request(peer, Vec::new(), request).await
+            let (frames, more, next) = match self
+                .inner
+                .net
+                .request(peer, Vec::new(), DialReason::Automatic, request)
+                .await
             {
                 Ok(Response::ChannelHistory { frames, more, next }) => (frames, more, next),
                 // Our subscription travels on gossip's stream, this request on one of its

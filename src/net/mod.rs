@@ -3,6 +3,7 @@
 
 mod behaviour;
 mod consent;
+pub mod dial;
 mod event_loop;
 pub(crate) mod ratelimit;
 
@@ -109,6 +110,7 @@ pub(crate) enum Command {
     Request {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        why: dial::DialReason,
         request: Request,
         reply: oneshot::Sender<Result<Response, String>>,
     },
@@ -246,11 +248,13 @@ impl Client {
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        why: dial::DialReason,
         request: Request,
     ) -> Result<Response, String> {
         self.ask(|reply| Command::Request {
             peer,
             addrs,
+            why,
             request,
             reply,
         })

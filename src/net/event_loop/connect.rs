@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info};
 use uuid::Uuid;
 
+use super::dial::DialReason;
 use super::EventLoop;
 use crate::config::ConnectPolicy;
 use crate::identity::SignedDocument;
@@ -117,6 +118,7 @@ impl EventLoop {
     /// Both protocols that reveal addresses may now run on `peer`'s relayed connections.
     fn give_consent(&mut self, peer: PeerId) {
         let b = self.swarm.behaviour_mut();
+        b.dial_gate.choose(peer);
         b.identify.allow(peer);
         b.dcutr.allow(peer);
     }
@@ -135,6 +137,8 @@ impl EventLoop {
         addrs: Vec<Multiaddr>,
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
+        let addrs = self.dial_policy.addresses(addrs, DialReason::Chosen);
+        self.swarm.behaviour_mut().dial_gate.choose(peer);
         self.connects.prune();
         if let Some(addr) = self.direct_addr(&peer) {
             let _ = reply.send(ConnectOutcome::Direct(addr));
@@ -384,10 +388,16 @@ impl EventLoop {
         } else {
             self.withdraw_consent(&p.peer);
         }
-        self.swarm
-            .behaviour_mut()
-            .verbs
-            .send_request_with_addresses(&p.peer, Request::ConnectAnswer { accept }, p.reach);
+        // A refusal is automatic traffic: a private node sends it over a circuit (or the
+        // connection the request came on), never by dialing the requester directly.
+        let why = if accept {
+            DialReason::Chosen
+        } else {
+            DialReason::Automatic
+        };
+        if let Err(e) = self.send_verb(p.peer, Request::ConnectAnswer { accept }, p.reach, why) {
+            debug!(error = %e, "CONNECT answer not sent");
+        }
         Ok(())
     }
 
