@@ -1143,6 +1143,12 @@ impl EventLoop {
                 };
             }
         }
+        // A user node's store and cache hold everyone its user wrote to, heard from or
+        // looked up: answering from them would tell a stranger who its contacts are.
+        // Serving other documents is a relay's role (it serves the DHT).
+        if self.mode == Mode::User {
+            return Response::NotFound;
+        }
         let key = kad::RecordKey::new(&dht_key(uuid));
         if let Some(rec) = self.swarm.behaviour_mut().kad.store_mut().get(&key) {
             if SignedDocument::decode_for(&rec.value, uuid, now).is_ok() {
