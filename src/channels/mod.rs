@@ -1077,7 +1077,7 @@ impl Channels {
             page += 1;
         }
         if stored > 0 {
-            info!(channel = %id, %peer, posts = stored, "caught up on missed posts");
+            debug!(channel = %id, %peer, posts = stored, "caught up on missed posts");
         }
         answered
     }
@@ -1219,7 +1219,8 @@ impl Channels {
     fn on_grant(&self, note: GrantNote) {
         match note.outcome {
             GrantOutcome::Invited => {
-                info!(channel = %note.channel, name = %note.name, from = %note.from, "invited to a private channel; `ptpchat channel join` to accept");
+                debug!(channel = %note.channel, from = %note.from, "invited by");
+                info!(name = %note.name, "invited to a private channel; `ptpchat channel join` to accept");
             }
             GrantOutcome::Rotated => {
                 info!(channel = %note.channel, name = %note.name, epoch = note.epoch, "channel key rotated by a member");

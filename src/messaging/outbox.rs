@@ -563,7 +563,7 @@ async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
         warn!(error = %e, "could not record mailbox receipts");
         return;
     }
-    info!(recipient = %to, messages = stored.len(), "stored at the recipient's mailbox");
+    debug!(recipient = %to, messages = stored.len(), "stored at the recipient's mailbox");
     if let Ok(mut outbox) = inner.outbox.lock() {
         if let Some(q) = outbox.queues.get_mut(to) {
             for m in q.pending.iter_mut() {
@@ -961,7 +961,7 @@ pub(super) async fn confirm(inner: &Inner, from: Uuid, ids: &[Uuid]) {
         Err(_) => Vec::new(),
     };
     if !done.is_empty() {
-        info!(recipient = %from, messages = done.len(), "delivery receipt: the recipient has them");
+        debug!(recipient = %from, messages = done.len(), "delivery receipt: the recipient has them");
         finish(inner, done).await;
     }
 }

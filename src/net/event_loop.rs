@@ -1358,9 +1358,9 @@ impl EventLoop {
                 remote_peer_id,
                 result,
             }) => match result {
-                Ok(_) => info!(peer = %remote_peer_id, "hole punch succeeded"),
+                Ok(_) => debug!(peer = %remote_peer_id, "hole punch succeeded"),
                 Err(e) => {
-                    info!(peer = %remote_peer_id, error = %e, "hole punch failed");
+                    debug!(peer = %remote_peer_id, error = %e, "hole punch failed");
                     self.on_hole_punch_failed(remote_peer_id);
                 }
             },

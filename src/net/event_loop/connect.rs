@@ -15,7 +15,7 @@ use libp2p::{
 };
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tracing::{debug, info};
+use tracing::debug;
 use uuid::Uuid;
 
 use super::dial::DialReason;
@@ -224,7 +224,7 @@ impl EventLoop {
 
     fn finish_connect(&mut self, peer: &PeerId, outcome: ConnectOutcome) {
         if let Some(o) = self.connects.outgoing.remove(peer) {
-            info!(%peer, ?outcome, "connect finished");
+            debug!(%peer, ?outcome, "connect finished");
             let _ = o.reply.send(outcome);
         }
     }
@@ -340,7 +340,7 @@ impl EventLoop {
                 }
                 let request_id = self.connects.next_id;
                 self.connects.next_id += 1;
-                info!(%uuid, request_id, "CONNECT request queued for the user");
+                debug!(%uuid, request_id, "CONNECT request queued for the user");
                 self.connects.pending.insert(
                     request_id,
                     Pending {
@@ -360,7 +360,7 @@ impl EventLoop {
                 };
             }
         };
-        info!(%uuid, accept, "CONNECT answered by policy");
+        debug!(%uuid, accept, "CONNECT answered by policy");
         if accept {
             self.give_consent(peer);
         } else {
