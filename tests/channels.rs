@@ -11,6 +11,7 @@ use libp2p::Multiaddr;
 use ptpchat::channels::frame::{self, ChannelBody};
 use ptpchat::channels::Channels;
 use ptpchat::config::Mode;
+use ptpchat::net::dial::DialReason;
 use ptpchat::node::{self, RunningNode};
 use ptpchat::verbs::{Request, Response};
 use uuid::Uuid;
@@ -451,7 +452,9 @@ async fn ask_history(
         since: 0,
         after: Vec::new(),
     };
-    from.client.request(peer, Vec::new(), request).await
+    from.client
+        .request(peer, Vec::new(), DialReason::Chosen, request)
+        .await
 }
 
 /// Publishes from M, retrying while no peer is connected.
@@ -596,7 +599,7 @@ async fn a_member_back_from_away_catches_up_on_what_it_missed() {
     };
     assert_eq!(
         c.client
-            .request(a.peer_id, Vec::new(), bad_cursor)
+            .request(a.peer_id, Vec::new(), DialReason::Chosen, bad_cursor)
             .await
             .unwrap(),
         Response::Nack {

@@ -349,6 +349,34 @@ async fn getcertificate_fetches_a_document_straight_from_a_peer() {
 }
 
 #[tokio::test]
+async fn getcertificate_on_a_user_node_answers_only_for_its_own_uuid() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(Mode::User, dirs[0].path(), &[]).await;
+    let b = start(Mode::User, dirs[1].path(), &[first_addr(&a).await]).await;
+    let (a_uuid, b_uuid) = (a.id.clone().unwrap().uuid, b.id.clone().unwrap().uuid);
+    // B looks A up: A's document is now in B's cache (B "knows" A).
+    eventually(WAIT, "B to find A", || async {
+        b.client.whois(a_uuid).await.ok()
+    })
+    .await;
+
+    // A stranger connected to B asks B for A's document: B does not tell whom it knows.
+    let c = start(Mode::User, dirs[2].path(), &[first_addr(&b).await]).await;
+    let own = eventually(WAIT, "B to answer for itself", || async {
+        c.client.fetch_certificate(b.peer_id, b_uuid).await.ok()
+    })
+    .await;
+    assert_eq!(own.doc().peer_id().unwrap(), b.peer_id);
+    assert_eq!(
+        c.client.fetch_certificate(b.peer_id, a_uuid).await,
+        Err(LookupError::NotFound(a_uuid))
+    );
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn documents_held_by_a_relay_survive_its_restart() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let (a, a_addr, b, b_uuid) = relay_holding_a_user(dirs[0].path(), dirs[1].path()).await;

@@ -16,6 +16,7 @@ use ptpchat::config::Mode;
 use ptpchat::mailbox::service::MailboxConfig;
 use ptpchat::mailbox::{mailbox_id, mailboxes};
 use ptpchat::messaging::Delivery;
+use ptpchat::net::dial::DialReason;
 use ptpchat::node::{self, RunningNode};
 use ptpchat::verbs::{DepositResult, Request, Response};
 use uuid::Uuid;
@@ -182,7 +183,7 @@ async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
     };
     match eve
         .client
-        .request(r.peer_id, r_addrs.clone(), deposit(1))
+        .request(r.peer_id, r_addrs.clone(), DialReason::Own, deposit(1))
         .await
     {
         Ok(Response::Deposited { results }) => assert_eq!(
@@ -213,7 +214,7 @@ async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
     };
     let first = eve
         .client
-        .request(r.peer_id, r_addrs.clone(), to([9; 32], 6))
+        .request(r.peer_id, r_addrs.clone(), DialReason::Own, to([9; 32], 6))
         .await;
     assert_eq!(
         reasons(first),
@@ -232,7 +233,12 @@ async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
     {
         let one = eve
             .client
-            .request(r.peer_id, r_addrs.clone(), to([10 + i as u8; 32], 1))
+            .request(
+                r.peer_id,
+                r_addrs.clone(),
+                DialReason::Own,
+                to([10 + i as u8; 32], 1),
+            )
             .await;
         assert_eq!(reasons(one), [*expect]);
     }
@@ -244,33 +250,48 @@ async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
         mailbox: [1; 32],
         sealed: Vec::new(),
     };
-    let empty = eve.client.request(r.peer_id, r_addrs.clone(), empty).await;
+    let empty = eve
+        .client
+        .request(r.peer_id, r_addrs.clone(), DialReason::Own, empty)
+        .await;
     assert_eq!(nack(empty), "malformed");
     let huge = Request::Deposit {
         mailbox: [1; 32],
         sealed: vec![serde_bytes::ByteBuf::from(vec![0; 200 * 1024])],
     };
-    let huge = eve.client.request(r.peer_id, r_addrs.clone(), huge).await;
+    let huge = eve
+        .client
+        .request(r.peer_id, r_addrs.clone(), DialReason::Own, huge)
+        .await;
     assert_eq!(reasons(huge), ["too_large"]);
     assert!(rejected(&r, "mail_malformed").await >= 1);
     assert!(rejected(&r, "mail_too_large").await >= 1);
     let alice_addrs = alice.listen_addrs().await;
     let to_user = eve
         .client
-        .request(alice.peer_id, alice_addrs, to([1; 32], 1))
+        .request(
+            alice.peer_id,
+            alice_addrs,
+            DialReason::Chosen,
+            to([1; 32], 1),
+        )
         .await;
     assert_eq!(nack(to_user), "no_mailbox");
 
     // Eve cannot read Bob's mail: no login without a nonce, not with Bob's document (her
     // connection is not Bob's), not with a signature that is not the owner's, and a nonce
     // works once only.
-    let ask = |req: Request| eve.client.request(r.peer_id, r_addrs.clone(), req);
+    let ask = |req: Request| {
+        eve.client
+            .request(r.peer_id, r_addrs.clone(), DialReason::Own, req)
+    };
     let stranger = relay(&dir.path().join("stranger"), MailboxConfig::default()).await;
     let stranger_ack = stranger
         .client
         .request(
             r.peer_id,
             r_addrs.clone(),
+            DialReason::Own,
             Request::MailAck { ack: vec![1, 2] },
         )
         .await;

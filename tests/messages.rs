@@ -12,6 +12,7 @@ use ptpchat::config::Mode;
 use ptpchat::identity::{Identity, MessageKeys, SignedDocument};
 use ptpchat::messaging::envelope::{self, AttachmentMeta, Envelope};
 use ptpchat::messaging::Delivery;
+use ptpchat::net::dial::DialReason;
 use ptpchat::node::{self, RunningNode};
 use ptpchat::store::Store;
 use ptpchat::verbs::{Outcome, Request, Response};
@@ -127,6 +128,7 @@ impl Fixture {
             .request(
                 self.b.peer_id,
                 self.b_addrs.clone(),
+                DialReason::Chosen,
                 Request::Message {
                     sealed: sealed.into_iter().map(serde_bytes::ByteBuf::from).collect(),
                 },

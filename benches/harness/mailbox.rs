@@ -97,6 +97,7 @@ pub async fn run(senders: usize, cap_mib: u64, blob_kib: usize) -> Flood {
                     .request(
                         relay_peer,
                         vec![addr.clone()],
+                        ptpchat::net::dial::DialReason::Own,
                         Request::Deposit { mailbox, sealed },
                     )
                     .await;

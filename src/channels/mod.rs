@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::identity::MessageKeys;
 use crate::messaging::{Counters, GrantNote, InboundVerb, Messenger, Stored};
+use crate::net::dial::DialReason;
 use crate::net::ratelimit::RateLimiter;
 use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
 use crate::store::channels::{keep_channel_frame, mark_channel_seen};
@@ -1045,7 +1046,11 @@ impl Channels {
                 since,
                 after: after.clone(),
             };
-            let (frames, more, next) = match self.inner.net.request(peer, Vec::new(), request).await
+            let (frames, more, next) = match self
+                .inner
+                .net
+                .request(peer, Vec::new(), DialReason::Automatic, request)
+                .await
             {
                 Ok(Response::ChannelHistory { frames, more, next }) => (frames, more, next),
                 // Our subscription travels on gossip's stream, this request on one of its
@@ -1097,7 +1102,7 @@ impl Channels {
             page += 1;
         }
         if stored > 0 {
-            info!(channel = %id, %peer, posts = stored, "caught up on missed posts");
+            debug!(channel = %id, %peer, posts = stored, "caught up on missed posts");
         }
         answered
     }
@@ -1255,7 +1260,8 @@ impl Channels {
     fn on_grant(&self, note: GrantNote) {
         match note.outcome {
             GrantOutcome::Invited => {
-                info!(channel = %note.channel, name = %note.name, from = %note.from, "invited to a private channel; `ptpchat channel join` to accept");
+                debug!(channel = %note.channel, from = %note.from, "invited by");
+                info!(name = %note.name, "invited to a private channel; `ptpchat channel join` to accept");
             }
             GrantOutcome::Rotated => {
                 info!(channel = %note.channel, name = %note.name, epoch = note.epoch, "channel key rotated by a member");

@@ -13,6 +13,8 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+use crate::net::dial::DialReason;
 use uuid::Uuid;
 
 use super::inbound::{receive, MAX_RECEIPT_IDS};
@@ -65,7 +67,11 @@ pub(super) async fn drainer(inner: Arc<Inner>, mut connected: broadcast::Receive
 }
 
 async fn ask(inner: &Inner, relay: PeerId, addr: &Multiaddr, r: Request) -> Option<Response> {
-    match inner.net.request(relay, vec![addr.clone()], r).await {
+    match inner
+        .net
+        .request(relay, vec![addr.clone()], DialReason::Own, r)
+        .await
+    {
         Ok(Response::Nack { reason }) => {
             debug!(%relay, %reason, "mailbox relay refused");
             None

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
 use super::{files, Inner, SendError, Sending, OUTBOX_RETENTION_MS};
 use crate::identity::SignedDocument;
+use crate::net::dial::DialReason;
 use crate::store::messages::{append_history, row, OUTBOX, SENT_STATUS};
 use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
 use crate::verbs::{DepositResult, Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES};
@@ -85,6 +86,16 @@ struct Queued {
 }
 
 impl Queued {
+    /// Why we reach its recipient: a message the user sent is to a peer the user chose;
+    /// a delivery receipt goes to whoever wrote to us, so it is automatic traffic.
+    fn why(&self) -> DialReason {
+        if self.seq >= RECEIPT_SEQ_BASE {
+            DialReason::Automatic
+        } else {
+            DialReason::Chosen
+        }
+    }
+
     fn entry(&self, to: &Uuid) -> OutboxEntry {
         OutboxEntry {
             msg_id: *self.msg_id.as_bytes(),
@@ -552,7 +563,7 @@ async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
         warn!(error = %e, "could not record mailbox receipts");
         return;
     }
-    info!(recipient = %to, messages = stored.len(), "stored at the recipient's mailbox");
+    debug!(recipient = %to, messages = stored.len(), "stored at the recipient's mailbox");
     if let Ok(mut outbox) = inner.outbox.lock() {
         if let Some(q) = outbox.queues.get_mut(to) {
             for m in q.pending.iter_mut() {
@@ -618,7 +629,11 @@ async fn deposit_at(
             .map(serde_bytes::ByteBuf::from)
             .collect(),
     };
-    let results = match inner.net.request(relay, vec![addr], request).await {
+    let results = match inner
+        .net
+        .request(relay, vec![addr], batch_reason(batch), request)
+        .await
+    {
         Ok(Response::Deposited { results }) if results.len() == batch.len() => results,
         Ok(Response::Nack { reason }) => {
             debug!(%relay, %reason, "mailbox refused the deposit");
@@ -727,6 +742,15 @@ async fn expire_old(inner: &Inner, to: &Uuid) {
     }
 }
 
+/// Chosen if the user sent any message of the batch (receipts ride along with them).
+fn batch_reason(batch: &[Queued]) -> DialReason {
+    if batch.iter().any(|m| m.why() == DialReason::Chosen) {
+        DialReason::Chosen
+    } else {
+        DialReason::Automatic
+    }
+}
+
 /// Sends one batch; `Err` gives back what must be retried later, and whether the
 /// recipient could not be reached at all.
 async fn deliver(
@@ -738,6 +762,7 @@ async fn deliver(
         return Err((batch, true));
     };
     let addrs = doc.doc().reach_addrs();
+    let why = batch_reason(&batch);
     let sealed: Vec<serde_bytes::ByteBuf> = match inner.seal.lock() {
         Ok(mut seal) => batch
             .iter()
@@ -747,7 +772,7 @@ async fn deliver(
     };
     let response = inner
         .net
-        .request(peer, addrs.clone(), Request::Message { sealed })
+        .request(peer, addrs.clone(), why, Request::Message { sealed })
         .await;
     let outcomes = match response {
         Ok(Response::Outcomes { outcomes }) if outcomes.len() == batch.len() => outcomes,
@@ -837,6 +862,7 @@ async fn transfer(
             .request(
                 peer,
                 addrs.to_vec(),
+                m.why(),
                 Request::Chunk {
                     msg_id: env.msg_id,
                     attachment,
@@ -935,7 +961,7 @@ pub(super) async fn confirm(inner: &Inner, from: Uuid, ids: &[Uuid]) {
         Err(_) => Vec::new(),
     };
     if !done.is_empty() {
-        info!(recipient = %from, messages = done.len(), "delivery receipt: the recipient has them");
+        debug!(recipient = %from, messages = done.len(), "delivery receipt: the recipient has them");
         finish(inner, done).await;
     }
 }

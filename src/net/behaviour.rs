@@ -56,6 +56,8 @@ pub fn agent_version() -> String {
 /// Every protocol a ptpchat node speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so that a dial it refuses reaches no other behaviour's bookkeeping.
+    pub dial_gate: super::dial::DialGate,
     pub limits: connection_limits::Behaviour,
     /// Inbound connections per IP address and per /24 (/48).
     pub ip_limits: super::iplimit::IpLimits,
@@ -185,6 +187,10 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
             );
 
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                dial_gate: super::dial::DialGate::new(super::dial::DialPolicy {
+                    private_node: mode == Mode::User && !public,
+                    private_ips,
+                }),
                 limits,
                 ip_limits,
                 relay_client,

@@ -11,7 +11,10 @@ use libp2p::{
     autonat, dcutr, gossipsub, identify, kad, mdns,
     multiaddr::Protocol,
     relay, request_response,
-    swarm::{dial_opts::DialOpts, ConnectionId, SwarmEvent},
+    swarm::{
+        dial_opts::{DialOpts, PeerCondition},
+        ConnectionId, SwarmEvent,
+    },
     Multiaddr, PeerId, Swarm,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,6 +27,7 @@ mod relays;
 pub use connect::{ConnectOutcome, ConnectRequestView};
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use super::dial;
 use super::gossip_limits::GossipLimits;
 use super::ratelimit::RateLimiter;
 use super::{Command, GossipEvent, GossipIn, LookupError, PeerInfo, Status};
@@ -109,6 +113,8 @@ pub struct EventLoop {
     identity: Option<Identity>,
     mode: Mode,
     public: bool,
+    /// Who we may dial directly, and at which addresses.
+    dial_policy: dial::DialPolicy,
     lookups: HashMap<u64, Lookup>,
     next_lookup: u64,
     lookup_stats: crate::net::LookupStats,
@@ -205,6 +211,10 @@ impl EventLoop {
             identity,
             mode: config.mode,
             public: config.public,
+            dial_policy: dial::DialPolicy {
+                private_node: config.mode == Mode::User && !config.public,
+                private_ips: config.private_ips,
+            },
             lookups: HashMap::new(),
             next_lookup: 0,
             lookup_queries: HashMap::new(),
@@ -355,17 +365,17 @@ impl EventLoop {
             Command::Request {
                 peer,
                 addrs,
+                why,
                 request,
                 reply,
-            } => {
-                let addrs = addrs.into_iter().take(MAX_ADDRS_PER_PEER).collect();
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .verbs
-                    .send_request_with_addresses(&peer, request, addrs);
-                self.outbound.insert(id, reply);
-            }
+            } => match self.send_verb(peer, request, addrs, why) {
+                Ok(id) => {
+                    self.outbound.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Subscribe { topic, on } => self.subscribe(&topic, on),
             Command::Publish { topic, data, reply } => {
                 let topic = gossipsub::IdentTopic::new(topic);
@@ -467,9 +477,58 @@ impl EventLoop {
         }
     }
 
+    /// Sends a verb to `peer`, dialing it only where the dial policy allows for `why`: a
+    /// private node reaches a peer its user did not choose over a relay circuit or over a
+    /// connection it already holds, never by a direct dial of its own.
+    pub(crate) fn send_verb(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        addrs: Vec<Multiaddr>,
+        why: dial::DialReason,
+    ) -> Result<request_response::OutboundRequestId, String> {
+        let addrs: Vec<Multiaddr> = self
+            .dial_policy
+            .addresses(addrs, why)
+            .into_iter()
+            .take(MAX_ADDRS_PER_PEER)
+            .collect();
+        if why != dial::DialReason::Automatic {
+            self.swarm.behaviour_mut().dial_gate.choose(peer);
+        }
+        if self.dial_policy.may_dial_direct(why) || self.swarm.is_connected(&peer) {
+            return Ok(self
+                .swarm
+                .behaviour_mut()
+                .verbs
+                .send_request_with_addresses(&peer, request, addrs));
+        }
+        if addrs.is_empty() {
+            return Err("no relayed route to this peer".into());
+        }
+        // Our own dial, at the circuits only: request-response would dial the peer with
+        // whatever other behaviours (Kademlia) know of it, direct addresses included; its
+        // own dial then finds ours under way and is dropped.
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok(self
+            .swarm
+            .behaviour_mut()
+            .verbs
+            .send_request(&peer, request))
+    }
+
     /// Dials `addr`, telling Kademlia about the peer if the address names it.
     pub(crate) fn dial(&mut self, addr: Multiaddr) -> Result<(), libp2p::swarm::DialError> {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            // Only our own configured peers (bootstrap, relays) are dialed by address.
+            self.swarm.behaviour_mut().dial_gate.choose(peer);
             let mut bare = addr.clone();
             bare.pop();
             self.swarm.behaviour_mut().kad.add_address(&peer, bare);
@@ -1107,6 +1166,12 @@ impl EventLoop {
                 };
             }
         }
+        // A user node's store and cache hold everyone its user wrote to, heard from or
+        // looked up: answering from them would tell a stranger who its contacts are.
+        // Serving other documents is a relay's role (it serves the DHT).
+        if self.mode == Mode::User {
+            return Response::NotFound;
+        }
         let key = kad::RecordKey::new(&dht_key(uuid));
         if let Some(rec) = self.swarm.behaviour_mut().kad.store_mut().get(&key) {
             if SignedDocument::decode_for(&rec.value, uuid, now).is_ok() {
@@ -1284,6 +1349,8 @@ impl EventLoop {
                 let mut seen = HashSet::new();
                 for (peer, addr) in found {
                     if seen.insert(peer) && !self.swarm.is_connected(&peer) {
+                        // mDNS is the user's choice of its LAN (`--no-mdns` turns it off).
+                        self.swarm.behaviour_mut().dial_gate.choose(peer);
                         let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
                     }
                 }
@@ -1314,9 +1381,9 @@ impl EventLoop {
                 remote_peer_id,
                 result,
             }) => match result {
-                Ok(_) => info!(peer = %remote_peer_id, "hole punch succeeded"),
+                Ok(_) => debug!(peer = %remote_peer_id, "hole punch succeeded"),
                 Err(e) => {
-                    info!(peer = %remote_peer_id, error = %e, "hole punch failed");
+                    debug!(peer = %remote_peer_id, error = %e, "hole punch failed");
                     self.on_hole_punch_failed(remote_peer_id);
                 }
             },
@@ -1415,8 +1482,14 @@ impl EventLoop {
                     }
                     if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
                         let me = *self.swarm.local_peer_id();
+                        // Providers are whoever answered: a private node does not dial them
+                        // directly (their addresses are the answerer's word), it meets them
+                        // over gossip through the peers it holds.
+                        let direct = self
+                            .dial_policy
+                            .may_dial_direct(dial::DialReason::Automatic);
                         for p in providers.into_iter().take(MAX_PROVIDER_DIALS) {
-                            if p != me && !self.swarm.is_connected(&p) {
+                            if direct && p != me && !self.swarm.is_connected(&p) {
                                 let _ = self.swarm.dial(DialOpts::peer_id(p).build());
                             }
                         }

@@ -3,6 +3,7 @@
 
 mod behaviour;
 mod consent;
+pub mod dial;
 mod event_loop;
 pub(crate) mod gossip_limits;
 pub mod iplimit;
@@ -111,6 +112,7 @@ pub(crate) enum Command {
     Request {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        why: dial::DialReason,
         request: Request,
         reply: oneshot::Sender<Result<Response, String>>,
     },
@@ -248,11 +250,13 @@ impl Client {
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        why: dial::DialReason,
         request: Request,
     ) -> Result<Response, String> {
         self.ask(|reply| Command::Request {
             peer,
             addrs,
+            why,
             request,
             reply,
         })

@@ -16,6 +16,8 @@ pub fn test_config(mode: Mode, home: &Path, bootstrap: &[Multiaddr]) -> NodeConf
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     cfg.bootstrap = bootstrap.to_vec();
     cfg.mdns = false;
+    // Every test address is a loopback one, which reach filtering drops by default.
+    cfg.private_ips = true;
     cfg
 }
 
@@ -86,11 +88,18 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `ptpchat --home HOME ARGS...` with stdout piped.
+    /// A user node (`run`) gets `--private-ips`: every test address is a loopback one.
     pub fn spawn(home: &Path, args: &[&str]) -> Daemon {
+        let lab: &[&str] = if args.first() == Some(&"run") && !args.contains(&"--private-ips") {
+            &["--private-ips"]
+        } else {
+            &[]
+        };
         let child = Command::new(bin())
             .arg("--home")
             .arg(home)
             .args(args)
+            .args(lab)
             // PTPCHAT_TEST_LOG=debug shows a daemon's logs when a test needs looking into.
             .env(
                 "RUST_LOG",

@@ -15,9 +15,10 @@ use libp2p::{
 };
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tracing::{debug, info};
+use tracing::debug;
 use uuid::Uuid;
 
+use super::dial::DialReason;
 use super::EventLoop;
 use crate::config::ConnectPolicy;
 use crate::identity::SignedDocument;
@@ -117,6 +118,7 @@ impl EventLoop {
     /// Both protocols that reveal addresses may now run on `peer`'s relayed connections.
     fn give_consent(&mut self, peer: PeerId) {
         let b = self.swarm.behaviour_mut();
+        b.dial_gate.choose(peer);
         b.identify.allow(peer);
         b.dcutr.allow(peer);
     }
@@ -135,6 +137,8 @@ impl EventLoop {
         addrs: Vec<Multiaddr>,
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
+        let addrs = self.dial_policy.addresses(addrs, DialReason::Chosen);
+        self.swarm.behaviour_mut().dial_gate.choose(peer);
         self.connects.prune();
         if let Some(addr) = self.direct_addr(&peer) {
             let _ = reply.send(ConnectOutcome::Direct(addr));
@@ -220,7 +224,7 @@ impl EventLoop {
 
     fn finish_connect(&mut self, peer: &PeerId, outcome: ConnectOutcome) {
         if let Some(o) = self.connects.outgoing.remove(peer) {
-            info!(%peer, ?outcome, "connect finished");
+            debug!(%peer, ?outcome, "connect finished");
             let _ = o.reply.send(outcome);
         }
     }
@@ -336,7 +340,7 @@ impl EventLoop {
                 }
                 let request_id = self.connects.next_id;
                 self.connects.next_id += 1;
-                info!(%uuid, request_id, "CONNECT request queued for the user");
+                debug!(%uuid, request_id, "CONNECT request queued for the user");
                 self.connects.pending.insert(
                     request_id,
                     Pending {
@@ -356,7 +360,7 @@ impl EventLoop {
                 };
             }
         };
-        info!(%uuid, accept, "CONNECT answered by policy");
+        debug!(%uuid, accept, "CONNECT answered by policy");
         if accept {
             self.give_consent(peer);
         } else {
@@ -384,10 +388,16 @@ impl EventLoop {
         } else {
             self.withdraw_consent(&p.peer);
         }
-        self.swarm
-            .behaviour_mut()
-            .verbs
-            .send_request_with_addresses(&p.peer, Request::ConnectAnswer { accept }, p.reach);
+        // A refusal is automatic traffic: a private node sends it over a circuit (or the
+        // connection the request came on), never by dialing the requester directly.
+        let why = if accept {
+            DialReason::Chosen
+        } else {
+            DialReason::Automatic
+        };
+        if let Err(e) = self.send_verb(p.peer, Request::ConnectAnswer { accept }, p.reach, why) {
+            debug!(error = %e, "CONNECT answer not sent");
+        }
         Ok(())
     }
 

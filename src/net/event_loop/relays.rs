@@ -143,6 +143,7 @@ impl EventLoop {
             // still under way can fail, and a failure waits RETRY_AFTER. A relay we are not
             // connected to is dialed; the next tick reserves.
             if !self.swarm.is_connected(&relay) {
+                self.swarm.behaviour_mut().dial_gate.choose(relay);
                 let opts = DialOpts::peer_id(relay)
                     .addresses(vec![addr])
                     .condition(PeerCondition::DisconnectedAndNotDialing)
