@@ -7,6 +7,8 @@ pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod logthrottle;
 pub mod mailbox;

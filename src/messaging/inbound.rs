@@ -367,7 +367,7 @@ pub(super) fn encode_receipt(ids: &[Uuid]) -> String {
         .join(",")
 }
 
-fn decode_receipt(body: &str) -> Result<Vec<Uuid>, Reject> {
+pub(crate) fn decode_receipt(body: &str) -> Result<Vec<Uuid>, Reject> {
     let ids: Vec<Uuid> = body
         .split(',')
         .map(|s| Uuid::try_parse(s).map_err(|_| Reject::Malformed("bad receipt id".into())))

@@ -7,6 +7,7 @@
 pub mod envelope;
 pub mod files;
 mod inbound;
+pub(crate) use inbound::decode_receipt;
 mod mail;
 mod outbox;
 

@@ -134,6 +134,18 @@ pub fn deposit(
     Ok(out)
 }
 
+/// Splits a mail row into its storage time (ms, the first 8 bytes) and the sealed message.
+/// A row too short to hold the time is corruption: an error, never a panic in the writer.
+fn split_item(row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    match row.split_first_chunk::<8>() {
+        Some((ms, sealed)) => Ok((u64::from_be_bytes(*ms), sealed)),
+        None => Err(StoreError::Db(format!(
+            "mail row of {} bytes, shorter than its 8-byte time",
+            row.len()
+        ))),
+    }
+}
+
 /// Deletes the items `ns` of `mailbox` (those that exist); returns how many it deleted.
 pub fn ack(txn: &WriteTransaction, mailbox: &[u8; 32], ns: &[u64]) -> Result<u64, StoreError> {
     let mut deleted = 0;
@@ -143,10 +155,10 @@ pub fn ack(txn: &WriteTransaction, mailbox: &[u8; 32], ns: &[u64]) -> Result<u64
             .remove(&item_key(mailbox, *n))?
             .map(|v| v.value().to_vec());
         if let Some(v) = removed {
-            let stored_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or_default());
+            let (stored_ms, sealed) = split_item(&v)?;
             txn.open_table(MAIL_EXPIRY)?
                 .remove(&expiry_key(stored_ms, mailbox, *n))?;
-            add_usage(txn, mailbox, -1, -((v.len() - 8) as i64))?;
+            add_usage(txn, mailbox, -1, -(sealed.len() as i64))?;
             deleted += 1;
         }
     }
@@ -222,10 +234,11 @@ impl Store {
         for r in t.range::<&[u8; 40]>(&lo..=&hi)? {
             let (k, v) = r?;
             let v = v.value();
-            if v.len() < 8 {
+            // A damaged row is never handed out (nor can it be acknowledged); expiry
+            // removes it.
+            let Ok((stored_ms, sealed)) = split_item(v) else {
                 continue;
-            }
-            let stored_ms = u64::from_be_bytes(v[..8].try_into().unwrap_or_default());
+            };
             if stored_ms < cutoff {
                 continue;
             }
@@ -234,7 +247,7 @@ impl Store {
             }
             bytes += v.len();
             let n = u64::from_be_bytes(k.value()[32..].try_into().unwrap_or_default());
-            items.push((n, v[8..].to_vec()));
+            items.push((n, sealed.to_vec()));
         }
         Ok((items, false))
     }
@@ -265,6 +278,35 @@ mod tests {
         let out = f(&txn).unwrap();
         txn.commit().unwrap();
         out
+    }
+
+    /// A damaged row (shorter than its 8-byte time) fails the acknowledgement with an
+    /// error instead of panicking the store writer, and is skipped when paging.
+    #[test]
+    fn a_short_row_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let limits = MailLimits::default();
+        let m = [5u8; 32];
+        let t0 = 1_000 * DAY;
+        write(&store, |t| {
+            deposit(t, &m, &[vec![1; 10], vec![2; 10]], t0, &limits)
+        });
+        let (page, _) = store.mail_page(&m, t0, &limits, 10, 1 << 20).unwrap();
+        let (bad, good) = (page[0].0, page[1].0);
+        write(&store, |t| {
+            t.open_table(MAIL)?
+                .insert(&item_key(&m, bad), &[0u8; 3][..])?;
+            Ok(())
+        });
+
+        let txn = store.db.begin_write().unwrap();
+        let r = ack(&txn, &m, &[bad]);
+        assert!(matches!(r, Err(StoreError::Db(_))), "{r:?}");
+        drop(txn);
+        let (page, _) = store.mail_page(&m, t0, &limits, 10, 1 << 20).unwrap();
+        assert_eq!(page, [(good, vec![2; 10])]);
+        assert_eq!(write(&store, |t| ack(t, &m, &[good])), 1);
     }
 
     #[test]
