@@ -468,19 +468,9 @@ async fn m_publish(m: &RunningNode, topic: &str, data: Vec<u8>) {
 /// Puts the signature of `donor` into `form` (both signed forms, as CBOR maps).
 fn splice_signature(form: &[u8], donor: &[u8]) -> Vec<u8> {
     let mut out = form.to_vec();
-    let (fs, ds) = (sig_offset(form), sig_offset(donor));
+    let (fs, ds) = (common::sig_offset(form), common::sig_offset(donor));
     out[fs..fs + 64].copy_from_slice(&donor[ds..ds + 64]);
     out
-}
-
-/// Where the 64 signature bytes sit in a signed form: after the key "sig" and the CBOR
-/// header of a 64-byte string (0x58 0x40).
-fn sig_offset(form: &[u8]) -> usize {
-    let key = [0x63, b's', b'i', b'g', 0x58, 0x40];
-    form.windows(key.len())
-        .position(|w| w == key)
-        .expect("a signed form has a sig")
-        + key.len()
 }
 
 #[tokio::test]

@@ -196,16 +196,6 @@ async fn a_flood_of_valid_frames_from_fresh_identities_does_not_stop_a_public_ch
     relay.shutdown().await;
 }
 
-/// Where the 64 signature bytes sit in a signed form: after the key "sig" and the CBOR
-/// header of a 64-byte string (0x58 0x40).
-fn sig_offset(form: &[u8]) -> usize {
-    let key = [0x63, b's', b'i', b'g', 0x58, 0x40];
-    form.windows(key.len())
-        .position(|w| w == key)
-        .expect("a signed form has a sig")
-        + key.len()
-}
-
 #[tokio::test]
 async fn a_fresh_identity_with_a_bad_signature_leaves_no_document_behind() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -230,7 +220,7 @@ async fn a_fresh_identity_with_a_bad_signature_leaves_no_document_behind() {
     })
     .await;
     let mut forged = frame::sign(&body(&x, id, "quiet", "text", "hi"), &keys_of(&x));
-    let at = sig_offset(&forged);
+    let at = common::sig_offset(&forged);
     forged[at] ^= 1;
     let before = rejected(&b, "channel_bad_signature").await;
     eventually(WAIT, "X to publish", || async {

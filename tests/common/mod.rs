@@ -222,3 +222,13 @@ pub async fn first_addr(node: &RunningNode) -> Multiaddr {
         .next()
         .expect("listening")
 }
+
+/// Where the 64 signature bytes sit in a signed form: after the key "sig" and the CBOR
+/// header of a 64-byte string (0x58 0x40).
+pub fn sig_offset(form: &[u8]) -> usize {
+    let key = [0x63, b's', b'i', b'g', 0x58, 0x40];
+    form.windows(key.len())
+        .position(|w| w == key)
+        .expect("a signed form has a sig")
+        + key.len()
+}
