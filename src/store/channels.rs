@@ -332,11 +332,17 @@ pub fn apply_grant(
         Some(c) if c.joined => {
             let holds = |list: &[ByteArray<16>]| list.iter().any(|m| **m == *from);
             let tie = grant.epoch == c.epoch;
-            let holder = holds(&c.members) || (tie && holds(&c.prev_members));
-            if !holder {
+            let current = holds(&c.members);
+            if !current && !(tie && holds(&c.prev_members)) {
                 return Ok(GrantOutcome::Ignored("sender holds no key of this channel"));
             }
-            match judge(&c, grant) {
+            // A holder of the epoch before, no longer listed (perhaps removed by the key we
+            // took), never hands us a key it alone knows: at most its removals merge in.
+            let verdict = match judge(&c, grant) {
+                Verdict::Take if !current => Verdict::Merge,
+                v => v,
+            };
+            match verdict {
                 Verdict::Keep(why) => return Ok(GrantOutcome::Ignored(why)),
                 Verdict::Merge => match merged(&c, grant) {
                     Some(m) => (m, GrantOutcome::Rotated),
@@ -609,5 +615,23 @@ mod tests {
         }
         assert_eq!(keys[0], keys[1]);
         assert!(keys[0] != [0x11; 32] && keys[0] != [0x22; 32]);
+
+        // Removed at epoch 2, MALLORY answers with its own grant of epoch 2 that leaves itself
+        // (and ZERO) out, so it looks like a further removal: it must not hand us a key it
+        // knows. Its removals merge in; the key stays out of its reach.
+        join(grant(1, 1, &[ZERO, ALICE, ME, MALLORY]));
+        apply(&store, ALICE, &grant(2, 0xee, &[ZERO, ALICE, ME]));
+        assert_eq!(
+            apply(&store, MALLORY, &grant(2, 0x01, &[ALICE, ME])),
+            GrantOutcome::Rotated
+        );
+        let (_, c) = store.channels().unwrap().into_iter().next().unwrap();
+        assert_ne!(
+            *c.key.unwrap(),
+            [0x01; 32],
+            "the removed member's key was taken"
+        );
+        assert_ne!(*c.key.unwrap(), [0xee; 32]);
+        assert!(!members(&store).contains(&MALLORY));
     }
 }
