@@ -333,7 +333,8 @@ pub fn apply_grant(
             let holds = |list: &[ByteArray<16>]| list.iter().any(|m| **m == *from);
             let tie = grant.epoch == c.epoch;
             let current = holds(&c.members);
-            if !current && !(tie && holds(&c.prev_members)) {
+            let previous = tie && holds(&c.prev_members);
+            if !current && !previous {
                 return Ok(GrantOutcome::Ignored("sender holds no key of this channel"));
             }
             // A holder of the epoch before, no longer listed (perhaps removed by the key we
