@@ -39,6 +39,9 @@ pub struct NodeConfig {
     pub control_socket: bool,
     /// Largest attachment sent or accepted, in bytes.
     pub max_attachment: u64,
+    /// How long an incoming attachment transfer may go without a chunk before it counts
+    /// as idle and may lose its slot (tests shorten it).
+    pub transfer_idle: std::time::Duration,
     /// How long gossip remembers the ids of channel messages it has seen (tests shorten
     /// it to show that replays are still caught once gossip has forgotten).
     pub gossip_duplicate_cache: std::time::Duration,
@@ -144,6 +147,7 @@ impl NodeConfig {
             metrics: None,
             control_socket: true,
             max_attachment: crate::messaging::envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
+            transfer_idle: std::time::Duration::from_secs(60),
             gossip_duplicate_cache: std::time::Duration::from_secs(120),
             channel_announce_every: std::time::Duration::from_secs(120),
             accept_connect: ConnectPolicy::default(),

@@ -261,6 +261,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             MessagingConfig {
                 home: config.home.clone(),
                 max_attachment: config.max_attachment,
+                transfer_idle: config.transfer_idle,
                 grants: Some(grants_tx),
             },
             store,

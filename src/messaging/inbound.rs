@@ -10,41 +10,27 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::PeerId;
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::envelope::{self, Envelope, Reject, VerifyContext, CHUNK_BYTES};
+use super::transfers::{self, Admit, Transfer};
 use super::{files, InboundVerb, Inner, INBOUND_CONCURRENCY};
 use crate::channels::frame::{decode_grant, KeyGrant, GRANT_KIND};
 use crate::store::channels::apply_grant;
-use crate::store::messages::{append_history, row, seen_key, INBOX_SEEN, PENDING_IN};
-use crate::store::{GrantOutcome, HistoryEntry, PendingIn, StoredAttachment};
+use crate::store::messages::{
+    append_history, row, seen_key, unrow, CONTACTS, INBOX_SEEN, PENDING_IN,
+};
+use crate::store::{Contact, GrantOutcome, HistoryEntry, PendingIn, StoreError, StoredAttachment};
 use crate::verbs::{Outcome, Request, Response, MAX_BATCH};
 
-/// Most messages with attachments in progress at once, from everyone…
-pub const MAX_PENDING_TRANSFERS: u64 = 64;
-/// …and from one sender.
-pub const MAX_PENDING_PER_SENDER: usize = 4;
 /// A transfer not finished in this long is dropped (its sender gives up after 7 days).
 const PENDING_RETENTION_MS: u64 = 8 * 24 * 3600 * 1000;
-
-/// An attachment transfer in progress, by msg_id.
-pub(crate) struct Transfer {
-    key: [u8; 40],
-    peer: PeerId,
-    env: Envelope,
-    /// The next chunk expected.
-    attachment: u32,
-    offset: u64,
-    /// Attachments already checked against their hash.
-    verified: u32,
-    /// A chunk is being written; a concurrent duplicate is told to wait.
-    busy: bool,
-}
 
 fn nack(reason: &str) -> Response {
     Response::Nack {
@@ -68,7 +54,19 @@ fn outcome_nack(reason: &str) -> Outcome {
 pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<InboundVerb>) {
     cleanup(&inner);
     let slots = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
-    while let Some(verb) = rx.recv().await {
+    let mut sweeps = tokio::time::interval(Duration::from_millis(inner.transfer_idle_ms.max(1000)));
+    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let verb = tokio::select! {
+            verb = rx.recv() => match verb {
+                Some(v) => v,
+                None => break,
+            },
+            _ = sweeps.tick() => {
+                sweep(&inner).await;
+                continue;
+            }
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             inner.counters.count("inbound_busy");
             let _ = inner.net.respond(verb.token, nack("busy")).await;
@@ -225,11 +223,16 @@ pub(super) async fn receive(
     }
     if !accepted.is_empty() {
         let jobs: Vec<Checked> = accepted.iter().map(|(_, v)| v.clone()).collect();
+        let slots_inner = inner.clone();
         let fates = inner
             .writer
             .write(move |txn| {
                 let now = crate::unix_now_ms();
                 let mut fates = Vec::with_capacity(jobs.len());
+                let mut evicted = Vec::new();
+                // Read once, and only for a message that needs a transfer slot.
+                let mut contacts: Option<HashSet<[u8; 16]>> = None;
+                let no_contacts = HashSet::new();
                 for (env, signed, special) in jobs {
                     let key = seen_key(&env.from(), env.ts, &env.msg_id());
                     if txn.open_table(INBOX_SEEN)?.get(&key)?.is_some() {
@@ -258,23 +261,23 @@ pub(super) async fn receive(
                         fates.push(Fate::Stored(seq, entry));
                         continue;
                     }
-                    let mut pending = txn.open_table(PENDING_IN)?;
-                    if pending.get(&key)?.is_some() {
+                    if txn.open_table(PENDING_IN)?.get(&key)?.is_some() {
                         fates.push(Fate::Pending);
                         continue;
                     }
-                    let mut lo = [0u8; 40];
-                    lo[..16].copy_from_slice(&env.from);
-                    let mut hi = [0xffu8; 40];
-                    hi[..16].copy_from_slice(&env.from);
-                    let from_sender = pending.range::<&[u8; 40]>(&lo..=&hi)?.count();
-                    if pending.len()? >= MAX_PENDING_TRANSFERS
-                        || from_sender >= MAX_PENDING_PER_SENDER
-                    {
-                        fates.push(Fate::Busy);
-                        continue;
+                    if contacts.is_none() {
+                        contacts = Some(contact_uuids(txn)?);
                     }
-                    pending.insert(
+                    let contacts = contacts.as_ref().unwrap_or(&no_contacts);
+                    match take_slot(txn, &slots_inner, &env, &key, contacts, now)? {
+                        Admit::Busy => {
+                            fates.push(Fate::Busy);
+                            continue;
+                        }
+                        Admit::Evict(victim) => evicted.push(victim),
+                        Admit::Take => {}
+                    }
+                    txn.open_table(PENDING_IN)?.insert(
                         &key,
                         row(&PendingIn {
                             signed,
@@ -284,11 +287,17 @@ pub(super) async fn receive(
                     )?;
                     fates.push(Fate::Pending);
                 }
-                Ok(fates)
+                Ok((fates, evicted))
             })
             .await;
         let fates = match fates {
-            Ok(f) => f,
+            Ok((f, evicted)) => {
+                for victim in evicted {
+                    inner.counters.count("transfer_evicted");
+                    forget_transfer(inner, &victim);
+                }
+                f
+            }
             Err(e) => {
                 warn!(error = %e, "could not store received messages");
                 return Err("busy");
@@ -352,6 +361,69 @@ pub(super) async fn receive(
             accepted,
         })
         .collect())
+}
+
+/// The UUIDs of our contacts, read in the transaction that gives out a transfer slot.
+fn contact_uuids(txn: &WriteTransaction) -> Result<HashSet<[u8; 16]>, StoreError> {
+    let mut out = HashSet::new();
+    for r in txn.open_table(CONTACTS)?.iter()? {
+        let (_, v) = r?;
+        out.insert(unrow::<Contact>(v.value())?.uuid);
+    }
+    Ok(out)
+}
+
+/// Decides, in the transaction that would store it, whether the transfer of `env` gets a
+/// slot; an evicted transfer's row is removed here, the rest of it after the commit.
+fn take_slot(
+    txn: &WriteTransaction,
+    inner: &Inner,
+    env: &Envelope,
+    key: &[u8; 40],
+    contacts: &HashSet<[u8; 16]>,
+    now: u64,
+) -> Result<Admit, StoreError> {
+    let mut pending = txn.open_table(PENDING_IN)?;
+    let mut held = Vec::new();
+    for r in pending.iter()? {
+        held.push(*r?.0.value());
+    }
+    // The same msg_id from the same sender twice at once (another timestamp) waits for
+    // the first: a CHUNK names the message by msg_id alone.
+    if held
+        .iter()
+        .any(|k| k[..16] == key[..16] && k[24..] == key[24..])
+    {
+        return Ok(Admit::Busy);
+    }
+    let Ok(mut t) = inner.transfers.lock() else {
+        return Ok(Admit::Busy);
+    };
+    let slots = transfers::slots(held, contacts, |k| t.last_active(k, inner.started_ms));
+    let own = slots.iter().filter(|s| s.key[..16] == env.from).count();
+    let admit = transfers::admit(
+        &slots,
+        contacts.contains(&env.from),
+        own,
+        now,
+        inner.transfer_idle_ms,
+    );
+    if let Admit::Evict(victim) = admit {
+        pending.remove(&victim)?;
+        t.active.remove(&victim);
+    }
+    if admit != Admit::Busy {
+        t.active.insert(*key, now);
+    }
+    Ok(admit)
+}
+
+/// Forgets a transfer whose row is gone (evicted), and deletes what had arrived of it.
+fn forget_transfer(inner: &Inner, key: &[u8; 40]) {
+    if let Ok(mut t) = inner.transfers.lock() {
+        t.forget(key);
+    }
+    let _ = std::fs::remove_dir_all(partial_dir(inner, key));
 }
 
 /// The kind of a delivery receipt: its body lists the ids of the messages it confirms.
@@ -447,7 +519,8 @@ async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
         .lock()
         .ok()
         .and_then(|t| {
-            t.get(&env.msg_id)
+            t.live
+                .get(&(peer, env.msg_id))
                 .filter(|t| t.key == key)
                 .map(|t| t.verified)
         })
@@ -464,11 +537,10 @@ async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
     match need {
         Ok(Some((attachment, offset))) => {
             if let Ok(mut t) = inner.transfers.lock() {
-                t.insert(
-                    env.msg_id,
+                t.live.insert(
+                    (peer, env.msg_id),
                     Transfer {
                         key,
-                        peer,
                         env,
                         attachment,
                         offset,
@@ -483,7 +555,7 @@ async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
         Err(e) => {
             inner.counters.count("attachment_bad_hash");
             crate::warn_remote!("attachment_refused", error = %e, "refused an attachment");
-            drop_transfer(inner, key, &env.msg_id).await;
+            drop_transfer(inner, key).await;
             outcome_nack("bad_attachment")
         }
     }
@@ -498,8 +570,8 @@ async fn chunk(
     data: Vec<u8>,
 ) -> Response {
     let claimed = match inner.transfers.lock() {
-        Ok(mut t) => match t.get_mut(&msg_id) {
-            Some(t) if t.peer == peer => {
+        Ok(mut all) => match all.live.get_mut(&(peer, msg_id)) {
+            Some(t) => {
                 if t.busy {
                     return one(outcome_nack("busy"));
                 }
@@ -510,9 +582,12 @@ async fn chunk(
                     });
                 }
                 t.busy = true;
-                Some((t.key, t.env.clone(), t.verified))
+                let claimed = (t.key, t.env.clone(), t.verified);
+                // A transfer with a chunk arriving is not idle.
+                all.active.insert(claimed.0, crate::unix_now_ms());
+                Some(claimed)
             }
-            _ => None,
+            None => None,
         },
         Err(_) => None,
     };
@@ -536,7 +611,7 @@ async fn chunk(
         _ => {
             inner.counters.count("chunk_invalid");
             crate::warn_remote!("chunk_refused", %peer, "refused an attachment chunk that does not open or has the wrong size");
-            drop_transfer(inner, key, &msg_id).await;
+            drop_transfer(inner, key).await;
             return one(outcome_nack("bad_chunk"));
         }
     };
@@ -553,6 +628,9 @@ async fn chunk(
             .open(&path)
             .map_err(|e| e.to_string())?;
         f.write_all(&plain).map_err(|e| e.to_string())?;
+        // What we ask for next must be on disk: a chunk lost to a power cut would leave a
+        // file that never matches its hash, and the message refused for good.
+        f.sync_data().map_err(|e| e.to_string())?;
         drop(f);
         next_need(&dir, &env2, &mut verified).map(|n| (n, verified))
     })
@@ -561,7 +639,7 @@ async fn chunk(
     match written {
         Ok((Some((a, o)), verified)) => {
             if let Ok(mut t) = inner.transfers.lock() {
-                if let Some(t) = t.get_mut(&msg_id) {
+                if let Some(t) = t.live.get_mut(&(peer, msg_id)) {
                     t.attachment = a;
                     t.offset = o;
                     t.verified = verified;
@@ -577,7 +655,7 @@ async fn chunk(
         Err(e) => {
             inner.counters.count("attachment_bad_hash");
             crate::warn_remote!("attachment_refused", error = %e, "refused an attachment");
-            drop_transfer(inner, key, &msg_id).await;
+            drop_transfer(inner, key).await;
             one(outcome_nack("bad_attachment"))
         }
     }
@@ -587,13 +665,10 @@ async fn chunk(
 /// message to the history. Only then is it ACKed.
 async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
     let partial = partial_dir(inner, &key);
-    let dest = inner
-        .files
-        .join(env.from().to_string())
-        .join(env.msg_id().to_string());
+    let sender_dir = inner.files.join(env.from().to_string());
     let env2 = env.clone();
     let moved = tokio::task::spawn_blocking(move || {
-        files::private_dir(&dest)?;
+        let dest = fresh_dir(&sender_dir, &env2.msg_id().to_string())?;
         let mut taken = HashSet::new();
         let mut stored = Vec::new();
         for (i, a) in env2.attachments.iter().enumerate() {
@@ -640,10 +715,7 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
         .await;
     match committed {
         Ok(stored) => {
-            if let Ok(mut t) = inner.transfers.lock() {
-                t.remove(&env.msg_id);
-            }
-            let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
+            forget_transfer(inner, &key);
             if let Some(s) = stored {
                 let _ = inner.received.send(s);
             }
@@ -656,10 +728,29 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
     }
 }
 
-async fn drop_transfer(inner: &Inner, key: [u8; 40], msg_id: &[u8; 16]) {
-    if let Ok(mut t) = inner.transfers.lock() {
-        t.remove(msg_id);
+/// A new, empty directory for a message's files: `<msg_id>`, or `<msg_id>-<n>` when a
+/// message with the same id (its sender reused it) already has that one. Files already
+/// received are never replaced.
+fn fresh_dir(parent: &Path, msg_id: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    files::private_dir(parent)?;
+    for n in 0..64u32 {
+        let name = match n {
+            0 => msg_id.to_string(),
+            n => format!("{msg_id}-{n}"),
+        };
+        let dir = parent.join(name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
     }
+    Err(std::io::Error::other("too many messages reuse this msg_id"))
+}
+
+async fn drop_transfer(inner: &Inner, key: [u8; 40]) {
+    forget_transfer(inner, &key);
     let _ = inner
         .writer
         .write(move |txn| {
@@ -668,6 +759,35 @@ async fn drop_transfer(inner: &Inner, key: [u8; 40], msg_id: &[u8; 16]) {
         })
         .await;
     let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
+}
+
+/// Drops strangers' transfers idle for [`transfers::STRANGER_IDLE_LIMIT`] periods, and
+/// forgets the progress times of transfers that are gone.
+async fn sweep(inner: &Arc<Inner>) {
+    let Ok(keys) = inner.store.pending_keys() else {
+        return;
+    };
+    let contacts: HashSet<[u8; 16]> = match inner.store.contacts() {
+        Ok(all) => all.into_iter().map(|(_, c)| c.uuid).collect(),
+        Err(_) => return,
+    };
+    let now = crate::unix_now_ms();
+    let idle = inner.transfer_idle_ms;
+    let abandoned = {
+        let Ok(mut t) = inner.transfers.lock() else {
+            return;
+        };
+        let held: HashSet<[u8; 40]> = keys.iter().copied().collect();
+        // A transfer admitted a moment ago may not be committed yet: keep recent times.
+        t.active
+            .retain(|k, at| held.contains(k) || now.saturating_sub(*at) < idle);
+        let slots = transfers::slots(keys, &contacts, |k| t.last_active(k, inner.started_ms));
+        transfers::abandoned(&slots, now, idle)
+    };
+    for key in abandoned {
+        inner.counters.count("transfer_abandoned");
+        drop_transfer(inner, key).await;
+    }
 }
 
 /// Drops transfers abandoned for longer than their senders retry.

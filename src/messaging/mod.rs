@@ -10,6 +10,7 @@ mod inbound;
 pub(crate) use inbound::decode_receipt;
 mod mail;
 mod outbox;
+pub mod transfers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -102,6 +103,9 @@ pub struct MessagingConfig {
     pub home: PathBuf,
     /// Largest attachment sent or accepted.
     pub max_attachment: u64,
+    /// How long an attachment transfer may go without a chunk before it counts as idle
+    /// (see `transfers`).
+    pub transfer_idle: std::time::Duration,
     /// Where applied channel key grants are announced (the channel service).
     pub grants: Option<mpsc::Sender<GrantNote>>,
 }
@@ -150,7 +154,11 @@ pub(crate) struct Inner {
     docs: Mutex<HashMap<Uuid, SignedDocument>>,
     outbox: Mutex<outbox::Outbox>,
     wake: Notify,
-    transfers: Mutex<HashMap<[u8; 16], inbound::Transfer>>,
+    transfers: Mutex<transfers::Transfers>,
+    /// A transfer with no chunk for this long may give up its slot (ms).
+    transfer_idle_ms: u64,
+    /// When this messenger started (unix ms): stored transfers have been idle since.
+    started_ms: u64,
     received: broadcast::Sender<Stored>,
     counters: Counters,
     grants: Option<mpsc::Sender<GrantNote>>,
@@ -192,6 +200,8 @@ impl Messenger {
             outbox: Mutex::default(),
             wake: Notify::new(),
             transfers: Mutex::default(),
+            transfer_idle_ms: u64::try_from(config.transfer_idle.as_millis()).unwrap_or(u64::MAX),
+            started_ms: crate::unix_now_ms(),
             received,
             counters,
             grants: config.grants,

@@ -239,6 +239,17 @@ impl Store {
         t.get(key)?.map(|v| unrow(v.value())).transpose()
     }
 
+    /// The keys of the transfers in progress.
+    pub fn pending_keys(&self) -> Result<Vec<[u8; 40]>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PENDING_IN)?;
+        let mut out = Vec::new();
+        for r in t.iter()? {
+            out.push(*r?.0.value());
+        }
+        Ok(out)
+    }
+
     /// Every transfer in progress.
     pub fn pending_ins(&self) -> Result<Vec<([u8; 40], PendingIn)>, StoreError> {
         let tx = self.db.begin_read()?;
