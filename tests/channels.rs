@@ -199,6 +199,51 @@ async fn a_public_channel_is_discovered_joined_and_reaches_every_member() {
     net.stop().await;
 }
 
+/// Private members (the default) behind one relay: the joiner meets the channel's members
+/// over circuits through its own relay, never by a direct dial to the addresses a provider
+/// record names (DESIGN.md section 5), and hears their posts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_members_meet_over_their_relay_and_never_connect_directly() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let relay = node::start(test_config(Mode::Relay, dirs[0].path(), &[]))
+        .await
+        .unwrap();
+    let boot = vec![first_addr(&relay).await];
+    let private = |home: &std::path::Path| {
+        let mut cfg = test_config(Mode::User, home, &boot);
+        cfg.channel_announce_every = Duration::from_secs(2);
+        node::start(cfg)
+    };
+    let a = private(dirs[1].path()).await.unwrap();
+    let b = private(dirs[2].path()).await.unwrap();
+    for n in [&a, &b] {
+        eventually(WAIT, "a relay reservation", || async {
+            (n.client.status().await.ok()?.relays.len() == 1).then_some(())
+        })
+        .await;
+    }
+    ch(&a).create("porch", false).await.unwrap();
+    wait_discovered(&b, "porch").await;
+    ch(&b).join("porch").await.unwrap();
+    send_when_meshed(&a, "porch", "over the relay").await;
+    wait_post(&b, "over the relay").await;
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        let peers = x.client.peers().await.unwrap();
+        let to_y: Vec<_> = peers
+            .iter()
+            .filter(|p| p.peer_id == y.peer_id.to_string())
+            .collect();
+        assert!(!to_y.is_empty(), "connected, over the relay");
+        assert!(
+            to_y.iter().all(|p| p.relayed),
+            "a direct connection: {to_y:?}"
+        );
+    }
+    for n in [a, b, relay] {
+        n.shutdown().await;
+    }
+}
+
 /// A burst from one author is shown live (`recv --follow`) in the order it was written,
 /// each post only once it is on disk: the member stores posts without waiting for each
 /// commit, and a separate loop shows them as their commits land.

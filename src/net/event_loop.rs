@@ -1483,15 +1483,28 @@ impl EventLoop {
                     if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
                         let me = *self.swarm.local_peer_id();
                         // Providers are whoever answered: a private node does not dial them
-                        // directly (their addresses are the answerer's word), it meets them
-                        // over gossip through the peers it holds.
+                        // directly (their addresses are the answerer's word), only over
+                        // circuits through its own relays, which show them no address.
                         let direct = self
                             .dial_policy
                             .may_dial_direct(dial::DialReason::Automatic);
                         for p in providers.into_iter().take(MAX_PROVIDER_DIALS) {
-                            if direct && p != me && !self.swarm.is_connected(&p) {
-                                let _ = self.swarm.dial(DialOpts::peer_id(p).build());
+                            if p == me || self.swarm.is_connected(&p) {
+                                continue;
                             }
+                            let opts = if direct {
+                                DialOpts::peer_id(p).build()
+                            } else {
+                                let circuits = self.relays.circuits_to(p);
+                                if circuits.is_empty() {
+                                    continue;
+                                }
+                                DialOpts::peer_id(p)
+                                    .addresses(circuits)
+                                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                                    .build()
+                            };
+                            let _ = self.swarm.dial(opts);
                         }
                     }
                 }

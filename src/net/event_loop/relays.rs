@@ -80,6 +80,29 @@ impl Relays {
         self.candidates.contains_key(peer)
     }
 
+    /// Addresses that reach `peer` through each relay we hold a reservation on: how a
+    /// private node meets a peer it did not choose without showing it its IP address (the
+    /// relay already knows it; `peer` needs a reservation there too).
+    pub fn circuits_to(&self, peer: PeerId) -> Vec<Multiaddr> {
+        let mut out: Vec<Multiaddr> = self
+            .reservations
+            .iter()
+            .filter(|(relay, r)| r.accepted && **relay != peer)
+            .filter_map(|(relay, _)| {
+                let c = self.candidates.get(relay)?;
+                Some(
+                    c.addr
+                        .clone()
+                        .with(Protocol::P2p(*relay))
+                        .with(Protocol::P2pCircuit)
+                        .with(Protocol::P2p(peer)),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Relays whose reservation was accepted, as `/…/p2p/<relay>`.
     pub fn accepted(&self) -> Vec<String> {
         let mut out: Vec<String> = self
