@@ -3,7 +3,7 @@
 //! over a relay circuit or not at all. Addresses naming loopback, private ranges or DNS
 //! names are never dialed on a stranger's word unless `--private-ips`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
@@ -63,25 +63,34 @@ impl DialPolicy {
 /// refused before any packet leaves, unless it names only relay circuits.
 pub struct DialGate {
     policy: DialPolicy,
-    chosen: HashSet<PeerId>,
+    /// Each chosen peer, with when it was last chosen (a counter).
+    chosen: HashMap<PeerId, u64>,
+    tick: u64,
 }
 
-/// Most peers remembered as chosen (a bound; the oldest choice is not tracked).
+/// Most peers remembered as chosen; beyond it, the one chosen longest ago is forgotten (it
+/// is chosen again, and so dialable again, the next time the user writes to it).
 const MAX_CHOSEN: usize = 4096;
 
 impl DialGate {
     pub fn new(policy: DialPolicy) -> Self {
         DialGate {
             policy,
-            chosen: HashSet::new(),
+            chosen: HashMap::new(),
+            tick: 0,
         }
     }
 
     /// The user chose `peer` (a contact written to, a CONNECT, a relay or bootstrap peer).
     pub fn choose(&mut self, peer: PeerId) {
-        if self.chosen.len() < MAX_CHOSEN {
-            self.chosen.insert(peer);
+        self.tick += 1;
+        if self.chosen.len() >= MAX_CHOSEN && !self.chosen.contains_key(&peer) {
+            let oldest = self.chosen.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p);
+            if let Some(oldest) = oldest {
+                self.chosen.remove(&oldest);
+            }
         }
+        self.chosen.insert(peer, self.tick);
     }
 
     /// Whether a dial to `peer` at `addresses` (those given explicitly) may go ahead.
@@ -91,7 +100,7 @@ impl DialGate {
             return true;
         };
         self.policy.may_dial_direct(DialReason::Automatic)
-            || self.chosen.contains(&peer)
+            || self.chosen.contains_key(&peer)
             || (!addresses.is_empty() && addresses.iter().all(is_relayed))
     }
 }
@@ -269,6 +278,26 @@ mod tests {
             private_ips: true,
         });
         assert!(public.allows(Some(PeerId::random()), &direct));
+    }
+
+    #[test]
+    fn the_peer_chosen_longest_ago_makes_room_for_a_new_choice() {
+        let mut gate = DialGate::new(DialPolicy {
+            private_node: true,
+            private_ips: true,
+        });
+        let direct = addrs(&["/ip4/127.0.0.1/tcp/4001"]);
+        let peers: Vec<PeerId> = (0..MAX_CHOSEN + 1).map(|_| PeerId::random()).collect();
+        for p in &peers[..MAX_CHOSEN] {
+            gate.choose(*p);
+        }
+        // The first is chosen again, so the second is now the oldest.
+        gate.choose(peers[0]);
+        gate.choose(peers[MAX_CHOSEN]);
+        assert!(gate.allows(Some(peers[MAX_CHOSEN]), &direct), "a new choice counts");
+        assert!(gate.allows(Some(peers[0]), &direct));
+        assert!(!gate.allows(Some(peers[1]), &direct));
+        assert_eq!(gate.chosen.len(), MAX_CHOSEN);
     }
 
     #[test]
