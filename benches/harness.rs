@@ -47,9 +47,9 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use ptpchat::config::{Mode, NodeConfig};
 use ptpchat::control::{ControlRequest, ControlResponse};
 use ptpchat::identity::Identity;
-use ptpchat::messaging::envelope::{self, Envelope};
 use ptpchat::messaging::Delivery;
 use ptpchat::node::{self, RunningNode};
+use ptpchat::wire::envelope::{self, Envelope};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 

@@ -274,6 +274,12 @@ mod tests {
     /// item count before serde allocates anything for it.
     #[test]
     fn refuses_a_million_items_before_decoding_them() {
+        /// The shape of a MESSAGE request (`wire::verbs`), which sits above this module.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Request {
+            Message { sealed: Vec<serde_bytes::ByteBuf> },
+        }
         let n: u32 = 1024 * 1024;
         // {"Message": {"sealed": [h'', h'', ...]}}
         let mut bytes = vec![0xa1, 0x67];
@@ -284,7 +290,7 @@ mod tests {
         bytes.extend_from_slice(&n.to_be_bytes());
         bytes.extend(std::iter::repeat_n(0x40, n as usize));
         let started = std::time::Instant::now();
-        let r = from_slice::<crate::verbs::Request>(&bytes, 2 * 1024 * 1024);
+        let r = from_slice::<Request>(&bytes, 2 * 1024 * 1024);
         assert!(
             matches!(r, Err(CborError::TooManyItems { max: MAX_ITEMS })),
             "{r:?}"
@@ -295,7 +301,7 @@ mod tests {
         bytes.drain(18..22);
         bytes.push(0xff);
         assert!(matches!(
-            from_slice::<crate::verbs::Request>(&bytes, 2 * 1024 * 1024),
+            from_slice::<Request>(&bytes, 2 * 1024 * 1024),
             Err(CborError::TooManyItems { .. })
         ));
 

@@ -146,7 +146,7 @@ impl NodeConfig {
             public: false,
             metrics: None,
             control_socket: true,
-            max_attachment: crate::messaging::envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
+            max_attachment: crate::wire::envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
             transfer_idle: std::time::Duration::from_secs(60),
             gossip_duplicate_cache: std::time::Duration::from_secs(120),
             channel_announce_every: std::time::Duration::from_secs(120),

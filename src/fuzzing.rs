@@ -10,12 +10,12 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use libp2p::PeerId;
 use uuid::Uuid;
 
-use crate::channels::frame;
 use crate::control::ControlRequest;
 use crate::identity::{Identity, MessageKeys, SignedDocument};
-use crate::mailbox;
-use crate::messaging::envelope::{self, KeyCache, OpenCache, Reject, VerifyContext};
-use crate::verbs::{DepositResult, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use crate::wire::envelope::{self, KeyCache, OpenCache, Reject, VerifyContext};
+use crate::wire::frame;
+use crate::wire::mailbox;
+use crate::wire::verbs::{DepositResult, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 
 /// The vectors' clock: 2026-01-01T00:00:00Z, so their documents are valid.
 pub const NOW: u64 = 1_767_225_600;
@@ -127,7 +127,7 @@ pub fn envelope(data: &[u8]) {
         let _ = envelope::verify(&signed, &verify_context());
     }
     if let Ok(v) = envelope::verify(data, &verify_context()) {
-        let _ = crate::messaging::decode_receipt(&v.envelope.body);
+        let _ = crate::wire::receipt::decode_receipt(&v.envelope.body);
         let _ = frame::decode_grant(&v.envelope.body);
     }
     let _ = envelope::read_own(data);
@@ -169,8 +169,8 @@ pub fn history_page(data: &[u8]) {
     if let Ok(Response::ChannelHistory { frames, next, .. }) =
         crate::cbor::from_slice::<Response>(data, MAX_RESPONSE_BYTES)
     {
-        let _ = next.len() == crate::verbs::HISTORY_CURSOR_BYTES;
-        for f in frames.iter().take(crate::verbs::MAX_HISTORY_FRAMES) {
+        let _ = next.len() == crate::wire::verbs::HISTORY_CURSOR_BYTES;
+        for f in frames.iter().take(crate::wire::verbs::MAX_HISTORY_FRAMES) {
             channel_frame(f);
         }
     }
@@ -220,7 +220,7 @@ pub fn mailbox(data: &[u8]) {
 /// The body of a delivery receipt (a direct message of kind `receipt`).
 pub fn delivery_receipt(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = crate::messaging::decode_receipt(s);
+        let _ = crate::wire::receipt::decode_receipt(s);
     }
 }
 

@@ -18,7 +18,7 @@ pub mod net;
 pub mod node;
 pub mod store;
 pub mod tasks;
-pub mod verbs;
+pub mod wire;
 
 /// Seconds since the Unix epoch (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {

@@ -232,7 +232,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     if !user {
         // A relay forwards public-channel announcements so users who share only a relay
         // still discover each other's channels.
-        event_loop.subscribe(crate::channels::frame::ANNOUNCE_TOPIC, true);
+        event_loop.subscribe(crate::wire::frame::ANNOUNCE_TOPIC, true);
     }
     for addr in config.bootstrap.iter().chain(config.relays.iter()) {
         if let Err(e) = event_loop.dial(addr.clone()) {

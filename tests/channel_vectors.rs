@@ -9,9 +9,9 @@ mod common;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
 use ptpchat::cbor;
-use ptpchat::channels::frame::{self, ChannelBody, KeyGrant};
 use ptpchat::identity::{Identity, MessageKeys, SignedDocument, MAX_DOCUMENT_BYTES};
-use ptpchat::messaging::envelope::{Reject, MAX_FUTURE_SKEW_MS};
+use ptpchat::wire::envelope::{Reject, MAX_FUTURE_SKEW_MS};
+use ptpchat::wire::frame::{self, ChannelBody, KeyGrant};
 use serde::Deserialize;
 use serde_bytes::ByteArray;
 use sha2::{Digest, Sha256};
@@ -619,7 +619,7 @@ fn limits_are_as_specified() {
 /// names no gossip author still verifies `Via::History`, and one flipped byte still fails.
 #[test]
 fn channel_history_request_and_page() {
-    use ptpchat::verbs::{Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+    use ptpchat::wire::verbs::{Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
     let request = Request::ChannelHistory {
         channel: *id(PUBLIC_CHANNEL).as_bytes(),
         since: TS - 600_000,

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use common::{eventually, first_addr, rejected, test_config};
 use libp2p::Multiaddr;
-use ptpchat::channels::frame::{self, ChannelBody};
 use ptpchat::channels::Channels;
 use ptpchat::config::Mode;
 use ptpchat::net::dial::DialReason;
 use ptpchat::node::{self, RunningNode};
-use ptpchat::verbs::{Request, Response};
+use ptpchat::wire::frame::{self, ChannelBody};
+use ptpchat::wire::verbs::{Request, Response};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);

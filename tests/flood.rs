@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::{eventually, first_addr, rejected, test_config};
 use libp2p::Multiaddr;
-use ptpchat::channels::frame::{self, ChannelBody};
 use ptpchat::channels::Channels;
 use ptpchat::config::Mode;
 use ptpchat::node::{self, RunningNode};
+use ptpchat::wire::frame::{self, ChannelBody};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -14,11 +14,11 @@ use common::{eventually, history, rejected, test_config};
 use libp2p::Multiaddr;
 use ptpchat::config::Mode;
 use ptpchat::mailbox::service::MailboxConfig;
-use ptpchat::mailbox::{mailbox_id, mailboxes};
 use ptpchat::messaging::Delivery;
 use ptpchat::net::dial::DialReason;
 use ptpchat::node::{self, RunningNode};
-use ptpchat::verbs::{DepositResult, Request, Response};
+use ptpchat::wire::mailbox::{mailbox_id, mailboxes};
+use ptpchat::wire::verbs::{DepositResult, Request, Response};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);

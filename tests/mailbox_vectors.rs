@@ -15,13 +15,13 @@ use libp2p::{Multiaddr, PeerId};
 use ptpchat::cbor;
 use ptpchat::identity::{Identity, SignedDocument};
 use ptpchat::mailbox::service::MailboxConfig;
-use ptpchat::mailbox::{
+use ptpchat::store::mailbox::MailLimits;
+use ptpchat::wire::envelope::{Envelope, MAX_ENVELOPE_BYTES, MAX_SEALED_BYTES};
+use ptpchat::wire::mailbox::{
     login_bytes, mailbox_id, mailboxes, peer_public_key, receipt_bytes, verify_receipt,
     MAX_DEPOSIT_BATCH, MAX_MAILBOXES, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
 };
-use ptpchat::messaging::envelope::{Envelope, MAX_ENVELOPE_BYTES, MAX_SEALED_BYTES};
-use ptpchat::store::mailbox::MailLimits;
-use ptpchat::verbs::{
+use ptpchat::wire::verbs::{
     DepositResult, MailItem, Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
 };
 use serde::Serialize;

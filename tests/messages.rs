@@ -10,12 +10,12 @@ use common::{eventually, start, test_config};
 use libp2p::Multiaddr;
 use ptpchat::config::Mode;
 use ptpchat::identity::{Identity, MessageKeys, SignedDocument};
-use ptpchat::messaging::envelope::{self, AttachmentMeta, Envelope};
 use ptpchat::messaging::Delivery;
 use ptpchat::net::dial::DialReason;
 use ptpchat::node::{self, RunningNode};
 use ptpchat::store::Store;
-use ptpchat::verbs::{Outcome, Request, Response};
+use ptpchat::wire::envelope::{self, AttachmentMeta, Envelope};
+use ptpchat::wire::verbs::{Outcome, Request, Response};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

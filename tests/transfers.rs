@@ -11,13 +11,13 @@ use common::{eventually, start, test_config};
 use libp2p::Multiaddr;
 use ptpchat::config::Mode;
 use ptpchat::identity::SignedDocument;
-use ptpchat::messaging::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
 use ptpchat::messaging::transfers::{MAX_PENDING_PER_SENDER, MAX_STRANGER_TRANSFERS};
 use ptpchat::messaging::Delivery;
 use ptpchat::net::dial::DialReason;
 use ptpchat::node::{self, RunningNode};
 use ptpchat::store::Contact;
-use ptpchat::verbs::{Outcome, Request, Response};
+use ptpchat::wire::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
+use ptpchat::wire::verbs::{Outcome, Request, Response};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -8,7 +8,7 @@ mod common;
 use common::spec_vectors as vectors;
 use ptpchat::cbor;
 use ptpchat::identity::{dht_key, DocumentError, Identity, SignedDocument};
-use ptpchat::verbs::{Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use ptpchat::wire::verbs::{Request, Response, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 
 fn hex32(s: &str) -> [u8; 32] {
     hex::decode(s).unwrap().try_into().unwrap()
@@ -181,8 +181,8 @@ const ATTACHMENT_KEY: &str = "42424242424242424242424242424242424242424242424242
 
 #[test]
 fn message_vectors() {
-    use ptpchat::messaging::envelope::{self, AttachmentMeta, Envelope, OpenCache, VerifyContext};
-    use ptpchat::verbs::Outcome;
+    use ptpchat::wire::envelope::{self, AttachmentMeta, Envelope, OpenCache, VerifyContext};
+    use ptpchat::wire::verbs::Outcome;
     use sha2::Digest;
 
     let mut sender = identity();
@@ -356,7 +356,7 @@ fn message_vectors() {
 
 #[test]
 fn connect_vectors() {
-    use ptpchat::verbs::ConnectAnswer;
+    use ptpchat::wire::verbs::ConnectAnswer;
     let doc = identity().issue_document(&[], NOW);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (

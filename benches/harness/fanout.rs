@@ -121,7 +121,7 @@ pub async fn gossip(members: usize, messages: usize, pace: Duration, settle: Dur
     let publisher = start_user(dir.path().join("p")).await;
     let pc = publisher.channels.clone().unwrap();
     let id = pc.create("bench", false).await.expect("channel created");
-    let topic = ptpchat::channels::frame::topic(&id);
+    let topic = ptpchat::wire::frame::topic(&id);
 
     let mut nodes: Vec<RunningNode> = Vec::new();
     for chunk in (0..members).collect::<Vec<_>>().chunks(10) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ptpchat::config::Mode;
 use ptpchat::node;
-use ptpchat::verbs::{DepositResult, Request, Response};
+use ptpchat::wire::verbs::{DepositResult, Request, Response};
 
 use crate::{common, relay};
 

@@ -8,8 +8,6 @@
 //! never met, on different networks, still form one mesh); public channels are also
 //! announced on [`frame::ANNOUNCE_TOPIC`], which is how `channel list --all` discovers them.
 
-pub mod frame;
-
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,10 +26,10 @@ use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
 use crate::store::channels::{keep_channel_frame, mark_channel_seen};
 use crate::store::messages::append_history;
 use crate::store::{ChannelRow, GrantOutcome, HistoryEntry, Queued, Store};
-use crate::verbs::{
+use crate::wire::frame::{self, ChannelBody, Drop, Via};
+use crate::wire::verbs::{
     Request, Response, HISTORY_CURSOR_BYTES, MAX_HISTORY_BYTES, MAX_HISTORY_FRAMES,
 };
-use frame::{ChannelBody, Drop, Via};
 use libp2p::PeerId;
 
 /// Public channels remembered from announcements.
@@ -57,7 +55,7 @@ pub const HISTORY_QUEUE: usize = 64;
 const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
 /// How far before the newest post we hold a catch-up starts: posts of other members may
 /// have reached us out of order, and clocks differ by up to the skew a frame may have.
-const CATCH_UP_OVERLAP_MS: u64 = crate::messaging::envelope::MAX_FUTURE_SKEW_MS;
+const CATCH_UP_OVERLAP_MS: u64 = crate::wire::envelope::MAX_FUTURE_SKEW_MS;
 /// Bytes of channel history all peers together may have from us, per second (and twice
 /// that at once): what a stranger can make us send, whatever its number of PeerIds.
 const HISTORY_BYTES_PER_SEC: u32 = 1024 * 1024;

@@ -6,8 +6,8 @@ use clap::Subcommand;
 
 use super::messages::{finish, message_text, stream};
 use super::{ask_full, exit, plain, print_json, CliError};
-use crate::channels::frame::MAX_CHANNEL_TEXT;
 use crate::control::ControlRequest;
+use crate::wire::frame::MAX_CHANNEL_TEXT;
 
 /// `channel` subcommands.
 #[derive(Debug, Subcommand)]

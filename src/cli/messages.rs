@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use super::{ask_full, exit, plain, print_json, CliError};
 use crate::control::{self, ControlRequest, ControlResponse};
-use crate::messaging::envelope::MAX_TEXT_BYTES;
+use crate::wire::envelope::MAX_TEXT_BYTES;
 
 /// `contacts` subcommands.
 #[derive(Debug, Subcommand)]

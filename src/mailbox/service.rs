@@ -17,16 +17,16 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::{
-    login_bytes, mailbox_id, receipt_bytes, MAX_DEPOSIT_BATCH, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
-};
 use crate::identity::SignedDocument;
-use crate::messaging::envelope::MAX_SEALED_BYTES;
 use crate::messaging::{Counters, InboundVerb};
 use crate::net::Client;
 use crate::store::mailbox::{self, MailLimits};
 use crate::store::{Store, Writer};
-use crate::verbs::{DepositResult, MailItem, Request, Response};
+use crate::wire::envelope::MAX_SEALED_BYTES;
+use crate::wire::mailbox::{
+    login_bytes, mailbox_id, receipt_bytes, MAX_DEPOSIT_BATCH, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
+};
+use crate::wire::verbs::{DepositResult, MailItem, Request, Response};
 
 /// How long a nonce may be used.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);

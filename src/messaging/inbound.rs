@@ -18,16 +18,17 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::envelope::{self, Envelope, Reject, VerifyContext, CHUNK_BYTES};
 use super::transfers::{self, Admit, Transfer};
 use super::{files, InboundVerb, Inner, INBOUND_CONCURRENCY};
-use crate::channels::frame::{decode_grant, KeyGrant, GRANT_KIND};
 use crate::store::channels::apply_grant;
 use crate::store::messages::{
     append_history, row, seen_key, unrow, CONTACTS, INBOX_SEEN, PENDING_IN,
 };
 use crate::store::{Contact, GrantOutcome, HistoryEntry, PendingIn, StoreError, StoredAttachment};
-use crate::verbs::{Outcome, Request, Response, MAX_BATCH};
+use crate::wire::envelope::{self, Envelope, Reject, VerifyContext, CHUNK_BYTES};
+use crate::wire::frame::{decode_grant, KeyGrant, GRANT_KIND};
+use crate::wire::receipt::{decode_receipt, RECEIPT_KIND};
+use crate::wire::verbs::{Outcome, Request, Response, MAX_BATCH};
 
 /// A transfer not finished in this long is dropped (its sender gives up after 7 days).
 const PENDING_RETENTION_MS: u64 = 8 * 24 * 3600 * 1000;
@@ -424,30 +425,6 @@ fn forget_transfer(inner: &Inner, key: &[u8; 40]) {
         t.forget(key);
     }
     let _ = std::fs::remove_dir_all(partial_dir(inner, key));
-}
-
-/// The kind of a delivery receipt: its body lists the ids of the messages it confirms.
-pub(crate) const RECEIPT_KIND: &str = "receipt";
-/// Most message ids in one delivery receipt.
-pub(crate) const MAX_RECEIPT_IDS: usize = 256;
-
-/// A receipt body: message ids, hyphenated, separated by commas.
-pub(super) fn encode_receipt(ids: &[Uuid]) -> String {
-    ids.iter()
-        .map(|u| u.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-pub(crate) fn decode_receipt(body: &str) -> Result<Vec<Uuid>, Reject> {
-    let ids: Vec<Uuid> = body
-        .split(',')
-        .map(|s| Uuid::try_parse(s).map_err(|_| Reject::Malformed("bad receipt id".into())))
-        .collect::<Result<_, _>>()?;
-    if ids.is_empty() || ids.len() > MAX_RECEIPT_IDS {
-        return Err(Reject::Malformed("bad receipt length".into()));
-    }
-    Ok(ids)
 }
 
 fn received_entry(env: &Envelope, attachments: Vec<StoredAttachment>) -> HistoryEntry {

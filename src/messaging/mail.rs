@@ -17,11 +17,12 @@ use tracing::{debug, info, warn};
 use crate::net::dial::DialReason;
 use uuid::Uuid;
 
-use super::inbound::{receive, MAX_RECEIPT_IDS};
+use super::inbound::receive;
 use super::Inner;
 use crate::identity::MessageKeys;
-use crate::mailbox::login_bytes;
-use crate::verbs::{Outcome, Request, Response};
+use crate::wire::mailbox::login_bytes;
+use crate::wire::receipt::MAX_RECEIPT_IDS;
+use crate::wire::verbs::{Outcome, Request, Response};
 
 /// Every mailbox is drained this often, besides when we connect to its relay.
 const DRAIN_EVERY: Duration = Duration::from_secs(300);
@@ -53,7 +54,7 @@ pub(super) async fn drainer(inner: Arc<Inner>, mut connected: broadcast::Receive
         let Some(k) = inner.current_keys() else {
             continue;
         };
-        for (relay, addr) in crate::mailbox::mailboxes(k.doc.doc()) {
+        for (relay, addr) in crate::wire::mailbox::mailboxes(k.doc.doc()) {
             let due = match last.get(&relay) {
                 None => true,
                 Some(at) => connected_to == Some(relay) && at.elapsed() >= MIN_GAP,

@@ -4,10 +4,8 @@
 //! loop and talks to it only through [`crate::net::Client`] and the channels in
 //! [`MessagingChannels`].
 
-pub mod envelope;
 pub mod files;
 mod inbound;
-pub(crate) use inbound::decode_receipt;
 mod mail;
 mod outbox;
 pub mod transfers;
@@ -23,8 +21,8 @@ use uuid::Uuid;
 use crate::identity::{DocumentError, MessageKeys, SignedDocument};
 use crate::net::Client;
 use crate::store::{HistoryEntry, Store, Writer};
-use crate::verbs::Request;
-use envelope::{KeyCache, OpenCache, Reject, SealCache};
+use crate::wire::envelope::{KeyCache, OpenCache, Reject, SealCache};
+use crate::wire::verbs::Request;
 
 pub use outbox::Delivery;
 
@@ -262,11 +260,11 @@ impl Messenger {
     pub async fn send_grant(
         &self,
         to: Uuid,
-        grant: &crate::channels::frame::KeyGrant,
+        grant: &crate::wire::frame::KeyGrant,
     ) -> Result<Sending, SendError> {
         let out = outbox::Outgoing {
-            kind: crate::channels::frame::GRANT_KIND,
-            body: crate::channels::frame::encode_grant(grant),
+            kind: crate::wire::frame::GRANT_KIND,
+            body: crate::wire::frame::encode_grant(grant),
             shown: Some(format!(
                 "[key of channel {}, epoch {}]",
                 grant.name, grant.epoch

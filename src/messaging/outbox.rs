@@ -2,7 +2,7 @@
 //!
 //! Each recipient has a queue. A scheduler starts one worker per recipient whose queue is
 //! due; the worker finds the recipient through the directory, seals up to
-//! [`MAX_BATCH`](crate::verbs::MAX_BATCH) messages per MESSAGE request with up to
+//! [`MAX_BATCH`](crate::wire::verbs::MAX_BATCH) messages per MESSAGE request with up to
 //! [`IN_FLIGHT`] requests outstanding, streams attachments when asked for them, and
 //! commits each outcome. A failure puts the batch back and backs off (2 s doubling to
 //! 10 min); a connection from the recipient makes its queue due at once.
@@ -19,13 +19,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
 use super::{files, Inner, SendError, Sending, OUTBOX_RETENTION_MS};
 use crate::identity::SignedDocument;
 use crate::net::dial::DialReason;
 use crate::store::messages::{append_history, row, OUTBOX, SENT_STATUS};
 use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
-use crate::verbs::{DepositResult, Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES};
+use crate::wire::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
+use crate::wire::verbs::{DepositResult, Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES};
 use redb::ReadableTable;
 
 /// Outbox keys from here up are delivery receipts, which have no history row (history
@@ -176,8 +176,8 @@ fn poisoned() -> crate::store::StoreError {
     crate::store::StoreError::Db("outbox lock poisoned".into())
 }
 
-/// A direct message of `kind` ("text", [`crate::channels::frame::GRANT_KIND`] or
-/// [`super::inbound::RECEIPT_KIND`]) with its `body`; `shown` is what our own history
+/// A direct message of `kind` ("text", [`crate::wire::frame::GRANT_KIND`] or
+/// [`crate::wire::receipt::RECEIPT_KIND`]) with its `body`; `shown` is what our own history
 /// shows for it, `None` for a delivery receipt, which has no history row (its outbox key
 /// is taken from [`RECEIPT_SEQ_BASE`] up).
 pub(super) struct Outgoing {
@@ -497,7 +497,7 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
 /// message receipted by a relay is marked stored there, durably, and whoever waits for it
 /// is told.
 async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
-    let boxes = crate::mailbox::mailboxes(doc.doc());
+    let boxes = crate::wire::mailbox::mailboxes(doc.doc());
     if boxes.is_empty() {
         return;
     }
@@ -588,7 +588,7 @@ fn deposit_batches(todo: &[Queued]) -> Vec<&[Queued]> {
     for (i, m) in todo.iter().enumerate() {
         let len = m.signed.len() + 512;
         if i > start
-            && (i - start >= crate::mailbox::MAX_DEPOSIT_BATCH
+            && (i - start >= crate::wire::mailbox::MAX_DEPOSIT_BATCH
                 || bytes + len >= MAX_REQUEST_BYTES / 2)
         {
             out.push(&todo[start..i]);
@@ -613,7 +613,7 @@ async fn deposit_at(
     addr: libp2p::Multiaddr,
     batch: &[Queued],
 ) -> Vec<Uuid> {
-    let mailbox = crate::mailbox::mailbox_id(&relay, to);
+    let mailbox = crate::wire::mailbox::mailbox_id(&relay, to);
     let sealed: Vec<Vec<u8>> = match inner.seal.lock() {
         Ok(mut seal) => batch
             .iter()
@@ -653,7 +653,7 @@ async fn deposit_at(
     for ((m, s), r) in batch.iter().zip(&sealed).zip(results) {
         match r {
             DepositResult::Stored { expires, sig } => {
-                if crate::mailbox::verify_receipt(&relay, &mailbox, s, expires, &sig) {
+                if crate::wire::mailbox::verify_receipt(&relay, &mailbox, s, expires, &sig) {
                     ok.push(m.msg_id);
                 } else {
                     inner.counters.count("mail_bad_receipt");
@@ -949,7 +949,7 @@ pub(super) async fn confirm(inner: &Inner, from: Uuid, ids: &[Uuid]) {
                     q.confirmed.extend(
                         ids.iter()
                             .filter(|id| !hit.iter().any(|m| m.msg_id == **id))
-                            .take(super::inbound::MAX_RECEIPT_IDS),
+                            .take(crate::wire::receipt::MAX_RECEIPT_IDS),
                     );
                 }
                 hit.into_iter()
@@ -975,8 +975,8 @@ pub(super) async fn send_receipt(
     ids: &[Uuid],
 ) -> Result<(), SendError> {
     let out = Outgoing {
-        kind: super::inbound::RECEIPT_KIND,
-        body: super::inbound::encode_receipt(ids),
+        kind: crate::wire::receipt::RECEIPT_KIND,
+        body: crate::wire::receipt::encode_receipt(ids),
         shown: None,
     };
     send(inner, to, out, Vec::new()).await.map(|_| ())

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use libp2p::PeerId;
 
-use super::envelope::Envelope;
+use crate::wire::envelope::Envelope;
 
 /// Most messages with attachments in progress at once, from everyone…
 pub const MAX_PENDING_TRANSFERS: usize = 64;

@@ -11,7 +11,7 @@ use libp2p::{
 use super::consent::Consent;
 use crate::config::{Mode, NodeConfig, RelayLimits};
 use crate::identity::MAX_DOCUMENT_BYTES;
-use crate::verbs;
+use crate::wire::verbs;
 
 /// Our own Kademlia DHT, not IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ptpchat/kad/1.0.0");
@@ -43,8 +43,7 @@ pub struct PtpchatTopics;
 impl gossipsub::TopicSubscriptionFilter for PtpchatTopics {
     fn can_subscribe(&mut self, topic_hash: &gossipsub::TopicHash) -> bool {
         let t = topic_hash.as_str();
-        t == crate::channels::frame::ANNOUNCE_TOPIC
-            || crate::channels::frame::channel_of_topic(t).is_some()
+        t == crate::wire::frame::ANNOUNCE_TOPIC || crate::wire::frame::channel_of_topic(t).is_some()
     }
 }
 
@@ -251,7 +250,7 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
-        .max_transmit_size(crate::channels::frame::MAX_TRANSMIT_BYTES)
+        .max_transmit_size(crate::wire::frame::MAX_TRANSMIT_BYTES)
         .duplicate_cache_time(config.gossip_duplicate_cache)
         // Our own messages do come back to us from honest peers (the busy-node benchmark saw
         // its announcements return two minutes later, from a peer that had fallen behind,

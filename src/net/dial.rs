@@ -294,7 +294,10 @@ mod tests {
         // The first is chosen again, so the second is now the oldest.
         gate.choose(peers[0]);
         gate.choose(peers[MAX_CHOSEN]);
-        assert!(gate.allows(Some(peers[MAX_CHOSEN]), &direct), "a new choice counts");
+        assert!(
+            gate.allows(Some(peers[MAX_CHOSEN]), &direct),
+            "a new choice counts"
+        );
         assert!(gate.allows(Some(peers[0]), &direct));
         assert!(!gate.allows(Some(peers[1]), &direct));
         assert_eq!(gate.chosen.len(), MAX_CHOSEN);

@@ -31,13 +31,13 @@ use super::dial;
 use super::gossip_limits::GossipLimits;
 use super::ratelimit::RateLimiter;
 use super::{Command, GossipEvent, GossipIn, LookupError, PeerInfo, Status};
-use crate::channels::frame as channel_frame;
 use crate::config::{Mode, NodeConfig};
 use crate::identity::{dht_key, Identity, SignedDocument};
 use crate::messaging::{Counters, EventLoopHooks, InboundVerb};
 use crate::store::Store;
 use crate::unix_now;
-use crate::verbs::{Request, Response};
+use crate::wire::frame as channel_frame;
+use crate::wire::verbs::{Request, Response};
 
 /// How often our identity document is re-issued (it is valid for 14 days).
 const REPUBLISH_EVERY: Duration = Duration::from_secs(12 * 3600);
@@ -909,7 +909,7 @@ impl EventLoop {
     }
 
     /// Provider records say who is in a channel. Only our own key shape is stored (a
-    /// 32-byte hash, see `channels::frame::provider_key`), from the provider itself (Kademlia
+    /// 32-byte hash, see `wire::frame::provider_key`), from the provider itself (Kademlia
     /// checks that), at a bounded rate per peer, and within the store's limits.
     fn on_inbound_provider(&mut self, record: kad::ProviderRecord) {
         use libp2p::kad::store::RecordStore;
@@ -1013,7 +1013,7 @@ impl EventLoop {
         let now = unix_now();
         let check = |from: &Uuid, bytes: &[u8]| {
             SignedDocument::decode_for(bytes, from, now)
-                .map_err(|e| crate::messaging::envelope::Reject::BadSenderDocument(e.to_string()))
+                .map_err(|e| crate::wire::envelope::Reject::BadSenderDocument(e.to_string()))
         };
         let verdict = channel_frame::verify(
             &msg.data,
@@ -1317,7 +1317,7 @@ impl EventLoop {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 // mDNS and inbound dials can bring any libp2p program; keep only ptpchat peers.
-                if !info.protocols.contains(&crate::verbs::PROTOCOL)
+                if !info.protocols.contains(&crate::wire::verbs::PROTOCOL)
                     && !info.protocols.contains(&KAD_PROTOCOL)
                 {
                     self.count("foreign_peer");

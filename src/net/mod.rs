@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::identity::SignedDocument;
-use crate::verbs::{Request, Response};
+use crate::wire::verbs::{Request, Response};
 
 /// Capacity of the command channel into the event loop.
 pub const COMMAND_CAPACITY: usize = 256;

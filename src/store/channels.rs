@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::messages::{row, unrow};
 use super::{Store, StoreError};
-use crate::channels::frame::KeyGrant;
+use crate::wire::frame::KeyGrant;
 
 /// Channels by id → [`ChannelRow`].
 pub(crate) const CHANNELS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("channels");

@@ -23,7 +23,7 @@ use super::EventLoop;
 use crate::config::ConnectPolicy;
 use crate::identity::SignedDocument;
 use crate::unix_now;
-use crate::verbs::{ConnectAnswer, Request, Response};
+use crate::wire::verbs::{ConnectAnswer, Request, Response};
 
 /// Requests waiting for the user (policy `ask`), at most.
 pub const MAX_PENDING_REQUESTS: usize = 64;

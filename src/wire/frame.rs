@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::cbor;
 use crate::identity::{MessageKeys, SignedDocument, MAX_DOCUMENT_BYTES};
-use crate::messaging::envelope::{
+use crate::wire::envelope::{
     check_signature, open_bound, seal_bound, sign_body, KeyCache, Reject, SenderDocumentCheck,
     SignedForm, MAX_FUTURE_SKEW_MS,
 };

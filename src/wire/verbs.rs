@@ -138,7 +138,7 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DepositResult {
     /// Stored until `expires` (Unix seconds); `sig` is the relay's signature over the
-    /// receipt bytes (see [`crate::mailbox::receipt_bytes`]).
+    /// receipt bytes (see [`crate::wire::mailbox::receipt_bytes`]).
     Stored {
         expires: u64,
         #[serde(with = "serde_bytes")]
