@@ -7,6 +7,7 @@ pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod counters;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;

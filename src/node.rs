@@ -14,8 +14,9 @@ use uuid::Uuid;
 use crate::channels::{Channels, ChannelsConfig};
 use crate::config::{Mode, NodeConfig, DEFAULT_PORT};
 use crate::control::ControlServer;
+use crate::counters::Counters;
 use crate::identity::{contact_uri, Identity};
-use crate::messaging::{Counters, MessagingConfig, Messenger};
+use crate::messaging::{MessagingConfig, Messenger};
 use crate::net::{build_swarm, BuildError, Client, EventLoop, COMMAND_CAPACITY};
 use crate::store::{Store, StoreError};
 

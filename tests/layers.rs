@@ -20,11 +20,8 @@ const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
     ("config", "net"),
     ("control", "cli"),
     ("control", "node"),
-    ("mailbox", "messaging"),
     ("mailbox", "net"),
-    ("messaging", "net"),
     ("net", "config"),
-    ("net", "messaging"),
     ("node", "control"),
 ];
 

@@ -18,10 +18,12 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::counters::Counters;
 use crate::identity::MessageKeys;
-use crate::messaging::{Counters, GrantNote, InboundVerb, Messenger, Stored};
+use crate::messaging::{GrantNote, Messenger, Stored};
 use crate::net::dial::DialReason;
 use crate::net::ratelimit::RateLimiter;
+use crate::net::InboundVerb;
 use crate::net::{Client, GossipEvent, GossipIn, MessageAcceptance};
 use crate::store::channels::{keep_channel_frame, mark_channel_seen};
 use crate::store::messages::append_history;

@@ -17,9 +17,10 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::counters::Counters;
 use crate::identity::SignedDocument;
-use crate::messaging::{Counters, InboundVerb};
 use crate::net::Client;
+use crate::net::InboundVerb;
 use crate::store::mailbox::{self, MailLimits};
 use crate::store::{Store, Writer};
 use crate::wire::envelope::MAX_SEALED_BYTES;

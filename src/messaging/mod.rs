@@ -10,7 +10,7 @@ mod mail;
 mod outbox;
 pub mod transfers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -18,11 +18,11 @@ use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use uuid::Uuid;
 
+use crate::counters::Counters;
 use crate::identity::{DocumentError, MessageKeys, SignedDocument};
-use crate::net::Client;
+use crate::net::{Client, EventLoopHooks, InboundVerb};
 use crate::store::{HistoryEntry, Store, Writer};
 use crate::wire::envelope::{KeyCache, OpenCache, Reject, SealCache};
-use crate::wire::verbs::Request;
 
 pub use outbox::Delivery;
 
@@ -35,39 +35,6 @@ const INBOUND_CONCURRENCY: usize = 64;
 /// Capacity of the stream of newly received messages (a slow `recv --follow` that falls
 /// further behind re-reads the history).
 const RECEIVED_CAPACITY: usize = 1024;
-
-/// Shared counters of refused input, by kind (see docs/security.md).
-#[derive(Clone, Default)]
-pub struct Counters(Arc<Mutex<BTreeMap<&'static str, u64>>>);
-
-impl Counters {
-    /// Adds one to `what`.
-    pub fn count(&self, what: &'static str) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry(what).or_default() += 1;
-        }
-    }
-
-    /// A copy of every counter.
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        self.0.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-}
-
-/// A request from a peer that the event loop hands over, to be answered with
-/// [`Client::respond`] and `token`.
-pub struct InboundVerb {
-    pub token: u64,
-    pub peer: PeerId,
-    pub request: Request,
-}
-
-/// The event loop's side of the channels between it and the messenger.
-pub struct EventLoopHooks {
-    pub inbound: mpsc::Sender<InboundVerb>,
-    pub keys: watch::Sender<Option<Arc<MessageKeys>>>,
-    pub connected: broadcast::Sender<PeerId>,
-}
 
 /// The messenger's side.
 pub struct MessagingChannels {

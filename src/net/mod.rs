@@ -6,12 +6,14 @@ mod consent;
 pub mod dial;
 mod event_loop;
 pub(crate) mod gossip_limits;
+mod hooks;
 pub mod iplimit;
 pub(crate) mod ratelimit;
 
 pub use behaviour::{agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL};
 pub(crate) use event_loop::GOSSIP_QUEUE;
 pub use event_loop::{ConnectOutcome, ConnectRequestView, EventLoop, UserHooks};
+pub use hooks::{EventLoopHooks, InboundVerb};
 pub use libp2p::gossipsub::{MessageAcceptance, MessageId};
 
 use std::collections::BTreeMap;
