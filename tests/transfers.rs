@@ -257,7 +257,7 @@ async fn strangers_who_never_send_a_chunk_cannot_stop_a_contacts_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_transfer_gives_up_its_slot_and_a_long_idle_one_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let idle = Duration::from_secs(1);
+    let idle = Duration::from_secs(3);
     let home = dir.path().join("b");
     let b = recipient(&home, idle).await;
     let xs = strangers(
@@ -268,6 +268,7 @@ async fn an_idle_transfer_gives_up_its_slot_and_a_long_idle_one_is_dropped() {
     .await;
     let (late, xs) = xs.split_last().unwrap();
     // The first transfer is the oldest; the others follow.
+    let started = std::time::Instant::now();
     let first_id = *Uuid::new_v4().as_bytes();
     let key = random32();
     let data = vec![9u8; 3 * CHUNK_BYTES];
@@ -281,15 +282,21 @@ async fn an_idle_transfer_gives_up_its_slot_and_a_long_idle_one_is_dropped() {
     assert_eq!(outcomes.remove(MAX_PENDING_PER_SENDER - 1), busy());
     assert!(outcomes.iter().all(is_need), "{outcomes:?}");
 
-    // Every stranger slot is taken and in use: a newcomer waits.
+    // Every stranger slot is taken and in use: a newcomer waits (checked if the machine
+    // was quick enough that none is idle yet).
     let late_id = *Uuid::new_v4().as_bytes();
     let late_data = vec![5u8; CHUNK_BYTES + 10];
     let late_key = random32();
     let now = ptpchat::unix_now_ms();
-    assert_eq!(
-        b.announce(late, late_id, now, &late_data, late_key).await,
-        busy()
-    );
+    let answer = b.announce(late, late_id, now, &late_data, late_key).await;
+    if started.elapsed() < idle {
+        assert_eq!(answer, busy());
+    } else {
+        eprintln!(
+            "NOT CHECKED: the newcomer waits; announcing took {:?}, past the idle period",
+            started.elapsed()
+        );
+    }
     // Once they are idle, the newcomer takes the oldest one's slot and its file arrives.
     tokio::time::sleep(idle + Duration::from_millis(200)).await;
     let need = b.announce(late, late_id, now, &late_data, late_key).await;

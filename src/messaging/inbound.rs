@@ -57,6 +57,7 @@ pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound
     let slots = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
     let mut sweeps = tokio::time::interval(Duration::from_millis(inner.transfer_idle_ms.max(1000)));
     sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sweeping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let verb = tokio::select! {
             verb = rx.recv() => match verb {
@@ -64,7 +65,14 @@ pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound
                 None => break,
             },
             _ = sweeps.tick() => {
-                sweep(&inner).await;
+                // Off the dispatcher, one at a time.
+                if !sweeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (inner, sweeping) = (inner.clone(), sweeping.clone());
+                    inner.clone().tasks.spawn(async move {
+                        sweep(&inner).await;
+                        sweeping.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
                 continue;
             }
         };
@@ -231,6 +239,8 @@ pub(super) async fn receive(
                 let now = crate::unix_now_ms();
                 let mut fates = Vec::with_capacity(jobs.len());
                 let mut evicted = Vec::new();
+                // Transfers this transaction answers `Need` for: never evicted by it.
+                let mut kept = HashSet::new();
                 // Read once, and only for a message that needs a transfer slot.
                 let mut contacts: Option<HashSet<[u8; 16]>> = None;
                 let no_contacts = HashSet::new();
@@ -263,6 +273,7 @@ pub(super) async fn receive(
                         continue;
                     }
                     if txn.open_table(PENDING_IN)?.get(&key)?.is_some() {
+                        kept.insert(key);
                         fates.push(Fate::Pending);
                         continue;
                     }
@@ -270,7 +281,7 @@ pub(super) async fn receive(
                         contacts = Some(contact_uuids(txn)?);
                     }
                     let contacts = contacts.as_ref().unwrap_or(&no_contacts);
-                    match take_slot(txn, &slots_inner, &env, &key, contacts, now)? {
+                    match take_slot(txn, &slots_inner, &env, &key, contacts, &kept, now)? {
                         Admit::Busy => {
                             fates.push(Fate::Busy);
                             continue;
@@ -286,6 +297,7 @@ pub(super) async fn receive(
                         })?
                         .as_slice(),
                     )?;
+                    kept.insert(key);
                     fates.push(Fate::Pending);
                 }
                 Ok((fates, evicted))
@@ -382,6 +394,7 @@ fn take_slot(
     env: &Envelope,
     key: &[u8; 40],
     contacts: &HashSet<[u8; 16]>,
+    kept: &HashSet<[u8; 40]>,
     now: u64,
 ) -> Result<Admit, StoreError> {
     let mut pending = txn.open_table(PENDING_IN)?;
@@ -400,7 +413,14 @@ fn take_slot(
     let Ok(mut t) = inner.transfers.lock() else {
         return Ok(Admit::Busy);
     };
-    let slots = transfers::slots(held, contacts, |k| t.last_active(k, inner.started_ms));
+    // A transfer answered in this transaction, or with a chunk being written, is in use.
+    let slots = transfers::slots(held, contacts, |k| {
+        if kept.contains(k) || t.live.values().any(|l| &l.key == k && l.busy) {
+            now
+        } else {
+            t.last_active(k, inner.started_ms)
+        }
+    });
     let own = slots.iter().filter(|s| s.key[..16] == env.from).count();
     let admit = transfers::admit(
         &slots,
@@ -411,7 +431,8 @@ fn take_slot(
     );
     if let Admit::Evict(victim) = admit {
         pending.remove(&victim)?;
-        t.active.remove(&victim);
+        // Its sender's next CHUNK finds nothing and starts again (`unknown_message`).
+        t.forget(&victim);
     }
     if admit != Admit::Busy {
         t.active.insert(*key, now);
@@ -445,20 +466,32 @@ fn partial_dir(inner: &Inner, key: &[u8; 40]) -> PathBuf {
     inner.files.join(".partial").join(hex::encode(key))
 }
 
+/// Why a transfer cannot go on.
+#[derive(Debug)]
+enum Stall {
+    /// The disk failed, or the transfer was dropped under us: the sender tries again.
+    Io(std::io::Error),
+    /// A complete attachment does not match its signed hash: refused for good.
+    Mismatch(usize),
+}
+
+impl From<std::io::Error> for Stall {
+    fn from(e: std::io::Error) -> Self {
+        Stall::Io(e)
+    }
+}
+
 /// Where a pending transfer stands: the next chunk wanted, or `None` when every
 /// attachment is complete and checked. Partial chunks (a crash mid-write) are cut off.
-fn next_need(dir: &Path, env: &Envelope, verified: &mut u32) -> Result<Option<(u32, u64)>, String> {
+fn next_need(dir: &Path, env: &Envelope, verified: &mut u32) -> Result<Option<(u32, u64)>, Stall> {
     for (i, a) in env.attachments.iter().enumerate() {
         let path = dir.join(i.to_string());
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if len < a.size {
             let aligned = len - len % CHUNK_BYTES as u64;
             if aligned != len {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| e.to_string())?;
-                f.set_len(aligned).map_err(|e| e.to_string())?;
+                let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                f.set_len(aligned)?;
             }
             return Ok(Some((i as u32, aligned)));
         }
@@ -472,11 +505,10 @@ fn next_need(dir: &Path, env: &Envelope, verified: &mut u32) -> Result<Option<(u
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
-                .open(&path)
-                .map_err(|e| e.to_string())?;
+                .open(&path)?;
         }
-        if len > a.size || files::hash_file(&path).map_err(|e| e.to_string())? != a.sha256 {
-            return Err(format!("attachment {i} does not match its signed hash"));
+        if len > a.size || files::hash_file(&path)? != a.sha256 {
+            return Err(Stall::Mismatch(i));
         }
         *verified = i as u32 + 1;
     }
@@ -513,28 +545,32 @@ async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
     };
     match need {
         Ok(Some((attachment, offset))) => {
-            if let Ok(mut t) = inner.transfers.lock() {
-                t.live.insert(
-                    (peer, env.msg_id),
-                    Transfer {
-                        key,
-                        env,
-                        attachment,
-                        offset,
-                        verified,
-                        busy: false,
-                    },
-                );
+            let Ok(mut t) = inner.transfers.lock() else {
+                return outcome_nack("busy");
+            };
+            // Registered only while its row stands, checked under the lock an eviction
+            // forgets it under: a transfer evicted or dropped meanwhile is not brought
+            // back without a slot.
+            if !inner.store.pending_exists(&key).unwrap_or(false) {
+                drop(t);
+                let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
+                return outcome_nack("busy");
             }
+            t.live.insert(
+                (peer, env.msg_id),
+                Transfer {
+                    key,
+                    env,
+                    attachment,
+                    offset,
+                    verified,
+                    busy: false,
+                },
+            );
             Outcome::Need { attachment, offset }
         }
         Ok(None) => complete(inner, key, env).await,
-        Err(e) => {
-            inner.counters.count("attachment_bad_hash");
-            crate::warn_remote!("attachment_refused", error = %e, "refused an attachment");
-            drop_transfer(inner, key).await;
-            outcome_nack("bad_attachment")
-        }
+        Err(stall) => stalled(inner, key, stall).await,
     }
 }
 
@@ -598,21 +634,21 @@ async fn chunk(
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(attachment.to_string());
+        // The directory is not created here: if it is gone, the transfer was dropped.
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(|e| e.to_string())?;
-        f.write_all(&plain).map_err(|e| e.to_string())?;
+            .open(&path)?;
+        f.write_all(&plain)?;
         // What we ask for next must be on disk: a chunk lost to a power cut would leave a
         // file that never matches its hash, and the message refused for good.
-        f.sync_data().map_err(|e| e.to_string())?;
+        f.sync_data()?;
         drop(f);
         next_need(&dir, &env2, &mut verified).map(|n| (n, verified))
     })
     .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    .unwrap_or_else(|e| Err(Stall::Io(std::io::Error::other(e))));
     match written {
         Ok((Some((a, o)), verified)) => {
             if let Ok(mut t) = inner.transfers.lock() {
@@ -629,11 +665,31 @@ async fn chunk(
             })
         }
         Ok((None, _)) => one(complete(inner, key, env).await),
-        Err(e) => {
+        Err(stall) => one(stalled(inner, key, stall).await),
+    }
+}
+
+/// Answers a transfer that cannot go on: a hash mismatch drops it for good; a disk error
+/// (or a transfer dropped under us) forgets it in memory, so the sender's next CHUNK is
+/// `unknown_message` and it starts again with MESSAGE, from what is on disk.
+async fn stalled(inner: &Arc<Inner>, key: [u8; 40], stall: Stall) -> Outcome {
+    match stall {
+        Stall::Mismatch(i) => {
             inner.counters.count("attachment_bad_hash");
-            crate::warn_remote!("attachment_refused", error = %e, "refused an attachment");
+            crate::warn_remote!(
+                "attachment_refused",
+                attachment = i,
+                "refused an attachment that does not match its signed hash"
+            );
             drop_transfer(inner, key).await;
-            one(outcome_nack("bad_attachment"))
+            outcome_nack("bad_attachment")
+        }
+        Stall::Io(e) => {
+            debug!(error = %e, "an attachment transfer stalled on the disk");
+            if let Ok(mut t) = inner.transfers.lock() {
+                t.live.retain(|_, l| l.key != key);
+            }
+            outcome_nack("busy")
         }
     }
 }
@@ -646,30 +702,15 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
     let env2 = env.clone();
     let moved = tokio::task::spawn_blocking(move || {
         let dest = fresh_dir(&sender_dir, &env2.msg_id().to_string())?;
-        let mut taken = HashSet::new();
-        let mut stored = Vec::new();
-        for (i, a) in env2.attachments.iter().enumerate() {
-            let mut name = files::safe_name(&a.name, &format!("attachment-{i}"));
-            if !taken.insert(name.clone()) {
-                name = format!("{i}-{name}");
-                taken.insert(name.clone());
-            }
-            let from = partial.join(i.to_string());
-            std::fs::File::open(&from)?.sync_all()?;
-            let to = dest.join(&name);
-            std::fs::rename(&from, &to)?;
-            stored.push(StoredAttachment {
-                name,
-                mime: a.mime.clone(),
-                size: a.size,
-                path: to.to_string_lossy().into_owned(),
-            });
+        let moved = move_into(&partial, &dest, &env2);
+        if moved.is_err() {
+            // What was moved is received again (the sender was not ACKed).
+            let _ = std::fs::remove_dir_all(&dest);
         }
-        std::fs::File::open(&dest)?.sync_all()?;
-        Ok::<_, std::io::Error>(stored)
+        moved.map(|stored| (stored, dest))
     })
     .await;
-    let stored = match moved {
+    let (stored, dest) = match moved {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(error = %e, "cannot move received attachments into place");
@@ -693,16 +734,64 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
     match committed {
         Ok(stored) => {
             forget_transfer(inner, &key);
-            if let Some(s) = stored {
-                let _ = inner.received.send(s);
+            match stored {
+                Some(s) => {
+                    let _ = inner.received.send(s);
+                }
+                // Stored already (a second completion): these copies are nobody's.
+                None => {
+                    let _ = std::fs::remove_dir_all(&dest);
+                }
             }
             Outcome::Ack
         }
         Err(e) => {
             warn!(error = %e, "could not store a received message");
+            let _ = std::fs::remove_dir_all(&dest);
             outcome_nack("busy")
         }
     }
+}
+
+/// Moves a complete transfer's files from `partial` into the new, empty `dest`, each under
+/// a safe name no other attachment of the message has, and makes the moves durable. The
+/// files' contents are on disk already: every chunk was synced as it arrived.
+fn move_into(
+    partial: &Path,
+    dest: &Path,
+    env: &Envelope,
+) -> std::io::Result<Vec<StoredAttachment>> {
+    let mut taken = HashSet::new();
+    let mut stored = Vec::new();
+    for (i, a) in env.attachments.iter().enumerate() {
+        let safe = files::safe_name(&a.name, &format!("attachment-{i}"));
+        let mut name = safe.clone();
+        let mut n = 0;
+        while !taken.insert(name.clone()) {
+            n += 1;
+            name = format!("{n}-{safe}");
+        }
+        let to = dest.join(&name);
+        std::fs::rename(partial.join(i.to_string()), &to)?;
+        stored.push(StoredAttachment {
+            name,
+            mime: a.mime.clone(),
+            size: a.size,
+            path: to.to_string_lossy().into_owned(),
+        });
+    }
+    // The new entries, the new directory in the sender's, and the sender's in `files/`.
+    for dir in [
+        Some(dest),
+        dest.parent(),
+        dest.parent().and_then(Path::parent),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(stored)
 }
 
 /// A new, empty directory for a message's files: `<msg_id>`, or `<msg_id>-<n>` when a
@@ -739,8 +828,13 @@ async fn drop_transfer(inner: &Inner, key: [u8; 40]) {
 }
 
 /// Drops strangers' transfers idle for [`transfers::STRANGER_IDLE_LIMIT`] periods, and
-/// forgets the progress times of transfers that are gone.
+/// whatever a transfer left behind without its row: progress times, a transfer in memory,
+/// partial files.
 async fn sweep(inner: &Arc<Inner>) {
+    // Directories first: one made after the keys were read would look like an orphan.
+    let dirs: Vec<PathBuf> = std::fs::read_dir(inner.files.join(".partial"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
     let Ok(keys) = inner.store.pending_keys() else {
         return;
     };
@@ -748,19 +842,32 @@ async fn sweep(inner: &Arc<Inner>) {
         Ok(all) => all.into_iter().map(|(_, c)| c.uuid).collect(),
         Err(_) => return,
     };
+    let held: HashSet<[u8; 40]> = keys.iter().copied().collect();
     let now = crate::unix_now_ms();
     let idle = inner.transfer_idle_ms;
     let abandoned = {
         let Ok(mut t) = inner.transfers.lock() else {
             return;
         };
-        let held: HashSet<[u8; 40]> = keys.iter().copied().collect();
-        // A transfer admitted a moment ago may not be committed yet: keep recent times.
+        // A transfer admitted a moment ago may not be committed yet: keep recent ones.
         t.active
             .retain(|k, at| held.contains(k) || now.saturating_sub(*at) < idle);
+        let all = &mut *t;
+        all.live
+            .retain(|_, l| held.contains(&l.key) || all.active.contains_key(&l.key));
         let slots = transfers::slots(keys, &contacts, |k| t.last_active(k, inner.started_ms));
         transfers::abandoned(&slots, now, idle)
     };
+    for dir in dirs {
+        let orphan = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| <[u8; 40]>::try_from(hex::decode(n).ok()?).ok())
+            .is_none_or(|k| !held.contains(&k));
+        if orphan {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+    }
     for key in abandoned {
         inner.counters.count("transfer_abandoned");
         drop_transfer(inner, key).await;

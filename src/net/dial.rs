@@ -3,7 +3,7 @@
 //! over a relay circuit or not at all. Addresses naming loopback, private ranges or DNS
 //! names are never dialed on a stranger's word unless `--private-ips`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
@@ -66,7 +66,12 @@ pub struct DialGate {
     /// Each chosen peer, with when it was last chosen (a counter).
     chosen: HashMap<PeerId, u64>,
     tick: u64,
+    /// Our own bootstrap peers and relays: never forgotten for newer choices.
+    pinned: HashSet<PeerId>,
 }
+
+/// Most peers pinned; beyond it a peer is only chosen (the configured ones come first).
+const MAX_PINNED: usize = 256;
 
 /// Most peers remembered as chosen; beyond it, the one chosen longest ago is forgotten (it
 /// is chosen again, and so dialable again, the next time the user writes to it).
@@ -78,6 +83,17 @@ impl DialGate {
             policy,
             chosen: HashMap::new(),
             tick: 0,
+            pinned: HashSet::new(),
+        }
+    }
+
+    /// One of our own peers (a bootstrap peer, a relay we reserve on): dialable directly for
+    /// good, however many peers are chosen after it.
+    pub fn pin(&mut self, peer: PeerId) {
+        if self.pinned.len() < MAX_PINNED || self.pinned.contains(&peer) {
+            self.pinned.insert(peer);
+        } else {
+            self.choose(peer);
         }
     }
 
@@ -100,6 +116,7 @@ impl DialGate {
             return true;
         };
         self.policy.may_dial_direct(DialReason::Automatic)
+            || self.pinned.contains(&peer)
             || self.chosen.contains_key(&peer)
             || (!addresses.is_empty() && addresses.iter().all(is_relayed))
     }
@@ -291,6 +308,9 @@ mod tests {
         for p in &peers[..MAX_CHOSEN] {
             gate.choose(*p);
         }
+        // Our own peers are never pushed out.
+        let relay = PeerId::random();
+        gate.pin(relay);
         // The first is chosen again, so the second is now the oldest.
         gate.choose(peers[0]);
         gate.choose(peers[MAX_CHOSEN]);
@@ -300,6 +320,7 @@ mod tests {
         );
         assert!(gate.allows(Some(peers[0]), &direct));
         assert!(!gate.allows(Some(peers[1]), &direct));
+        assert!(gate.allows(Some(relay), &direct));
         assert_eq!(gate.chosen.len(), MAX_CHOSEN);
     }
 

@@ -3,6 +3,7 @@
 //! published.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU8;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,8 @@ const LOOKUP_QUORUM: u32 = 3;
 const LOOKUP_GRACE: Duration = Duration::from_millis(500);
 /// Most addresses taken from one peer's identify message.
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// Most providers a private node dials over its relays' circuits after one lookup.
+const MAX_PROVIDER_CIRCUIT_DIALS: usize = 4;
 /// Most providers of one key dialed after a provider lookup.
 const MAX_PROVIDER_DIALS: usize = 20;
 /// How often slow housekeeping runs (relay reservations retried, hole punching timed out).
@@ -494,8 +497,10 @@ impl EventLoop {
             .into_iter()
             .take(MAX_ADDRS_PER_PEER)
             .collect();
-        if why != dial::DialReason::Automatic {
-            self.swarm.behaviour_mut().dial_gate.choose(peer);
+        match why {
+            dial::DialReason::Own => self.swarm.behaviour_mut().dial_gate.pin(peer),
+            dial::DialReason::Chosen => self.swarm.behaviour_mut().dial_gate.choose(peer),
+            dial::DialReason::Automatic => {}
         }
         if self.dial_policy.may_dial_direct(why) || self.swarm.is_connected(&peer) {
             return Ok(self
@@ -529,7 +534,7 @@ impl EventLoop {
     pub(crate) fn dial(&mut self, addr: Multiaddr) -> Result<(), libp2p::swarm::DialError> {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
             // Only our own configured peers (bootstrap, relays) are dialed by address.
-            self.swarm.behaviour_mut().dial_gate.choose(peer);
+            self.swarm.behaviour_mut().dial_gate.pin(peer);
             let mut bare = addr.clone();
             bare.pop();
             self.swarm.behaviour_mut().kad.add_address(&peer, bare);
@@ -1489,6 +1494,8 @@ impl EventLoop {
                         let direct = self
                             .dial_policy
                             .may_dial_direct(dial::DialReason::Automatic);
+                        let mut circuits_left = MAX_PROVIDER_CIRCUIT_DIALS;
+                        let now = Instant::now();
                         for p in providers.into_iter().take(MAX_PROVIDER_DIALS) {
                             if p == me || self.swarm.is_connected(&p) {
                                 continue;
@@ -1496,13 +1503,19 @@ impl EventLoop {
                             let opts = if direct {
                                 DialOpts::peer_id(p).build()
                             } else {
-                                let circuits = self.relays.circuits_to(p);
+                                if circuits_left == 0 {
+                                    break;
+                                }
+                                let circuits = self.relays.circuits_to(p, now);
                                 if circuits.is_empty() {
                                     continue;
                                 }
+                                circuits_left -= 1;
+                                // One relay at a time: each try costs a circuit token there.
                                 DialOpts::peer_id(p)
                                     .addresses(circuits)
                                     .condition(PeerCondition::DisconnectedAndNotDialing)
+                                    .override_dial_concurrency_factor(NonZeroU8::MIN)
                                     .build()
                             };
                             let _ = self.swarm.dial(opts);

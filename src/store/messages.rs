@@ -239,6 +239,13 @@ impl Store {
         t.get(key)?.map(|v| unrow(v.value())).transpose()
     }
 
+    /// Whether the transfer `key` is in progress (its row stands).
+    pub fn pending_exists(&self, key: &[u8; 40]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PENDING_IN)?;
+        Ok(t.get(key)?.is_some())
+    }
+
     /// The keys of the transfers in progress.
     pub fn pending_keys(&self) -> Result<Vec<[u8; 40]>, StoreError> {
         let tx = self.db.begin_read()?;

@@ -26,7 +26,16 @@ pub(crate) struct Relays {
     /// Relays we know, by peer, with the address we reach each at (no `/p2p/`).
     candidates: HashMap<PeerId, Candidate>,
     reservations: HashMap<PeerId, Reservation>,
+    /// Peers we last dialed over our relays' circuits, and when (see [`Relays::circuits_to`]).
+    circuit_dials: HashMap<PeerId, Instant>,
 }
+
+/// A peer dialed over our relays' circuits is not dialed that way again for this long:
+/// each try costs a circuit token at each relay (a relay allows a burst, then one per
+/// 10 s), which the user's own circuits need.
+pub const CIRCUIT_REDIAL: Duration = Duration::from_secs(10 * 60);
+/// Peers remembered as dialed over circuits.
+const MAX_CIRCUIT_DIALS: usize = 1024;
 
 struct Candidate {
     addr: Multiaddr,
@@ -83,7 +92,23 @@ impl Relays {
     /// Addresses that reach `peer` through each relay we hold a reservation on: how a
     /// private node meets a peer it did not choose without showing it its IP address (the
     /// relay already knows it; `peer` needs a reservation there too).
-    pub fn circuits_to(&self, peer: PeerId) -> Vec<Multiaddr> {
+    /// Empty if `peer` was dialed that way within [`CIRCUIT_REDIAL`]; otherwise the dial is
+    /// recorded.
+    pub fn circuits_to(&mut self, peer: PeerId, now: Instant) -> Vec<Multiaddr> {
+        if self
+            .circuit_dials
+            .get(&peer)
+            .is_some_and(|at| now.duration_since(*at) < CIRCUIT_REDIAL)
+        {
+            return Vec::new();
+        }
+        if self.circuit_dials.len() >= MAX_CIRCUIT_DIALS {
+            self.circuit_dials
+                .retain(|_, at| now.duration_since(*at) < CIRCUIT_REDIAL);
+            if self.circuit_dials.len() >= MAX_CIRCUIT_DIALS {
+                return Vec::new();
+            }
+        }
         let mut out: Vec<Multiaddr> = self
             .reservations
             .iter()
@@ -100,6 +125,9 @@ impl Relays {
             })
             .collect();
         out.sort();
+        if !out.is_empty() {
+            self.circuit_dials.insert(peer, now);
+        }
         out
     }
 
@@ -166,7 +194,7 @@ impl EventLoop {
             // still under way can fail, and a failure waits RETRY_AFTER. A relay we are not
             // connected to is dialed; the next tick reserves.
             if !self.swarm.is_connected(&relay) {
-                self.swarm.behaviour_mut().dial_gate.choose(relay);
+                self.swarm.behaviour_mut().dial_gate.pin(relay);
                 let opts = DialOpts::peer_id(relay)
                     .addresses(vec![addr])
                     .condition(PeerCondition::DisconnectedAndNotDialing)
