@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{self, FileConfig, Mode, NodeConfig};
-use crate::control::{self, ClientError, ControlRequest};
-use crate::identity::{parse_contact, qr_code, SignedDocument};
-use crate::node::{self, IdInfo};
+use crate::control::{self, ClientError, ControlRequest, IdInfo};
+use crate::identity::{parse_contact, qr_code};
+use crate::node;
 use crate::store::Store;
 
 mod channels;
@@ -278,39 +278,6 @@ impl CliError {
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
         CliError::new(exit::ERROR, e)
-    }
-}
-
-/// What `whois --json` prints for a document.
-#[derive(Debug, Serialize)]
-pub struct WhoisView {
-    pub uuid: String,
-    pub peer_id: String,
-    pub public_key: String,
-    pub fingerprint: String,
-    pub seq: u64,
-    pub reach: Vec<String>,
-    pub enc_key: String,
-    pub key_rotations: usize,
-    pub issued: u64,
-    pub expires: u64,
-}
-
-impl WhoisView {
-    pub fn of(doc: &SignedDocument) -> Self {
-        let d = doc.doc();
-        WhoisView {
-            uuid: d.uuid().to_string(),
-            peer_id: d.peer_id().map(|p| p.to_string()).unwrap_or_default(),
-            public_key: hex::encode(d.current_key),
-            fingerprint: d.fingerprint().to_string(),
-            seq: d.seq,
-            reach: d.reach.clone(),
-            enc_key: hex::encode(d.enc_key),
-            key_rotations: d.key_chain.len(),
-            issued: d.issued,
-            expires: d.expires,
-        }
     }
 }
 

@@ -59,9 +59,52 @@ pub struct NodeConfig {
     /// What a relay lets strangers use (`relay --max-reservations`, `--max-circuits`).
     pub relay_limits: RelayLimits,
     /// Inbound connections per IP address and per /24 (/48).
-    pub ip_limits: crate::net::iplimit::IpLimitConfig,
+    pub ip_limits: IpLimitConfig,
     /// Mailboxes for offline users (relays; `None` turns them off, and user nodes have none).
-    pub mailbox: Option<crate::mailbox::service::MailboxConfig>,
+    pub mailbox: Option<MailboxConfig>,
+}
+
+/// How many inbound connections one address, and one network, may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpLimitConfig {
+    pub per_ip: usize,
+    pub per_net: usize,
+    /// Count loopback addresses too (tests that attack from 127.0.0.1).
+    pub loopback: bool,
+}
+
+impl Default for IpLimitConfig {
+    fn default() -> Self {
+        IpLimitConfig {
+            per_ip: 16,
+            per_net: 64,
+            loopback: false,
+        }
+    }
+}
+
+/// A relay operator's mailbox settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MailboxConfig {
+    pub limits: crate::store::mailbox::MailLimits,
+    /// The per-sender quota: items one peer may deposit per day (a token bucket with this
+    /// burst, refilled over 24 hours)…
+    pub sender_items_per_day: u32,
+    /// …and bytes.
+    pub sender_bytes_per_day: u64,
+    /// Added to the clock the mailbox uses (tests of expiry; 0 otherwise).
+    pub clock_offset_ms: i64,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        MailboxConfig {
+            limits: crate::store::mailbox::MailLimits::default(),
+            sender_items_per_day: 2000,
+            sender_bytes_per_day: 64 * 1024 * 1024,
+            clock_offset_ms: 0,
+        }
+    }
 }
 
 /// The standing answer to CONNECT requests.

@@ -5,43 +5,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use uuid::Uuid;
 
 use crate::channels::{Channels, ChannelsConfig};
 use crate::config::{Mode, NodeConfig, DEFAULT_PORT};
-use crate::control::ControlServer;
+use crate::control::{ControlServer, IdInfo};
 use crate::counters::Counters;
-use crate::identity::{contact_uri, Identity};
 use crate::messaging::{MessagingConfig, Messenger};
 use crate::net::{build_swarm, BuildError, Client, EventLoop, COMMAND_CAPACITY};
 use crate::store::{Store, StoreError};
-
-/// Who this node is, as `ptpchat id` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct IdInfo {
-    pub uuid: Uuid,
-    pub peer_id: String,
-    pub fingerprint: String,
-    pub public_key: String,
-    pub contact_uri: String,
-}
-
-impl IdInfo {
-    /// The summary of an identity.
-    pub fn of(id: &Identity) -> Self {
-        IdInfo {
-            uuid: id.uuid(),
-            peer_id: id.peer_id().to_string(),
-            fingerprint: id.fingerprint().to_string(),
-            public_key: hex::encode(id.public_key()),
-            contact_uri: contact_uri(&id.uuid(), &id.fingerprint()),
-        }
-    }
-}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

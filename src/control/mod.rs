@@ -7,10 +7,12 @@ mod channels;
 mod connect;
 mod messages;
 mod server;
+mod views;
 
 pub use messages::{rfc3339, ContactView, MessageView};
 
 pub use server::ControlServer;
+pub use views::{IdInfo, WhoisView};
 
 use std::path::{Path, PathBuf};
 

@@ -9,11 +9,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::IdInfo;
 use super::{channels, connect, messages, ControlRequest, ControlResponse, MAX_LINE_BYTES};
 use crate::channels::Channels;
 use crate::messaging::Messenger;
 use crate::net::{Client, LookupError};
-use crate::node::IdInfo;
 
 /// Most client connections served at once.
 const MAX_CLIENTS: usize = 64;
@@ -248,7 +248,7 @@ async fn handle(
                 return ControlResponse::err(2, format!("not a UUID: {uuid:?}"));
             };
             match client.whois(uuid).await {
-                Ok(doc) => ControlResponse::ok(crate::cli::WhoisView::of(&doc)),
+                Ok(doc) => ControlResponse::ok(super::WhoisView::of(&doc)),
                 Err(LookupError::NotFound(_)) => {
                     ControlResponse::err(4, format!("no valid identity document found for {uuid}"))
                 }

@@ -21,7 +21,7 @@ use crate::counters::Counters;
 use crate::identity::SignedDocument;
 use crate::net::Client;
 use crate::net::InboundVerb;
-use crate::store::mailbox::{self, MailLimits};
+use crate::store::mailbox;
 use crate::store::{Store, Writer};
 use crate::wire::envelope::MAX_SEALED_BYTES;
 use crate::wire::mailbox::{
@@ -44,29 +44,7 @@ const SWEEP_BATCH: usize = 10_000;
 /// Most items one MAIL-ACK names.
 const MAX_ACK: usize = 256;
 
-/// A relay operator's mailbox settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MailboxConfig {
-    pub limits: MailLimits,
-    /// The per-sender quota: items one peer may deposit per day (a token bucket with this
-    /// burst, refilled over 24 hours)…
-    pub sender_items_per_day: u32,
-    /// …and bytes.
-    pub sender_bytes_per_day: u64,
-    /// Added to the clock the mailbox uses (tests of expiry; 0 otherwise).
-    pub clock_offset_ms: i64,
-}
-
-impl Default for MailboxConfig {
-    fn default() -> Self {
-        MailboxConfig {
-            limits: MailLimits::default(),
-            sender_items_per_day: 2000,
-            sender_bytes_per_day: 64 * 1024 * 1024,
-            clock_offset_ms: 0,
-        }
-    }
-}
+pub use crate::config::MailboxConfig;
 
 struct Limiters {
     challenges: HashMap<PeerId, ([u8; 32], Instant)>,

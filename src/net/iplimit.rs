@@ -17,24 +17,7 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
-/// How many inbound connections one address, and one network, may hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpLimitConfig {
-    pub per_ip: usize,
-    pub per_net: usize,
-    /// Count loopback addresses too (tests that attack from 127.0.0.1).
-    pub loopback: bool,
-}
-
-impl Default for IpLimitConfig {
-    fn default() -> Self {
-        IpLimitConfig {
-            per_ip: 16,
-            per_net: 64,
-            loopback: false,
-        }
-    }
-}
+pub use crate::config::IpLimitConfig;
 
 /// The limit was reached.
 #[derive(Debug, thiserror::Error)]
