@@ -30,7 +30,7 @@ use crate::store::messages::append_history;
 use crate::store::{ChannelRow, GrantOutcome, HistoryEntry, Queued, Store};
 use crate::wire::frame::{self, ChannelBody, Drop, Via};
 use crate::wire::verbs::{
-    Request, Response, HISTORY_CURSOR_BYTES, MAX_HISTORY_BYTES, MAX_HISTORY_FRAMES,
+    Nack, Request, Response, HISTORY_CURSOR_BYTES, MAX_HISTORY_BYTES, MAX_HISTORY_FRAMES,
 };
 use libp2p::PeerId;
 
@@ -899,12 +899,10 @@ impl Channels {
     /// its key (others would get ciphertext they cannot read, and learn how much was
     /// said). All answers together stay within [`HISTORY_BYTES_PER_SEC`].
     async fn history_page(&self, peer: PeerId, id: Uuid, since: u64, after: &[u8]) -> Response {
-        let nack = |reason: &str| Response::Nack {
-            reason: reason.into(),
-        };
+        let nack = Response::from;
         let Some(row) = self.state().rows.get(&id).filter(|r| r.joined).cloned() else {
             self.inner.counters.count("history_unknown_channel");
-            return nack("unknown_channel");
+            return nack(Nack::UnknownChannel);
         };
         // The membership check of a private channel reads and verifies documents: it is
         // paid for from the budget before it runs, so a stranger cannot make us do it for free.
@@ -915,7 +913,7 @@ impl Channels {
             .is_ok_and(|mut b| b.allow_n(&(), HISTORY_CHECK_COST, Instant::now()));
         if !budget_ok {
             self.inner.counters.count("history_busy");
-            return nack("busy");
+            return nack(Nack::Busy);
         }
         let allowed = if row.private {
             let m = &self.inner.messenger;
@@ -929,14 +927,14 @@ impl Channels {
         };
         if !allowed {
             self.inner.counters.count("history_not_member");
-            return nack("unknown_channel");
+            return nack(Nack::UnknownChannel);
         }
         let after: Option<[u8; HISTORY_CURSOR_BYTES]> = match after.len() {
             0 => None,
             HISTORY_CURSOR_BYTES => after.try_into().ok(),
             _ => {
                 self.inner.counters.count("request_malformed");
-                return nack("malformed");
+                return nack(Nack::Malformed);
             }
         };
         // Never older than a receiver would take.
@@ -956,9 +954,9 @@ impl Channels {
             Ok(Ok(page)) => page,
             Ok(Err(e)) => {
                 warn!(error = %e, "could not read channel history");
-                return nack("busy");
+                return nack(Nack::Busy);
             }
-            Err(_) => return nack("busy"),
+            Err(_) => return nack(Nack::Busy),
         };
         let bytes: usize = frames.iter().map(|(_, f)| f.len()).sum();
         let budget_ok = self
@@ -968,7 +966,7 @@ impl Channels {
             .is_ok_and(|mut b| b.allow_n(&(), bytes as f64, Instant::now()));
         if !budget_ok {
             self.inner.counters.count("history_busy");
-            return nack("busy");
+            return nack(Nack::Busy);
         }
         Response::ChannelHistory {
             next: frames.last().map(|(c, _)| c.to_vec()).unwrap_or_default(),

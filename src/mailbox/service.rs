@@ -27,7 +27,7 @@ use crate::wire::envelope::MAX_SEALED_BYTES;
 use crate::wire::mailbox::{
     login_bytes, mailbox_id, receipt_bytes, MAX_DEPOSIT_BATCH, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
 };
-use crate::wire::verbs::{DepositResult, MailItem, Request, Response};
+use crate::wire::verbs::{DepositResult, MailItem, Nack, Request, Response};
 
 /// How long a nonce may be used.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
@@ -190,10 +190,8 @@ impl Mailboxes {
     }
 }
 
-fn nack(reason: &str) -> Response {
-    Response::Nack {
-        reason: reason.into(),
-    }
+fn nack(reason: Nack) -> Response {
+    reason.into()
 }
 
 async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<InboundVerb>) {
@@ -202,7 +200,7 @@ async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<InboundVerb>) {
     while let Some(verb) = rx.recv().await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             inner.counters.count("mail_busy");
-            let _ = inner.net.respond(verb.token, nack("busy")).await;
+            let _ = inner.net.respond(verb.token, nack(Nack::Busy)).await;
             continue;
         };
         let inner = inner.clone();
@@ -221,7 +219,7 @@ async fn handle(inner: &Inner, peer: PeerId, request: Request) -> Response {
         Request::MailChallenge => challenge(inner, peer),
         Request::MailLogin { doc, sig } => login(inner, peer, &doc, &sig).await,
         Request::MailAck { ack } => acknowledge(inner, peer, ack).await,
-        _ => nack("unexpected"),
+        _ => nack(Nack::Unexpected),
     }
 }
 
@@ -233,29 +231,29 @@ async fn deposit(
 ) -> Response {
     if sealed.is_empty() || sealed.len() > MAX_DEPOSIT_BATCH {
         inner.counters.count("mail_malformed");
-        return nack("malformed");
+        return nack(Nack::Malformed);
     }
     let now = Instant::now();
     // Per item: Ok(index into `accepted`) or the refusal.
-    let mut plan: Vec<Result<usize, &'static str>> = Vec::with_capacity(sealed.len());
+    let mut plan: Vec<Result<usize, Nack>> = Vec::with_capacity(sealed.len());
     let mut accepted: Vec<Vec<u8>> = Vec::new();
     if let Ok(mut st) = inner.state.lock() {
         for s in sealed {
             if s.is_empty() || s.len() > MAX_SEALED_BYTES {
                 inner.counters.count("mail_too_large");
-                plan.push(Err("too_large"));
+                plan.push(Err(Nack::TooLarge));
                 continue;
             }
             if !st.senders.take(&peer, s.len() as u64, now) {
                 inner.counters.count("mail_sender_quota");
-                plan.push(Err("sender_quota"));
+                plan.push(Err(Nack::SenderQuota));
                 continue;
             }
             plan.push(Ok(accepted.len()));
             accepted.push(s.into_vec());
         }
     } else {
-        return nack("busy");
+        return nack(Nack::Busy);
     }
     let stored = if accepted.is_empty() {
         Vec::new()
@@ -271,16 +269,14 @@ async fn deposit(
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "could not store deposited mail");
-                return nack("busy");
+                return nack(Nack::Busy);
             }
         }
     };
     let results = plan
         .into_iter()
         .map(|p| match p {
-            Err(reason) => DepositResult::Nack {
-                reason: reason.into(),
-            },
+            Err(reason) => reason.into(),
             Ok(i) => match stored.get(i) {
                 Some(Ok(expires)) => {
                     let bytes = receipt_bytes(&mailbox, &accepted[i], *expires);
@@ -294,9 +290,7 @@ async fn deposit(
                             expires: *expires,
                             sig,
                         },
-                        None => DepositResult::Nack {
-                            reason: "busy".into(),
-                        },
+                        None => Nack::Busy.into(),
                     }
                 }
                 Some(Err(reason)) => {
@@ -305,16 +299,12 @@ async fn deposit(
                         st.senders.give_back(&peer, accepted[i].len() as u64);
                     }
                     inner.counters.count(match *reason {
-                        "mailbox_full" => "mail_mailbox_full",
+                        Nack::MailboxFull => "mail_mailbox_full",
                         _ => "mail_relay_full",
                     });
-                    DepositResult::Nack {
-                        reason: (*reason).into(),
-                    }
+                    (*reason).into()
                 }
-                None => DepositResult::Nack {
-                    reason: "busy".into(),
-                },
+                None => Nack::Busy.into(),
             },
         })
         .collect();
@@ -342,36 +332,36 @@ fn insert_bounded(
 
 fn challenge(inner: &Inner, peer: PeerId) -> Response {
     let Ok(mut st) = inner.state.lock() else {
-        return nack("busy");
+        return nack(Nack::Busy);
     };
     let nonce = crate::identity::random_secret();
     if !insert_bounded(&mut st.challenges, peer, nonce, CHALLENGE_TTL) {
         inner.counters.count("mail_busy");
-        return nack("busy");
+        return nack(Nack::Busy);
     }
     Response::Challenge { nonce }
 }
 
 async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Response {
-    let refused = |what: &str| {
+    let refused = |what: Nack| {
         inner.counters.count("mail_login_refused");
-        debug!(%peer, reason = what, "mailbox login refused");
+        debug!(%peer, reason = %what, "mailbox login refused");
         nack(what)
     };
     // The nonce is used up by this attempt, whatever its outcome: no replay, no guessing.
     let nonce = match inner.state.lock() {
         Ok(mut st) => st.challenges.remove(&peer),
-        Err(_) => return nack("busy"),
+        Err(_) => return nack(Nack::Busy),
     };
     let Some((nonce, _)) = nonce.filter(|(_, at)| at.elapsed() < CHALLENGE_TTL) else {
-        return refused("no_challenge");
+        return refused(Nack::NoChallenge);
     };
     let doc = match SignedDocument::decode(doc, inner.now_ms() / 1000) {
         Ok(d) => d,
-        Err(_) => return refused("bad_document"),
+        Err(_) => return refused(Nack::BadDocument),
     };
     if doc.doc().peer_id() != Some(peer) {
-        return refused("peer_mismatch");
+        return refused(Nack::PeerMismatch);
     }
     // A key rotated away (the relay holds a document whose key chain extends this one's)
     // no longer opens the mailbox.
@@ -381,12 +371,12 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
     {
         let (login, newest) = (&doc.doc().key_chain, &held.doc().key_chain);
         if newest.len() > login.len() && newest.starts_with(login) {
-            return refused("stale_key");
+            return refused(Nack::StaleKey);
         }
     }
     let key = match VerifyingKey::from_bytes(&doc.doc().current_key) {
         Ok(k) => k,
-        Err(_) => return refused("bad_signature"),
+        Err(_) => return refused(Nack::BadSignature),
     };
     if key
         .verify_strict(
@@ -395,17 +385,17 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
         )
         .is_err()
     {
-        return refused("bad_signature");
+        return refused(Nack::BadSignature);
     }
     let mailbox = mailbox_id(&inner.relay, &doc.doc().uuid());
     match inner.state.lock() {
         Ok(mut st) => {
             if !insert_bounded(&mut st.sessions, peer, mailbox, SESSION_TTL) {
                 inner.counters.count("mail_busy");
-                return nack("busy");
+                return nack(Nack::Busy);
             }
         }
-        Err(_) => return nack("busy"),
+        Err(_) => return nack(Nack::Busy),
     }
     page(inner, &mailbox)
 }
@@ -413,7 +403,7 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
 async fn acknowledge(inner: &Inner, peer: PeerId, ack: Vec<u64>) -> Response {
     if ack.len() > MAX_ACK {
         inner.counters.count("mail_malformed");
-        return nack("malformed");
+        return nack(Nack::Malformed);
     }
     let mailbox = match inner.state.lock() {
         Ok(mut st) => match st.sessions.get_mut(&peer) {
@@ -423,10 +413,10 @@ async fn acknowledge(inner: &Inner, peer: PeerId, ack: Vec<u64>) -> Response {
             }
             _ => {
                 inner.counters.count("mail_login_refused");
-                return nack("not_logged_in");
+                return nack(Nack::NotLoggedIn);
             }
         },
-        Err(_) => return nack("busy"),
+        Err(_) => return nack(Nack::Busy),
     };
     if !ack.is_empty() {
         let written = inner
@@ -435,7 +425,7 @@ async fn acknowledge(inner: &Inner, peer: PeerId, ack: Vec<u64>) -> Response {
             .await;
         if let Err(e) = written {
             warn!(error = %e, "could not delete acknowledged mail");
-            return nack("busy");
+            return nack(Nack::Busy);
         }
     }
     page(inner, &mailbox)
@@ -458,7 +448,7 @@ fn page(inner: &Inner, mailbox: &[u8; 32]) -> Response {
         },
         Err(e) => {
             warn!(error = %e, "could not read a mailbox");
-            nack("busy")
+            nack(Nack::Busy)
         }
     }
 }

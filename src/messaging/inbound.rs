@@ -28,15 +28,13 @@ use crate::store::{Contact, GrantOutcome, HistoryEntry, PendingIn, StoreError, S
 use crate::wire::envelope::{self, Envelope, Reject, VerifyContext, CHUNK_BYTES};
 use crate::wire::frame::{decode_grant, KeyGrant, GRANT_KIND};
 use crate::wire::receipt::{decode_receipt, RECEIPT_KIND};
-use crate::wire::verbs::{Outcome, Request, Response, MAX_BATCH};
+use crate::wire::verbs::{Nack, Outcome, Request, Response, MAX_BATCH};
 
 /// A transfer not finished in this long is dropped (its sender gives up after 7 days).
 const PENDING_RETENTION_MS: u64 = 8 * 24 * 3600 * 1000;
 
-fn nack(reason: &str) -> Response {
-    Response::Nack {
-        reason: reason.into(),
-    }
+fn nack(reason: Nack) -> Response {
+    reason.into()
 }
 
 fn one(outcome: Outcome) -> Response {
@@ -45,10 +43,8 @@ fn one(outcome: Outcome) -> Response {
     }
 }
 
-fn outcome_nack(reason: &str) -> Outcome {
-    Outcome::Nack {
-        reason: reason.into(),
-    }
+fn outcome_nack(reason: Nack) -> Outcome {
+    reason.into()
 }
 
 /// Receives handed-over requests and answers each through the event loop.
@@ -78,7 +74,7 @@ pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             inner.counters.count("inbound_busy");
-            let _ = inner.net.respond(verb.token, nack("busy")).await;
+            let _ = inner.net.respond(verb.token, nack(Nack::Busy)).await;
             continue;
         };
         let task_inner = inner.clone();
@@ -105,7 +101,7 @@ async fn handle(inner: &Arc<Inner>, peer: PeerId, request: Request) -> Response 
             offset,
             data,
         } => chunk(inner, peer, msg_id, attachment, offset, data).await,
-        _ => nack("unexpected"),
+        _ => nack(Nack::Unexpected),
     }
 }
 
@@ -144,13 +140,13 @@ pub(super) async fn receive(
     inner: &Arc<Inner>,
     peer: Option<PeerId>,
     sealed: Vec<serde_bytes::ByteBuf>,
-) -> Result<Vec<Received>, &'static str> {
+) -> Result<Vec<Received>, Nack> {
     if sealed.is_empty() || sealed.len() > MAX_BATCH {
         inner.counters.count("message_batch_invalid");
-        return Err("malformed");
+        return Err(Nack::Malformed);
     }
     let Some(keys) = inner.current_keys() else {
-        return Err("not_ready");
+        return Err(Nack::NotReady);
     };
     let checker = inner.clone();
     let small = sealed.len() <= 2;
@@ -210,7 +206,7 @@ pub(super) async fn receive(
     } else {
         match tokio::task::spawn_blocking(work).await {
             Ok(c) => c,
-            Err(_) => return Err("busy"),
+            Err(_) => return Err(Nack::Busy),
         }
     };
 
@@ -226,7 +222,7 @@ pub(super) async fn receive(
             Err(reject) => {
                 inner.counters.count(reject.counter());
                 crate::warn_remote!("message_refused", ?peer, reason = reject.reason(), error = %reject, "refused a message");
-                outcomes.push(Some(outcome_nack(reject.reason())));
+                outcomes.push(Some(outcome_nack(reject.nack())));
             }
         }
     }
@@ -313,7 +309,7 @@ pub(super) async fn receive(
             }
             Err(e) => {
                 warn!(error = %e, "could not store received messages");
-                return Err("busy");
+                return Err(Nack::Busy);
             }
         };
         for ((i, (env, _, special)), fate) in accepted.into_iter().zip(fates) {
@@ -356,12 +352,12 @@ pub(super) async fn receive(
                 }
                 Fate::Busy => {
                     inner.counters.count("transfer_limit");
-                    outcome_nack("busy")
+                    outcome_nack(Nack::Busy)
                 }
                 Fate::Receipt => Outcome::Ack,
                 Fate::Pending => match peer {
                     Some(peer) => resume(inner, peer, env).await,
-                    None => outcome_nack("busy"),
+                    None => outcome_nack(Nack::Busy),
                 },
             });
         }
@@ -370,7 +366,7 @@ pub(super) async fn receive(
         .into_iter()
         .zip(infos)
         .map(|(o, accepted)| Received {
-            outcome: o.unwrap_or_else(|| outcome_nack("busy")),
+            outcome: o.unwrap_or_else(|| outcome_nack(Nack::Busy)),
             accepted,
         })
         .collect())
@@ -521,7 +517,7 @@ async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
     let dir = partial_dir(inner, &key);
     if let Err(e) = files::private_dir(&dir) {
         warn!(error = %e, "cannot create a directory for an incoming attachment");
-        return outcome_nack("busy");
+        return outcome_nack(Nack::Busy);
     }
     let mut verified = inner
         .transfers
@@ -541,12 +537,12 @@ async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
     })
     .await;
     let Ok((need, verified)) = need else {
-        return outcome_nack("busy");
+        return outcome_nack(Nack::Busy);
     };
     match need {
         Ok(Some((attachment, offset))) => {
             let Ok(mut t) = inner.transfers.lock() else {
-                return outcome_nack("busy");
+                return outcome_nack(Nack::Busy);
             };
             // Registered only while its row stands, checked under the lock an eviction
             // forgets it under: a transfer evicted or dropped meanwhile is not brought
@@ -554,7 +550,7 @@ async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> Outcome {
             if !inner.store.pending_exists(&key).unwrap_or(false) {
                 drop(t);
                 let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
-                return outcome_nack("busy");
+                return outcome_nack(Nack::Busy);
             }
             t.live.insert(
                 (peer, env.msg_id),
@@ -586,7 +582,7 @@ async fn chunk(
         Ok(mut all) => match all.live.get_mut(&(peer, msg_id)) {
             Some(t) => {
                 if t.busy {
-                    return one(outcome_nack("busy"));
+                    return one(outcome_nack(Nack::Busy));
                 }
                 if (t.attachment, t.offset) != (attachment, offset) {
                     return one(Outcome::Need {
@@ -606,10 +602,10 @@ async fn chunk(
     };
     let Some((key, env, mut verified)) = claimed else {
         inner.counters.count("chunk_unknown");
-        return one(outcome_nack("unknown_message"));
+        return one(outcome_nack(Nack::UnknownMessage));
     };
     let Some(meta) = env.attachments.get(attachment as usize).cloned() else {
-        return one(outcome_nack("bad_chunk"));
+        return one(outcome_nack(Nack::BadChunk));
     };
     let want = (meta.size - offset).min(CHUNK_BYTES as u64) as usize;
     let plain = envelope::open_chunk(
@@ -625,7 +621,7 @@ async fn chunk(
             inner.counters.count("chunk_invalid");
             crate::warn_remote!("chunk_refused", %peer, "refused an attachment chunk that does not open or has the wrong size");
             drop_transfer(inner, key).await;
-            return one(outcome_nack("bad_chunk"));
+            return one(outcome_nack(Nack::BadChunk));
         }
     };
     let dir = partial_dir(inner, &key);
@@ -682,14 +678,14 @@ async fn stalled(inner: &Arc<Inner>, key: [u8; 40], stall: Stall) -> Outcome {
                 "refused an attachment that does not match its signed hash"
             );
             drop_transfer(inner, key).await;
-            outcome_nack("bad_attachment")
+            outcome_nack(Nack::BadAttachment)
         }
         Stall::Io(e) => {
             debug!(error = %e, "an attachment transfer stalled on the disk");
             if let Ok(mut t) = inner.transfers.lock() {
                 t.live.retain(|_, l| l.key != key);
             }
-            outcome_nack("busy")
+            outcome_nack(Nack::Busy)
         }
     }
 }
@@ -714,9 +710,9 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(error = %e, "cannot move received attachments into place");
-            return outcome_nack("busy");
+            return outcome_nack(Nack::Busy);
         }
-        Err(_) => return outcome_nack("busy"),
+        Err(_) => return outcome_nack(Nack::Busy),
     };
     let entry = received_entry(&env, stored);
     let committed = inner
@@ -748,7 +744,7 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
         Err(e) => {
             warn!(error = %e, "could not store a received message");
             let _ = std::fs::remove_dir_all(&dest);
-            outcome_nack("busy")
+            outcome_nack(Nack::Busy)
         }
     }
 }

@@ -22,7 +22,7 @@ use super::Inner;
 use crate::identity::MessageKeys;
 use crate::wire::mailbox::login_bytes;
 use crate::wire::receipt::MAX_RECEIPT_IDS;
-use crate::wire::verbs::{Outcome, Request, Response};
+use crate::wire::verbs::{Nack, Outcome, Request, Response};
 
 /// Every mailbox is drained this often, besides when we connect to its relay.
 const DRAIN_EVERY: Duration = Duration::from_secs(300);
@@ -30,8 +30,13 @@ const DRAIN_EVERY: Duration = Duration::from_secs(300);
 const MIN_GAP: Duration = Duration::from_secs(2);
 /// Most pages one drain takes (64 items each); the rest waits for the next drain.
 const MAX_PAGES: usize = 1000;
-/// NACK words that leave an item at the relay for a later drain.
-const KEEP: &[&str] = &["busy", "not_ready"];
+/// Whether our own refusal of a stored item leaves it at the relay for a later drain: only
+/// while we cannot take it ourselves. Any other refusal is final for a stored item (it is
+/// not resealed, so unlike for a sender even `undecryptable` stays so), and it is
+/// acknowledged away.
+fn keep_at_relay(reason: &str) -> bool {
+    matches!(Nack::parse(reason), Some(Nack::Busy | Nack::NotReady))
+}
 
 /// Drains each of our mailboxes when our document first names it, when we connect to its
 /// relay, and every [`DRAIN_EVERY`].
@@ -123,14 +128,14 @@ pub(super) async fn drain(
         let results = match receive(inner, None, sealed).await {
             Ok(r) => r,
             Err(reason) => {
-                debug!(%relay, reason, "mail left at the relay for later");
+                debug!(%relay, %reason, "mail left at the relay for later");
                 break;
             }
         };
         let mut ack = Vec::new();
         for (n, r) in ns.into_iter().zip(results) {
             match r.outcome {
-                Outcome::Nack { reason } if KEEP.contains(&reason.as_str()) => continue,
+                Outcome::Nack { reason } if keep_at_relay(&reason) => continue,
                 Outcome::Ack => {
                     if let Some((from, id, false)) = r.accepted {
                         receipts.entry(from).or_default().push(id);

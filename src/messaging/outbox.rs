@@ -25,7 +25,9 @@ use crate::net::dial::DialReason;
 use crate::store::messages::{append_history, row, OUTBOX, SENT_STATUS};
 use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
 use crate::wire::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
-use crate::wire::verbs::{DepositResult, Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES};
+use crate::wire::verbs::{
+    DepositResult, Nack, Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES,
+};
 use redb::ReadableTable;
 
 /// Outbox keys from here up are delivery receipts, which have no history row (history
@@ -38,15 +40,11 @@ const IN_FLIGHT: usize = 16;
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
-/// NACK reasons that mean "try again later", not "never".
-/// (`unknown_message`: the recipient restarted mid-transfer; MESSAGE again resumes it.)
-const TRANSIENT: &[&str] = &[
-    "busy",
-    "rate_limited",
-    "not_ready",
-    "undecryptable",
-    "unknown_message",
-];
+
+/// Whether a refusal is for now: the message is kept and sent again ([`Nack::is_for_now`]).
+fn for_now(reason: &str) -> bool {
+    Nack::parse(reason).is_some_and(Nack::is_for_now)
+}
 
 /// How a sent message ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -795,7 +793,7 @@ async fn deliver(
     for (m, outcome) in batch.into_iter().zip(outcomes) {
         match outcome {
             Outcome::Ack => done.push((m.seq, m.msg_id, Delivery::Delivered)),
-            Outcome::Nack { reason } if TRANSIENT.contains(&reason.as_str()) => retry.push(m),
+            Outcome::Nack { reason } if for_now(&reason) => retry.push(m),
             Outcome::Nack { reason } => {
                 warn!(msg_id = %m.msg_id, %reason, "recipient refused the message");
                 done.push((m.seq, m.msg_id, Delivery::Failed(reason)));
@@ -875,9 +873,7 @@ async fn transfer(
             Ok(Response::Outcomes { mut outcomes }) if outcomes.len() == 1 => {
                 match outcomes.remove(0) {
                     Outcome::Ack => return Ok(Delivery::Delivered),
-                    Outcome::Nack { reason } if TRANSIENT.contains(&reason.as_str()) => {
-                        return Err(())
-                    }
+                    Outcome::Nack { reason } if for_now(&reason) => return Err(()),
                     Outcome::Nack { reason } => return Ok(Delivery::Failed(reason)),
                     Outcome::Need {
                         attachment: a,

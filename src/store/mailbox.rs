@@ -6,6 +6,7 @@
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{Store, StoreError};
+use crate::wire::verbs::Nack;
 
 /// Items: mailbox id ‖ item number (u64 big-endian) → stored time (u64 big-endian ms) ‖
 /// the sealed message.
@@ -42,8 +43,8 @@ impl Default for MailLimits {
     }
 }
 
-/// Why one message was not stored: the NACK word the sender gets.
-pub type MailRefusal = &'static str;
+/// Why one message was not stored: the NACK the sender gets.
+pub type MailRefusal = Nack;
 
 fn item_key(mailbox: &[u8; 32], n: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
@@ -112,11 +113,11 @@ pub fn deposit(
             .map(|v| v.value())
             .unwrap_or((0, 0));
         if items + 1 > limits.per_mailbox_items || bytes + len > limits.per_mailbox_bytes {
-            out.push(Err("mailbox_full"));
+            out.push(Err(Nack::MailboxFull));
             continue;
         }
         if meta(txn, "bytes")? + len > limits.total_bytes {
-            out.push(Err("relay_full"));
+            out.push(Err(Nack::RelayFull));
             continue;
         }
         let n = meta(txn, "next")?.max(1);
@@ -332,7 +333,7 @@ mod tests {
                 )
             });
             assert_eq!(r[..3], [Ok((t0 + 7 * DAY) / 1000); 3]);
-            assert_eq!(r[3], Err("mailbox_full"));
+            assert_eq!(r[3], Err(Nack::MailboxFull));
             let r = write(&store, |t| {
                 deposit(t, &b, &[vec![9; 990]], t0 + DAY, &limits)
             });
@@ -342,7 +343,7 @@ mod tests {
             });
             assert_eq!(
                 r[0],
-                Err("relay_full"),
+                Err(Nack::RelayFull),
                 "the disk cap refuses; nothing is evicted"
             );
             let (page, more) = store.mail_page(&a, t0, &limits, 2, 1 << 20).unwrap();

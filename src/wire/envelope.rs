@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::cbor;
 use crate::identity::{MessageKeys, SignedDocument, MAX_DOCUMENT_BYTES};
+use crate::wire::verbs::Nack;
 
 /// Envelope format version.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -164,20 +165,25 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// The stable NACK word for this refusal (see protocols/verbs.md).
-    pub fn reason(&self) -> &'static str {
+    /// The NACK for this refusal (see protocols/messages.md section 2).
+    pub fn nack(&self) -> Nack {
         match self {
-            Reject::Malformed(_) => "malformed",
-            Reject::TooLarge(_) => "too_large",
-            Reject::Undecryptable => "undecryptable",
-            Reject::BadSenderDocument(_) => "bad_sender_document",
-            Reject::SenderMismatch => "sender_mismatch",
-            Reject::BadSignature => "bad_signature",
-            Reject::PeerMismatch => "peer_mismatch",
-            Reject::WrongRecipient => "wrong_recipient",
-            Reject::StaleSenderKey => "stale_sender_key",
-            Reject::BadTimestamp => "bad_timestamp",
+            Reject::Malformed(_) => Nack::Malformed,
+            Reject::TooLarge(_) => Nack::TooLarge,
+            Reject::Undecryptable => Nack::Undecryptable,
+            Reject::BadSenderDocument(_) => Nack::BadSenderDocument,
+            Reject::SenderMismatch => Nack::SenderMismatch,
+            Reject::BadSignature => Nack::BadSignature,
+            Reject::PeerMismatch => Nack::PeerMismatch,
+            Reject::WrongRecipient => Nack::WrongRecipient,
+            Reject::StaleSenderKey => Nack::StaleSenderKey,
+            Reject::BadTimestamp => Nack::BadTimestamp,
         }
+    }
+
+    /// The stable NACK word for this refusal.
+    pub fn reason(&self) -> &'static str {
+        self.nack().as_str()
     }
 
     /// The counter this refusal is counted under.

@@ -181,6 +181,159 @@ pub enum Outcome {
     Need { attachment: u32, offset: u64 },
 }
 
+/// Why a request, a message or a deposit is refused: the stable NACK words of
+/// protocols/verbs.md, messages.md and mailbox.md. On the wire a NACK carries the word as
+/// text (so a word this version does not know still decodes); this is the one list of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Nack {
+    // Any request.
+    Malformed,
+    TooLarge,
+    Busy,
+    RateLimited,
+    Unexpected,
+    NoUser,
+    NoMailbox,
+    // A message (messages.md section 2) and its attachments (section 5).
+    NotReady,
+    Undecryptable,
+    BadSenderDocument,
+    SenderMismatch,
+    BadSignature,
+    PeerMismatch,
+    WrongRecipient,
+    StaleSenderKey,
+    BadTimestamp,
+    UnknownMessage,
+    BadChunk,
+    BadAttachment,
+    // Mailboxes (mailbox.md sections 3 and 4) and CONNECT.
+    SenderQuota,
+    MailboxFull,
+    RelayFull,
+    NoChallenge,
+    BadDocument,
+    StaleKey,
+    NotLoggedIn,
+    // Channel history.
+    UnknownChannel,
+}
+
+impl Nack {
+    /// Every word, for the tests that keep this list and the specs in step.
+    pub const ALL: [Nack; 27] = [
+        Nack::Malformed,
+        Nack::TooLarge,
+        Nack::Busy,
+        Nack::RateLimited,
+        Nack::Unexpected,
+        Nack::NoUser,
+        Nack::NoMailbox,
+        Nack::NotReady,
+        Nack::Undecryptable,
+        Nack::BadSenderDocument,
+        Nack::SenderMismatch,
+        Nack::BadSignature,
+        Nack::PeerMismatch,
+        Nack::WrongRecipient,
+        Nack::StaleSenderKey,
+        Nack::BadTimestamp,
+        Nack::UnknownMessage,
+        Nack::BadChunk,
+        Nack::BadAttachment,
+        Nack::SenderQuota,
+        Nack::MailboxFull,
+        Nack::RelayFull,
+        Nack::NoChallenge,
+        Nack::BadDocument,
+        Nack::StaleKey,
+        Nack::NotLoggedIn,
+        Nack::UnknownChannel,
+    ];
+
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Nack::Malformed => "malformed",
+            Nack::TooLarge => "too_large",
+            Nack::Busy => "busy",
+            Nack::RateLimited => "rate_limited",
+            Nack::Unexpected => "unexpected",
+            Nack::NoUser => "no_user",
+            Nack::NoMailbox => "no_mailbox",
+            Nack::NotReady => "not_ready",
+            Nack::Undecryptable => "undecryptable",
+            Nack::BadSenderDocument => "bad_sender_document",
+            Nack::SenderMismatch => "sender_mismatch",
+            Nack::BadSignature => "bad_signature",
+            Nack::PeerMismatch => "peer_mismatch",
+            Nack::WrongRecipient => "wrong_recipient",
+            Nack::StaleSenderKey => "stale_sender_key",
+            Nack::BadTimestamp => "bad_timestamp",
+            Nack::UnknownMessage => "unknown_message",
+            Nack::BadChunk => "bad_chunk",
+            Nack::BadAttachment => "bad_attachment",
+            Nack::SenderQuota => "sender_quota",
+            Nack::MailboxFull => "mailbox_full",
+            Nack::RelayFull => "relay_full",
+            Nack::NoChallenge => "no_challenge",
+            Nack::BadDocument => "bad_document",
+            Nack::StaleKey => "stale_key",
+            Nack::NotLoggedIn => "not_logged_in",
+            Nack::UnknownChannel => "unknown_channel",
+        }
+    }
+
+    /// The word read off the wire; `None` for one this version does not know.
+    pub fn parse(word: &str) -> Option<Nack> {
+        Nack::ALL.into_iter().find(|n| n.as_str() == word)
+    }
+
+    /// Whether a sender keeps a message it was refused and tries again (messages.md
+    /// section 4: refused for now, not for good). `undecryptable` is for now because the
+    /// sender reseals to the recipient's current key at every attempt.
+    pub fn is_for_now(self) -> bool {
+        matches!(
+            self,
+            Nack::Busy
+                | Nack::RateLimited
+                | Nack::NotReady
+                | Nack::Undecryptable
+                | Nack::UnknownMessage
+        )
+    }
+}
+
+impl std::fmt::Display for Nack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Nack> for Response {
+    fn from(n: Nack) -> Response {
+        Response::Nack {
+            reason: n.as_str().into(),
+        }
+    }
+}
+
+impl From<Nack> for Outcome {
+    fn from(n: Nack) -> Outcome {
+        Outcome::Nack {
+            reason: n.as_str().into(),
+        }
+    }
+}
+
+impl From<Nack> for DepositResult {
+    fn from(n: Nack) -> DepositResult {
+        DepositResult::Nack {
+            reason: n.as_str().into(),
+        }
+    }
+}
+
 /// The request-response codec with our size and depth limits.
 #[derive(Clone, Default)]
 pub struct Codec;
@@ -271,5 +424,32 @@ mod tests {
         }
         let bytes = cbor::to_vec(&Future::Teleport { to: 1 }).unwrap();
         assert!(cbor::from_slice::<Request>(&bytes, MAX_REQUEST_BYTES).is_err());
+    }
+
+    #[test]
+    fn every_nack_word_is_specified_distinct_and_reads_back() {
+        let specs = [
+            include_str!("../../protocols/verbs.md"),
+            include_str!("../../protocols/messages.md"),
+            include_str!("../../protocols/mailbox.md"),
+            include_str!("../../protocols/connect.md"),
+            include_str!("../../protocols/channels.md"),
+        ]
+        .concat();
+        let mut words = std::collections::HashSet::new();
+        for n in Nack::ALL {
+            assert_eq!(Nack::parse(n.as_str()), Some(n));
+            assert!(words.insert(n.as_str()), "{n} twice");
+            assert!(
+                specs.contains(&format!("`{n}`")),
+                "{n} is in no protocol document"
+            );
+        }
+        assert_eq!(Nack::parse("teleported"), None);
+        // What a NACK looks like on the wire is unchanged: the word as text.
+        assert_eq!(
+            cbor::to_vec(&Response::from(Nack::Malformed)).unwrap(),
+            hex::decode("a1644e61636ba166726561736f6e696d616c666f726d6564").unwrap()
+        );
     }
 }
