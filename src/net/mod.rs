@@ -9,7 +9,9 @@ pub(crate) mod gossip_limits;
 pub mod iplimit;
 pub(crate) mod ratelimit;
 
-pub use behaviour::{agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL};
+pub use behaviour::{
+    agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL, MIN_DUPLICATE_CACHE,
+};
 pub(crate) use event_loop::GOSSIP_QUEUE;
 pub use event_loop::{ConnectOutcome, ConnectRequestView, EventLoop, UserHooks};
 pub use libp2p::gossipsub::{MessageAcceptance, MessageId};
