@@ -267,6 +267,12 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
         // default (1 s) loses posts whenever a node's cores are saturated for a moment; a
         // post a few seconds late beats a lost one. The queue stays bounded by its length.
         .forward_queue_duration(FORWARD_PATIENCE)
+        // Our own posts wait in the same queue as the forwards ahead of them, which a flood
+        // keeps full for up to FORWARD_PATIENCE: with the same patience a post reaches the
+        // head just as it expires, and a member's posts to a peer it is flooded through were
+        // lost (the flood test lost up to 3 of 10). Expired forwards ahead are skipped at
+        // once, so a post waits about a forward's patience, not its own.
+        .publish_queue_duration(PUBLISH_PATIENCE)
         // An honest peer's answer to our IWANT waits in its queue to us as a forward does,
         // for up to FORWARD_PATIENCE: expecting it sooner (the default 3 s) counts every
         // answer a busy peer still had queued as a broken promise, hundreds at a time under
@@ -318,6 +324,9 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
 
 /// How long a forward may wait in the queue to a peer (gossipsub's publish default).
 const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long one of our own messages may wait in the queue to a peer.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long an IWANT may take to be answered before it counts as a broken promise: a
 /// forward's patience, plus a heartbeat for the answer to be sent and read.
