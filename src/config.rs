@@ -43,7 +43,9 @@ pub struct NodeConfig {
     /// as idle and may lose its slot (tests shorten it).
     pub transfer_idle: std::time::Duration,
     /// How long gossip remembers the ids of channel messages it has seen (tests shorten
-    /// it to show that replays are still caught once gossip has forgotten).
+    /// it to show that replays are still caught once gossip has forgotten). Never less than
+    /// [`crate::net::MIN_DUPLICATE_CACHE`] (15 s), whatever is set: forgetting sooner makes
+    /// a node ask its peers again for messages it already has.
     pub gossip_duplicate_cache: std::time::Duration,
     /// How often a member re-announces a channel it is in (CHANNEL frames).
     pub channel_announce_every: std::time::Duration,

@@ -439,11 +439,11 @@ async fn forged_replayed_and_oversized_frames_are_dropped_counted_and_scored_dow
     m_publish(m, &topic, frame::sign(&body(b, "b said this"), &keys_of(b))).await;
     dropped(a, "channel_peer_mismatch", n).await;
 
-    // 3. M replays its own frame after gossip's duplicate cache (1 s here) forgot it.
+    // 3. M replays its own frame after gossip's duplicate cache (its shortest here) forgot it.
     let own = frame::sign(&body(m, "only once"), &keys_of(m));
     m_publish(m, &topic, own.clone()).await;
     wait_post(a, "only once").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(ptpchat::net::MIN_DUPLICATE_CACHE + Duration::from_secs(2)).await;
     let n = rejected(a, "channel_duplicate").await;
     m_publish(m, &topic, own).await;
     dropped(a, "channel_duplicate", n).await;

@@ -20,8 +20,9 @@ const WAIT: Duration = Duration::from_secs(60);
 const ATTACKERS: usize = 20;
 /// Frames each attacker publishes per second, on the channel and the announce topic.
 const ATTACKER_PER_SEC: u64 = 10;
-/// How long the flood lasts.
-const FLOOD: Duration = Duration::from_secs(10);
+/// How long the flood lasts: long enough for each attacker's 200 posts to go beyond its
+/// author bucket (a burst of 128, then 2 a second).
+const FLOOD: Duration = Duration::from_secs(20);
 /// Fresh channels each attacker announces.
 const FAKE_CHANNELS: usize = 40;
 
@@ -41,8 +42,10 @@ fn uuid(n: &RunningNode) -> Uuid {
     n.id.as_ref().unwrap().uuid
 }
 
-fn keys_of(n: &RunningNode) -> std::sync::Arc<ptpchat::identity::MessageKeys> {
-    n.messenger.as_ref().unwrap().current_keys().unwrap()
+/// A node's signing keys, once it has issued its first document (on a busy machine that can
+/// come after it is connected and on a topic).
+async fn keys_of(n: &RunningNode) -> std::sync::Arc<ptpchat::identity::MessageKeys> {
+    n.messenger.as_ref().unwrap().wait_keys().await.unwrap()
 }
 
 fn body(from: &RunningNode, channel: Uuid, name: &str, kind: &str, text: &str) -> ChannelBody {
@@ -75,11 +78,7 @@ async fn wait_post(node: &RunningNode, text: &str) {
     .await
 }
 
-// Ignored in `cargo test` until it holds every time: on the 2-core machine about one run in
-// three still times out (B stops hearing A for over a minute), so promise 3 of issue 17 is
-// not kept yet. Run it with `cargo test --test flood -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "flaky: about 1 run in 3 the channel still stops under the flood (issue 17, promise 3 open)"]
 async fn a_flood_of_valid_frames_from_fresh_identities_does_not_stop_a_public_channel() {
     let dirs: Vec<_> = (0..3 + ATTACKERS)
         .map(|_| tempfile::tempdir().unwrap())
@@ -130,10 +129,15 @@ async fn a_flood_of_valid_frames_from_fresh_identities_does_not_stop_a_public_ch
         })
         .await;
     }
+    let mut attacker_keys = Vec::new();
+    for m in &attackers {
+        attacker_keys.push(keys_of(m).await);
+    }
     let floods: Vec<_> = attackers
         .iter()
-        .map(|m| {
-            let (client, keys) = (m.client.clone(), keys_of(m));
+        .zip(attacker_keys)
+        .map(|(m, keys)| {
+            let client = m.client.clone();
             let (posts, announces): (Vec<_>, Vec<_>) = (0..FLOOD.as_secs() * ATTACKER_PER_SEC)
                 .map(|i| {
                     let post =
@@ -172,9 +176,10 @@ async fn a_flood_of_valid_frames_from_fresh_identities_does_not_stop_a_public_ch
     for f in floods {
         let _ = f.await;
     }
-    // The channel is not stopped: what A says after the flood arrives, and so does most of
-    // what it said during it (before the fix B heard nothing after the first seconds). An
-    // occasional post lost to the flood is a known limit (docs/security.md).
+    // The channel is not stopped: what A says after the flood arrives, and so does what it
+    // said during it, but for at most one post (before gossip's patience was fixed, B
+    // graylisted A for seconds at a time, or A's posts expired in its queue to B, and lost
+    // up to 3 in 10). A post lost to the flood is a known limit (docs/security.md).
     eventually(WAIT, "A to post after the flood", || async {
         ch(&a).send("town", "after the flood".into()).await.ok()
     })
@@ -184,7 +189,7 @@ async fn a_flood_of_valid_frames_from_fresh_identities_does_not_stop_a_public_ch
     let heard = texts(&b);
     let got = said.iter().filter(|t| heard.contains(t)).count();
     assert!(
-        got * 10 >= said.len() * 8,
+        got + 1 >= said.len(),
         "B heard {got} of the {} posts A made during the flood",
         said.len()
     );
@@ -234,7 +239,8 @@ async fn a_fresh_identity_with_a_bad_signature_leaves_no_document_behind() {
         peers.iter().any(|(p, _)| *p == x.peer_id).then_some(())
     })
     .await;
-    let mut forged = frame::sign(&body(&x, id, "quiet", "text", "hi"), &keys_of(&x));
+    let keys = keys_of(&x).await;
+    let mut forged = frame::sign(&body(&x, id, "quiet", "text", "hi"), &keys);
     let at = common::sig_offset(&forged);
     forged[at] ^= 1;
     let before = rejected(&b, "channel_bad_signature").await;

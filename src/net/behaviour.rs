@@ -251,7 +251,11 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(crate::wire::frame::MAX_TRANSMIT_BYTES)
-        .duplicate_cache_time(config.gossip_duplicate_cache)
+        // Never shorter than peers may still offer a message by IHAVE: we would ask for
+        // what we already have, each copy that comes back is a new message to check, and
+        // the load of it (the flood test, at 1 s, fetched each frame up to three more
+        // times) made honest peers answer IWANTs late enough to be graylisted.
+        .duplicate_cache_time(config.gossip_duplicate_cache.max(MIN_DUPLICATE_CACHE))
         // Our own messages do come back to us from honest peers (the busy-node benchmark saw
         // its announcements return two minutes later, from a peer that had fallen behind,
         // after our duplicate cache had forgotten them): they are duplicates, which the
@@ -262,6 +266,18 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
         // default (1 s) loses posts whenever a node's cores are saturated for a moment; a
         // post a few seconds late beats a lost one. The queue stays bounded by its length.
         .forward_queue_duration(FORWARD_PATIENCE)
+        // Our own posts wait in the same queue as the forwards ahead of them, which a flood
+        // keeps full for up to FORWARD_PATIENCE: with the same patience a post reaches the
+        // head just as it expires, and a member's posts to a peer it is flooded through were
+        // lost (the flood test lost up to 3 of 10). Expired forwards ahead are skipped at
+        // once, so a post waits about a forward's patience, not its own.
+        .publish_queue_duration(PUBLISH_PATIENCE)
+        // An honest peer's answer to our IWANT waits in its queue to us as a forward does,
+        // for up to FORWARD_PATIENCE: expecting it sooner (the default 3 s) counts every
+        // answer a busy peer still had queued as a broken promise, hundreds at a time under
+        // a flood, and the quadratic behaviour penalty then graylists that honest peer (we
+        // drop everything it sends, its own posts too).
+        .iwant_followup_time(IWANT_PATIENCE)
         .message_id_fn(|m: &gossipsub::Message| {
             let mut h = Sha256::new();
             h.update(m.topic.as_str().as_bytes());
@@ -307,6 +323,25 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
 
 /// How long a forward may wait in the queue to a peer (gossipsub's publish default).
 const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long one of our own messages may wait in the queue to a peer.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long an IWANT may take to be answered before it counts as a broken promise: a
+/// forward's patience, plus a heartbeat for the answer to be sent and read.
+const IWANT_PATIENCE: Duration = Duration::from_secs(FORWARD_PATIENCE.as_secs() + 2);
+
+/// How long after gossipsub received a message it still offers it to peers by IHAVE (its
+/// defaults, which we keep: the last 3 heartbeats of 1 s).
+const GOSSIP_WINDOW: Duration = Duration::from_secs(3);
+
+/// The shortest time gossip remembers a message id, whatever `gossip_duplicate_cache` says:
+/// a peer may get a message a forward's patience after us, offer it for the gossip window,
+/// and answer our IWANT within the IWANT patience. Forgetting sooner means asking peers for
+/// messages we already have.
+pub const MIN_DUPLICATE_CACHE: Duration = Duration::from_secs(
+    FORWARD_PATIENCE.as_secs() + GOSSIP_WINDOW.as_secs() + IWANT_PATIENCE.as_secs(),
+);
 
 /// Misbehaviour events (broken IWANT promises, GRAFTs within the back-off) tolerated
 /// before they count against a peer's score.

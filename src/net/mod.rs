@@ -10,7 +10,9 @@ mod hooks;
 pub mod iplimit;
 pub(crate) mod ratelimit;
 
-pub use behaviour::{agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL};
+pub use behaviour::{
+    agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL, MIN_DUPLICATE_CACHE,
+};
 pub(crate) use event_loop::GOSSIP_QUEUE;
 pub use event_loop::{ConnectOutcome, ConnectRequestView, EventLoop, UserHooks};
 pub use hooks::{EventLoopHooks, InboundVerb};
