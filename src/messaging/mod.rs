@@ -8,6 +8,7 @@ pub mod files;
 mod inbound;
 mod mail;
 mod outbox;
+mod queue;
 pub mod transfers;
 
 use std::collections::HashMap;
@@ -117,7 +118,7 @@ pub(crate) struct Inner {
     open: Mutex<OpenCache>,
     verifying_keys: KeyCache,
     docs: Mutex<HashMap<Uuid, SignedDocument>>,
-    outbox: Mutex<outbox::Outbox>,
+    outbox: Mutex<queue::Outbox>,
     wake: Notify,
     transfers: Mutex<transfers::Transfers>,
     /// A transfer with no chunk for this long may give up its slot (ms).

@@ -7,7 +7,7 @@
 //! commits each outcome. A failure puts the batch back and backs off (2 s doubling to
 //! 10 min); a connection from the recipient makes its queue due at once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +19,14 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::{files, Inner, SendError, Sending, OUTBOX_RETENTION_MS};
+use super::queue::Queued;
+use super::{files, Inner, SendError, Sending};
 use crate::identity::SignedDocument;
 use crate::net::dial::DialReason;
 use crate::store::messages::{append_history, row, OUTBOX, SENT_STATUS};
 use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
 use crate::wire::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
-use crate::wire::verbs::{
-    DepositResult, Nack, Outcome, Request, Response, MAX_BATCH, MAX_REQUEST_BYTES,
-};
+use crate::wire::verbs::{DepositResult, Nack, Outcome, Request, Response, MAX_REQUEST_BYTES};
 use redb::ReadableTable;
 
 /// Outbox keys from here up are delivery receipts, which have no history row (history
@@ -36,10 +35,6 @@ pub(super) const RECEIPT_SEQ_BASE: u64 = 1 << 63;
 
 /// MESSAGE requests outstanding to one recipient at once.
 const IN_FLIGHT: usize = 16;
-/// First retry delay after a failed attempt.
-const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-/// Longest retry delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Whether a refusal is for now: the message is kept and sent again ([`Nack::is_for_now`]).
 fn for_now(reason: &str) -> bool {
@@ -71,95 +66,21 @@ impl Delivery {
     }
 }
 
-#[derive(Clone)]
-struct Queued {
-    /// Its history seq (also its outbox key).
-    seq: u64,
-    msg_id: Uuid,
-    signed: Arc<Vec<u8>>,
-    files: Vec<String>,
-    created_ms: u64,
-    /// The mailbox relays that receipted it.
-    stored_at: Vec<String>,
-}
-
-impl Queued {
-    /// Why we reach its recipient: a message the user sent is to a peer the user chose;
-    /// a delivery receipt goes to whoever wrote to us, so it is automatic traffic.
-    fn why(&self) -> DialReason {
-        if self.seq >= RECEIPT_SEQ_BASE {
-            DialReason::Automatic
-        } else {
-            DialReason::Chosen
-        }
-    }
-
-    fn entry(&self, to: &Uuid) -> OutboxEntry {
-        OutboxEntry {
-            msg_id: *self.msg_id.as_bytes(),
-            to: *to.as_bytes(),
-            signed: self.signed.to_vec(),
-            files: self.files.clone(),
-            created_ms: self.created_ms,
-            stored_at: self.stored_at.clone(),
-        }
-    }
-}
-
-struct Queue {
-    pending: VecDeque<Queued>,
-    due: Instant,
-    backoff: Duration,
-    working: bool,
-    /// The recipient's PeerId, once known (a connection from it makes the queue due).
-    peer: Option<PeerId>,
-    /// The last attempt failed: look the recipient up in the directory again rather than
-    /// trusting the cached document (it may have moved).
-    refresh: bool,
-    /// Messages a delivery receipt confirmed while a worker had them in flight: if the
-    /// attempt fails they are finished as delivered rather than queued again.
-    confirmed: HashSet<Uuid>,
-}
-
-impl Queue {
-    fn new() -> Self {
-        Queue {
-            pending: VecDeque::new(),
-            due: Instant::now(),
-            backoff: FIRST_BACKOFF,
-            working: false,
-            peer: None,
-            refresh: false,
-            confirmed: HashSet::new(),
-        }
-    }
-}
-
-/// Every recipient's queue and who waits for which message.
-#[derive(Default)]
-pub(crate) struct Outbox {
-    queues: HashMap<Uuid, Queue>,
-    waiters: HashMap<Uuid, Vec<oneshot::Sender<Delivery>>>,
-}
-
 /// Loads what was undelivered when the node last stopped.
 pub(super) fn load(inner: &Inner) -> Result<(), crate::store::StoreError> {
     let entries = inner.store.outbox()?;
     let mut outbox = inner.outbox.lock().map_err(|_| poisoned())?;
+    let now = Instant::now();
     for (seq, e) in entries {
-        outbox
-            .queues
-            .entry(Uuid::from_bytes(e.to))
-            .or_insert_with(Queue::new)
-            .pending
-            .push_back(Queued {
-                seq,
-                msg_id: Uuid::from_bytes(e.msg_id),
-                signed: Arc::new(e.signed),
-                files: e.files,
-                created_ms: e.created_ms,
-                stored_at: e.stored_at,
-            });
+        let m = Queued {
+            seq,
+            msg_id: Uuid::from_bytes(e.msg_id),
+            signed: Arc::new(e.signed),
+            files: e.files,
+            created_ms: e.created_ms,
+            stored_at: e.stored_at,
+        };
+        outbox.enqueue(Uuid::from_bytes(e.to), m, now);
     }
     if !outbox.queues.is_empty() {
         info!(
@@ -271,18 +192,15 @@ pub(super) async fn send(
         if waited {
             outbox.waiters.entry(msg_id).or_default().push(tx);
         }
-        let q = outbox.queues.entry(to).or_insert_with(Queue::new);
-        q.pending.push_back(Queued {
+        let m = Queued {
             seq,
             msg_id,
             signed: Arc::new(signed),
             files: paths,
             created_ms: ts,
             stored_at: Vec::new(),
-        });
-        if !q.working {
-            q.due = Instant::now();
-        }
+        };
+        outbox.enqueue(to, m, Instant::now());
     }
     inner.wake.notify_one();
     Ok(Sending { msg_id, outcome })
@@ -355,25 +273,10 @@ async fn copy_attachments(
 /// Starts a worker for every queue that is due, and sleeps until the next one is.
 pub(super) async fn scheduler(inner: Arc<Inner>) {
     loop {
-        let now = Instant::now();
-        let mut start = Vec::new();
-        let mut next: Option<Instant> = None;
-        if let Ok(mut outbox) = inner.outbox.lock() {
-            outbox
-                .queues
-                .retain(|_, q| !q.pending.is_empty() || q.working);
-            for (uuid, q) in outbox.queues.iter_mut() {
-                if q.working || q.pending.is_empty() {
-                    continue;
-                }
-                if q.due <= now {
-                    q.working = true;
-                    start.push(*uuid);
-                } else {
-                    next = Some(next.map_or(q.due, |n| n.min(q.due)));
-                }
-            }
-        }
+        let (start, next) = match inner.outbox.lock() {
+            Ok(mut outbox) => outbox.start_due(Instant::now()),
+            Err(_) => (Vec::new(), None),
+        };
         for uuid in start {
             let worker_inner = inner.clone();
             inner.tasks.spawn(worker(worker_inner, uuid));
@@ -394,15 +297,10 @@ pub(super) async fn on_connections(inner: Arc<Inner>, mut rx: broadcast::Receive
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let mut woke = false;
-        if let Ok(mut outbox) = inner.outbox.lock() {
-            for q in outbox.queues.values_mut() {
-                if q.peer == Some(peer) && !q.working && !q.pending.is_empty() {
-                    q.due = Instant::now();
-                    woke = true;
-                }
-            }
-        }
+        let woke = inner
+            .outbox
+            .lock()
+            .is_ok_and(|mut o| o.connected(peer, Instant::now()));
         if woke {
             inner.wake.notify_one();
         }
@@ -412,18 +310,8 @@ pub(super) async fn on_connections(inner: Arc<Inner>, mut rx: broadcast::Receive
 async fn worker(inner: Arc<Inner>, to: Uuid) {
     let ok = work(&inner, to).await;
     if let Ok(mut outbox) = inner.outbox.lock() {
-        if let Some(q) = outbox.queues.get_mut(&to) {
-            q.working = false;
-            q.confirmed.clear();
-            q.refresh = !ok;
-            if ok {
-                q.backoff = FIRST_BACKOFF;
-                q.due = Instant::now();
-            } else {
-                q.due = Instant::now() + q.backoff;
-                debug!(recipient = %to, retry_in = ?q.backoff, queued = q.pending.len(), "delivery failed; will retry");
-                q.backoff = (q.backoff * 2).min(MAX_BACKOFF);
-            }
+        if let Some(wait) = outbox.attempt_ended(&to, ok, Instant::now()) {
+            debug!(recipient = %to, retry_in = ?wait, "delivery failed; will retry");
         }
     }
     inner.wake.notify_one();
@@ -464,19 +352,11 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
         if let Err((back, no_route)) = result {
             failed = true;
             unreachable |= no_route;
-            let mut confirmed = Vec::new();
-            if let Ok(mut outbox) = inner.outbox.lock() {
-                if let Some(q) = outbox.queues.get_mut(&to) {
-                    for m in back.into_iter().rev() {
-                        if q.confirmed.remove(&m.msg_id) {
-                            confirmed.push((m.seq, m.msg_id, Delivery::Delivered));
-                        } else {
-                            q.pending.push_front(m);
-                        }
-                    }
-                }
-            }
-            finish(inner, confirmed).await;
+            let confirmed = match inner.outbox.lock() {
+                Ok(mut outbox) => outbox.give_back(&to, back),
+                Err(_) => Vec::new(),
+            };
+            finish(inner, delivered(confirmed)).await;
         }
     }
     if unreachable {
@@ -686,45 +566,21 @@ async fn recipient_document(inner: &Inner, to: &Uuid, refresh: bool) -> Option<S
     }
 }
 
-/// Takes the next batch: plain messages up to the batch and size limits, or one message
-/// with attachments on its own.
 fn take_batch(inner: &Inner, to: &Uuid) -> Option<Vec<Queued>> {
-    let mut outbox = inner.outbox.lock().ok()?;
-    let q = outbox.queues.get_mut(to)?;
-    let first = q.pending.pop_front()?;
-    if !first.files.is_empty() {
-        return Some(vec![first]);
-    }
-    let mut bytes = first.signed.len();
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match q.pending.front() {
-            Some(m)
-                if m.files.is_empty() && bytes + m.signed.len() + 512 < MAX_REQUEST_BYTES / 2 =>
-            {
-                bytes += m.signed.len() + 512;
-                batch.extend(q.pending.pop_front());
-            }
-            _ => break,
-        }
-    }
-    Some(batch)
+    inner.outbox.lock().ok()?.take_batch(to)
+}
+
+/// Finished as delivered.
+fn delivered(ms: Vec<Queued>) -> Vec<(u64, Uuid, Delivery)> {
+    ms.into_iter()
+        .map(|m| (m.seq, m.msg_id, Delivery::Delivered))
+        .collect()
 }
 
 async fn expire_old(inner: &Inner, to: &Uuid) {
     let now = crate::unix_now_ms();
     let expired: Vec<Queued> = match inner.outbox.lock() {
-        Ok(mut outbox) => match outbox.queues.get_mut(to) {
-            Some(q) => {
-                let (old, keep): (Vec<_>, Vec<_>) = q
-                    .pending
-                    .drain(..)
-                    .partition(|m| m.created_ms.saturating_add(OUTBOX_RETENTION_MS) < now);
-                q.pending = keep.into();
-                old
-            }
-            None => Vec::new(),
-        },
+        Ok(mut outbox) => outbox.expire(to, now),
         Err(_) => Vec::new(),
     };
     if !expired.is_empty() {
@@ -934,26 +790,10 @@ async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
 /// A delivery receipt from `from` for our messages `ids`: those still queued for `from`
 /// are delivered (a receipt from anyone else confirms nothing).
 pub(super) async fn confirm(inner: &Inner, from: Uuid, ids: &[Uuid]) {
-    let done: Vec<(u64, Uuid, Delivery)> = match inner.outbox.lock() {
-        Ok(mut outbox) => match outbox.queues.get_mut(&from) {
-            Some(q) => {
-                let (hit, keep): (Vec<_>, Vec<_>) =
-                    q.pending.drain(..).partition(|m| ids.contains(&m.msg_id));
-                q.pending = keep.into();
-                if q.working {
-                    // The rest may be in a worker's hands right now.
-                    q.confirmed.extend(
-                        ids.iter()
-                            .filter(|id| !hit.iter().any(|m| m.msg_id == **id))
-                            .take(crate::wire::receipt::MAX_RECEIPT_IDS),
-                    );
-                }
-                hit.into_iter()
-                    .map(|m| (m.seq, m.msg_id, Delivery::Delivered))
-                    .collect()
-            }
-            None => Vec::new(),
-        },
+    let done = match inner.outbox.lock() {
+        Ok(mut outbox) => {
+            delivered(outbox.confirm(&from, ids, crate::wire::receipt::MAX_RECEIPT_IDS))
+        }
         Err(_) => Vec::new(),
     };
     if !done.is_empty() {
