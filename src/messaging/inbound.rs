@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -21,10 +20,8 @@ use uuid::Uuid;
 use super::transfers::{self, Admit, Transfer};
 use super::{files, InboundVerb, Inner, INBOUND_CONCURRENCY};
 use crate::store::channels::apply_grant;
-use crate::store::messages::{
-    append_history, row, seen_key, unrow, CONTACTS, INBOX_SEEN, PENDING_IN,
-};
-use crate::store::{Contact, GrantOutcome, HistoryEntry, PendingIn, StoreError, StoredAttachment};
+use crate::store::messages::{self, seen_key};
+use crate::store::{GrantOutcome, HistoryEntry, PendingIn, StoredAttachment};
 use crate::wire::envelope::{self, Envelope, Reject, VerifyContext, CHUNK_BYTES};
 use crate::wire::frame::{decode_grant, KeyGrant, GRANT_KIND};
 use crate::wire::receipt::{decode_receipt, RECEIPT_KIND};
@@ -242,7 +239,7 @@ pub(super) async fn receive(
                 let no_contacts = HashSet::new();
                 for (env, signed, special) in jobs {
                     let key = seen_key(&env.from(), env.ts, &env.msg_id());
-                    if txn.open_table(INBOX_SEEN)?.get(&key)?.is_some() {
+                    if messages::seen(txn, &key)? {
                         fates.push(Fate::Duplicate);
                         continue;
                     }
@@ -250,12 +247,12 @@ pub(super) async fn receive(
                         Some(Special::Grant(grant)) => {
                             let outcome = apply_grant(txn, &env.from, &grant, now)?;
                             // Seq 0 is no history row: a grant is channel state, not a message.
-                            txn.open_table(INBOX_SEEN)?.insert(&key, 0)?;
+                            messages::mark_seen(txn, &key, 0)?;
                             fates.push(Fate::Grant(outcome));
                             continue;
                         }
                         Some(Special::Receipt(_)) => {
-                            txn.open_table(INBOX_SEEN)?.insert(&key, 0)?;
+                            messages::mark_seen(txn, &key, 0)?;
                             fates.push(Fate::Receipt);
                             continue;
                         }
@@ -263,36 +260,36 @@ pub(super) async fn receive(
                     }
                     if env.attachments.is_empty() {
                         let entry = received_entry(&env, Vec::new());
-                        let seq = append_history(txn, &entry)?;
-                        txn.open_table(INBOX_SEEN)?.insert(&key, seq)?;
+                        let seq = messages::accept_inbound(txn, &key, &entry)?;
                         fates.push(Fate::Stored(seq, entry));
                         continue;
                     }
-                    if txn.open_table(PENDING_IN)?.get(&key)?.is_some() {
+                    if messages::is_pending(txn, &key)? {
                         kept.insert(key);
                         fates.push(Fate::Pending);
                         continue;
                     }
                     if contacts.is_none() {
-                        contacts = Some(contact_uuids(txn)?);
+                        contacts = Some(messages::contact_uuids(txn)?);
                     }
                     let contacts = contacts.as_ref().unwrap_or(&no_contacts);
-                    match take_slot(txn, &slots_inner, &env, &key, contacts, &kept, now)? {
+                    let held = messages::pending_keys_in(txn)?;
+                    match take_slot(&slots_inner, &env, &key, held, contacts, &kept, now) {
                         Admit::Busy => {
                             fates.push(Fate::Busy);
                             continue;
                         }
-                        Admit::Evict(victim) => evicted.push(victim),
+                        Admit::Evict(victim) => {
+                            messages::remove_pending(txn, &victim)?;
+                            evicted.push(victim);
+                        }
                         Admit::Take => {}
                     }
-                    txn.open_table(PENDING_IN)?.insert(
-                        &key,
-                        row(&PendingIn {
-                            signed,
-                            received_ms: now,
-                        })?
-                        .as_slice(),
-                    )?;
+                    let pending = PendingIn {
+                        signed,
+                        received_ms: now,
+                    };
+                    messages::put_pending(txn, &key, &pending)?;
                     kept.insert(key);
                     fates.push(Fate::Pending);
                 }
@@ -372,42 +369,28 @@ pub(super) async fn receive(
         .collect())
 }
 
-/// The UUIDs of our contacts, read in the transaction that gives out a transfer slot.
-fn contact_uuids(txn: &WriteTransaction) -> Result<HashSet<[u8; 16]>, StoreError> {
-    let mut out = HashSet::new();
-    for r in txn.open_table(CONTACTS)?.iter()? {
-        let (_, v) = r?;
-        out.insert(unrow::<Contact>(v.value())?.uuid);
-    }
-    Ok(out)
-}
-
 /// Decides, in the transaction that would store it, whether the transfer of `env` gets a
-/// slot; an evicted transfer's row is removed here, the rest of it after the commit.
+/// slot among those `held`; an evicted transfer is forgotten here (its row goes in the
+/// same transaction, its files after the commit).
 fn take_slot(
-    txn: &WriteTransaction,
     inner: &Inner,
     env: &Envelope,
     key: &[u8; 40],
+    held: Vec<[u8; 40]>,
     contacts: &HashSet<[u8; 16]>,
     kept: &HashSet<[u8; 40]>,
     now: u64,
-) -> Result<Admit, StoreError> {
-    let mut pending = txn.open_table(PENDING_IN)?;
-    let mut held = Vec::new();
-    for r in pending.iter()? {
-        held.push(*r?.0.value());
-    }
+) -> Admit {
     // The same msg_id from the same sender twice at once (another timestamp) waits for
     // the first: a CHUNK names the message by msg_id alone.
     if held
         .iter()
         .any(|k| k[..16] == key[..16] && k[24..] == key[24..])
     {
-        return Ok(Admit::Busy);
+        return Admit::Busy;
     }
     let Ok(mut t) = inner.transfers.lock() else {
-        return Ok(Admit::Busy);
+        return Admit::Busy;
     };
     // A transfer answered in this transaction, or with a chunk being written, is in use.
     let slots = transfers::slots(held, contacts, |k| {
@@ -426,14 +409,13 @@ fn take_slot(
         inner.transfer_idle_ms,
     );
     if let Admit::Evict(victim) = admit {
-        pending.remove(&victim)?;
         // Its sender's next CHUNK finds nothing and starts again (`unknown_message`).
         t.forget(&victim);
     }
     if admit != Admit::Busy {
         t.active.insert(*key, now);
     }
-    Ok(admit)
+    admit
 }
 
 /// Forgets a transfer whose row is gone (evicted), and deletes what had arrived of it.
@@ -718,12 +700,11 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
     let committed = inner
         .writer
         .write(move |txn| {
-            txn.open_table(PENDING_IN)?.remove(&key)?;
-            if txn.open_table(INBOX_SEEN)?.get(&key)?.is_some() {
+            messages::remove_pending(txn, &key)?;
+            if messages::seen(txn, &key)? {
                 return Ok(None);
             }
-            let seq = append_history(txn, &entry)?;
-            txn.open_table(INBOX_SEEN)?.insert(&key, seq)?;
+            let seq = messages::accept_inbound(txn, &key, &entry)?;
             Ok(Some((seq, entry)))
         })
         .await;
@@ -815,10 +796,7 @@ async fn drop_transfer(inner: &Inner, key: [u8; 40]) {
     forget_transfer(inner, &key);
     let _ = inner
         .writer
-        .write(move |txn| {
-            txn.open_table(PENDING_IN)?.remove(&key)?;
-            Ok(())
-        })
+        .write(move |txn| messages::remove_pending(txn, &key))
         .await;
     let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
 }
@@ -882,10 +860,7 @@ fn cleanup(inner: &Inner) {
             let writer = inner.writer.clone();
             tokio::spawn(async move {
                 let _ = writer
-                    .write(move |txn| {
-                        txn.open_table(PENDING_IN)?.remove(&key)?;
-                        Ok(())
-                    })
+                    .write(move |txn| messages::remove_pending(txn, &key))
                     .await;
             });
         }

@@ -23,15 +23,12 @@ use super::queue::Queued;
 use super::{files, Inner, SendError, Sending};
 use crate::identity::SignedDocument;
 use crate::net::dial::DialReason;
-use crate::store::messages::{append_history, row, OUTBOX, SENT_STATUS};
+use crate::store::messages;
 use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
 use crate::wire::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
 use crate::wire::verbs::{DepositResult, Nack, Outcome, Request, Response, MAX_REQUEST_BYTES};
-use redb::ReadableTable;
 
-/// Outbox keys from here up are delivery receipts, which have no history row (history
-/// positions stay far below).
-pub(super) const RECEIPT_SEQ_BASE: u64 = 1 << 63;
+pub(super) use crate::store::messages::RECEIPT_SEQ_BASE;
 
 /// MESSAGE requests outstanding to one recipient at once.
 const IN_FLIGHT: usize = 16;
@@ -173,18 +170,7 @@ pub(super) async fn send(
     let waited = history.is_some();
     let seq = inner
         .writer
-        .write(move |txn| {
-            let seq = match &history {
-                Some(h) => append_history(txn, h)?,
-                None => match txn.open_table(OUTBOX)?.last()? {
-                    Some((k, _)) if k.value() >= RECEIPT_SEQ_BASE => k.value() + 1,
-                    _ => RECEIPT_SEQ_BASE,
-                },
-            };
-            txn.open_table(OUTBOX)?
-                .insert(seq, row(&entry)?.as_slice())?;
-            Ok(seq)
-        })
+        .write(move |txn| messages::enqueue(txn, history.as_ref(), &entry))
         .await?;
     let (tx, outcome) = oneshot::channel();
     {
@@ -422,20 +408,7 @@ async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocument) {
     let rows: Vec<(u64, OutboxEntry)> = stored.iter().map(|m| (m.seq, m.entry(to))).collect();
     let written = inner
         .writer
-        .write(move |txn| {
-            let mut outbox = txn.open_table(OUTBOX)?;
-            let mut status = txn.open_table(SENT_STATUS)?;
-            for (seq, e) in &rows {
-                // Only if still queued: an ACK may have finished it meanwhile.
-                if outbox.get(*seq)?.is_some() {
-                    outbox.insert(*seq, row(e)?.as_slice())?;
-                    if *seq < RECEIPT_SEQ_BASE {
-                        status.insert(*seq, "stored")?;
-                    }
-                }
-            }
-            Ok(())
-        })
+        .write(move |txn| messages::mark_stored(txn, &rows))
         .await;
     if let Err(e) = written {
         warn!(error = %e, "could not record mailbox receipts");
@@ -752,26 +725,19 @@ async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
     if done.is_empty() {
         return;
     }
-    let records: Vec<(u64, Delivery)> = done.iter().map(|(s, _, d)| (*s, d.clone())).collect();
+    let records: Vec<(u64, String)> = done
+        .iter()
+        .map(|(seq, _, d)| {
+            let shown = match d {
+                Delivery::Failed(r) => format!("failed:{r}"),
+                d => d.status().to_string(),
+            };
+            (*seq, shown)
+        })
+        .collect();
     let written = inner
         .writer
-        .write(move |txn| {
-            let mut outbox = txn.open_table(OUTBOX)?;
-            let mut status = txn.open_table(SENT_STATUS)?;
-            for (seq, d) in &records {
-                outbox.remove(*seq)?;
-                if *seq >= RECEIPT_SEQ_BASE {
-                    // A delivery receipt has no history row to give a status to.
-                    continue;
-                }
-                let s = match d {
-                    Delivery::Failed(r) => format!("failed:{r}"),
-                    d => d.status().to_string(),
-                };
-                status.insert(*seq, s.as_str())?;
-            }
-            Ok(())
-        })
+        .write(move |txn| messages::finish_outbox(txn, &records))
         .await;
     if let Err(e) = written {
         // The outbox keeps them: delivery is repeated after a restart and deduplicated.

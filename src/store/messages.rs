@@ -135,6 +135,127 @@ pub fn seen_key(from: &Uuid, ts: u64, msg_id: &Uuid) -> [u8; 40] {
     k
 }
 
+/// Whether the received message `key` ([`seen_key`]) is stored already.
+pub fn seen(txn: &WriteTransaction, key: &[u8; 40]) -> Result<bool, StoreError> {
+    Ok(txn.open_table(INBOX_SEEN)?.get(key)?.is_some())
+}
+
+/// Records the received message `key` as stored, at history `seq` (0: no history row, for
+/// a key grant or a delivery receipt).
+pub fn mark_seen(txn: &WriteTransaction, key: &[u8; 40], seq: u64) -> Result<(), StoreError> {
+    txn.open_table(INBOX_SEEN)?.insert(key, seq)?;
+    Ok(())
+}
+
+/// Stores a received message and marks it seen; its history seq.
+pub fn accept_inbound(
+    txn: &WriteTransaction,
+    key: &[u8; 40],
+    entry: &HistoryEntry,
+) -> Result<u64, StoreError> {
+    let seq = append_history(txn, entry)?;
+    mark_seen(txn, key, seq)?;
+    Ok(seq)
+}
+
+/// Whether the transfer `key` is in progress, within a write.
+pub fn is_pending(txn: &WriteTransaction, key: &[u8; 40]) -> Result<bool, StoreError> {
+    Ok(txn.open_table(PENDING_IN)?.get(key)?.is_some())
+}
+
+/// The keys of the transfers in progress, within a write.
+pub fn pending_keys_in(txn: &WriteTransaction) -> Result<Vec<[u8; 40]>, StoreError> {
+    let t = txn.open_table(PENDING_IN)?;
+    let mut out = Vec::new();
+    for r in t.iter()? {
+        out.push(*r?.0.value());
+    }
+    Ok(out)
+}
+
+/// Starts a transfer: the verified signed form of its message, kept until it completes.
+pub fn put_pending(
+    txn: &WriteTransaction,
+    key: &[u8; 40],
+    p: &PendingIn,
+) -> Result<(), StoreError> {
+    txn.open_table(PENDING_IN)?
+        .insert(key, row(p)?.as_slice())?;
+    Ok(())
+}
+
+/// Ends a transfer (complete, dropped or evicted).
+pub fn remove_pending(txn: &WriteTransaction, key: &[u8; 40]) -> Result<(), StoreError> {
+    txn.open_table(PENDING_IN)?.remove(key)?;
+    Ok(())
+}
+
+/// The UUIDs of our contacts, within a write.
+pub fn contact_uuids(
+    txn: &WriteTransaction,
+) -> Result<std::collections::HashSet<[u8; 16]>, StoreError> {
+    let mut out = std::collections::HashSet::new();
+    for r in txn.open_table(CONTACTS)?.iter()? {
+        let (_, v) = r?;
+        out.insert(unrow::<Contact>(v.value())?.uuid);
+    }
+    Ok(out)
+}
+
+/// Outbox keys from here up are delivery receipts, which have no history row (history
+/// positions stay far below).
+pub const RECEIPT_SEQ_BASE: u64 = 1 << 63;
+
+/// Puts a message in the outbox: with its history row (`history`, whose seq becomes its
+/// outbox key), or a delivery receipt under the next key from [`RECEIPT_SEQ_BASE`] up.
+/// Returns the key.
+pub fn enqueue(
+    txn: &WriteTransaction,
+    history: Option<&HistoryEntry>,
+    entry: &OutboxEntry,
+) -> Result<u64, StoreError> {
+    let seq = match history {
+        Some(h) => append_history(txn, h)?,
+        None => match txn.open_table(OUTBOX)?.last()? {
+            Some((k, _)) if k.value() >= RECEIPT_SEQ_BASE => k.value() + 1,
+            _ => RECEIPT_SEQ_BASE,
+        },
+    };
+    txn.open_table(OUTBOX)?
+        .insert(seq, row(entry)?.as_slice())?;
+    Ok(seq)
+}
+
+/// Takes finished messages out of the outbox, each with the status its history row shows
+/// (`delivered`, `expired`, `failed:<reason>`; a delivery receipt has no row to show it).
+pub fn finish_outbox(txn: &WriteTransaction, done: &[(u64, String)]) -> Result<(), StoreError> {
+    let mut outbox = txn.open_table(OUTBOX)?;
+    let mut status = txn.open_table(SENT_STATUS)?;
+    for (seq, s) in done {
+        outbox.remove(*seq)?;
+        if *seq < RECEIPT_SEQ_BASE {
+            status.insert(*seq, s.as_str())?;
+        }
+    }
+    Ok(())
+}
+
+/// Records that mailbox relays receipted these outbox entries (their `stored_at` updated),
+/// for those still queued: an ACK may have finished one meanwhile.
+pub fn mark_stored(txn: &WriteTransaction, rows: &[(u64, OutboxEntry)]) -> Result<(), StoreError> {
+    let mut outbox = txn.open_table(OUTBOX)?;
+    let mut status = txn.open_table(SENT_STATUS)?;
+    for (seq, e) in rows {
+        if outbox.get(*seq)?.is_some() {
+            outbox.insert(*seq, row(e)?.as_slice())?;
+            if *seq < RECEIPT_SEQ_BASE {
+                status.insert(*seq, "stored")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Appends to the history inside a write transaction; returns the new seq.
 pub fn append_history(txn: &WriteTransaction, entry: &HistoryEntry) -> Result<u64, StoreError> {
     let mut t = txn.open_table(HISTORY)?;
