@@ -398,7 +398,7 @@ fn public_text_frame_decodes_and_verifies() {
     assert!(verify_at(&signed, Some(sender_peer()), TS + frame::MAX_AGE_MS).is_ok());
     let stale = verify_at(&signed, Some(sender_peer()), TS + frame::MAX_AGE_MS + 1).unwrap_err();
     assert_eq!(stale, frame::Drop::Stale);
-    assert_eq!(stale.counter(), "channel_stale");
+    assert_eq!(stale.counter().as_str(), "channel_stale");
 }
 
 #[test]

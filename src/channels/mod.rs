@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::counters::Counters;
+use crate::counters::{Counter, Counters};
 use crate::identity::MessageKeys;
 use crate::messaging::{GrantNote, Messenger, Stored};
 use crate::net::dial::DialReason;
@@ -787,7 +787,7 @@ impl Channels {
     fn posted(&self, stored: Result<Option<Stored>, crate::store::StoreError>) {
         match stored {
             Ok(Some(s)) => self.inner.messenger.announce_stored(s),
-            Ok(None) => self.inner.counters.count("channel_duplicate"),
+            Ok(None) => self.inner.counters.count(Counter::ChannelDuplicate),
             Err(e) => warn!(error = %e, "could not store a channel post"),
         }
     }
@@ -901,7 +901,7 @@ impl Channels {
     async fn history_page(&self, peer: PeerId, id: Uuid, since: u64, after: &[u8]) -> Response {
         let nack = Response::from;
         let Some(row) = self.state().rows.get(&id).filter(|r| r.joined).cloned() else {
-            self.inner.counters.count("history_unknown_channel");
+            self.inner.counters.count(Counter::HistoryUnknownChannel);
             return nack(Nack::UnknownChannel);
         };
         // The membership check of a private channel reads and verifies documents: it is
@@ -912,7 +912,7 @@ impl Channels {
             .lock()
             .is_ok_and(|mut b| b.allow_n(&(), HISTORY_CHECK_COST, Instant::now()));
         if !budget_ok {
-            self.inner.counters.count("history_busy");
+            self.inner.counters.count(Counter::HistoryBusy);
             return nack(Nack::Busy);
         }
         let allowed = if row.private {
@@ -926,14 +926,14 @@ impl Channels {
             on_topic.is_ok_and(|peers| peers.iter().any(|(p, _)| *p == peer))
         };
         if !allowed {
-            self.inner.counters.count("history_not_member");
+            self.inner.counters.count(Counter::HistoryNotMember);
             return nack(Nack::UnknownChannel);
         }
         let after: Option<[u8; HISTORY_CURSOR_BYTES]> = match after.len() {
             0 => None,
             HISTORY_CURSOR_BYTES => after.try_into().ok(),
             _ => {
-                self.inner.counters.count("request_malformed");
+                self.inner.counters.count(Counter::RequestMalformed);
                 return nack(Nack::Malformed);
             }
         };
@@ -965,7 +965,7 @@ impl Channels {
             .lock()
             .is_ok_and(|mut b| b.allow_n(&(), bytes as f64, Instant::now()));
         if !budget_ok {
-            self.inner.counters.count("history_busy");
+            self.inner.counters.count(Counter::HistoryBusy);
             return nack(Nack::Busy);
         }
         Response::ChannelHistory {
@@ -1068,7 +1068,7 @@ impl Channels {
                 }
             };
             if frames.len() > MAX_HISTORY_FRAMES {
-                self.inner.counters.count("channel_history_oversized");
+                self.inner.counters.count(Counter::ChannelHistoryOversized);
                 break;
             }
             if frames.is_empty() {
@@ -1083,7 +1083,7 @@ impl Channels {
                             .await;
                         stored += 1;
                     }
-                    Ok(_) => self.inner.counters.count("channel_history_bad_kind"),
+                    Ok(_) => self.inner.counters.count(Counter::ChannelHistoryBadKind),
                     // What we have, or can no longer check: skipped, not counted.
                     Err(d) if !d.blames_sender() => {}
                     Err(d) => {
@@ -1118,7 +1118,7 @@ impl Channels {
                 && st.discovered.values().filter(|d| d.origin == from).count()
                     >= MAX_DISCOVERED_PER_ORIGIN
             {
-                self.inner.counters.count("announce_origin_bound");
+                self.inner.counters.count(Counter::AnnounceOriginBound);
                 return;
             }
             if st.discovered.len() >= MAX_DISCOVERED && !st.discovered.contains_key(&id) {
@@ -1265,7 +1265,7 @@ impl Channels {
                 info!(channel = %note.channel, name = %note.name, epoch = note.epoch, "channel key rotated by a member");
             }
             GrantOutcome::Ignored(why) => {
-                self.inner.counters.count("channel_grant_ignored");
+                self.inner.counters.count(Counter::ChannelGrantIgnored);
                 debug!(channel = %note.channel, from = %note.from, why, "ignored a channel key");
                 return;
             }

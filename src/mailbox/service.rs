@@ -17,7 +17,7 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::counters::Counters;
+use crate::counters::{Counter, Counters};
 use crate::identity::SignedDocument;
 use crate::net::Client;
 use crate::net::InboundVerb;
@@ -199,7 +199,7 @@ async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<InboundVerb>) {
     let tasks = crate::tasks::Tasks::default();
     while let Some(verb) = rx.recv().await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            inner.counters.count("mail_busy");
+            inner.counters.count(Counter::MailBusy);
             let _ = inner.net.respond(verb.token, nack(Nack::Busy)).await;
             continue;
         };
@@ -230,7 +230,7 @@ async fn deposit(
     sealed: Vec<serde_bytes::ByteBuf>,
 ) -> Response {
     if sealed.is_empty() || sealed.len() > MAX_DEPOSIT_BATCH {
-        inner.counters.count("mail_malformed");
+        inner.counters.count(Counter::MailMalformed);
         return nack(Nack::Malformed);
     }
     let now = Instant::now();
@@ -240,12 +240,12 @@ async fn deposit(
     if let Ok(mut st) = inner.state.lock() {
         for s in sealed {
             if s.is_empty() || s.len() > MAX_SEALED_BYTES {
-                inner.counters.count("mail_too_large");
+                inner.counters.count(Counter::MailTooLarge);
                 plan.push(Err(Nack::TooLarge));
                 continue;
             }
             if !st.senders.take(&peer, s.len() as u64, now) {
-                inner.counters.count("mail_sender_quota");
+                inner.counters.count(Counter::MailSenderQuota);
                 plan.push(Err(Nack::SenderQuota));
                 continue;
             }
@@ -299,8 +299,8 @@ async fn deposit(
                         st.senders.give_back(&peer, accepted[i].len() as u64);
                     }
                     inner.counters.count(match *reason {
-                        Nack::MailboxFull => "mail_mailbox_full",
-                        _ => "mail_relay_full",
+                        Nack::MailboxFull => Counter::MailMailboxFull,
+                        _ => Counter::MailRelayFull,
                     });
                     (*reason).into()
                 }
@@ -336,7 +336,7 @@ fn challenge(inner: &Inner, peer: PeerId) -> Response {
     };
     let nonce = crate::identity::random_secret();
     if !insert_bounded(&mut st.challenges, peer, nonce, CHALLENGE_TTL) {
-        inner.counters.count("mail_busy");
+        inner.counters.count(Counter::MailBusy);
         return nack(Nack::Busy);
     }
     Response::Challenge { nonce }
@@ -344,7 +344,7 @@ fn challenge(inner: &Inner, peer: PeerId) -> Response {
 
 async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Response {
     let refused = |what: Nack| {
-        inner.counters.count("mail_login_refused");
+        inner.counters.count(Counter::MailLoginRefused);
         debug!(%peer, reason = %what, "mailbox login refused");
         nack(what)
     };
@@ -391,7 +391,7 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
     match inner.state.lock() {
         Ok(mut st) => {
             if !insert_bounded(&mut st.sessions, peer, mailbox, SESSION_TTL) {
-                inner.counters.count("mail_busy");
+                inner.counters.count(Counter::MailBusy);
                 return nack(Nack::Busy);
             }
         }
@@ -402,7 +402,7 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
 
 async fn acknowledge(inner: &Inner, peer: PeerId, ack: Vec<u64>) -> Response {
     if ack.len() > MAX_ACK {
-        inner.counters.count("mail_malformed");
+        inner.counters.count(Counter::MailMalformed);
         return nack(Nack::Malformed);
     }
     let mailbox = match inner.state.lock() {
@@ -412,7 +412,7 @@ async fn acknowledge(inner: &Inner, peer: PeerId, ack: Vec<u64>) -> Response {
                 *m
             }
             _ => {
-                inner.counters.count("mail_login_refused");
+                inner.counters.count(Counter::MailLoginRefused);
                 return nack(Nack::NotLoggedIn);
             }
         },

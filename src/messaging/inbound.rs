@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::transfers::{self, Admit, Transfer};
 use super::{files, InboundVerb, Inner, INBOUND_CONCURRENCY};
+use crate::counters::Counter;
 use crate::store::channels::apply_grant;
 use crate::store::messages::{self, seen_key};
 use crate::store::{GrantOutcome, HistoryEntry, PendingIn, StoredAttachment};
@@ -70,7 +71,7 @@ pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            inner.counters.count("inbound_busy");
+            inner.counters.count(Counter::InboundBusy);
             let _ = inner.net.respond(verb.token, nack(Nack::Busy)).await;
             continue;
         };
@@ -139,7 +140,7 @@ pub(super) async fn receive(
     sealed: Vec<serde_bytes::ByteBuf>,
 ) -> Result<Vec<Received>, Nack> {
     if sealed.is_empty() || sealed.len() > MAX_BATCH {
-        inner.counters.count("message_batch_invalid");
+        inner.counters.count(Counter::MessageBatchInvalid);
         return Err(Nack::Malformed);
     }
     let Some(keys) = inner.current_keys() else {
@@ -299,7 +300,7 @@ pub(super) async fn receive(
         let fates = match fates {
             Ok((f, evicted)) => {
                 for victim in evicted {
-                    inner.counters.count("transfer_evicted");
+                    inner.counters.count(Counter::TransferEvicted);
                     forget_transfer(inner, &victim);
                 }
                 f
@@ -327,7 +328,7 @@ pub(super) async fn receive(
             };
             outcomes[i] = Some(match fate {
                 Fate::Duplicate => {
-                    inner.counters.count("message_duplicate");
+                    inner.counters.count(Counter::MessageDuplicate);
                     debug!(msg_id = %env.msg_id(), "duplicate message ACKed again");
                     Outcome::Ack
                 }
@@ -348,7 +349,7 @@ pub(super) async fn receive(
                     Outcome::Ack
                 }
                 Fate::Busy => {
-                    inner.counters.count("transfer_limit");
+                    inner.counters.count(Counter::TransferLimit);
                     outcome_nack(Nack::Busy)
                 }
                 Fate::Receipt => Outcome::Ack,
@@ -583,7 +584,7 @@ async fn chunk(
         Err(_) => None,
     };
     let Some((key, env, mut verified)) = claimed else {
-        inner.counters.count("chunk_unknown");
+        inner.counters.count(Counter::ChunkUnknown);
         return one(outcome_nack(Nack::UnknownMessage));
     };
     let Some(meta) = env.attachments.get(attachment as usize).cloned() else {
@@ -600,7 +601,7 @@ async fn chunk(
     let plain = match plain {
         Ok(p) if p.len() == want => p,
         _ => {
-            inner.counters.count("chunk_invalid");
+            inner.counters.count(Counter::ChunkInvalid);
             crate::warn_remote!("chunk_refused", %peer, "refused an attachment chunk that does not open or has the wrong size");
             drop_transfer(inner, key).await;
             return one(outcome_nack(Nack::BadChunk));
@@ -653,7 +654,7 @@ async fn chunk(
 async fn stalled(inner: &Arc<Inner>, key: [u8; 40], stall: Stall) -> Outcome {
     match stall {
         Stall::Mismatch(i) => {
-            inner.counters.count("attachment_bad_hash");
+            inner.counters.count(Counter::AttachmentBadHash);
             crate::warn_remote!(
                 "attachment_refused",
                 attachment = i,
@@ -843,7 +844,7 @@ async fn sweep(inner: &Arc<Inner>) {
         }
     }
     for key in abandoned {
-        inner.counters.count("transfer_abandoned");
+        inner.counters.count(Counter::TransferAbandoned);
         drop_transfer(inner, key).await;
     }
 }

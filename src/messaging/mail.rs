@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::counters::Counter;
 use crate::net::dial::DialReason;
 use uuid::Uuid;
 
@@ -115,7 +116,7 @@ pub(super) async fn drain(
             Some(Response::Mail { items, .. }) if !items.is_empty() => items,
             Some(Response::Mail { .. }) | None => break,
             Some(other) => {
-                inner.counters.count("bad_response");
+                inner.counters.count(Counter::BadResponse);
                 debug!(%relay, ?other, "unexpected answer from a mailbox");
                 break;
             }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::queue::Queued;
 use super::{files, Inner, SendError, Sending};
+use crate::counters::Counter;
 use crate::identity::SignedDocument;
 use crate::net::dial::DialReason;
 use crate::store::messages;
@@ -491,7 +492,7 @@ async fn deposit_at(
             return Vec::new();
         }
         Ok(other) => {
-            inner.counters.count("bad_response");
+            inner.counters.count(Counter::BadResponse);
             debug!(%relay, ?other, "unexpected answer to DEPOSIT");
             return Vec::new();
         }
@@ -507,7 +508,7 @@ async fn deposit_at(
                 if crate::wire::mailbox::verify_receipt(&relay, &mailbox, s, expires, &sig) {
                     ok.push(m.msg_id);
                 } else {
-                    inner.counters.count("mail_bad_receipt");
+                    inner.counters.count(Counter::MailBadReceipt);
                     warn!(%relay, "a mailbox relay's receipt does not verify");
                 }
             }
@@ -608,7 +609,7 @@ async fn deliver(
             return Err((batch, false));
         }
         Ok(other) => {
-            inner.counters.count("bad_response");
+            inner.counters.count(Counter::BadResponse);
             debug!(%peer, ?other, "unexpected answer to MESSAGE");
             return Err((batch, false));
         }

@@ -34,7 +34,7 @@ use super::ratelimit::RateLimiter;
 use super::{Command, GossipEvent, GossipIn, LookupError, PeerInfo, Status};
 use super::{EventLoopHooks, InboundVerb};
 use crate::config::{Mode, NodeConfig};
-use crate::counters::Counters;
+use crate::counters::{Counter, Counters};
 use crate::identity::{dht_key, Identity, SignedDocument};
 use crate::store::Store;
 use crate::unix_now;
@@ -327,7 +327,7 @@ impl EventLoop {
         debug!("event loop stopped");
     }
 
-    fn count(&mut self, what: &'static str) {
+    fn count(&mut self, what: Counter) {
         self.rejected.count(what);
     }
 
@@ -575,7 +575,7 @@ impl EventLoop {
                 let mut r = self.rejected.snapshot();
                 let ip = self.swarm.behaviour().ip_limits.refused();
                 if ip > 0 {
-                    r.insert("connection_ip_limit", ip);
+                    r.insert(Counter::ConnectionIpLimit.as_str(), ip);
                 }
                 r
             },
@@ -661,7 +661,7 @@ impl EventLoop {
         // Check our own document as every other node will: a clock far off, a corrupt
         // chain or an over-long one would otherwise fail silently everywhere else.
         if let Err(e) = SignedDocument::decode_for(doc.bytes(), &doc.doc().uuid(), now) {
-            self.count("own_document_invalid");
+            self.count(Counter::OwnDocumentInvalid);
             tracing::error!(error = %e, "our own identity document does not verify; peers will refuse it (is the clock right?)");
         }
         self.cache.put(&doc, now);
@@ -748,7 +748,7 @@ impl EventLoop {
                 true
             }
             Err(e) => {
-                self.count("lookup_invalid_document");
+                self.count(Counter::LookupInvalidDocument);
                 crate::warn_remote!("lookup_bad_document", peer = ?from, %uuid, error = %e, "ignored invalid identity document in lookup");
                 false
             }
@@ -863,19 +863,19 @@ impl EventLoop {
             }
         }
         if !self.put_limiter.allow(&source, Instant::now()) {
-            self.count("dht_put_rate_limited");
+            self.count(Counter::DhtPutRateLimited);
             return;
         }
         let now = unix_now();
         let Some(uuid) = uuid_from_dht_key(record.key.as_ref()) else {
-            self.count("dht_put_bad_key");
+            self.count(Counter::DhtPutBadKey);
             debug!(peer = %source, "rejected DHT record with a key that is not ours");
             return;
         };
         let doc = match SignedDocument::decode_for(&record.value, &uuid, now) {
             Ok(d) => d,
             Err(e) => {
-                self.count("dht_put_invalid_document");
+                self.count(Counter::DhtPutInvalidDocument);
                 crate::warn_remote!("dht_bad_record", peer = %source, %uuid, reason = e.reason(), error = %e, "rejected DHT record");
                 return;
             }
@@ -884,7 +884,7 @@ impl EventLoop {
             Ok(true) => self.cache.put(&doc, now),
             Ok(false) => {}
             Err(e) => {
-                self.count("dht_put_superseded");
+                self.count(Counter::DhtPutSuperseded);
                 debug!(peer = %source, %uuid, error = %e, "rejected DHT record");
             }
         }
@@ -907,7 +907,7 @@ impl EventLoop {
             }
         }
         if let Err(e) = store.put(record_for(doc, now)) {
-            self.count("dht_store_full");
+            self.count(Counter::DhtStoreFull);
             warn!(error = ?e, "DHT store full; record not kept");
             return Ok(false);
         }
@@ -921,12 +921,12 @@ impl EventLoop {
         use libp2p::kad::store::RecordStore;
         let source = record.provider;
         if record.key.as_ref().len() != 32 {
-            self.count("dht_provider_rejected");
+            self.count(Counter::DhtProviderRejected);
             debug!(peer = %source, "refused a provider record with a foreign key");
             return;
         }
         if !self.provider_limiter.allow(&source, Instant::now()) {
-            self.count("dht_provider_rate_limited");
+            self.count(Counter::DhtProviderRateLimited);
             return;
         }
         let mut record = record;
@@ -938,7 +938,7 @@ impl EventLoop {
             .store_mut()
             .add_provider(record)
         {
-            self.count("dht_store_full");
+            self.count(Counter::DhtStoreFull);
             debug!(error = ?e, "provider record not kept");
         }
     }
@@ -967,7 +967,7 @@ impl EventLoop {
                         .admit(msg.source, msg.author, announce, Instant::now())
                 {
                     self.count(why.counter());
-                    debug!(peer = %msg.source, reason = why.counter(), "gossip over its rate");
+                    debug!(peer = %msg.source, reason = why.counter().as_str(), "gossip over its rate");
                     self.report(msg.id, msg.source, gossipsub::MessageAcceptance::Ignore);
                     return;
                 }
@@ -977,7 +977,7 @@ impl EventLoop {
                             let GossipEvent::Message(msg) = e.into_inner() else {
                                 return;
                             };
-                            self.count("gossip_queue_full");
+                            self.count(Counter::GossipQueueFull);
                             self.report(msg.id, msg.source, gossipsub::MessageAcceptance::Ignore);
                         }
                     }
@@ -1067,7 +1067,7 @@ impl EventLoop {
             &mut self.request_limiter
         };
         let response = if !limiter.allow(&peer, Instant::now()) {
-            self.count("request_rate_limited");
+            self.count(Counter::RequestRateLimited);
             Response::Nack {
                 reason: "rate_limited".into(),
             }
@@ -1084,14 +1084,14 @@ impl EventLoop {
                 Request::Connect { doc } => self.on_connect_request(peer, &doc),
                 Request::ConnectAnswer { accept } => self.on_connect_answer(peer, accept),
                 Request::TooLarge => {
-                    self.count("request_too_large");
+                    self.count(Counter::RequestTooLarge);
                     crate::warn_remote!("request_too_large", %peer, "request over the size limit");
                     Response::Nack {
                         reason: "too_large".into(),
                     }
                 }
                 Request::Malformed(e) => {
-                    self.count("request_malformed");
+                    self.count(Counter::RequestMalformed);
                     crate::warn_remote!("request_malformed", %peer, error = %e, "malformed request");
                     Response::Nack {
                         reason: "malformed".into(),
@@ -1121,14 +1121,14 @@ impl EventLoop {
             Request::Message { .. } | Request::Chunk { .. } => (
                 self.hooks.as_ref().map(|h| &h.inbound),
                 "no_user",
-                "inbound_busy",
+                Counter::InboundBusy,
             ),
             Request::ChannelHistory { .. } => (
                 self.channel_history.as_ref(),
                 "unknown_channel",
-                "history_busy",
+                Counter::HistoryBusy,
             ),
-            _ => (self.mailbox.as_ref(), "no_mailbox", "mail_busy"),
+            _ => (self.mailbox.as_ref(), "no_mailbox", Counter::MailBusy),
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -1214,7 +1214,7 @@ impl EventLoop {
                     match SignedDocument::decode_for(&doc, &uuid, unix_now()) {
                         Ok(d) => Ok(d),
                         Err(e) => {
-                            self.count("certificate_invalid");
+                            self.count(Counter::CertificateInvalid);
                             crate::warn_remote!("bad_certificate", %peer, %uuid, error = %e, "peer sent an invalid certificate");
                             Err(LookupError::NotFound(uuid))
                         }
@@ -1326,7 +1326,7 @@ impl EventLoop {
                 if !info.protocols.contains(&crate::wire::verbs::PROTOCOL)
                     && !info.protocols.contains(&KAD_PROTOCOL)
                 {
-                    self.count("foreign_peer");
+                    self.count(Counter::ForeignPeer);
                     debug!(peer = %peer_id, agent = %info.agent_version, "disconnecting a peer that speaks no ptpchat protocol");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
@@ -1371,11 +1371,11 @@ impl EventLoop {
             BehaviourEvent::RelayServer(relay::Event::ReservationReqDenied {
                 src_peer_id, ..
             }) => {
-                self.count("relay_reservation_denied");
+                self.count(Counter::RelayReservationDenied);
                 debug!(peer = %src_peer_id, "relay reservation refused (a limit)");
             }
             BehaviourEvent::RelayServer(relay::Event::CircuitReqDenied { src_peer_id, .. }) => {
-                self.count("relay_circuit_denied");
+                self.count(Counter::RelayCircuitDenied);
                 debug!(peer = %src_peer_id, "relay circuit refused (a limit, or no reservation)");
             }
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {

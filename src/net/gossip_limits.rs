@@ -8,6 +8,7 @@ use std::time::Instant;
 use libp2p::PeerId;
 
 use super::ratelimit::RateLimiter;
+use crate::counters::Counter;
 
 /// Frames one peer may forward to us: burst, then per second (all topics together).
 pub const PEER_BURST: u32 = 512;
@@ -34,11 +35,11 @@ pub enum Refused {
 
 impl Refused {
     /// The counter key.
-    pub fn counter(self) -> &'static str {
+    pub fn counter(self) -> Counter {
         match self {
-            Refused::Peer => "gossip_rate_peer",
-            Refused::Author => "gossip_rate_author",
-            Refused::Announce => "gossip_rate_announce",
+            Refused::Peer => Counter::GossipRatePeer,
+            Refused::Author => Counter::GossipRateAuthor,
+            Refused::Announce => Counter::GossipRateAnnounce,
         }
     }
 }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::cbor;
+use crate::counters::Counter;
 use crate::identity::{MessageKeys, SignedDocument, MAX_DOCUMENT_BYTES};
 use crate::wire::verbs::Nack;
 
@@ -187,18 +188,18 @@ impl Reject {
     }
 
     /// The counter this refusal is counted under.
-    pub fn counter(&self) -> &'static str {
+    pub fn counter(&self) -> Counter {
         match self {
-            Reject::Malformed(_) => "message_malformed",
-            Reject::TooLarge(_) => "message_too_large",
-            Reject::Undecryptable => "message_undecryptable",
-            Reject::BadSenderDocument(_) => "message_bad_sender_document",
-            Reject::SenderMismatch => "message_sender_mismatch",
-            Reject::BadSignature => "message_bad_signature",
-            Reject::PeerMismatch => "message_peer_mismatch",
-            Reject::WrongRecipient => "message_wrong_recipient",
-            Reject::StaleSenderKey => "message_stale_sender_key",
-            Reject::BadTimestamp => "message_bad_timestamp",
+            Reject::Malformed(_) => Counter::MessageMalformed,
+            Reject::TooLarge(_) => Counter::MessageTooLarge,
+            Reject::Undecryptable => Counter::MessageUndecryptable,
+            Reject::BadSenderDocument(_) => Counter::MessageBadSenderDocument,
+            Reject::SenderMismatch => Counter::MessageSenderMismatch,
+            Reject::BadSignature => Counter::MessageBadSignature,
+            Reject::PeerMismatch => Counter::MessagePeerMismatch,
+            Reject::WrongRecipient => Counter::MessageWrongRecipient,
+            Reject::StaleSenderKey => Counter::MessageStaleSenderKey,
+            Reject::BadTimestamp => Counter::MessageBadTimestamp,
         }
     }
 }

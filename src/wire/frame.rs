@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::cbor;
+use crate::counters::Counter;
 use crate::identity::{MessageKeys, SignedDocument, MAX_DOCUMENT_BYTES};
 use crate::wire::envelope::{
     check_signature, open_bound, seal_bound, sign_body, KeyCache, Reject, SenderDocumentCheck,
@@ -144,27 +145,27 @@ impl Drop {
     }
 
     /// The counter this drop is counted under (see docs/security.md).
-    pub fn counter(&self) -> &'static str {
+    pub fn counter(&self) -> Counter {
         match self {
-            Drop::Signed(Reject::Malformed(_)) => "channel_malformed",
-            Drop::Signed(Reject::TooLarge(_)) => "channel_too_large",
-            Drop::Signed(Reject::Undecryptable) => "channel_undecryptable",
-            Drop::Signed(Reject::BadSenderDocument(_)) => "channel_bad_sender_document",
-            Drop::Signed(Reject::SenderMismatch) => "channel_sender_mismatch",
+            Drop::Signed(Reject::Malformed(_)) => Counter::ChannelMalformed,
+            Drop::Signed(Reject::TooLarge(_)) => Counter::ChannelTooLarge,
+            Drop::Signed(Reject::Undecryptable) => Counter::ChannelUndecryptable,
+            Drop::Signed(Reject::BadSenderDocument(_)) => Counter::ChannelBadSenderDocument,
+            Drop::Signed(Reject::SenderMismatch) => Counter::ChannelSenderMismatch,
             Drop::Signed(Reject::BadSignature) | Drop::Signed(Reject::StaleSenderKey) => {
-                "channel_bad_signature"
+                Counter::ChannelBadSignature
             }
-            Drop::Signed(Reject::PeerMismatch) => "channel_peer_mismatch",
-            Drop::Signed(Reject::WrongRecipient) => "channel_wrong_channel",
-            Drop::Signed(Reject::BadTimestamp) => "channel_bad_timestamp",
-            Drop::Stale => "channel_stale",
-            Drop::WrongChannel => "channel_wrong_channel",
-            Drop::WrongEpoch => "channel_wrong_epoch",
-            Drop::UnknownEpoch => "channel_unknown_epoch",
-            Drop::WrongForm => "channel_wrong_form",
-            Drop::Duplicate => "channel_duplicate",
-            Drop::UnknownChannel => "channel_unknown",
-            Drop::BadKind => "channel_bad_kind",
+            Drop::Signed(Reject::PeerMismatch) => Counter::ChannelPeerMismatch,
+            Drop::Signed(Reject::WrongRecipient) => Counter::ChannelWrongChannel,
+            Drop::Signed(Reject::BadTimestamp) => Counter::ChannelBadTimestamp,
+            Drop::Stale => Counter::ChannelStale,
+            Drop::WrongChannel => Counter::ChannelWrongChannel,
+            Drop::WrongEpoch => Counter::ChannelWrongEpoch,
+            Drop::UnknownEpoch => Counter::ChannelUnknownEpoch,
+            Drop::WrongForm => Counter::ChannelWrongForm,
+            Drop::Duplicate => Counter::ChannelDuplicate,
+            Drop::UnknownChannel => Counter::ChannelUnknown,
+            Drop::BadKind => Counter::ChannelBadKind,
         }
     }
 }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::dial::DialReason;
 use super::EventLoop;
 use crate::config::ConnectPolicy;
+use crate::counters::Counter;
 use crate::identity::SignedDocument;
 use crate::unix_now;
 use crate::wire::verbs::{ConnectAnswer, Request, Response};
@@ -301,7 +302,7 @@ impl EventLoop {
             reason: reason.into(),
         };
         if !self.connect_limiter.allow(&peer, Instant::now()) {
-            self.count("connect_rate_limited");
+            self.count(Counter::ConnectRateLimited);
             return nack("rate_limited");
         }
         if self.identity.is_none() {
@@ -310,13 +311,13 @@ impl EventLoop {
         let doc = match SignedDocument::decode(doc, unix_now()) {
             Ok(d) => d,
             Err(e) => {
-                self.count("connect_bad_document");
+                self.count(Counter::ConnectBadDocument);
                 debug!(%peer, error = %e, "CONNECT with an invalid document");
                 return nack("bad_document");
             }
         };
         if doc.doc().peer_id() != Some(peer) {
-            self.count("connect_peer_mismatch");
+            self.count(Counter::ConnectPeerMismatch);
             return nack("peer_mismatch");
         }
         let uuid = doc.doc().uuid();
@@ -335,7 +336,7 @@ impl EventLoop {
                 self.connects.prune();
                 self.connects.pending.retain(|_, p| p.peer != peer);
                 if self.connects.pending.len() >= MAX_PENDING_REQUESTS {
-                    self.count("connect_queue_full");
+                    self.count(Counter::ConnectQueueFull);
                     return nack("busy");
                 }
                 let request_id = self.connects.next_id;
@@ -409,7 +410,7 @@ impl EventLoop {
             .get(&peer)
             .is_some_and(|o| o.punching.is_none() && !o.reply.is_closed());
         if !waiting {
-            self.count("connect_unexpected_answer");
+            self.count(Counter::ConnectUnexpectedAnswer);
             return Response::Nack {
                 reason: "unexpected".into(),
             };
