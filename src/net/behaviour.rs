@@ -278,6 +278,14 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
         // a flood, and the quadratic behaviour penalty then graylists that honest peer (we
         // drop everything it sends, its own posts too).
         .iwant_followup_time(IWANT_PATIENCE)
+        // An IHAVE or IWANT is one protobuf frame, and gossipsub names up to 5,000 ids in one
+        // by default (about 110 KB with our 20-byte ids). Under a flood that is more than
+        // our max transmit size (encoding fails, the stream is dropped) and than the 16 KiB a
+        // receiver takes in one control message (decoding fails, the stream is closed). Five
+        // such streams on one connection and gossipsub disables itself on it for good: the
+        // peers stay connected and on the topic and never hear each other again (the flood
+        // test's "B stops hearing A"). Keep every control message well under both limits.
+        .max_control_messages_sent(MAX_IDS_PER_CONTROL)
         .message_id_fn(|m: &gossipsub::Message| {
             let mut h = Sha256::new();
             h.update(m.topic.as_str().as_bytes());
@@ -320,6 +328,11 @@ fn gossip(key: &Keypair, config: &NodeConfig) -> Result<Gossipsub, String> {
     behaviour.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
     Ok(behaviour)
 }
+
+/// Most message ids in one IHAVE or IWANT (and asked for from one peer per heartbeat):
+/// 22 bytes each on the wire, so one control message stays under 16 KiB, the most a
+/// gossipsub receiver accepts, and under our max transmit size.
+const MAX_IDS_PER_CONTROL: usize = 512;
 
 /// How long a forward may wait in the queue to a peer (gossipsub's publish default).
 const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
