@@ -44,11 +44,7 @@ async fn network(n: usize) -> Net {
 }
 
 async fn user(home: &std::path::Path, boot: &[Multiaddr]) -> RunningNode {
-    let mut cfg = test_config(Mode::User, home, boot);
-    cfg.public = true;
-    cfg.gossip_duplicate_cache = Duration::from_secs(1);
-    cfg.channel_announce_every = Duration::from_secs(2);
-    node::start(cfg).await.unwrap()
+    common::channel_member(home, boot).await
 }
 
 impl Net {

@@ -27,11 +27,7 @@ const FLOOD: Duration = Duration::from_secs(20);
 const FAKE_CHANNELS: usize = 40;
 
 async fn user(home: &std::path::Path, boot: &[Multiaddr]) -> RunningNode {
-    let mut cfg = test_config(Mode::User, home, boot);
-    cfg.public = true;
-    cfg.gossip_duplicate_cache = Duration::from_secs(1);
-    cfg.channel_announce_every = Duration::from_secs(2);
-    node::start(cfg).await.unwrap()
+    common::channel_member(home, boot).await
 }
 
 fn ch(n: &RunningNode) -> &Channels {

@@ -4,6 +4,7 @@
 //! loop and talks to it only through [`crate::net::Client`] and the channels in
 //! [`MessagingChannels`].
 
+mod attachments;
 pub mod files;
 mod inbound;
 mod mail;

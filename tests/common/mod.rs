@@ -28,6 +28,16 @@ pub async fn start(mode: Mode, home: &Path, bootstrap: &[Multiaddr]) -> RunningN
         .expect("node starts")
 }
 
+/// A public user node for channel tests: gossip forgets ids after 1 s (which the node
+/// raises to its floor) and channels are re-announced every 2 s.
+pub async fn channel_member(home: &Path, boot: &[Multiaddr]) -> RunningNode {
+    let mut cfg = test_config(Mode::User, home, boot);
+    cfg.public = true;
+    cfg.gossip_duplicate_cache = Duration::from_secs(1);
+    cfg.channel_announce_every = Duration::from_secs(2);
+    node::start(cfg).await.expect("node starts")
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
