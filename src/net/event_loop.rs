@@ -1,11 +1,15 @@
-//! The one task that owns the [`Swarm`]: it serves [`Command`]s from clients, answers
-//! peers, validates everything the DHT asks it to store, and keeps our identity document
-//! published.
+//! The one task that owns the [`Swarm`]. It routes: commands from clients, events from the
+//! swarm and answers from the identity keeper go to the state machine they concern
+//! ([`lookup`], [`publish`], [`relays`], [`connect`]) or to a service's queue, and the loop
+//! carries out what comes back. It holds no secret key (the keeper signs) and writes
+//! nothing to disk itself (the directory cache has its own writer thread).
+//!
+//! The loop's parts, each in its own file: [`dht`] (records peers ask us to store, query
+//! results), [`gossip`] (rate buckets, relay announcements), [`verbs`] (inbound requests
+//! and answers to ours).
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU8;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use libp2p::{
@@ -23,83 +27,38 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 mod connect;
+mod dht;
+mod gossip;
+mod lookup;
+mod publish;
 mod relays;
+mod verbs;
 
 pub use connect::{ConnectOutcome, ConnectRequestView};
 
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::dial;
 use super::gossip_limits::GossipLimits;
+use super::keeper::{Issued, Keeper};
 use super::ratelimit::RateLimiter;
-use super::{Command, GossipEvent, GossipIn, LookupError, PeerInfo, Status};
+use super::{Command, GossipEvent, LookupError, PeerInfo, Status};
 use super::{EventLoopHooks, InboundVerb};
 use crate::config::{Mode, NodeConfig};
 use crate::counters::{Counter, Counters};
 use crate::identity::{dht_key, Identity, SignedDocument};
 use crate::store::Store;
 use crate::unix_now;
-use crate::wire::frame as channel_frame;
 use crate::wire::verbs::{Request, Response};
+use dht::{record_for, CacheWriter};
 
-/// How often our identity document is re-issued (it is valid for 14 days).
-const REPUBLISH_EVERY: Duration = Duration::from_secs(12 * 3600);
-/// Wait after a change of reachability before publishing, to batch address events.
-const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(300);
-/// Longest wait between retries of a failed publish.
-const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(60);
-/// Most connected peers asked directly when the DHT has no answer.
-const FALLBACK_FETCH_PEERS: usize = 8;
-/// A lookup stops asking the DHT once this many answers carried a valid document...
-const LOOKUP_QUORUM: u32 = 3;
-/// ...or this long after the first valid one came: otherwise one peer that has gone away
-/// holds the answer back for a whole dial timeout (5 s over QUIC).
-const LOOKUP_GRACE: Duration = Duration::from_millis(500);
 /// Most addresses taken from one peer's identify message.
 const MAX_ADDRS_PER_PEER: usize = 8;
-/// Most providers a private node dials over its relays' circuits after one lookup.
-const MAX_PROVIDER_CIRCUIT_DIALS: usize = 4;
-/// Most providers of one key dialed after a provider lookup.
-const MAX_PROVIDER_DIALS: usize = 20;
 /// How often slow housekeeping runs (relay reservations retried, hole punching timed out).
-const TICK: Duration = Duration::from_secs(2);
+const TICK: std::time::Duration = std::time::Duration::from_secs(2);
 /// Gossip messages waiting for the channel service; more are ignored (not forwarded).
 pub(crate) const GOSSIP_QUEUE: usize = 1024;
 
 type Reply = oneshot::Sender<Result<SignedDocument, LookupError>>;
-
-/// A `whois` in progress: the best valid document so far and who waits for it.
-struct Lookup {
-    uuid: Uuid,
-    best: Option<SignedDocument>,
-    replies: Vec<Reply>,
-    /// Direct GETCERTIFICATE requests still outstanding (fallback phase).
-    fetches: usize,
-    dht_done: bool,
-    /// Peers that had answered the DHT query before its first valid document arrived, plus
-    /// the one that sent it: an upper bound on the lookup's hop count.
-    answered_at_first: Option<u32>,
-    /// The DHT query, while it runs.
-    query: Option<kad::QueryId>,
-    /// Valid documents received from the DHT so far.
-    records: u32,
-    /// When the query is finished if it has not ended by itself (set by the first valid
-    /// document).
-    grace_until: Option<Instant>,
-}
-
-struct PublishState {
-    /// When to publish next.
-    due: Instant,
-    /// Current retry delay after a failure.
-    backoff: Duration,
-    /// The last PUT did not reach any peer; retry when a peer connects.
-    failed: bool,
-    current: Option<SignedDocument>,
-    /// The reach addresses `current` was issued with.
-    reach: Vec<Multiaddr>,
-    /// When `current` was issued.
-    issued_at: Instant,
-}
 
 /// Where a user node's event loop hands work to the messenger and the channel service.
 pub struct UserHooks {
@@ -113,19 +72,21 @@ pub struct UserHooks {
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
+    /// Read only: contacts (CONNECT consent), cached documents, mailbox totals.
     store: Store,
-    identity: Option<Identity>,
+    /// Signs our identity documents (user nodes only; a relay publishes none).
+    keeper: Option<Keeper>,
+    issued: Option<mpsc::UnboundedReceiver<Issued>>,
     mode: Mode,
     public: bool,
     /// Who we may dial directly, and at which addresses.
     dial_policy: dial::DialPolicy,
-    lookups: HashMap<u64, Lookup>,
-    next_lookup: u64,
-    lookup_stats: crate::net::LookupStats,
-    lookup_queries: HashMap<kad::QueryId, u64>,
-    lookup_fetches: HashMap<request_response::OutboundRequestId, u64>,
+    lookups: lookup::Lookups<Reply, kad::QueryId>,
+    /// Which lookup each DHT query and each direct GETCERTIFICATE belongs to.
+    lookup_queries: HashMap<kad::QueryId, lookup::LookupId>,
+    lookup_fetches: HashMap<request_response::OutboundRequestId, lookup::LookupId>,
     direct_fetches: HashMap<request_response::OutboundRequestId, (Uuid, Reply)>,
-    publish: PublishState,
+    publisher: publish::Publisher,
     peers: HashMap<PeerId, PeerState>,
     nat: autonat::NatStatus,
     put_limiter: RateLimiter<PeerId>,
@@ -207,32 +168,32 @@ impl EventLoop {
             Some(h) => (Some(h.messaging), Some(h.gossip), Some(h.history)),
             None => (None, None, None),
         };
+        let keys = hooks.as_ref().map(|h| h.keys.clone());
+        let (keeper, issued) = match identity {
+            Some(id) => {
+                let (k, rx) = Keeper::start(id, store.clone(), counters.clone(), keys);
+                (Some(k), Some(rx))
+            }
+            None => (None, None),
+        };
         EventLoop {
             cache: CacheWriter::new(&store),
             swarm,
             commands,
             store,
-            identity,
+            keeper,
+            issued,
             mode: config.mode,
             public: config.public,
             dial_policy: dial::DialPolicy {
                 private_node: config.mode == Mode::User && !config.public,
                 private_ips: config.private_ips,
             },
-            lookups: HashMap::new(),
-            next_lookup: 0,
+            lookups: lookup::Lookups::default(),
             lookup_queries: HashMap::new(),
-            lookup_stats: Default::default(),
             lookup_fetches: HashMap::new(),
             direct_fetches: HashMap::new(),
-            publish: PublishState {
-                due: Instant::now() + PUBLISH_DEBOUNCE,
-                backoff: Duration::from_secs(1),
-                failed: false,
-                current: None,
-                reach: Vec::new(),
-                issued_at: Instant::now(),
-            },
+            publisher: publish::Publisher::new(Instant::now()),
             peers: HashMap::new(),
             nat: autonat::NatStatus::Unknown,
             put_limiter: RateLimiter::new(20, 0.5, 4096),
@@ -307,9 +268,8 @@ impl EventLoop {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let publish_at = tokio::time::Instant::from_std(self.publish.due);
-            let grace = self.next_lookup_grace();
-            let grace_at = tokio::time::Instant::from_std(grace.unwrap_or(self.publish.due));
+            let publish_at = self.keeper.as_ref().and(self.publisher.due());
+            let grace = self.lookups.next_timer();
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => {
@@ -320,8 +280,12 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(publish_at), if self.identity.is_some() => self.publish_document(),
-                _ = tokio::time::sleep_until(grace_at), if grace.is_some() => self.end_lookup_graces(),
+                Some(issued) = recv_issued(&mut self.issued) => self.on_issued(issued),
+                _ = sleep_until(publish_at), if publish_at.is_some() => self.publish_due(),
+                _ = sleep_until(grace), if grace.is_some() => {
+                    let out = self.lookups.on_timer(Instant::now());
+                    self.carry_out_lookup(out);
+                }
             }
         }
         debug!("event loop stopped");
@@ -546,7 +510,7 @@ impl EventLoop {
         let mut listen: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
         listen.sort();
         Status {
-            uuid: self.identity.as_ref().map(|i| i.uuid()),
+            uuid: self.keeper.as_ref().map(|k| k.uuid()),
             peer_id: self.swarm.local_peer_id().to_string(),
             mode: match self.mode {
                 Mode::User => "user",
@@ -570,7 +534,7 @@ impl EventLoop {
                 use libp2p::kad::store::RecordStore;
                 self.swarm.behaviour_mut().kad.store_mut().records().count()
             },
-            published_seq: self.publish.current.as_ref().map(|d| d.doc().seq),
+            published_seq: self.publisher.current().map(|d| d.doc().seq),
             rejected: {
                 let mut r = self.rejected.snapshot();
                 let ip = self.swarm.behaviour().ip_limits.refused();
@@ -579,7 +543,7 @@ impl EventLoop {
                 }
                 r
             },
-            lookups: self.lookup_stats,
+            lookups: self.lookups.stats(),
             mail: if self.mailbox.is_some() {
                 self.store.mail_totals().ok()
             } else {
@@ -631,54 +595,35 @@ impl EventLoop {
         direct
     }
 
-    fn publish_document(&mut self) {
-        let now = unix_now();
-        let reach = self.reach();
-        // A retry after a failed PUT re-sends the same document while it is still current.
-        if let Some(doc) = &self.publish.current {
-            if self.publish.failed
-                && reach == self.publish.reach
-                && self.publish.issued_at.elapsed() < REPUBLISH_EVERY
-            {
-                let record = record_for(doc, now);
-                self.put_own_record(record);
-                return;
-            }
-        }
-        let Some(identity) = self.identity.as_mut() else {
+    fn publish_due(&mut self) {
+        let Some(keeper) = &self.keeper else {
             return;
         };
-        if identity.rotate_encryption_key_if_due(now) {
-            info!("encryption key rotated");
+        match self.publisher.on_due(self.reach(), Instant::now()) {
+            publish::Step::Reput => {
+                if let Some(doc) = self.publisher.current().cloned() {
+                    self.put_own_record(&doc);
+                }
+            }
+            publish::Step::Issue(reach) => keeper.issue(reach, unix_now()),
         }
-        let doc = identity.issue_document(&reach, now);
-        let keys = Arc::new(identity.message_keys(doc.clone()));
-        if let Err(e) = self.store.save_identity(identity) {
-            warn!(error = %e, "could not save identity; not publishing");
-            self.publish.due = Instant::now() + self.publish.backoff;
-            return;
-        }
-        // Check our own document as every other node will: a clock far off, a corrupt
-        // chain or an over-long one would otherwise fail silently everywhere else.
-        if let Err(e) = SignedDocument::decode_for(doc.bytes(), &doc.doc().uuid(), now) {
-            self.count(Counter::OwnDocumentInvalid);
-            tracing::error!(error = %e, "our own identity document does not verify; peers will refuse it (is the clock right?)");
-        }
-        self.cache.put(&doc, now);
-        if let Some(hooks) = &self.hooks {
-            hooks.keys.send_replace(Some(keys));
-        }
-        let record = record_for(&doc, now);
-        self.publish.current = Some(doc);
-        self.publish.reach = reach;
-        self.publish.issued_at = Instant::now();
-        self.put_own_record(record);
     }
 
-    /// Sends our document to the DHT and schedules the next regular re-issue (a failed PUT
-    /// brings it forward, see the PutRecord result handling).
-    fn put_own_record(&mut self, record: kad::Record) {
+    /// The keeper signed (and saved) a new document: cache it and put it into the DHT.
+    fn on_issued(&mut self, issued: Issued) {
+        let now = Instant::now();
+        let Some(doc) = issued.doc else {
+            self.publisher.on_issue_failed(now);
+            return;
+        };
+        self.cache.put(&doc, unix_now());
+        self.put_own_record(&doc);
+        self.publisher.on_issued(doc, issued.reach, now);
+    }
+
+    fn put_own_record(&mut self, doc: &SignedDocument) {
         // Only store limits can fail locally, and they do not apply to our own record.
+        let record = record_for(doc, unix_now());
         if let Err(e) = self
             .swarm
             .behaviour_mut()
@@ -687,552 +632,83 @@ impl EventLoop {
         {
             warn!(error = ?e, "could not store our own document locally");
         }
-        self.publish.due = Instant::now() + REPUBLISH_EVERY;
     }
 
     fn schedule_publish_soon(&mut self) {
-        let soon = Instant::now() + PUBLISH_DEBOUNCE;
-        if self.identity.is_some() && self.publish.due > soon {
-            self.publish.due = soon;
-        }
+        self.publisher.on_reach_changed(Instant::now());
     }
 
     // ---- lookups ----
 
     fn start_lookup(&mut self, uuid: Uuid, reply: Reply) {
-        // Coalesce with a lookup already in flight for the same UUID.
-        if let Some(l) = self.lookups.values_mut().find(|l| l.uuid == uuid) {
-            l.replies.push(reply);
-            return;
-        }
-        let id = self.next_lookup;
-        self.next_lookup += 1;
-        let query = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .get_record(kad::RecordKey::new(&dht_key(&uuid)));
-        self.lookup_queries.insert(query, id);
-        self.lookups.insert(
-            id,
-            Lookup {
-                uuid,
-                best: None,
-                replies: vec![reply],
-                fetches: 0,
-                dht_done: false,
-                answered_at_first: None,
-                query: Some(query),
-                records: 0,
-                grace_until: None,
-            },
-        );
-    }
-
-    /// Considers a candidate document for lookup `id`; bad ones are counted and dropped.
-    /// Returns whether it was valid.
-    fn offer(&mut self, id: u64, bytes: &[u8], from: Option<PeerId>) -> bool {
-        let Some(uuid) = self.lookups.get(&id).map(|l| l.uuid) else {
-            return false;
-        };
-        match SignedDocument::decode_for(bytes, &uuid, unix_now()) {
-            Ok(doc) => {
-                let lookup = self.lookups.get_mut(&id).expect("checked above");
-                let better = match &lookup.best {
-                    Some(best) => doc.may_replace(best) == Ok(true),
-                    None => true,
-                };
-                if better {
-                    lookup.best = Some(doc);
-                }
-                true
-            }
-            Err(e) => {
-                self.count(Counter::LookupInvalidDocument);
-                crate::warn_remote!("lookup_bad_document", peer = ?from, %uuid, error = %e, "ignored invalid identity document in lookup");
-                false
-            }
-        }
-    }
-
-    /// Stops lookup `id`'s DHT query; Kademlia then reports it finished as usual.
-    fn finish_dht_query(&mut self, id: u64) {
-        let Some(query) = self.lookups.get_mut(&id).and_then(|l| l.query.take()) else {
-            return;
-        };
-        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
-            q.finish();
-        }
-    }
-
-    /// When the next lookup's grace after its first valid document runs out.
-    fn next_lookup_grace(&self) -> Option<Instant> {
-        self.lookups
-            .values()
-            .filter(|l| l.query.is_some())
-            .filter_map(|l| l.grace_until)
-            .min()
-    }
-
-    fn end_lookup_graces(&mut self) {
-        let now = Instant::now();
-        let due: Vec<u64> = self
-            .lookups
-            .iter()
-            .filter(|(_, l)| l.query.is_some() && l.grace_until.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            self.finish_dht_query(id);
-        }
-    }
-
-    fn dht_lookup_finished(&mut self, id: u64) {
-        let Some(lookup) = self.lookups.get_mut(&id) else {
-            return;
-        };
-        lookup.dht_done = true;
-        if lookup.best.is_none() {
-            // Fall back to asking connected peers directly.
-            let uuid = lookup.uuid;
-            let peers: Vec<PeerId> = self
+        if let Some(id) = self.lookups.start(uuid, reply) {
+            let query = self
                 .swarm
-                .connected_peers()
-                .take(FALLBACK_FETCH_PEERS)
-                .cloned()
-                .collect();
-            for peer in peers {
-                let rid = self.swarm.behaviour_mut().verbs.send_request(
-                    &peer,
-                    Request::GetCertificate {
-                        uuid: *uuid.as_bytes(),
-                    },
-                );
-                self.lookup_fetches.insert(rid, id);
-                if let Some(l) = self.lookups.get_mut(&id) {
-                    l.fetches += 1;
+                .behaviour_mut()
+                .kad
+                .get_record(kad::RecordKey::new(&dht_key(&uuid)));
+            self.lookup_queries.insert(query, id);
+            self.lookups.query_started(id, query);
+        }
+    }
+
+    /// Carries out what the lookup state machine decided.
+    fn carry_out_lookup(&mut self, out: Vec<lookup::Out<Reply, kad::QueryId>>) {
+        for o in out {
+            if let Some(c) = o.counter() {
+                self.count(c);
+            }
+            match o {
+                lookup::Out::FinishQuery(query) => {
+                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+                        q.finish();
+                    }
                 }
-            }
-        }
-        self.maybe_finish_lookup(id);
-    }
-
-    fn maybe_finish_lookup(&mut self, id: u64) {
-        let done = self
-            .lookups
-            .get(&id)
-            .is_some_and(|l| l.dht_done && l.fetches == 0);
-        if !done {
-            return;
-        }
-        let Some(lookup) = self.lookups.remove(&id) else {
-            return;
-        };
-        let now = unix_now();
-        // The document we hold ourselves is among the candidates already: Kademlia offers
-        // the local record first (the DHT store is seeded from the cache and updated after
-        // every lookup), so peers answering with an older one cannot take us back.
-        let result = match lookup.best {
-            Some(doc) => {
-                self.cache.put(&doc, now);
-                // Keep a copy in the DHT store too, so we can answer others.
-                let _ = self.accept_into_dht(&doc, now);
-                Ok(doc)
-            }
-            None => match self.store.cached_document(&lookup.uuid, now) {
-                Ok(Some(doc)) => Ok(doc),
-                _ => Err(LookupError::NotFound(lookup.uuid)),
-            },
-        };
-        for reply in lookup.replies {
-            let _ = reply.send(result.clone());
-        }
-    }
-
-    // ---- DHT record validation ----
-
-    /// Checks a record a peer asked us to store and stores it if it is a valid document
-    /// that may replace what we hold.
-    fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
-        use libp2p::kad::store::RecordStore;
-        // Kademlia re-replicates what it holds every hour: a copy of what we already have
-        // costs nothing and must not eat the sender's allowance.
-        if let Some(held) = self.swarm.behaviour_mut().kad.store_mut().get(&record.key) {
-            if held.value == record.value {
-                return;
-            }
-        }
-        if !self.put_limiter.allow(&source, Instant::now()) {
-            self.count(Counter::DhtPutRateLimited);
-            return;
-        }
-        let now = unix_now();
-        let Some(uuid) = uuid_from_dht_key(record.key.as_ref()) else {
-            self.count(Counter::DhtPutBadKey);
-            debug!(peer = %source, "rejected DHT record with a key that is not ours");
-            return;
-        };
-        let doc = match SignedDocument::decode_for(&record.value, &uuid, now) {
-            Ok(d) => d,
-            Err(e) => {
-                self.count(Counter::DhtPutInvalidDocument);
-                crate::warn_remote!("dht_bad_record", peer = %source, %uuid, reason = e.reason(), error = %e, "rejected DHT record");
-                return;
-            }
-        };
-        match self.accept_into_dht(&doc, now) {
-            Ok(true) => self.cache.put(&doc, now),
-            Ok(false) => {}
-            Err(e) => {
-                self.count(Counter::DhtPutSuperseded);
-                debug!(peer = %source, %uuid, error = %e, "rejected DHT record");
-            }
-        }
-    }
-
-    /// Puts a verified document into the DHT store if it may replace the held one.
-    fn accept_into_dht(
-        &mut self,
-        doc: &SignedDocument,
-        now: u64,
-    ) -> Result<bool, crate::identity::DocumentError> {
-        use libp2p::kad::store::RecordStore;
-        let key = kad::RecordKey::new(&dht_key(&doc.doc().uuid()));
-        let store = self.swarm.behaviour_mut().kad.store_mut();
-        if let Some(held) = store.get(&key) {
-            if let Ok(held) = SignedDocument::decode(&held.value, now) {
-                if !doc.may_replace(&held)? {
-                    return Ok(false);
+                lookup::Out::Fetch {
+                    lookup,
+                    uuid,
+                    peers,
+                } => {
+                    for peer in peers {
+                        let rid = self.swarm.behaviour_mut().verbs.send_request(
+                            &peer,
+                            Request::GetCertificate {
+                                uuid: *uuid.as_bytes(),
+                            },
+                        );
+                        self.lookup_fetches.insert(rid, lookup);
+                    }
                 }
-            }
-        }
-        if let Err(e) = store.put(record_for(doc, now)) {
-            self.count(Counter::DhtStoreFull);
-            warn!(error = ?e, "DHT store full; record not kept");
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    /// Provider records say who is in a channel. Only our own key shape is stored (a
-    /// 32-byte hash, see `wire::frame::provider_key`), from the provider itself (Kademlia
-    /// checks that), at a bounded rate per peer, and within the store's limits.
-    fn on_inbound_provider(&mut self, record: kad::ProviderRecord) {
-        use libp2p::kad::store::RecordStore;
-        let source = record.provider;
-        if record.key.as_ref().len() != 32 {
-            self.count(Counter::DhtProviderRejected);
-            debug!(peer = %source, "refused a provider record with a foreign key");
-            return;
-        }
-        if !self.provider_limiter.allow(&source, Instant::now()) {
-            self.count(Counter::DhtProviderRateLimited);
-            return;
-        }
-        let mut record = record;
-        record.addresses.truncate(MAX_ADDRS_PER_PEER);
-        if let Err(e) = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .store_mut()
-            .add_provider(record)
-        {
-            self.count(Counter::DhtStoreFull);
-            debug!(error = ?e, "provider record not kept");
-        }
-    }
-
-    // ---- gossip ----
-
-    fn on_gossip_event(&mut self, event: gossipsub::Event) {
-        match event {
-            gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            } => {
-                let msg = GossipIn {
-                    id: message_id,
-                    source: propagation_source,
-                    author: message.source,
-                    topic: message.topic.into_string(),
-                    data: message.data,
-                };
-                // Before the queue and before any signature check: a flood beyond the
-                // buckets costs us a hash lookup, and honest frames keep their place.
-                let announce = msg.topic == channel_frame::ANNOUNCE_TOPIC;
-                if let Err(why) =
-                    self.gossip_limits
-                        .admit(msg.source, msg.author, announce, Instant::now())
-                {
-                    self.count(why.counter());
-                    debug!(peer = %msg.source, reason = why.counter().as_str(), "gossip over its rate");
-                    self.report(msg.id, msg.source, gossipsub::MessageAcceptance::Ignore);
-                    return;
+                lookup::Out::Invalid { uuid, from, error } => {
+                    crate::warn_remote!("lookup_bad_document", peer = ?from, %uuid, error = %error, "ignored invalid identity document in lookup");
                 }
-                match &self.gossip {
-                    Some(tx) => {
-                        if let Err(e) = tx.try_send(GossipEvent::Message(msg)) {
-                            let GossipEvent::Message(msg) = e.into_inner() else {
-                                return;
-                            };
-                            self.count(Counter::GossipQueueFull);
-                            self.report(msg.id, msg.source, gossipsub::MessageAcceptance::Ignore);
+                lookup::Out::Done {
+                    uuid,
+                    replies,
+                    found,
+                } => {
+                    let now = unix_now();
+                    // The document we hold ourselves is among the candidates already:
+                    // Kademlia offers the local record first (the DHT store is seeded from
+                    // the cache and updated after every lookup), so peers answering with an
+                    // older one cannot take us back.
+                    let result = match found {
+                        Some(doc) => {
+                            self.cache.put(&doc, now);
+                            // Keep a copy in the DHT store too, so we can answer others.
+                            let _ = self.accept_into_dht(&doc, now);
+                            Ok(doc)
                         }
-                    }
-                    None => self.validate_announcement(msg),
-                }
-            }
-            gossipsub::Event::Subscribed { peer_id, topic } => {
-                if let Some(tx) = &self.gossip {
-                    let _ = tx.try_send(GossipEvent::Subscribed {
-                        peer: peer_id,
-                        topic: topic.into_string(),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn report(
-        &mut self,
-        id: gossipsub::MessageId,
-        source: PeerId,
-        a: gossipsub::MessageAcceptance,
-    ) {
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, a);
-    }
-
-    /// A relay has no channel service: it forwards only valid public-channel announcements
-    /// and nothing on any other topic.
-    fn validate_announcement(&mut self, msg: GossipIn) {
-        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
-        if msg.topic != channel_frame::ANNOUNCE_TOPIC {
-            self.report(msg.id, msg.source, Ignore);
-            return;
-        }
-        let now = unix_now();
-        let check = |from: &Uuid, bytes: &[u8]| {
-            SignedDocument::decode_for(bytes, from, now)
-                .map_err(|e| crate::wire::envelope::Reject::BadSenderDocument(e.to_string()))
-        };
-        let verdict = channel_frame::verify(
-            &msg.data,
-            channel_frame::Via::Gossip(msg.author),
-            crate::unix_now_ms(),
-            &check,
-            None,
-        )
-        .and_then(|c| {
-            if c.body.kind == channel_frame::CHANNEL && !c.body.private {
-                Ok(())
-            } else {
-                Err(channel_frame::Drop::BadKind)
-            }
-        });
-        let acceptance = match verdict {
-            Ok(()) => Accept,
-            Err(channel_frame::Drop::Stale) => Ignore,
-            Err(d) => {
-                self.count(d.counter());
-                Reject
-            }
-        };
-        self.report(msg.id, msg.source, acceptance);
-    }
-
-    // ---- verbs ----
-
-    fn on_request(
-        &mut self,
-        peer: PeerId,
-        request: Request,
-        channel: request_response::ResponseChannel<Response>,
-    ) {
-        let is_message = matches!(
-            request,
-            Request::Message { .. }
-                | Request::Chunk { .. }
-                | Request::Deposit { .. }
-                | Request::MailAck { .. }
-        );
-        let limiter = if is_message {
-            &mut self.message_limiter
-        } else {
-            &mut self.request_limiter
-        };
-        let response = if !limiter.allow(&peer, Instant::now()) {
-            self.count(Counter::RequestRateLimited);
-            Response::Nack {
-                reason: "rate_limited".into(),
-            }
-        } else {
-            match request {
-                Request::Message { .. }
-                | Request::Chunk { .. }
-                | Request::Deposit { .. }
-                | Request::MailChallenge
-                | Request::MailLogin { .. }
-                | Request::MailAck { .. }
-                | Request::ChannelHistory { .. } => return self.hand_over(peer, request, channel),
-                Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
-                Request::Connect { doc } => self.on_connect_request(peer, &doc),
-                Request::ConnectAnswer { accept } => self.on_connect_answer(peer, accept),
-                Request::TooLarge => {
-                    self.count(Counter::RequestTooLarge);
-                    crate::warn_remote!("request_too_large", %peer, "request over the size limit");
-                    Response::Nack {
-                        reason: "too_large".into(),
-                    }
-                }
-                Request::Malformed(e) => {
-                    self.count(Counter::RequestMalformed);
-                    crate::warn_remote!("request_malformed", %peer, error = %e, "malformed request");
-                    Response::Nack {
-                        reason: "malformed".into(),
+                        None => match self.store.cached_document(&uuid, now) {
+                            Ok(Some(doc)) => Ok(doc),
+                            _ => Err(LookupError::NotFound(uuid)),
+                        },
+                    };
+                    for reply in replies {
+                        let _ = reply.send(result.clone());
                     }
                 }
             }
-        };
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .verbs
-            .send_response(channel, response);
-    }
-
-    /// Gives a MESSAGE or CHUNK to the messenger, a CHANNEL-HISTORY to the channel service,
-    /// or a mailbox verb to the mailbox service; the service answers later through
-    /// [`Command::Respond`]. A node without that service (`no_user` or `unknown_channel` on
-    /// a relay, `no_mailbox` on a user node or a relay without mailboxes) or a full queue
-    /// (`busy`) is answered at once.
-    fn hand_over(
-        &mut self,
-        peer: PeerId,
-        request: Request,
-        channel: request_response::ResponseChannel<Response>,
-    ) {
-        let (target, absent, busy) = match request {
-            Request::Message { .. } | Request::Chunk { .. } => (
-                self.hooks.as_ref().map(|h| &h.inbound),
-                "no_user",
-                Counter::InboundBusy,
-            ),
-            Request::ChannelHistory { .. } => (
-                self.channel_history.as_ref(),
-                "unknown_channel",
-                Counter::HistoryBusy,
-            ),
-            _ => (self.mailbox.as_ref(), "no_mailbox", Counter::MailBusy),
-        };
-        let token = self.next_token;
-        self.next_token += 1;
-        let reason = match target {
-            None => absent,
-            Some(tx) => match tx.try_send(InboundVerb {
-                token,
-                peer,
-                request,
-            }) {
-                Ok(()) => {
-                    self.handed_over.insert(token, channel);
-                    return;
-                }
-                Err(_) => {
-                    self.count(busy);
-                    "busy"
-                }
-            },
-        };
-        let _ = self.swarm.behaviour_mut().verbs.send_response(
-            channel,
-            Response::Nack {
-                reason: reason.into(),
-            },
-        );
-    }
-
-    /// Hands mailbox verbs to the mailbox service from now on (relays).
-    pub(crate) fn set_mailbox(&mut self, tx: mpsc::Sender<InboundVerb>) {
-        self.mailbox = Some(tx);
-    }
-
-    fn certificate_for(&mut self, uuid: &Uuid) -> Response {
-        use libp2p::kad::store::RecordStore;
-        let now = unix_now();
-        if let Some(doc) = &self.publish.current {
-            if doc.doc().uuid() == *uuid {
-                return Response::Certificate {
-                    doc: doc.bytes().to_vec(),
-                };
-            }
-        }
-        // A user node's store and cache hold everyone its user wrote to, heard from or
-        // looked up: answering from them would tell a stranger who its contacts are.
-        // Serving other documents is a relay's role (it serves the DHT).
-        if self.mode == Mode::User {
-            return Response::NotFound;
-        }
-        let key = kad::RecordKey::new(&dht_key(uuid));
-        if let Some(rec) = self.swarm.behaviour_mut().kad.store_mut().get(&key) {
-            if SignedDocument::decode_for(&rec.value, uuid, now).is_ok() {
-                return Response::Certificate {
-                    doc: rec.value.clone(),
-                };
-            }
-        }
-        match self.store.cached_document(uuid, now) {
-            Ok(Some(doc)) => Response::Certificate {
-                doc: doc.bytes().to_vec(),
-            },
-            _ => Response::NotFound,
-        }
-    }
-
-    fn on_response(
-        &mut self,
-        peer: PeerId,
-        id: request_response::OutboundRequestId,
-        response: Result<Response, String>,
-    ) {
-        if self.on_connect_response(id, &response) {
-            return;
-        }
-        if let Some(reply) = self.outbound.remove(&id) {
-            let _ = reply.send(response);
-            return;
-        }
-        let response = response.ok();
-        if let Some((uuid, reply)) = self.direct_fetches.remove(&id) {
-            let result = match response {
-                Some(Response::Certificate { doc }) => {
-                    match SignedDocument::decode_for(&doc, &uuid, unix_now()) {
-                        Ok(d) => Ok(d),
-                        Err(e) => {
-                            self.count(Counter::CertificateInvalid);
-                            crate::warn_remote!("bad_certificate", %peer, %uuid, error = %e, "peer sent an invalid certificate");
-                            Err(LookupError::NotFound(uuid))
-                        }
-                    }
-                }
-                _ => Err(LookupError::NotFound(uuid)),
-            };
-            let _ = reply.send(result);
-            return;
-        }
-        if let Some(lookup) = self.lookup_fetches.remove(&id) {
-            if let Some(Response::Certificate { doc }) = response {
-                self.offer(lookup, &doc, Some(peer));
-            }
-            if let Some(l) = self.lookups.get_mut(&lookup) {
-                l.fetches = l.fetches.saturating_sub(1);
-            }
-            self.maybe_finish_lookup(lookup);
         }
     }
 
@@ -1289,10 +765,7 @@ impl EventLoop {
                 if !relayed && self.relays.is_candidate(&peer_id) {
                     self.maybe_reserve();
                 }
-                if self.publish.failed {
-                    self.publish.failed = false;
-                    self.publish.due = Instant::now() + PUBLISH_DEBOUNCE;
-                }
+                self.publisher.on_connected(Instant::now());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -1422,192 +895,25 @@ impl EventLoop {
             _ => {}
         }
     }
-
-    fn on_kad_event(&mut self, event: kad::Event) {
-        match event {
-            kad::Event::InboundRequest { request } => match request {
-                kad::InboundRequest::PutRecord {
-                    source,
-                    record: Some(record),
-                    ..
-                } => self.on_inbound_put(source, record),
-                kad::InboundRequest::AddProvider {
-                    record: Some(record),
-                    ..
-                } => self.on_inbound_provider(record),
-                _ => {}
-            },
-            kad::Event::OutboundQueryProgressed {
-                id,
-                result,
-                step,
-                stats,
-            } => match result {
-                kad::QueryResult::GetRecord(result) => {
-                    let Some(&lookup) = self.lookup_queries.get(&id) else {
-                        return;
-                    };
-                    if let Ok(kad::GetRecordOk::FoundRecord(peer_record)) = &result {
-                        if self.offer(lookup, &peer_record.record.value, peer_record.peer) {
-                            let l = self.lookups.get_mut(&lookup).expect("offer checked");
-                            l.records += 1;
-                            if l.answered_at_first.is_none() {
-                                // A record from our own store (no peer) took no hop.
-                                l.answered_at_first = Some(match peer_record.peer {
-                                    Some(_) => stats.num_successes() + 1,
-                                    None => 0,
-                                });
-                                l.grace_until = Some(Instant::now() + LOOKUP_GRACE);
-                            }
-                            if l.records >= LOOKUP_QUORUM {
-                                self.finish_dht_query(lookup);
-                            }
-                        }
-                    }
-                    if step.last {
-                        self.lookup_queries.remove(&id);
-                        if let Some(l) = self.lookups.get_mut(&lookup) {
-                            l.query = None;
-                        }
-                        self.lookup_stats.done += 1;
-                        self.lookup_stats.requests += u64::from(stats.num_requests());
-                        if let Some(n) = self.lookups.get(&lookup).and_then(|l| l.answered_at_first)
-                        {
-                            self.lookup_stats.found += 1;
-                            self.lookup_stats.hops_bound += u64::from(n);
-                        }
-                        self.dht_lookup_finished(lookup);
-                    }
-                }
-                kad::QueryResult::GetProviders(result) => {
-                    if !self.provider_queries.contains(&id) {
-                        return;
-                    }
-                    if step.last {
-                        self.provider_queries.remove(&id);
-                    }
-                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
-                        let me = *self.swarm.local_peer_id();
-                        // Providers are whoever answered: a private node does not dial them
-                        // directly (their addresses are the answerer's word), only over
-                        // circuits through its own relays, which show them no address.
-                        let direct = self
-                            .dial_policy
-                            .may_dial_direct(dial::DialReason::Automatic);
-                        let mut circuits_left = MAX_PROVIDER_CIRCUIT_DIALS;
-                        let now = Instant::now();
-                        for p in providers.into_iter().take(MAX_PROVIDER_DIALS) {
-                            if p == me || self.swarm.is_connected(&p) {
-                                continue;
-                            }
-                            let opts = if direct {
-                                DialOpts::peer_id(p).build()
-                            } else {
-                                if circuits_left == 0 {
-                                    break;
-                                }
-                                let circuits = self.relays.circuits_to(p, now);
-                                if circuits.is_empty() {
-                                    continue;
-                                }
-                                circuits_left -= 1;
-                                // One relay at a time: each try costs a circuit token there.
-                                DialOpts::peer_id(p)
-                                    .addresses(circuits)
-                                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                                    .override_dial_concurrency_factor(NonZeroU8::MIN)
-                                    .build()
-                            };
-                            let _ = self.swarm.dial(opts);
-                        }
-                    }
-                }
-                kad::QueryResult::PutRecord(result) => {
-                    if let Some(doc) = &self.publish.current {
-                        let key = kad::RecordKey::new(&dht_key(&doc.doc().uuid()));
-                        match result {
-                            Ok(_) => {
-                                info!(seq = doc.doc().seq, "identity document published");
-                                self.publish.backoff = Duration::from_secs(1);
-                                self.publish.failed = false;
-                            }
-                            Err(e) if e.key() == &key => {
-                                debug!(error = ?e, backoff = ?self.publish.backoff, "publish failed; will retry");
-                                self.publish.failed = true;
-                                self.publish.due = Instant::now() + self.publish.backoff;
-                                self.publish.backoff =
-                                    (self.publish.backoff * 2).min(MAX_PUBLISH_BACKOFF);
-                            }
-                            Err(_) => {}
-                        }
-                    }
-                }
-                _ => {}
-            },
-            _ => {}
-        }
-    }
-}
-
-/// The DHT record for a document, expiring with it.
-fn record_for(doc: &SignedDocument, now: u64) -> kad::Record {
-    let mut record = kad::Record::new(dht_key(&doc.doc().uuid()), doc.bytes().to_vec());
-    record.expires =
-        Some(Instant::now() + Duration::from_secs(doc.doc().expires.saturating_sub(now)));
-    record
-}
-
-/// The UUID named by a DHT key `/ptpchat/id/<uuid>` (lowercase, hyphenated only).
-fn uuid_from_dht_key(key: &[u8]) -> Option<Uuid> {
-    let s = std::str::from_utf8(key)
-        .ok()?
-        .strip_prefix("/ptpchat/id/")?;
-    let uuid = Uuid::parse_str(s).ok()?;
-    (uuid.hyphenated().to_string() == s).then_some(uuid)
 }
 
 fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
-/// The directory cache's writes, on a thread of their own: each is a durable redb commit,
-/// which would otherwise hold up the event loop (and the runtime thread under it) for an
-/// fsync per accepted DHT record or lookup result. A cache write nobody waits for, though
-/// readers of the cache see it at once; when the queue is full it is dropped. Dropping
-/// this waits for the queued writes, so the database is closed when the event loop is gone.
-struct CacheWriter {
-    store: Store,
-    writer: Option<crate::store::Writer>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl CacheWriter {
-    fn new(store: &Store) -> Self {
-        let (writer, thread) = store.writer();
-        CacheWriter {
-            store: store.clone(),
-            writer: Some(writer),
-            thread,
-        }
-    }
-
-    fn put(&self, doc: &SignedDocument, now: u64) {
-        let queued = self
-            .writer
-            .as_ref()
-            .is_some_and(|w| self.store.cache_document_behind(w, doc, now));
-        if !queued {
-            debug!("directory cache write dropped: its queue is full");
-        }
+/// The keeper's next answer; never, for a relay (it has no keeper).
+async fn recv_issued(rx: &mut Option<mpsc::UnboundedReceiver<Issued>>) -> Option<Issued> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
-impl Drop for CacheWriter {
-    fn drop(&mut self) {
-        self.writer.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1650,23 +956,5 @@ mod tests {
         assert!(!lan("/ip4/198.51.100.7/tcp/4001"));
         assert!(!lan("/ip4/203.0.113.10/tcp/4001"));
         assert!(!lan("/ip6/2001:db8::1/tcp/4001"));
-    }
-
-    #[test]
-    fn dht_keys_must_be_canonical() {
-        let u = Uuid::new_v4();
-        assert_eq!(uuid_from_dht_key(&dht_key(&u)), Some(u));
-        assert_eq!(
-            uuid_from_dht_key(format!("/ptpchat/id/{}", u.simple()).as_bytes()),
-            None
-        );
-        assert_eq!(
-            uuid_from_dht_key(
-                format!("/ptpchat/id/{}", u.hyphenated().to_string().to_uppercase()).as_bytes()
-            ),
-            None
-        );
-        assert_eq!(uuid_from_dht_key(b"/ipfs/whatever"), None);
-        assert_eq!(uuid_from_dht_key(&[0xff, 0xfe]), None);
     }
 }

@@ -8,6 +8,7 @@ mod event_loop;
 pub(crate) mod gossip_limits;
 mod hooks;
 pub mod iplimit;
+mod keeper;
 pub(crate) mod ratelimit;
 
 pub use behaviour::{

@@ -145,7 +145,7 @@ impl EventLoop {
             let _ = reply.send(ConnectOutcome::Direct(addr));
             return;
         }
-        let Some(doc) = self.publish.current.as_ref().map(|d| d.bytes().to_vec()) else {
+        let Some(doc) = self.publisher.current().map(|d| d.bytes().to_vec()) else {
             let _ = reply.send(ConnectOutcome::Failed(
                 "our identity document is not issued yet".into(),
             ));
@@ -205,7 +205,7 @@ impl EventLoop {
                         o.retried = true;
                         o.addrs.clone()
                     });
-                match (retry, self.publish.current.as_ref()) {
+                match (retry, self.publisher.current()) {
                     (Some(addrs), Some(doc)) => {
                         debug!(%peer, error = %e, "CONNECT failed; sending it once more");
                         let doc = doc.bytes().to_vec();
@@ -305,7 +305,7 @@ impl EventLoop {
             self.count(Counter::ConnectRateLimited);
             return nack("rate_limited");
         }
-        if self.identity.is_none() {
+        if self.keeper.is_none() {
             return nack("no_user");
         }
         let doc = match SignedDocument::decode(doc, unix_now()) {
