@@ -212,7 +212,7 @@ impl EventLoop {
             gossip_limits: GossipLimits::default(),
             provider_queries: HashSet::new(),
             relays: {
-                let mut r = relays::Relays::default();
+                let mut r = relays::Relays::new(config.mode == Mode::User, config.public);
                 for addr in &config.relays {
                     if let Some(Protocol::P2p(peer)) = addr.iter().last() {
                         r.add_explicit(peer, addr.clone());
@@ -836,6 +836,8 @@ impl EventLoop {
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 info!(?old, ?new, "NAT status changed");
+                self.relays
+                    .set_private_nat(matches!(new, autonat::NatStatus::Private));
                 self.nat = new;
                 self.maybe_reserve();
                 self.release_relays_if_unwanted();
