@@ -13,35 +13,31 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use libp2p::{
-    autonat, dcutr, gossipsub, identify, kad, mdns,
-    multiaddr::Protocol,
-    relay, request_response,
-    swarm::{
-        dial_opts::{DialOpts, PeerCondition},
-        ConnectionId, SwarmEvent,
-    },
-    Multiaddr, PeerId, Swarm,
+    autonat, kad, multiaddr::Protocol, request_response, swarm::ConnectionId, Multiaddr, PeerId,
+    Swarm,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
+mod commands;
 mod connect;
 mod dht;
 mod gossip;
 mod lookup;
 mod publish;
 mod relays;
+mod swarm;
 mod verbs;
 
 pub use connect::{ConnectOutcome, ConnectRequestView};
 
-use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use super::behaviour::Behaviour;
 use super::dial;
 use super::gossip_limits::GossipLimits;
 use super::keeper::{Issued, Keeper};
 use super::ratelimit::RateLimiter;
-use super::{Command, GossipEvent, LookupError, PeerInfo, Status};
+use super::{Command, GossipEvent, LookupError};
 use super::{EventLoopHooks, InboundVerb};
 use crate::config::{Mode, NodeConfig};
 use crate::counters::{Counter, Counters};
@@ -124,6 +120,8 @@ pub struct EventLoop {
     /// `--private-ips`: LAN addresses count as reachable.
     private_ips: bool,
     connects: connect::Connects,
+    /// Our CONNECT requests on the wire, and whom they went to.
+    connect_asks: HashMap<request_response::OutboundRequestId, PeerId>,
     connect_limiter: RateLimiter<PeerId>,
 }
 
@@ -223,6 +221,7 @@ impl EventLoop {
             loopback_only: !config.listen.is_empty() && config.listen.iter().all(is_loopback),
             private_ips: config.private_ips,
             connects: connect::Connects::new(config.accept_connect),
+            connect_asks: HashMap::new(),
             // A burst of 10 requests, then one every 2 s, per peer.
             connect_limiter: RateLimiter::new(10, 0.5, 4096),
         }
@@ -293,263 +292,6 @@ impl EventLoop {
 
     fn count(&mut self, what: Counter) {
         self.rejected.count(what);
-    }
-
-    fn on_command(&mut self, command: Command) {
-        match command {
-            Command::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
-            Command::Peers(reply) => {
-                let mut peers: Vec<PeerInfo> = self
-                    .peers
-                    .iter()
-                    .filter_map(|(p, s)| {
-                        let (addr, relayed) = s.addr()?;
-                        Some(PeerInfo {
-                            peer_id: p.to_string(),
-                            addr: addr.to_string(),
-                            relayed,
-                            agent: s.agent.clone(),
-                        })
-                    })
-                    .collect();
-                peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-                let _ = reply.send(peers);
-            }
-            Command::Whois { uuid, reply } => self.start_lookup(uuid, reply),
-            Command::FetchCertificate { peer, uuid, reply } => {
-                let id = self.swarm.behaviour_mut().verbs.send_request(
-                    &peer,
-                    Request::GetCertificate {
-                        uuid: *uuid.as_bytes(),
-                    },
-                );
-                self.direct_fetches.insert(id, (uuid, reply));
-            }
-            Command::Dial { addr, reply } => {
-                let _ = reply.send(self.dial(addr).map_err(|e| e.to_string()));
-            }
-            Command::Request {
-                peer,
-                addrs,
-                why,
-                request,
-                reply,
-            } => match self.send_verb(peer, request, addrs, why) {
-                Ok(id) => {
-                    self.outbound.insert(id, reply);
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
-            Command::Subscribe { topic, on } => self.subscribe(&topic, on),
-            Command::Publish { topic, data, reply } => {
-                let topic = gossipsub::IdentTopic::new(topic);
-                let g = &mut self.swarm.behaviour_mut().gossipsub;
-                let result = g
-                    .publish(topic.clone(), data)
-                    .map(|_| {
-                        g.all_peers()
-                            .filter(|(_, t)| t.contains(&&topic.hash()))
-                            .count()
-                    })
-                    .map_err(|e| match e {
-                        gossipsub::PublishError::NoPeersSubscribedToTopic => {
-                            "no peer of this channel is connected".to_string()
-                        }
-                        e => e.to_string(),
-                    });
-                let _ = reply.send(result);
-            }
-            Command::Validate {
-                id,
-                source,
-                acceptance,
-            } => {
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
-            }
-            Command::Provide { key, on } => {
-                let key = kad::RecordKey::new(&key);
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                if on {
-                    if let Err(e) = kad.start_providing(key.clone()) {
-                        warn!(error = ?e, "cannot provide a channel key");
-                    }
-                    let q = kad.get_providers(key);
-                    self.provider_queries.insert(q);
-                } else {
-                    kad.stop_providing(&key);
-                }
-            }
-            Command::FindProviders { key } => {
-                let q = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .get_providers(kad::RecordKey::new(&key));
-                self.provider_queries.insert(q);
-            }
-            Command::GossipPeers { topic, reply } => {
-                let hash = gossipsub::IdentTopic::new(topic).hash();
-                let g = &self.swarm.behaviour().gossipsub;
-                let peers = g
-                    .all_peers()
-                    .filter(|(_, t)| t.contains(&&hash))
-                    .map(|(p, _)| (*p, g.peer_score(p).unwrap_or(0.0)))
-                    .collect();
-                let _ = reply.send(peers);
-            }
-            Command::Connect { peer, addrs, reply } => self.start_connect(peer, addrs, reply),
-            Command::Disconnect { peer, reply } => {
-                self.withdraw_consent(&peer);
-                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
-            }
-            Command::ConnectRequests(reply) => {
-                let _ = reply.send(self.connect_requests());
-            }
-            Command::AnswerConnect {
-                request_id,
-                accept,
-                reply,
-            } => {
-                let _ = reply.send(self.answer_connect(request_id, accept));
-            }
-            Command::Respond { token, response } => {
-                if let Some(channel) = self.handed_over.remove(&token) {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .verbs
-                        .send_response(channel, response);
-                }
-            }
-        }
-    }
-
-    /// Subscribes to (or leaves) a gossipsub topic, with our score parameters for it.
-    pub(crate) fn subscribe(&mut self, topic: &str, on: bool) {
-        let topic = gossipsub::IdentTopic::new(topic);
-        let g = &mut self.swarm.behaviour_mut().gossipsub;
-        if on {
-            let _ = g.set_topic_params(topic.clone(), super::behaviour::topic_score_params());
-            if let Err(e) = g.subscribe(&topic) {
-                warn!(error = %e, "cannot subscribe to a gossip topic");
-            }
-        } else {
-            g.unsubscribe(&topic);
-        }
-    }
-
-    /// Sends a verb to `peer`, dialing it only where the dial policy allows for `why`: a
-    /// private node reaches a peer its user did not choose over a relay circuit or over a
-    /// connection it already holds, never by a direct dial of its own.
-    pub(crate) fn send_verb(
-        &mut self,
-        peer: PeerId,
-        request: Request,
-        addrs: Vec<Multiaddr>,
-        why: dial::DialReason,
-    ) -> Result<request_response::OutboundRequestId, String> {
-        let addrs: Vec<Multiaddr> = self
-            .dial_policy
-            .addresses(addrs, why)
-            .into_iter()
-            .take(MAX_ADDRS_PER_PEER)
-            .collect();
-        match why {
-            dial::DialReason::Own => self.swarm.behaviour_mut().dial_gate.pin(peer),
-            dial::DialReason::Chosen => self.swarm.behaviour_mut().dial_gate.choose(peer),
-            dial::DialReason::Automatic => {}
-        }
-        if self.dial_policy.may_dial_direct(why) || self.swarm.is_connected(&peer) {
-            return Ok(self
-                .swarm
-                .behaviour_mut()
-                .verbs
-                .send_request_with_addresses(&peer, request, addrs));
-        }
-        if addrs.is_empty() {
-            return Err("no relayed route to this peer".into());
-        }
-        // Our own dial, at the circuits only: request-response would dial the peer with
-        // whatever other behaviours (Kademlia) know of it, direct addresses included; its
-        // own dial then finds ours under way and is dropped.
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        match self.swarm.dial(opts) {
-            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        Ok(self
-            .swarm
-            .behaviour_mut()
-            .verbs
-            .send_request(&peer, request))
-    }
-
-    /// Dials `addr`, telling Kademlia about the peer if the address names it.
-    pub(crate) fn dial(&mut self, addr: Multiaddr) -> Result<(), libp2p::swarm::DialError> {
-        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            // Only our own configured peers (bootstrap, relays) are dialed by address.
-            self.swarm.behaviour_mut().dial_gate.pin(peer);
-            let mut bare = addr.clone();
-            bare.pop();
-            self.swarm.behaviour_mut().kad.add_address(&peer, bare);
-        }
-        self.swarm.dial(DialOpts::from(addr))
-    }
-
-    fn status(&mut self) -> Status {
-        let mut listen: Vec<String> = self.swarm.listeners().map(|a| a.to_string()).collect();
-        listen.sort();
-        Status {
-            uuid: self.keeper.as_ref().map(|k| k.uuid()),
-            peer_id: self.swarm.local_peer_id().to_string(),
-            mode: match self.mode {
-                Mode::User => "user",
-                Mode::Relay => "relay",
-            },
-            listen_addrs: listen,
-            external_addrs: self
-                .swarm
-                .external_addresses()
-                .map(|a| a.to_string())
-                .collect(),
-            nat: match self.nat {
-                autonat::NatStatus::Public(_) => "public",
-                autonat::NatStatus::Private => "private",
-                autonat::NatStatus::Unknown => "unknown",
-            },
-            connected_peers: self.swarm.connected_peers().count(),
-            relays: self.relays.accepted(),
-            channels: Vec::new(),
-            dht_records: {
-                use libp2p::kad::store::RecordStore;
-                self.swarm.behaviour_mut().kad.store_mut().records().count()
-            },
-            published_seq: self.publisher.current().map(|d| d.doc().seq),
-            rejected: {
-                let mut r = self.rejected.snapshot();
-                let ip = self.swarm.behaviour().ip_limits.refused();
-                if ip > 0 {
-                    r.insert(Counter::ConnectionIpLimit.as_str(), ip);
-                }
-                r
-            },
-            lookups: self.lookups.stats(),
-            mail: if self.mailbox.is_some() {
-                self.store.mail_totals().ok()
-            } else {
-                None
-            },
-        }
     }
 
     // ---- publishing our identity document ----
@@ -709,192 +451,6 @@ impl EventLoop {
                     }
                 }
             }
-        }
-    }
-
-    // ---- swarm events ----
-
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                let me = *self.swarm.local_peer_id();
-                // A relay runs on a host its operator made reachable: its routable listen
-                // addresses are what reservations hand out (LAN ones too with --private-ips,
-                // loopback only if that is all it listens on).
-                let usable = if is_loopback(&address) {
-                    self.loopback_only
-                } else {
-                    self.private_ips || !is_lan(&address)
-                };
-                if self.mode == Mode::Relay && !is_relayed(&address) && usable {
-                    self.swarm.add_external_address(address.clone());
-                }
-                info!(address = %address.clone().with(Protocol::P2p(me)), "listening");
-                self.update_listen_watch();
-                self.schedule_publish_soon();
-            }
-            SwarmEvent::ExpiredListenAddr { .. } => {
-                self.update_listen_watch();
-                self.schedule_publish_soon();
-            }
-            SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
-                self.schedule_publish_soon();
-            }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                endpoint,
-                connection_id,
-                ..
-            } => {
-                let addr = endpoint.get_remote_address().clone();
-                let relayed = endpoint.is_relayed();
-                if !relayed {
-                    self.on_direct_connection(peer_id, &addr);
-                }
-                self.peers
-                    .entry(peer_id)
-                    .or_insert(PeerState {
-                        conns: HashMap::new(),
-                        agent: None,
-                    })
-                    .conns
-                    .insert(connection_id, (addr, relayed));
-                if let Some(hooks) = &self.hooks {
-                    let _ = hooks.connected.send(peer_id);
-                }
-                if !relayed && self.relays.is_candidate(&peer_id) {
-                    self.maybe_reserve();
-                }
-                self.publisher.on_connected(Instant::now());
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                connection_id,
-                num_established,
-                ..
-            } => {
-                // Rate-limit buckets are kept (bounded): reconnecting must not refill them.
-                if num_established == 0 {
-                    self.peers.remove(&peer_id);
-                } else if let Some(p) = self.peers.get_mut(&peer_id) {
-                    p.conns.remove(&connection_id);
-                }
-            }
-            SwarmEvent::ListenerClosed { listener_id, .. } => {
-                self.on_listener_closed(listener_id);
-                self.update_listen_watch();
-            }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                debug!(peer = ?peer_id, error = %error, "dial failed");
-            }
-            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
-            _ => {}
-        }
-    }
-
-    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
-        match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                // mDNS and inbound dials can bring any libp2p program; keep only ptpchat peers.
-                if !info.protocols.contains(&crate::wire::verbs::PROTOCOL)
-                    && !info.protocols.contains(&KAD_PROTOCOL)
-                {
-                    self.count(Counter::ForeignPeer);
-                    debug!(peer = %peer_id, agent = %info.agent_version, "disconnecting a peer that speaks no ptpchat protocol");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                    return;
-                }
-                if let Some(state) = self.peers.get_mut(&peer_id) {
-                    state.agent = Some(info.agent_version.chars().take(128).collect());
-                }
-                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
-                    let direct = self
-                        .peers
-                        .get(&peer_id)
-                        .and_then(|p| p.direct_addr())
-                        .cloned();
-                    if let Some(addr) = direct {
-                        self.relays.add_candidate(peer_id, addr);
-                        self.maybe_reserve();
-                    }
-                }
-                if info.protocols.contains(&KAD_PROTOCOL) {
-                    for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
-                }
-            }
-            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
-                let mut seen = HashSet::new();
-                for (peer, addr) in found {
-                    if seen.insert(peer) && !self.swarm.is_connected(&peer) {
-                        // mDNS is the user's choice of its LAN (`--no-mdns` turns it off).
-                        self.swarm.behaviour_mut().dial_gate.choose(peer);
-                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
-                    }
-                }
-            }
-            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
-                info!(?old, ?new, "NAT status changed");
-                self.relays
-                    .set_private_nat(matches!(new, autonat::NatStatus::Private));
-                self.nat = new;
-                self.maybe_reserve();
-                self.release_relays_if_unwanted();
-                self.schedule_publish_soon();
-            }
-            BehaviourEvent::RelayServer(relay::Event::ReservationReqDenied {
-                src_peer_id, ..
-            }) => {
-                self.count(Counter::RelayReservationDenied);
-                debug!(peer = %src_peer_id, "relay reservation refused (a limit)");
-            }
-            BehaviourEvent::RelayServer(relay::Event::CircuitReqDenied { src_peer_id, .. }) => {
-                self.count(Counter::RelayCircuitDenied);
-                debug!(peer = %src_peer_id, "relay circuit refused (a limit, or no reservation)");
-            }
-            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
-                relay_peer_id,
-                renewal,
-                ..
-            }) => self.on_reservation_accepted(relay_peer_id, renewal),
-            BehaviourEvent::Dcutr(dcutr::Event {
-                remote_peer_id,
-                result,
-            }) => match result {
-                Ok(_) => debug!(peer = %remote_peer_id, "hole punch succeeded"),
-                Err(e) => {
-                    debug!(peer = %remote_peer_id, error = %e, "hole punch failed");
-                    self.on_hole_punch_failed(remote_peer_id);
-                }
-            },
-            BehaviourEvent::Kad(event) => self.on_kad_event(event),
-            BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
-            BehaviourEvent::Verbs(event) => match event {
-                request_response::Event::Message { peer, message, .. } => match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => self.on_request(peer, request, channel),
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => self.on_response(peer, request_id, Ok(response)),
-                },
-                request_response::Event::OutboundFailure {
-                    peer,
-                    request_id,
-                    error,
-                    ..
-                } => {
-                    debug!(%peer, %error, "request failed");
-                    self.on_response(peer, request_id, Err(error.to_string()));
-                }
-                request_response::Event::InboundFailure { peer, error, .. } => {
-                    debug!(%peer, %error, "inbound request failed");
-                }
-                request_response::Event::ResponseSent { .. } => {}
-            },
-            _ => {}
         }
     }
 }

@@ -4,12 +4,14 @@
 //! request for its user. Only on accept does either side give the other consent; the
 //! requester then opens a new circuit, on which DCUtR exchanges addresses and both sides
 //! dial at once (hole punching).
+//!
+//! [`Connects`] decides, with no IO and the time passed in: the event loop feeds it the
+//! requests, answers and connections it sees and carries out the [`Out`]puts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use libp2p::{
-    request_response::OutboundRequestId,
     swarm::dial_opts::{DialOpts, PeerCondition},
     Multiaddr, PeerId,
 };
@@ -24,7 +26,7 @@ use crate::config::ConnectPolicy;
 use crate::counters::Counter;
 use crate::identity::SignedDocument;
 use crate::unix_now;
-use crate::wire::verbs::{ConnectAnswer, Request, Response};
+use crate::wire::verbs::{ConnectAnswer, Nack, Request, Response};
 
 /// Requests waiting for the user (policy `ask`), at most.
 pub const MAX_PENDING_REQUESTS: usize = 64;
@@ -58,12 +60,12 @@ pub struct ConnectRequestView {
     pub verified: bool,
 }
 
+type Reply = oneshot::Sender<ConnectOutcome>;
+
 pub(crate) struct Connects {
     policy: ConnectPolicy,
     /// Our CONNECTs in progress, by target.
     outgoing: HashMap<PeerId, Outgoing>,
-    /// Our CONNECT requests on the wire, and whom they went to.
-    requests: HashMap<OutboundRequestId, PeerId>,
     /// Requests waiting for our user, by request id.
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
@@ -71,7 +73,7 @@ pub(crate) struct Connects {
 
 struct Outgoing {
     addrs: Vec<Multiaddr>,
-    reply: oneshot::Sender<ConnectOutcome>,
+    reply: Reply,
     /// Accepted: waiting for the direct connection since then.
     punching: Option<Instant>,
     /// The request was sent a second time (request-response fails every pending request to
@@ -87,28 +89,332 @@ struct Pending {
     at: Instant,
 }
 
+/// What the event loop is to do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Out {
+    /// Send our CONNECT (with our document) to `peer` at `addrs`, and report the answer to
+    /// [`Connects::on_response`].
+    Ask { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// Let (or stop letting) identify and DCUtR run on `peer`'s relayed connections.
+    Consent { peer: PeerId, give: bool },
+    /// Dial `peer` over a new circuit at `addrs` (the one we asked over carries no
+    /// identify or DCUtR); a dial that cannot start goes to [`Connects::dial_failed`].
+    Dial { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// Send our user's answer to `peer`, reachable at `reach`.
+    Answer {
+        peer: PeerId,
+        accept: bool,
+        reach: Vec<Multiaddr>,
+        why: DialReason,
+    },
+}
+
+/// A CONNECT or CONNECT-ANSWER refused, and the counter it goes under.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refused(pub Nack, pub Counter);
+
 impl Connects {
     pub fn new(policy: ConnectPolicy) -> Self {
         Connects {
             policy,
             outgoing: HashMap::new(),
-            requests: HashMap::new(),
             pending: BTreeMap::new(),
             next_id: 1,
         }
     }
 
-    fn prune(&mut self) {
+    fn prune(&mut self, now: Instant) {
         self.outgoing.retain(|_, o| !o.reply.is_closed());
         self.pending
-            .retain(|_, p| p.at.elapsed() < PENDING_LIFETIME);
+            .retain(|_, p| now.duration_since(p.at) < PENDING_LIFETIME);
     }
 
     /// Queued requests, oldest first.
-    pub fn pending(&mut self) -> Vec<ConnectRequestView> {
-        self.prune();
+    pub fn pending(&mut self, now: Instant) -> Vec<ConnectRequestView> {
+        self.prune(now);
         self.pending.values().map(|p| p.view.clone()).collect()
     }
+
+    fn finish(&mut self, peer: &PeerId, outcome: ConnectOutcome) {
+        if let Some(o) = self.outgoing.remove(peer) {
+            debug!(%peer, ?outcome, "connect finished");
+            let _ = o.reply.send(outcome);
+        }
+    }
+
+    /// Our user asks for a direct connection to `peer`, reachable at `addrs` (already
+    /// within the dial policy). `direct` is a direct connection we hold to it, `published`
+    /// whether our own document is issued (the request carries it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: Reply,
+        direct: Option<Multiaddr>,
+        published: bool,
+        connected: bool,
+        now: Instant,
+    ) -> Vec<Out> {
+        self.prune(now);
+        if let Some(addr) = direct {
+            let _ = reply.send(ConnectOutcome::Direct(addr));
+            return Vec::new();
+        }
+        if !published {
+            let _ = reply.send(ConnectOutcome::Failed(
+                "our identity document is not issued yet".into(),
+            ));
+            return Vec::new();
+        }
+        if addrs.is_empty() && !connected {
+            let _ = reply.send(ConnectOutcome::Offline(
+                "its identity document names no address".into(),
+            ));
+            return Vec::new();
+        }
+        self.finish(
+            &peer,
+            ConnectOutcome::Failed("superseded by a newer connect".into()),
+        );
+        self.outgoing.insert(
+            peer,
+            Outgoing {
+                addrs: addrs.clone(),
+                reply,
+                punching: None,
+                retried: false,
+            },
+        );
+        vec![Out::Ask { peer, addrs }]
+    }
+
+    /// The answer to our CONNECT to `peer`, or why none came.
+    pub fn on_response(
+        &mut self,
+        peer: PeerId,
+        response: &Result<Response, String>,
+        now: Instant,
+    ) -> Vec<Out> {
+        match response {
+            Ok(Response::Connect { answer }) => return self.on_answer(peer, *answer, now),
+            Ok(Response::Nack { reason }) => {
+                debug!(%peer, %reason, "CONNECT refused");
+                self.finish(&peer, ConnectOutcome::Denied);
+            }
+            Ok(_) => self.finish(&peer, ConnectOutcome::Denied),
+            Err(e) => {
+                let retry = self
+                    .outgoing
+                    .get_mut(&peer)
+                    .filter(|o| !o.retried && o.punching.is_none())
+                    .map(|o| {
+                        o.retried = true;
+                        o.addrs.clone()
+                    });
+                match retry {
+                    Some(addrs) => {
+                        debug!(%peer, error = %e, "CONNECT failed; sending it once more");
+                        return vec![Out::Ask { peer, addrs }];
+                    }
+                    None => self.finish(&peer, ConnectOutcome::Offline(e.clone())),
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn on_answer(&mut self, peer: PeerId, answer: ConnectAnswer, now: Instant) -> Vec<Out> {
+        match answer {
+            ConnectAnswer::Pending => Vec::new(),
+            ConnectAnswer::Deny => {
+                self.finish(&peer, ConnectOutcome::Denied);
+                Vec::new()
+            }
+            ConnectAnswer::Accept => {
+                let Some(o) = self.outgoing.get_mut(&peer) else {
+                    return Vec::new();
+                };
+                if o.punching.is_some() {
+                    return Vec::new();
+                }
+                o.punching = Some(now);
+                vec![
+                    Out::Consent { peer, give: true },
+                    Out::Dial {
+                        peer,
+                        addrs: o.addrs.clone(),
+                    },
+                ]
+            }
+        }
+    }
+
+    /// The dial after an accept could not even start.
+    pub fn dial_failed(&mut self, peer: &PeerId, error: String) {
+        self.finish(peer, ConnectOutcome::Offline(error));
+    }
+
+    /// A direct connection came up: it may be the one a CONNECT waits for.
+    pub fn on_direct_connection(&mut self, peer: &PeerId, addr: &Multiaddr) {
+        if self.is_punching(peer) {
+            self.finish(peer, ConnectOutcome::Direct(addr.clone()));
+        }
+    }
+
+    fn is_punching(&self, peer: &PeerId) -> bool {
+        self.outgoing
+            .get(peer)
+            .is_some_and(|o| o.punching.is_some())
+    }
+
+    /// Reports the CONNECTs whose hole punching has run out of time (the requester's
+    /// DCUtR side does not report failure itself).
+    pub fn on_tick(&mut self, now: Instant) {
+        let late: Vec<PeerId> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| {
+                o.punching
+                    .is_some_and(|t| now.duration_since(t) >= PUNCH_WAIT)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in late {
+            self.finish(&peer, ConnectOutcome::Relayed);
+        }
+    }
+
+    /// Hole punching with `peer` failed for good; `direct` whether a direct connection
+    /// exists anyway.
+    pub fn on_hole_punch_failed(&mut self, peer: &PeerId, direct: bool) {
+        if self.is_punching(peer) && !direct {
+            self.finish(peer, ConnectOutcome::Relayed);
+        }
+    }
+
+    /// A CONNECT from `peer`, whose document `doc` checked out ([`check_request`]);
+    /// `contact` is our contact of that UUID and key (its name, and whether verified).
+    /// Answers by policy, or queues it for our user (policy `ask`).
+    pub fn on_request(
+        &mut self,
+        peer: PeerId,
+        doc: &SignedDocument,
+        contact: Option<(String, bool)>,
+        now: Instant,
+    ) -> Result<(ConnectAnswer, Vec<Out>), Refused> {
+        let uuid = doc.doc().uuid();
+        let verified = contact.as_ref().is_some_and(|(_, v)| *v);
+        let accept = match self.policy {
+            ConnectPolicy::All => true,
+            ConnectPolicy::None => false,
+            ConnectPolicy::Contacts => contact.is_some(),
+            ConnectPolicy::Verified => verified,
+            ConnectPolicy::Ask => {
+                self.prune(now);
+                self.pending.retain(|_, p| p.peer != peer);
+                if self.pending.len() >= MAX_PENDING_REQUESTS {
+                    return Err(Refused(Nack::Busy, Counter::ConnectQueueFull));
+                }
+                let request_id = self.next_id;
+                self.next_id += 1;
+                debug!(%uuid, request_id, "CONNECT request queued for the user");
+                self.pending.insert(
+                    request_id,
+                    Pending {
+                        peer,
+                        view: ConnectRequestView {
+                            request_id,
+                            from: uuid,
+                            from_name: contact.map(|(n, _)| n),
+                            verified,
+                        },
+                        reach: doc.doc().reach_addrs(),
+                        at: now,
+                    },
+                );
+                return Ok((ConnectAnswer::Pending, Vec::new()));
+            }
+        };
+        debug!(%uuid, accept, "CONNECT answered by policy");
+        let answer = if accept {
+            ConnectAnswer::Accept
+        } else {
+            ConnectAnswer::Deny
+        };
+        Ok((answer, vec![Out::Consent { peer, give: accept }]))
+    }
+
+    /// Our user's answer to queued request `request_id`.
+    pub fn answer(
+        &mut self,
+        request_id: u64,
+        accept: bool,
+        now: Instant,
+    ) -> Result<Vec<Out>, String> {
+        self.prune(now);
+        let p = self
+            .pending
+            .remove(&request_id)
+            .ok_or_else(|| format!("no pending CONNECT request {request_id}"))?;
+        // A refusal is automatic traffic: a private node sends it over a circuit (or the
+        // connection the request came on), never by dialing the requester directly.
+        let why = if accept {
+            DialReason::Chosen
+        } else {
+            DialReason::Automatic
+        };
+        Ok(vec![
+            Out::Consent {
+                peer: p.peer,
+                give: accept,
+            },
+            Out::Answer {
+                peer: p.peer,
+                accept,
+                reach: p.reach,
+                why,
+            },
+        ])
+    }
+
+    /// A CONNECT-ANSWER from `peer`: only meaningful while our CONNECT to it waits.
+    pub fn on_connect_answer(
+        &mut self,
+        peer: PeerId,
+        accept: bool,
+        now: Instant,
+    ) -> Result<(ConnectAnswer, Vec<Out>), Refused> {
+        let waiting = self
+            .outgoing
+            .get(&peer)
+            .is_some_and(|o| o.punching.is_none() && !o.reply.is_closed());
+        if !waiting {
+            return Err(Refused(Nack::Unexpected, Counter::ConnectUnexpectedAnswer));
+        }
+        let answer = if accept {
+            ConnectAnswer::Accept
+        } else {
+            ConnectAnswer::Deny
+        };
+        Ok((answer, self.on_answer(peer, answer, now)))
+    }
+}
+
+/// The document a CONNECT from `peer` carries, if it is valid and is `peer`'s own.
+pub(crate) fn check_request(
+    peer: PeerId,
+    doc: &[u8],
+    unix_now: u64,
+) -> Result<SignedDocument, Refused> {
+    let doc = SignedDocument::decode(doc, unix_now).map_err(|e| {
+        debug!(%peer, error = %e, "CONNECT with an invalid document");
+        Refused(Nack::BadDocument, Counter::ConnectBadDocument)
+    })?;
+    if doc.doc().peer_id() != Some(peer) {
+        return Err(Refused(Nack::PeerMismatch, Counter::ConnectPeerMismatch));
+    }
+    Ok(doc)
 }
 
 impl EventLoop {
@@ -131,300 +437,154 @@ impl EventLoop {
         b.dcutr.revoke(peer);
     }
 
+    /// Carries out what [`Connects`] decided.
+    fn carry_out_connect(&mut self, out: Vec<Out>) {
+        for o in out {
+            match o {
+                Out::Ask { peer, addrs } => {
+                    let Some(doc) = self.publisher.current().map(|d| d.bytes().to_vec()) else {
+                        self.connects
+                            .dial_failed(&peer, "our identity document is not issued yet".into());
+                        continue;
+                    };
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .verbs
+                        .send_request_with_addresses(&peer, Request::Connect { doc }, addrs);
+                    self.connect_asks.insert(id, peer);
+                }
+                Out::Consent { peer, give: true } => self.give_consent(peer),
+                Out::Consent { peer, give: false } => self.withdraw_consent(&peer),
+                Out::Dial { peer, addrs } => {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::Always)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        self.connects.dial_failed(&peer, e.to_string());
+                    }
+                }
+                Out::Answer {
+                    peer,
+                    accept,
+                    reach,
+                    why,
+                } => {
+                    if let Err(e) =
+                        self.send_verb(peer, Request::ConnectAnswer { accept }, reach, why)
+                    {
+                        debug!(error = %e, "CONNECT answer not sent");
+                    }
+                }
+            }
+        }
+    }
+
     /// Starts a CONNECT to `peer`, reachable at `addrs` (its document's).
-    pub(super) fn start_connect(
-        &mut self,
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        reply: oneshot::Sender<ConnectOutcome>,
-    ) {
+    pub(super) fn start_connect(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, reply: Reply) {
         let addrs = self.dial_policy.addresses(addrs, DialReason::Chosen);
         self.swarm.behaviour_mut().dial_gate.choose(peer);
-        self.connects.prune();
-        if let Some(addr) = self.direct_addr(&peer) {
-            let _ = reply.send(ConnectOutcome::Direct(addr));
-            return;
-        }
-        let Some(doc) = self.publisher.current().map(|d| d.bytes().to_vec()) else {
-            let _ = reply.send(ConnectOutcome::Failed(
-                "our identity document is not issued yet".into(),
-            ));
-            return;
-        };
-        if addrs.is_empty() && !self.swarm.is_connected(&peer) {
-            let _ = reply.send(ConnectOutcome::Offline(
-                "its identity document names no address".into(),
-            ));
-            return;
-        }
-        if let Some(old) = self.connects.outgoing.remove(&peer) {
-            let _ = old.reply.send(ConnectOutcome::Failed(
-                "superseded by a newer connect".into(),
-            ));
-        }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .verbs
-            .send_request_with_addresses(&peer, Request::Connect { doc }, addrs.clone());
-        self.connects.requests.insert(id, peer);
-        self.connects.outgoing.insert(
+        let direct = self.direct_addr(&peer);
+        let published = self.publisher.current().is_some();
+        let connected = self.swarm.is_connected(&peer);
+        let out = self.connects.start(
             peer,
-            Outgoing {
-                addrs,
-                reply,
-                punching: None,
-                retried: false,
-            },
+            addrs,
+            reply,
+            direct,
+            published,
+            connected,
+            Instant::now(),
         );
+        self.carry_out_connect(out);
     }
 
     /// The answer to one of our CONNECT requests; false if `id` was not one.
     pub(super) fn on_connect_response(
         &mut self,
-        id: OutboundRequestId,
+        id: libp2p::request_response::OutboundRequestId,
         response: &Result<Response, String>,
     ) -> bool {
-        let Some(peer) = self.connects.requests.remove(&id) else {
+        let Some(peer) = self.connect_asks.remove(&id) else {
             return false;
         };
-        match response {
-            Ok(Response::Connect { answer }) => self.on_answer(peer, *answer),
-            Ok(Response::Nack { reason }) => {
-                debug!(%peer, %reason, "CONNECT refused");
-                self.finish_connect(&peer, ConnectOutcome::Denied);
-            }
-            Ok(_) => self.finish_connect(&peer, ConnectOutcome::Denied),
-            Err(e) => {
-                let retry = self
-                    .connects
-                    .outgoing
-                    .get_mut(&peer)
-                    .filter(|o| !o.retried && o.punching.is_none())
-                    .map(|o| {
-                        o.retried = true;
-                        o.addrs.clone()
-                    });
-                match (retry, self.publisher.current()) {
-                    (Some(addrs), Some(doc)) => {
-                        debug!(%peer, error = %e, "CONNECT failed; sending it once more");
-                        let doc = doc.bytes().to_vec();
-                        let id = self
-                            .swarm
-                            .behaviour_mut()
-                            .verbs
-                            .send_request_with_addresses(&peer, Request::Connect { doc }, addrs);
-                        self.connects.requests.insert(id, peer);
-                    }
-                    _ => self.finish_connect(&peer, ConnectOutcome::Offline(e.clone())),
-                }
-            }
-        }
+        let out = self.connects.on_response(peer, response, Instant::now());
+        self.carry_out_connect(out);
         true
-    }
-
-    fn finish_connect(&mut self, peer: &PeerId, outcome: ConnectOutcome) {
-        if let Some(o) = self.connects.outgoing.remove(peer) {
-            debug!(%peer, ?outcome, "connect finished");
-            let _ = o.reply.send(outcome);
-        }
-    }
-
-    fn on_answer(&mut self, peer: PeerId, answer: ConnectAnswer) {
-        match answer {
-            ConnectAnswer::Pending => {}
-            ConnectAnswer::Deny => self.finish_connect(&peer, ConnectOutcome::Denied),
-            ConnectAnswer::Accept => {
-                let Some(o) = self.connects.outgoing.get_mut(&peer) else {
-                    return;
-                };
-                if o.punching.is_some() {
-                    return;
-                }
-                o.punching = Some(Instant::now());
-                let addrs = o.addrs.clone();
-                self.give_consent(peer);
-                // A new circuit: the one we asked over carries no identify or DCUtR.
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(addrs)
-                    .condition(PeerCondition::Always)
-                    .build();
-                if let Err(e) = self.swarm.dial(opts) {
-                    self.finish_connect(&peer, ConnectOutcome::Offline(e.to_string()));
-                }
-            }
-        }
     }
 
     /// A direct connection came up: it may be the one a CONNECT waits for.
     pub(super) fn on_direct_connection(&mut self, peer: PeerId, addr: &Multiaddr) {
-        if self
-            .connects
-            .outgoing
-            .get(&peer)
-            .is_some_and(|o| o.punching.is_some())
-        {
-            self.finish_connect(&peer, ConnectOutcome::Direct(addr.clone()));
-        }
+        self.connects.on_direct_connection(&peer, addr);
     }
 
-    /// Reports the CONNECTs whose hole punching has run out of time (the requester's
-    /// DCUtR side does not report failure itself).
     pub(super) fn expire_punches(&mut self) {
-        let late: Vec<PeerId> = self
-            .connects
-            .outgoing
-            .iter()
-            .filter(|(_, o)| o.punching.is_some_and(|t| t.elapsed() >= PUNCH_WAIT))
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in late {
-            self.finish_connect(&peer, ConnectOutcome::Relayed);
-        }
+        self.connects.on_tick(Instant::now());
     }
 
     /// Hole punching with `peer` failed for good.
     pub(super) fn on_hole_punch_failed(&mut self, peer: PeerId) {
-        if self
-            .connects
-            .outgoing
-            .get(&peer)
-            .is_some_and(|o| o.punching.is_some())
-            && self.direct_addr(&peer).is_none()
-        {
-            self.finish_connect(&peer, ConnectOutcome::Relayed);
-        }
+        let direct = self.direct_addr(&peer).is_some();
+        self.connects.on_hole_punch_failed(&peer, direct);
     }
 
     /// A CONNECT from `peer`: check it, then answer by policy (or queue it).
     pub(super) fn on_connect_request(&mut self, peer: PeerId, doc: &[u8]) -> Response {
-        let nack = |reason: &str| Response::Nack {
-            reason: reason.into(),
-        };
         if !self.connect_limiter.allow(&peer, Instant::now()) {
             self.count(Counter::ConnectRateLimited);
-            return nack("rate_limited");
+            return Nack::RateLimited.into();
         }
         if self.keeper.is_none() {
-            return nack("no_user");
+            return Nack::NoUser.into();
         }
-        let doc = match SignedDocument::decode(doc, unix_now()) {
-            Ok(d) => d,
-            Err(e) => {
-                self.count(Counter::ConnectBadDocument);
-                debug!(%peer, error = %e, "CONNECT with an invalid document");
-                return nack("bad_document");
-            }
-        };
-        if doc.doc().peer_id() != Some(peer) {
-            self.count(Counter::ConnectPeerMismatch);
-            return nack("peer_mismatch");
-        }
-        let uuid = doc.doc().uuid();
-        let contact = self.store.contacts().ok().and_then(|all| {
-            all.into_iter()
-                .find(|(_, c)| c.uuid == *uuid.as_bytes())
-                .filter(|(_, c)| c.fingerprint == doc.doc().fingerprint().0)
+        let checked = check_request(peer, doc, unix_now()).and_then(|doc| {
+            let uuid = doc.doc().uuid();
+            let contact = self.store.contacts().ok().and_then(|all| {
+                all.into_iter()
+                    .find(|(_, c)| c.uuid == *uuid.as_bytes())
+                    .filter(|(_, c)| c.fingerprint == doc.doc().fingerprint().0)
+                    .map(|(name, c)| (name, c.verified))
+            });
+            self.connects
+                .on_request(peer, &doc, contact, Instant::now())
         });
-        let verified = contact.as_ref().is_some_and(|(_, c)| c.verified);
-        let accept = match self.connects.policy {
-            ConnectPolicy::All => true,
-            ConnectPolicy::None => false,
-            ConnectPolicy::Contacts => contact.is_some(),
-            ConnectPolicy::Verified => verified,
-            ConnectPolicy::Ask => {
-                self.connects.prune();
-                self.connects.pending.retain(|_, p| p.peer != peer);
-                if self.connects.pending.len() >= MAX_PENDING_REQUESTS {
-                    self.count(Counter::ConnectQueueFull);
-                    return nack("busy");
-                }
-                let request_id = self.connects.next_id;
-                self.connects.next_id += 1;
-                debug!(%uuid, request_id, "CONNECT request queued for the user");
-                self.connects.pending.insert(
-                    request_id,
-                    Pending {
-                        peer,
-                        view: ConnectRequestView {
-                            request_id,
-                            from: uuid,
-                            from_name: contact.map(|(n, _)| n),
-                            verified,
-                        },
-                        reach: doc.doc().reach_addrs(),
-                        at: Instant::now(),
-                    },
-                );
-                return Response::Connect {
-                    answer: ConnectAnswer::Pending,
-                };
+        self.answer_or_refuse(checked)
+    }
+
+    fn answer_or_refuse(&mut self, r: Result<(ConnectAnswer, Vec<Out>), Refused>) -> Response {
+        match r {
+            Ok((answer, out)) => {
+                self.carry_out_connect(out);
+                Response::Connect { answer }
             }
-        };
-        debug!(%uuid, accept, "CONNECT answered by policy");
-        if accept {
-            self.give_consent(peer);
-        } else {
-            self.withdraw_consent(&peer);
-        }
-        Response::Connect {
-            answer: if accept {
-                ConnectAnswer::Accept
-            } else {
-                ConnectAnswer::Deny
-            },
+            Err(Refused(nack, counter)) => {
+                self.count(counter);
+                nack.into()
+            }
         }
     }
 
     /// Our user's answer to a queued request.
     pub(super) fn answer_connect(&mut self, request_id: u64, accept: bool) -> Result<(), String> {
-        self.connects.prune();
-        let p = self
-            .connects
-            .pending
-            .remove(&request_id)
-            .ok_or_else(|| format!("no pending CONNECT request {request_id}"))?;
-        if accept {
-            self.give_consent(p.peer);
-        } else {
-            self.withdraw_consent(&p.peer);
-        }
-        // A refusal is automatic traffic: a private node sends it over a circuit (or the
-        // connection the request came on), never by dialing the requester directly.
-        let why = if accept {
-            DialReason::Chosen
-        } else {
-            DialReason::Automatic
-        };
-        if let Err(e) = self.send_verb(p.peer, Request::ConnectAnswer { accept }, p.reach, why) {
-            debug!(error = %e, "CONNECT answer not sent");
-        }
+        let out = self.connects.answer(request_id, accept, Instant::now())?;
+        self.carry_out_connect(out);
         Ok(())
     }
 
     /// A CONNECT-ANSWER from `peer`: only meaningful while our CONNECT to it waits.
     pub(super) fn on_connect_answer(&mut self, peer: PeerId, accept: bool) -> Response {
-        let waiting = self
+        let r = self
             .connects
-            .outgoing
-            .get(&peer)
-            .is_some_and(|o| o.punching.is_none() && !o.reply.is_closed());
-        if !waiting {
-            self.count(Counter::ConnectUnexpectedAnswer);
-            return Response::Nack {
-                reason: "unexpected".into(),
-            };
-        }
-        let answer = if accept {
-            ConnectAnswer::Accept
-        } else {
-            ConnectAnswer::Deny
-        };
-        self.on_answer(peer, answer);
-        Response::Connect { answer }
+            .on_connect_answer(peer, accept, Instant::now());
+        self.answer_or_refuse(r)
     }
 
     pub(super) fn connect_requests(&mut self) -> Vec<ConnectRequestView> {
-        self.connects.pending()
+        self.connects.pending(Instant::now())
     }
 }
+
+#[cfg(test)]
+#[path = "connect_tests.rs"]
+mod tests;
