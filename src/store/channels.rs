@@ -299,11 +299,8 @@ fn merged(held: &ChannelRow, grant: &KeyGrant) -> Option<ChannelRow> {
 }
 
 /// Applies a key grant from `from` inside the transaction that records the direct message
-/// carrying it, so the grant is durable before it is ACKed.
-///
-/// - For a private channel we are in, only a current key holder may move it, to an epoch
-///   inside [`EPOCH_WINDOW`]; ties are judged by [`judge`].
-/// - Otherwise the grant is an invitation, kept (boundedly) until the user joins.
+/// carrying it, so the grant is durable before it is ACKed. What it does is
+/// [`decide_grant`]'s.
 pub fn apply_grant(
     txn: &WriteTransaction,
     from: &[u8; 16],
@@ -315,6 +312,38 @@ pub fn apply_grant(
         .get(&grant.channel)?
         .map(|v| unrow(v.value()))
         .transpose()?;
+    // Only an invitation to a channel we know nothing of takes a new row.
+    let pending = match held {
+        Some(_) => 0,
+        None => t
+            .iter()?
+            .filter_map(|r| r.ok())
+            .filter_map(|(_, v)| unrow::<ChannelRow>(v.value()).ok())
+            .filter(|c| !c.joined && c.key.is_some())
+            .count(),
+    };
+    match decide_grant(held, from, grant, now_ms, pending) {
+        Ok((new_row, outcome)) => {
+            t.insert(&grant.channel, row(&new_row)?.as_slice())?;
+            Ok(outcome)
+        }
+        Err(why) => Ok(GrantOutcome::Ignored(why)),
+    }
+}
+
+/// What a key grant from `from` does to `held`, our row of its channel (if any), given the
+/// `pending` invitations we hold: the row to write and what it did, or why it is ignored.
+///
+/// - For a private channel we are in, only a current key holder may move it, to an epoch
+///   inside [`EPOCH_WINDOW`]; ties are judged by [`judge`].
+/// - Otherwise the grant is an invitation, kept (boundedly) until the user joins.
+pub fn decide_grant(
+    held: Option<ChannelRow>,
+    from: &[u8; 16],
+    grant: &KeyGrant,
+    now_ms: u64,
+    pending: usize,
+) -> Result<(ChannelRow, GrantOutcome), &'static str> {
     let members = grant.members.clone();
     let fresh = |name: &str| ChannelRow {
         name: name.to_string(),
@@ -327,15 +356,15 @@ pub fn apply_grant(
         created_ms: now_ms,
         prev_members: Vec::new(),
     };
-    let (new_row, outcome) = match held {
-        Some(c) if !c.private => return Ok(GrantOutcome::Ignored("public channel")),
+    match held {
+        Some(c) if !c.private => Err("public channel"),
         Some(c) if c.joined => {
             let holds = |list: &[ByteArray<16>]| list.iter().any(|m| **m == *from);
             let tie = grant.epoch == c.epoch;
             let current = holds(&c.members);
             let previous = tie && holds(&c.prev_members);
             if !current && !previous {
-                return Ok(GrantOutcome::Ignored("sender holds no key of this channel"));
+                return Err("sender holds no key of this channel");
             }
             // A holder of the epoch before, no longer listed (perhaps removed by the key we
             // took), never hands us a key it alone knows: at most its removals merge in.
@@ -344,11 +373,10 @@ pub fn apply_grant(
                 v => v,
             };
             match verdict {
-                Verdict::Keep(why) => return Ok(GrantOutcome::Ignored(why)),
-                Verdict::Merge => match merged(&c, grant) {
-                    Some(m) => (m, GrantOutcome::Rotated),
-                    None => return Ok(GrantOutcome::Ignored("no epoch left to merge into")),
-                },
+                Verdict::Keep(why) => Err(why),
+                Verdict::Merge => merged(&c, grant)
+                    .map(|m| (m, GrantOutcome::Rotated))
+                    .ok_or("no epoch left to merge into"),
                 Verdict::Take => {
                     let mut c = c;
                     if !tie {
@@ -358,34 +386,22 @@ pub fn apply_grant(
                     c.key = Some(ByteArray::new(grant.key));
                     c.key_from = Some(ByteArray::new(*from));
                     c.members = members;
-                    (c, GrantOutcome::Rotated)
+                    Ok((c, GrantOutcome::Rotated))
                 }
             }
         }
         // A pending invitation is replaced only by one of the holders it names (a newer
         // key from the same group), so a stranger who learns the id cannot swap it.
         Some(c) if c.key.is_some() && !c.members.iter().any(|m| **m == *from) => {
-            return Ok(GrantOutcome::Ignored("already invited by other members"))
+            Err("already invited by other members")
         }
         Some(c) if c.key.is_some() && grant.epoch < c.epoch => {
-            return Ok(GrantOutcome::Ignored("older than the pending invitation"))
+            Err("older than the pending invitation")
         }
-        Some(c) => (fresh(&c.name), GrantOutcome::Invited),
-        None => {
-            let pending = t
-                .iter()?
-                .filter_map(|r| r.ok())
-                .filter_map(|(_, v)| unrow::<ChannelRow>(v.value()).ok())
-                .filter(|c| !c.joined && c.key.is_some())
-                .count();
-            if pending >= MAX_PENDING_INVITES {
-                return Ok(GrantOutcome::Ignored("too many pending invitations"));
-            }
-            (fresh(&grant.name), GrantOutcome::Invited)
-        }
-    };
-    t.insert(&grant.channel, row(&new_row)?.as_slice())?;
-    Ok(outcome)
+        Some(c) => Ok((fresh(&c.name), GrantOutcome::Invited)),
+        None if pending >= MAX_PENDING_INVITES => Err("too many pending invitations"),
+        None => Ok((fresh(&grant.name), GrantOutcome::Invited)),
+    }
 }
 
 #[cfg(test)]
