@@ -48,11 +48,7 @@ impl Channels {
                 r
             }
             None => {
-                let name = self
-                    .state()
-                    .discovered
-                    .get(&id)
-                    .map(|d| d.name.clone());
+                let name = self.state().discovered.get(&id).map(|d| d.name.clone());
                 let Some(name) = name else {
                     return Err(fail(
                         4,

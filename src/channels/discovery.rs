@@ -45,12 +45,17 @@ impl Discovery {
         now_ms: u64,
     ) -> Result<(), OriginFull> {
         let known = self.0.contains_key(&id);
-        if !known && self.0.values().filter(|d| d.origin == from).count() >= MAX_DISCOVERED_PER_ORIGIN
+        if !known
+            && self.0.values().filter(|d| d.origin == from).count() >= MAX_DISCOVERED_PER_ORIGIN
         {
             return Err(OriginFull);
         }
         if self.0.len() >= MAX_DISCOVERED && !known {
-            let oldest = self.0.iter().min_by_key(|(_, d)| d.last_ms).map(|(i, _)| *i);
+            let oldest = self
+                .0
+                .iter()
+                .min_by_key(|(_, d)| d.last_ms)
+                .map(|(i, _)| *i);
             if let Some(o) = oldest {
                 self.0.remove(&o);
             }

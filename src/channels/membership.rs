@@ -53,7 +53,10 @@ impl Heard {
 
     /// The members of `channel` heard from lately.
     pub fn of(&self, channel: &Uuid) -> impl Iterator<Item = Uuid> + '_ {
-        self.0.get(channel).into_iter().flat_map(|h| h.keys().copied())
+        self.0
+            .get(channel)
+            .into_iter()
+            .flat_map(|h| h.keys().copied())
     }
 }
 

@@ -34,10 +34,7 @@ pub struct MemberView {
 
 impl Channels {
     /// Finds a channel by id or name: ours first, then discovered public ones.
-    pub(super) fn resolve(
-        &self,
-        target: &str,
-    ) -> Result<(Uuid, Option<ChannelRow>), ChannelError> {
+    pub(super) fn resolve(&self, target: &str) -> Result<(Uuid, Option<ChannelRow>), ChannelError> {
         let st = self.state();
         if let Ok(id) = Uuid::try_parse(target) {
             return Ok((id, st.rows.get(&id).cloned()));

@@ -80,7 +80,10 @@ fn one_catch_up_per_channel_every_thirty_seconds() {
     let t = Instant::now();
     let id = begun(&mut m, PeerId::random(), &[], t);
     assert!(!m.subscribed(CH, t + Duration::from_secs(1)), "one running");
-    assert!(m.subscribed(Uuid::from_u128(1), t), "another channel is its own");
+    assert!(
+        m.subscribed(Uuid::from_u128(1), t),
+        "another channel is its own"
+    );
     let out = m.answered(CH, id, page(false, cursor(1)), t + Duration::from_secs(2));
     assert_eq!(done(&out).1, 2);
     assert!(!m.running(&CH));
@@ -136,11 +139,21 @@ fn a_peer_with_nothing_hands_over_to_the_best_scored_others_up_to_three() {
     let mut m = CatchUps::default();
     let t = Instant::now();
     let [first, low, high, mid, fourth] = [(); 5].map(|_| PeerId::random());
-    let others = [(low, -1.0), (high, 5.0), (first, 9.0), (mid, 2.0), (fourth, 0.0)];
+    let others = [
+        (low, -1.0),
+        (high, 5.0),
+        (first, 9.0),
+        (mid, 2.0),
+        (fourth, 0.0),
+    ];
     let id = begun(&mut m, first, &others, t);
     let out = m.answered(CH, id, Answer::Nothing, t);
     let (id, peer, after) = ask(&out);
-    assert_eq!((peer, after), (high, Vec::new()), "the newcomer is not asked twice");
+    assert_eq!(
+        (peer, after),
+        (high, Vec::new()),
+        "the newcomer is not asked twice"
+    );
     let out = m.answered(CH, id, Answer::Nothing, t);
     let (id, peer, _) = ask(&out);
     assert_eq!(peer, mid);
@@ -168,7 +181,9 @@ fn a_peer_that_does_not_know_us_yet_is_asked_once_more_a_second_later() {
     let id = begun(&mut m, first, &[(other, 1.0)], t);
     assert!(m.answered(CH, id, Answer::NotYet, t).is_empty());
     assert_eq!(m.next_timer(), Some(t + CATCH_UP_RETRY));
-    assert!(m.on_timer(t + CATCH_UP_RETRY - Duration::from_millis(1)).is_empty());
+    assert!(m
+        .on_timer(t + CATCH_UP_RETRY - Duration::from_millis(1))
+        .is_empty());
     let out = m.on_timer(t + CATCH_UP_RETRY);
     let (id, peer, after) = ask(&out);
     assert_eq!((peer, after), (first, Vec::new()));
@@ -176,7 +191,9 @@ fn a_peer_that_does_not_know_us_yet_is_asked_once_more_a_second_later() {
     let out = m.answered(CH, id, Answer::NotYet, t + CATCH_UP_RETRY);
     let (id, peer, _) = ask(&out);
     assert_eq!(peer, other);
-    assert!(m.answered(CH, id, Answer::NotYet, t + CATCH_UP_RETRY).is_empty());
+    assert!(m
+        .answered(CH, id, Answer::NotYet, t + CATCH_UP_RETRY)
+        .is_empty());
 }
 
 #[test]

@@ -85,11 +85,17 @@ fn a_removal_drops_the_member_and_the_next_epoch_goes_to_everyone_else() {
 #[test]
 fn nobody_removes_themselves_a_stranger_or_anyone_from_a_public_channel() {
     let e = remove(&channel(), BOB, BOB).unwrap_err();
-    assert_eq!((e.code, e.message.as_str()), (2, "to remove yourself, leave the channel"));
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (2, "to remove yourself, leave the channel")
+    );
     let stranger = Uuid::from_u128(42);
     let e = remove(&channel(), BOB, stranger).unwrap_err();
     assert_eq!(e.code, 1);
-    assert_eq!(e.message, format!("{stranger} does not hold the key of ops"));
+    assert_eq!(
+        e.message,
+        format!("{stranger} does not hold the key of ops")
+    );
     let e = remove(&created("lobby", ALICE, None, NOW), ALICE, BOB).unwrap_err();
     assert_eq!(
         e.message,
@@ -116,7 +122,10 @@ fn the_last_epoch_cannot_be_rotated_past() {
     let mut row = channel();
     row.epoch = u32::MAX;
     let e = rotate(&CH, row, ALICE, [2; 32]).err().unwrap();
-    assert_eq!(e.message, "ops has used every key epoch; create a new channel");
+    assert_eq!(
+        e.message,
+        "ops has used every key epoch; create a new channel"
+    );
 }
 
 #[test]
@@ -161,7 +170,11 @@ fn no_member_keeps_the_key_at_every_event() {
 #[test]
 fn a_leave_changes_nothing_twice_or_outside_a_private_channel_we_are_in() {
     let once = after_leave(&channel(), &CAROL).unwrap();
-    assert_eq!(after_leave(&once, &CAROL), None, "a replayed or second LEAVE");
+    assert_eq!(
+        after_leave(&once, &CAROL),
+        None,
+        "a replayed or second LEAVE"
+    );
     let mut not_joined = channel();
     not_joined.joined = false;
     assert_eq!(after_leave(&not_joined, &CAROL), None);
@@ -175,8 +188,14 @@ fn a_leave_changes_nothing_twice_or_outside_a_private_channel_we_are_in() {
 fn leaving_forgets_a_private_channels_key_and_lists() {
     let row = left(rotation_without(&channel(), ALICE, MALLORY, 2).row);
     assert!(!row.joined);
-    assert_eq!((row.key, row.members.len(), row.prev_members.len()), (None, 0, 0));
-    assert!(may_join(&row).is_err(), "only a new invitation brings us back");
+    assert_eq!(
+        (row.key, row.members.len(), row.prev_members.len()),
+        (None, 0, 0)
+    );
+    assert!(
+        may_join(&row).is_err(),
+        "only a new invitation brings us back"
+    );
     assert_eq!(
         may_join(&row).unwrap_err().message,
         "ops is private: you need a new invitation"
@@ -202,12 +221,19 @@ fn a_frame_under_the_current_key_lists_its_sender_within_the_grant_bound() {
     let row = note_key_holder(&row, BOB).unwrap();
     assert_eq!(listed(&row), vec![ALICE, BOB]);
     assert_eq!(note_key_holder(&row, BOB), None, "already listed");
-    assert_eq!(note_key_holder(&created("lobby", ALICE, None, NOW), BOB), None);
+    assert_eq!(
+        note_key_holder(&created("lobby", ALICE, None, NOW), BOB),
+        None
+    );
     let mut full = row.clone();
     full.members = (0..frame::MAX_GRANT_MEMBERS as u128)
         .map(|i| b(Uuid::from_u128(1000 + i)))
         .collect();
-    assert_eq!(note_key_holder(&full, BOB), None, "a grant could not carry it");
+    assert_eq!(
+        note_key_holder(&full, BOB),
+        None,
+        "a grant could not carry it"
+    );
 }
 
 #[test]
@@ -220,7 +246,11 @@ fn members_counted_are_those_heard_and_those_listed() {
     assert_eq!(member_count(&heard, &CH, &row), 5);
     let mut gone = row.clone();
     gone.joined = false;
-    assert_eq!(member_count(&heard, &CH, &gone), 2, "a row we left lists nobody");
+    assert_eq!(
+        member_count(&heard, &CH, &gone),
+        2,
+        "a row we left lists nobody"
+    );
     heard.forget(&CH, &ALICE);
     assert_eq!(member_count(&heard, &CH, &gone), 1);
     heard.forget_channel(&CH);
@@ -306,8 +336,7 @@ fn a_removed_member_cannot_re_add_itself() {
     // Alice removed Mallory (epoch 2); Bob took that key. Mallory, who still holds epoch 1,
     // sends a grant of its own listing itself.
     let alices = rotation_without(&channel(), ALICE, MALLORY, 2);
-    let (held, _) =
-        decide_grant(Some(bobs()), ALICE.as_bytes(), &alices.grant, NOW, 0).unwrap();
+    let (held, _) = decide_grant(Some(bobs()), ALICE.as_bytes(), &alices.grant, NOW, 0).unwrap();
     let mut forged = grant_of(&CH, &channel());
     forged.key = [9; 32];
     // A newer epoch: Mallory is not a holder of the current one.
@@ -339,12 +368,21 @@ fn at_one_epoch_a_removal_wins_and_two_removals_merge() {
     // Alice removed Mallory and Carol removed Bob, both moving to epoch 2; Alice hears Carol's.
     let alices = rotation_without(&channel(), ALICE, MALLORY, 2);
     let carols = rotation_without(&channel(), CAROL, BOB, 3);
-    let (merged, outcome) =
-        decide_grant(Some(alices.row.clone()), CAROL.as_bytes(), &carols.grant, NOW, 0).unwrap();
+    let (merged, outcome) = decide_grant(
+        Some(alices.row.clone()),
+        CAROL.as_bytes(),
+        &carols.grant,
+        NOW,
+        0,
+    )
+    .unwrap();
     assert_eq!(outcome, GrantOutcome::Rotated);
     assert_eq!(listed(&merged), vec![ALICE, CAROL]);
     assert_eq!(merged.epoch, 3);
-    assert_eq!(merged.key_from, None, "derived from both keys, sent by nobody");
+    assert_eq!(
+        merged.key_from, None,
+        "derived from both keys, sent by nobody"
+    );
     // A grant at that epoch that removes nobody Alice lists loses to hers.
     let mut keeps_all = grant_of(&CH, &channel());
     keeps_all.epoch = 2;
