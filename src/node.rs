@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -74,15 +74,25 @@ pub struct RunningNode {
     listen: watch::Receiver<Vec<Multiaddr>>,
     /// `None` once it has been awaited (see [`RunningNode::stopped`]).
     event_loop: Option<JoinHandle<()>>,
+    /// Tells the event loop to stop.
+    stop: Option<oneshot::Sender<()>>,
     control: Option<ControlServer>,
     metrics: Option<JoinHandle<()>>,
 }
 
 impl RunningNode {
-    /// Stops the node: the control socket is removed, then the swarm and store are dropped.
-    pub async fn shutdown(self) {
+    /// Stops the node, draining rather than cutting off: the control socket goes first (no
+    /// new requests), then each service stops its loops and finishes the work under way
+    /// (an inbound message being committed still gets its ACK, through the event loop,
+    /// which runs until last), then the event loop stops and its keeper and cache writer
+    /// finish their writes. Whatever is not done within [`crate::tasks::DRAIN`] is cut off.
+    pub async fn shutdown(mut self) {
         if let Some(control) = self.control {
             control.shutdown().await;
+        }
+        if let Some(metrics) = self.metrics {
+            metrics.abort();
+            let _ = metrics.await;
         }
         if let Some(channels) = self.channels {
             channels.shutdown().await;
@@ -93,13 +103,18 @@ impl RunningNode {
         if let Some(mailboxes) = self.mailboxes {
             mailboxes.shutdown().await;
         }
-        if let Some(metrics) = self.metrics {
-            metrics.abort();
-            let _ = metrics.await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        if let Some(event_loop) = self.event_loop {
-            event_loop.abort();
-            let _ = event_loop.await;
+        if let Some(mut event_loop) = self.event_loop {
+            if tokio::time::timeout(crate::tasks::DRAIN, &mut event_loop)
+                .await
+                .is_err()
+            {
+                warn!("the event loop did not stop in time; cut off");
+                event_loop.abort();
+                let _ = event_loop.await;
+            }
         }
     }
 
@@ -230,7 +245,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         _ => None,
     };
     let listen = event_loop.watch_listen_addrs();
-    let event_loop = tokio::spawn(event_loop.run());
+    let (stop, stop_rx) = oneshot::channel();
+    let event_loop = tokio::spawn(event_loop.run(stop_rx));
     let messenger = match config.mode {
         Mode::User => Some(Messenger::start(
             MessagingConfig {
@@ -297,6 +313,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         metrics_addr,
         listen,
         event_loop: Some(event_loop),
+        stop: Some(stop),
         messenger,
         channels,
         mailboxes,

@@ -1,29 +1,167 @@
-//! Background tasks owned by a service and stopped together.
+//! Background tasks owned by a service and stopped together, drained rather than cut off.
+//!
+//! Two kinds: *loops* wait for input (a dispatcher, a scheduler, an outbox worker between
+//! tries) and hold nothing that is lost when they stop, so shutdown aborts them first and
+//! no new work is dispatched; *work* is a unit someone waits for (an inbound message being
+//! committed and acknowledged), so shutdown lets it finish, up to [`DRAIN`], and aborts
+//! only what is still running then. Once shutdown begins, new work is refused: the peer
+//! gets no answer and tries again later, as after any restart.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-/// A set of tasks: finished ones are reaped as new ones start, so the set holds only what
-/// still runs; [`Tasks::shutdown`] aborts and awaits them all.
+/// Longest wait for work under way at shutdown.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
 #[derive(Default)]
-pub struct Tasks(Mutex<JoinSet<()>>);
+pub struct Tasks {
+    loops: Mutex<JoinSet<()>>,
+    work: Mutex<JoinSet<()>>,
+    closed: AtomicBool,
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Work that finished during the drain.
+    pub finished: usize,
+    /// Work still running after the drain, aborted.
+    pub aborted: usize,
+}
 
 impl Tasks {
-    /// Starts `f` in the set (a no-op once the lock is poisoned, which only a bug can do).
-    pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
-        if let Ok(mut set) = self.0.lock() {
+    /// Starts a loop (aborted at shutdown). A no-op once shutdown began, or once a lock is
+    /// poisoned, which only a bug can do.
+    pub fn spawn_loop(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.spawn_in(&self.loops, f);
+    }
+
+    /// Starts a unit of work (finished at shutdown, within [`DRAIN`]); refused once
+    /// shutdown began.
+    pub fn spawn_work(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.spawn_in(&self.work, f);
+    }
+
+    fn spawn_in(&self, set: &Mutex<JoinSet<()>>, f: impl Future<Output = ()> + Send + 'static) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut set) = set.lock() {
+            // Reap what has finished, so the set holds only what still runs.
             while set.try_join_next().is_some() {}
             set.spawn(f);
         }
     }
 
-    /// Aborts every task and waits until they have all stopped.
-    pub async fn shutdown(&self) {
-        let set = self.0.lock().map(|mut s| std::mem::take(&mut *s)).ok();
-        if let Some(mut set) = set {
-            set.shutdown().await;
+    /// Stops every loop, then waits up to [`DRAIN`] for work under way.
+    pub async fn shutdown(&self) -> Drained {
+        self.shutdown_within(DRAIN).await
+    }
+
+    /// [`Tasks::shutdown`] with a given drain time.
+    pub async fn shutdown_within(&self, drain: Duration) -> Drained {
+        self.closed.store(true, Ordering::Release);
+        let take = |set: &Mutex<JoinSet<()>>| {
+            set.lock()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default()
+        };
+        take(&self.loops).shutdown().await;
+        let mut work = take(&self.work);
+        let mut finished = 0;
+        let deadline = tokio::time::Instant::now() + drain;
+        while !work.is_empty() {
+            match tokio::time::timeout_at(deadline, work.join_next()).await {
+                Ok(Some(_)) => finished += 1,
+                Ok(None) | Err(_) => break,
+            }
         }
+        let aborted = work.len();
+        work.shutdown().await;
+        if aborted > 0 {
+            tracing::warn!(aborted, "work still running at shutdown was cut off");
+        }
+        Drained { finished, aborted }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_finishes_work_under_way_and_stops_loops_at_once() {
+        let tasks = Tasks::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        let looped = Arc::new(AtomicBool::new(false));
+        for ms in [10, 2_000, 4_000] {
+            let done = done.clone();
+            tasks.spawn_work(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let l = looped.clone();
+        tasks.spawn_loop(async move {
+            std::future::pending::<()>().await;
+            l.store(true, Ordering::SeqCst);
+        });
+        let started = tokio::time::Instant::now();
+        let drained = tasks.shutdown_within(Duration::from_secs(5)).await;
+        assert_eq!(
+            drained,
+            Drained {
+                finished: 3,
+                aborted: 0
+            }
+        );
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            3,
+            "every piece of work completed"
+        );
+        assert!(!looped.load(Ordering::SeqCst));
+        // The drain waits for the work, not for the whole drain time.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(4) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_past_the_drain_is_cut_off_and_nothing_new_starts() {
+        let tasks = Tasks::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        tasks.spawn_work(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            d.fetch_add(1, Ordering::SeqCst);
+        });
+        let drained = tasks.shutdown_within(Duration::from_secs(1)).await;
+        assert_eq!(
+            drained,
+            Drained {
+                finished: 0,
+                aborted: 1
+            }
+        );
+        let d = done.clone();
+        tasks.spawn_work(async move {
+            d.fetch_add(1, Ordering::SeqCst);
+        });
+        tasks.spawn_loop(async {});
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            0,
+            "cut off, and the late spawn refused"
+        );
     }
 }

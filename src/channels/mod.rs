@@ -192,7 +192,7 @@ impl Channels {
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.inner.tasks.spawn(f);
+        self.inner.tasks.spawn_loop(f);
     }
 
     /// Stops the service's tasks.

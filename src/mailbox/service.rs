@@ -132,7 +132,7 @@ impl Inner {
 
 /// The running mailbox service; stop it with [`Mailboxes::shutdown`].
 pub struct Mailboxes {
-    tasks: crate::tasks::Tasks,
+    tasks: Arc<crate::tasks::Tasks>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -165,9 +165,9 @@ impl Mailboxes {
             }),
             config,
         });
-        let tasks = crate::tasks::Tasks::default();
-        tasks.spawn(sweeper(inner.clone()));
-        tasks.spawn(dispatcher(inner, rx));
+        let tasks = Arc::new(crate::tasks::Tasks::default());
+        tasks.spawn_loop(sweeper(inner.clone()));
+        tasks.spawn_loop(dispatcher(inner, rx, tasks.clone()));
         (
             Mailboxes {
                 tasks,
@@ -194,9 +194,14 @@ fn nack(reason: Nack) -> Response {
     reason.into()
 }
 
-async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<InboundVerb>) {
+/// Hands each verb to a handler of its own (work the shutdown drains), at most
+/// [`CONCURRENCY`] at once.
+async fn dispatcher(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<InboundVerb>,
+    tasks: Arc<crate::tasks::Tasks>,
+) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
-    let tasks = crate::tasks::Tasks::default();
     while let Some(verb) = rx.recv().await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             inner.counters.count(Counter::MailBusy);
@@ -204,13 +209,12 @@ async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<InboundVerb>) {
             continue;
         };
         let inner = inner.clone();
-        tasks.spawn(async move {
+        tasks.spawn_work(async move {
             let response = handle(&inner, verb.peer, verb.request).await;
             let _ = inner.net.respond(verb.token, response).await;
             drop(permit);
         });
     }
-    tasks.shutdown().await;
 }
 
 async fn handle(inner: &Inner, peer: PeerId, request: Request) -> Response {

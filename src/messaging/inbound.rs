@@ -52,7 +52,7 @@ pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound
                 // Off the dispatcher, one at a time.
                 if !sweeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     let (inner, sweeping) = (inner.clone(), sweeping.clone());
-                    inner.clone().tasks.spawn(async move {
+                    inner.clone().tasks.spawn_work(async move {
                         sweep(&inner).await;
                         sweeping.store(false, std::sync::atomic::Ordering::Release);
                     });
@@ -71,7 +71,7 @@ pub(super) async fn dispatcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Inbound
             let _ = task_inner.net.respond(verb.token, response).await;
             drop(permit);
         };
-        inner.tasks.spawn(work);
+        inner.tasks.spawn_work(work);
     }
 }
 

@@ -188,7 +188,7 @@ impl Messenger {
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.inner.tasks.spawn(f);
+        self.inner.tasks.spawn_loop(f);
     }
 
     /// Stops every messaging task (the outbox stays on disk for the next start).

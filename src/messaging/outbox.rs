@@ -266,7 +266,7 @@ pub(super) async fn scheduler(inner: Arc<Inner>) {
         };
         for uuid in start {
             let worker_inner = inner.clone();
-            inner.tasks.spawn(worker(worker_inner, uuid));
+            inner.tasks.spawn_loop(worker(worker_inner, uuid));
         }
         let sleep = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {

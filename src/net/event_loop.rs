@@ -262,14 +262,22 @@ impl EventLoop {
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
-    /// Runs until every [`super::Client`] is dropped.
-    pub async fn run(mut self) {
+    /// Runs until `stop` fires or every [`super::Client`] is dropped (a dropped `stop`
+    /// does not stop it).
+    /// Stopping drains: an identity save and the directory cache writes under way finish
+    /// (the keeper and the cache writer are joined as the loop is dropped).
+    pub async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stoppable = true;
         loop {
             let publish_at = self.keeper.as_ref().and(self.publisher.due());
             let grace = self.lookups.next_timer();
             tokio::select! {
+                told = &mut stop, if stoppable => match told {
+                    Ok(()) => break,
+                    Err(_) => stoppable = false,
+                },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => {
                     self.maybe_reserve();
