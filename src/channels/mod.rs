@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::counters::{Counter, Counters};
+use crate::error::ErrorKind::{self, BadInput, Failed, NotFound};
 use crate::identity::MessageKeys;
 use crate::messaging::{GrantNote, Messenger, Stored};
 use crate::net::dial::DialReason;
@@ -74,24 +75,24 @@ const CATCH_UP_PAGES: usize = 16;
 /// Least time between two CHANNEL frames sent because a peer subscribed.
 const CHANNEL_DEBOUNCE: Duration = Duration::from_secs(2);
 
-/// Why a channel command failed; `code` is the CLI exit code.
+/// Why a channel command failed; the CLI turns `kind` into its exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ChannelError {
-    pub code: i32,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
-fn fail(code: i32, message: impl Into<String>) -> ChannelError {
+fn fail(kind: ErrorKind, message: impl Into<String>) -> ChannelError {
     ChannelError {
-        code,
+        kind,
         message: message.into(),
     }
 }
 
 impl From<crate::store::StoreError> for ChannelError {
     fn from(e: crate::store::StoreError) -> Self {
-        fail(1, format!("storage error: {e}"))
+        fail(Failed, format!("storage error: {e}"))
     }
 }
 
@@ -254,7 +255,7 @@ impl Channels {
             .await
             .ok()
             .flatten()
-            .ok_or_else(|| fail(1, "the node has no identity document yet; try again"))
+            .ok_or_else(|| fail(Failed, "the node has no identity document yet; try again"))
     }
 
     fn save(&self, id: &Uuid, row: &ChannelRow) -> Result<(), ChannelError> {
@@ -267,7 +268,7 @@ impl Channels {
 
     /// Creates a channel and joins it.
     pub async fn create(&self, name: &str, private: bool) -> Result<Uuid, ChannelError> {
-        frame::check_name(name).map_err(|e| fail(2, e))?;
+        frame::check_name(name).map_err(|e| fail(BadInput, e))?;
         let me = self.me().await?;
         if self
             .state()
@@ -276,7 +277,7 @@ impl Channels {
             .any(|r| r.joined && r.name == name)
         {
             return Err(fail(
-                1,
+                Failed,
                 format!("you are already in a channel called {name}"),
             ));
         }
@@ -325,7 +326,7 @@ impl Channels {
             .collect();
         match (mine.len(), found.as_slice()) {
             (0, []) => Err(fail(
-                4,
+                NotFound,
                 format!(
                     "no channel called {target} is known (private channels need an invitation)"
                 ),
@@ -338,7 +339,7 @@ impl Channels {
                     .chain(found.iter().map(|i| i.to_string()))
                     .collect();
                 Err(fail(
-                    1,
+                    Failed,
                     format!(
                         "several channels are called {target}: {}; use the id",
                         ids.join(", ")
@@ -355,7 +356,7 @@ impl Channels {
             Some(r) if r.joined => return Ok((id, r)),
             Some(r) if r.private && r.key.is_none() => {
                 return Err(fail(
-                    1,
+                    Failed,
                     format!("{} is private: you need a new invitation", r.name),
                 ))
             }
@@ -367,7 +368,7 @@ impl Channels {
                 let name = self.state().discovered.get(&id).map(|d| d.name.clone());
                 let Some(name) = name else {
                     return Err(fail(
-                        4,
+                        NotFound,
                         format!("channel {id} is not known (private channels need an invitation)"),
                     ));
                 };
@@ -416,7 +417,7 @@ impl Channels {
     pub async fn leave(&self, target: &str) -> Result<Uuid, ChannelError> {
         let (id, row) = self.resolve(target)?;
         let Some(mut row) = row.filter(|r| r.joined) else {
-            return Err(fail(1, format!("you are not in {target}")));
+            return Err(fail(Failed, format!("you are not in {target}")));
         };
         let _ = self.publish_frame(id, frame::LEAVE, String::new()).await;
         let net = &self.inner.net;
@@ -511,7 +512,7 @@ impl Channels {
                 if let Some(d) = st.discovered.get(&id) {
                     set.extend(d.members.iter().copied());
                 } else {
-                    return Err(fail(1, format!("you are not in {target}")));
+                    return Err(fail(Failed, format!("you are not in {target}")));
                 }
             }
         }
@@ -524,17 +525,17 @@ impl Channels {
     pub async fn invite(&self, target: &str, who: Uuid) -> Result<Uuid, ChannelError> {
         let (id, row) = self.resolve(target)?;
         let Some(mut row) = row.filter(|r| r.joined) else {
-            return Err(fail(1, format!("you are not in {target}")));
+            return Err(fail(Failed, format!("you are not in {target}")));
         };
         let Some(key) = row.key.filter(|_| row.private) else {
             return Err(fail(
-                1,
+                Failed,
                 format!("{} is public: anyone can join it by name", row.name),
             ));
         };
         let me = self.me().await?;
         if who == me.uuid {
-            return Err(fail(2, "that is your own UUID"));
+            return Err(fail(BadInput, "that is your own UUID"));
         }
         let who_b = ByteArray::new(*who.as_bytes());
         if !row.members.contains(&who_b) {
@@ -553,7 +554,7 @@ impl Channels {
             .messenger
             .send_grant(who, &grant)
             .await
-            .map_err(|e| fail(1, e.to_string()))?;
+            .map_err(|e| fail(Failed, e.to_string()))?;
         info!(channel = %id, name = %row.name, invited = %who, "sent a channel invitation");
         Ok(id)
     }
@@ -563,11 +564,11 @@ impl Channels {
     pub async fn remove(&self, target: &str, who: Uuid) -> Result<(Uuid, u32), ChannelError> {
         let (id, row) = self.resolve(target)?;
         let Some(mut row) = row.filter(|r| r.joined) else {
-            return Err(fail(1, format!("you are not in {target}")));
+            return Err(fail(Failed, format!("you are not in {target}")));
         };
         if !row.private {
             return Err(fail(
-                1,
+                Failed,
                 format!(
                     "{} is public: anyone can read it, so nobody can be removed",
                     row.name
@@ -576,11 +577,11 @@ impl Channels {
         }
         let me = self.me().await?;
         if who == me.uuid {
-            return Err(fail(2, "to remove yourself, leave the channel"));
+            return Err(fail(BadInput, "to remove yourself, leave the channel"));
         }
         if !row.members.iter().any(|m| **m == *who.as_bytes()) {
             return Err(fail(
-                1,
+                Failed,
                 format!("{who} does not hold the key of {}", row.name),
             ));
         }
@@ -597,7 +598,7 @@ impl Channels {
     pub async fn send(&self, target: &str, text: String) -> Result<(Uuid, usize), ChannelError> {
         if text.len() > frame::MAX_CHANNEL_TEXT {
             return Err(fail(
-                2,
+                BadInput,
                 format!(
                     "the post is {} bytes; the limit is {}",
                     text.len(),
@@ -607,12 +608,15 @@ impl Channels {
         }
         let (id, row) = self.resolve(target)?;
         if !row.as_ref().is_some_and(|r| r.joined) {
-            return Err(fail(1, format!("you are not in {target}; join it first")));
+            return Err(fail(
+                Failed,
+                format!("you are not in {target}; join it first"),
+            ));
         }
         let (body, data, peers) = self
             .publish_frame(id, frame::TEXT, text)
             .await
-            .map_err(|e| fail(1, format!("not sent: {e}")))?;
+            .map_err(|e| fail(Failed, format!("not sent: {e}")))?;
         let entry = HistoryEntry {
             msg_id: body.msg_id,
             incoming: false,
@@ -1224,7 +1228,7 @@ impl Channels {
         let me = self.me().await?;
         row.epoch = row.epoch.checked_add(1).ok_or_else(|| {
             fail(
-                1,
+                Failed,
                 format!(
                     "{} has used every key epoch; create a new channel",
                     row.name
