@@ -509,6 +509,24 @@ mod tests {
     }
 
     #[test]
+    fn every_request_line_in_the_spec_is_a_request() {
+        let spec = include_str!("../../protocols/control.md");
+        let lines: Vec<&str> = spec
+            .split('`')
+            .filter(|s| s.starts_with("{\"cmd\""))
+            .collect();
+        assert!(lines.len() >= 25, "{} request lines", lines.len());
+        for line in lines {
+            let req: ControlRequest = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("protocols/control.md: {line}: {e}");
+            });
+            let again: ControlRequest =
+                serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+            assert_eq!(again, req);
+        }
+    }
+
+    #[test]
     fn data_of_the_wrong_shape_is_a_bad_answer() {
         let r = read(r#"{"ok":true,"data":{"msg_id":3}}"#);
         assert!(matches!(
