@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{self, FileConfig, Mode, NodeConfig};
-use crate::control::{self, ClientError, ControlRequest, IdInfo};
+use crate::control::answers::{PeerView, StatusView};
+use crate::control::{self, ClientError, ControlRequest, ErrorKind, IdInfo, Refusal, WhoisView};
 use crate::identity::{parse_contact, qr_code};
 use crate::node;
 use crate::store::Store;
@@ -27,6 +28,19 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     pub const QUEUED: i32 = 3;
     pub const NOT_FOUND: i32 = 4;
+}
+
+/// The exit code for a kind of failure (CLI.md, docs/cli.md "Exit codes"): the one place a
+/// kind becomes the number `main` exits with.
+pub fn exit_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::Failed => exit::ERROR,
+        ErrorKind::BadInput => exit::USAGE,
+        ErrorKind::Pending => exit::QUEUED,
+        ErrorKind::NotFound | ErrorKind::Denied | ErrorKind::Unreachable | ErrorKind::Timeout => {
+            exit::NOT_FOUND
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -250,26 +264,27 @@ pub struct RelayArgs {
     pub mail_clock_offset: Option<i64>,
 }
 
-/// An error with the exit code it maps to.
+/// Why a command did not succeed: its kind (which `main` turns into the exit code, with
+/// [`exit_code`]) and the line for stderr.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct CliError {
-    pub code: i32,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
 impl CliError {
-    pub fn new(code: i32, message: impl std::fmt::Display) -> Self {
+    pub fn new(kind: ErrorKind, message: impl std::fmt::Display) -> Self {
         CliError {
-            code,
+            kind,
             message: message.to_string(),
         }
     }
 
-    /// An exit code with nothing more to say (the output already said it).
-    pub fn silent(code: i32) -> Self {
+    /// A failure with nothing more to say (the output already said it).
+    pub fn silent(kind: ErrorKind) -> Self {
         CliError {
-            code,
+            kind,
             message: String::new(),
         }
     }
@@ -277,7 +292,13 @@ impl CliError {
 
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
-        CliError::new(exit::ERROR, e)
+        CliError::new(ErrorKind::Failed, e)
+    }
+}
+
+impl From<Refusal> for CliError {
+    fn from(r: Refusal) -> Self {
+        CliError::new(r.kind, r.message)
     }
 }
 
@@ -288,7 +309,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         _ => Mode::User,
     };
     let home = config::resolve_home(cli.home.as_deref(), mode)
-        .map_err(|e| CliError::new(exit::ERROR, e))?;
+        .map_err(|e| CliError::new(ErrorKind::Failed, e))?;
     let json = cli.json;
     match cli.command {
         Command::Init => init(&home, json).await,
@@ -296,38 +317,35 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => run(node_config_for_run(home, args)?).await,
         Command::Relay(args) => run(node_config_for_relay(home, args)?).await,
         Command::Status => {
-            let data = ask(&home, ControlRequest::Status).await?;
+            let status: StatusView = ask(&home, ControlRequest::Status).await?;
             if json {
-                print_json(&data);
+                print_json(&status);
             } else {
-                print_status(&data);
+                print_status(&status);
             }
             Ok(())
         }
         Command::Peers => {
-            let data = ask(&home, ControlRequest::Peers).await?;
-            for p in data.as_array().into_iter().flatten() {
+            let peers: Vec<PeerView> = ask(&home, ControlRequest::Peers).await?;
+            for p in peers {
                 if json {
-                    print_json(p);
+                    print_json(&p);
                 } else {
                     println!(
                         "{}  {}{}  {}",
-                        p["peer_id"].as_str().unwrap_or(""),
-                        p["addr"].as_str().unwrap_or(""),
-                        if p["relayed"].as_bool() == Some(true) {
-                            " (relayed)"
-                        } else {
-                            ""
-                        },
-                        p["agent"].as_str().unwrap_or("?")
+                        p.peer_id,
+                        p.addr,
+                        if p.relayed { " (relayed)" } else { "" },
+                        p.agent.as_deref().unwrap_or("?")
                     );
                 }
             }
             Ok(())
         }
         Command::Whois { uuid } => {
-            let (uuid, fp) = parse_contact(&uuid).map_err(|e| CliError::new(exit::USAGE, e))?;
-            let data = ask(
+            let (uuid, fp) =
+                parse_contact(&uuid).map_err(|e| CliError::new(ErrorKind::BadInput, e))?;
+            let doc: WhoisView = ask(
                 &home,
                 ControlRequest::Whois {
                     uuid: uuid.to_string(),
@@ -335,28 +353,28 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             )
             .await?;
             if let Some(fp) = fp {
-                if data["fingerprint"].as_str() != Some(fp.to_string().as_str()) {
+                if doc.fingerprint != fp.to_string() {
                     return Err(CliError::new(
-                        exit::ERROR,
+                        ErrorKind::Failed,
                         format!(
                             "fingerprint mismatch for {uuid}: the URI says {fp}, the directory's document has {}",
-                            plain(&data["fingerprint"])
+                            doc.fingerprint
                         ),
                     ));
                 }
             }
             if json {
-                print_json(&data);
+                print_json(&doc);
             } else {
-                for key in [
-                    "uuid",
-                    "peer_id",
-                    "fingerprint",
-                    "public_key",
-                    "seq",
-                    "reach",
+                for (key, value) in [
+                    ("uuid", doc.uuid.clone()),
+                    ("peer_id", doc.peer_id.clone()),
+                    ("fingerprint", doc.fingerprint.clone()),
+                    ("public_key", doc.public_key.clone()),
+                    ("seq", doc.seq.to_string()),
+                    ("reach", doc.reach.join(" ")),
                 ] {
-                    println!("{key:12} {}", plain(&data[key]));
+                    println!("{key:12} {value}");
                 }
             }
             Ok(())
@@ -377,9 +395,10 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Channel(cmd) => channels::channel(&home, json, cmd).await,
         Command::Connect { to, timeout } => connect::connect(&home, json, to, timeout).await,
         Command::Disconnect { to } => {
-            let data = ask(&home, ControlRequest::Disconnect { to }).await?;
+            let done: control::answers::Disconnected =
+                ask(&home, ControlRequest::Disconnect { to }).await?;
             if json {
-                print_json(&data);
+                print_json(&done);
             }
             Ok(())
         }
@@ -397,47 +416,51 @@ async fn ask_full(
     Ok(control::request(home, &req).await?)
 }
 
-/// Sends a request to the running node; a refusal becomes the CLI error it names.
-async fn ask(home: &std::path::Path, req: ControlRequest) -> Result<serde_json::Value, CliError> {
+/// Sends a request to the running node and decodes its answer as `T`; a refusal becomes
+/// the CLI error of its kind.
+async fn ask<T: serde::de::DeserializeOwned>(
+    home: &std::path::Path,
+    req: ControlRequest,
+) -> Result<T, CliError> {
     let resp = control::request(home, &req).await?;
-    if resp.ok {
-        Ok(resp.data.unwrap_or(serde_json::Value::Null))
-    } else {
-        Err(CliError::new(
-            resp.code.unwrap_or(exit::ERROR),
-            resp.error.unwrap_or_else(|| "the node refused".into()),
-        ))
+    if let Some(refusal) = resp.refusal() {
+        return Err(refusal.into());
     }
+    resp.data_as()?
+        .ok_or_else(|| CliError::from(ClientError::BadAnswer("the answer has no data".into())))
 }
 
+/// Prints an answer from the node as one JSON line, keys in alphabetical order at every
+/// level: the order `--json` has always printed them in (it printed the node's answer read
+/// into a `serde_json::Value`, whose maps are sorted).
 fn print_json(v: &impl Serialize) {
-    println!("{}", serde_json::to_string(v).unwrap_or_default());
+    println!("{}", json_line(v));
 }
 
-fn plain(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(" "),
-        other => other.to_string(),
-    }
+/// [`print_json`]'s line.
+fn json_line(v: &impl Serialize) -> String {
+    serde_json::to_value(v)
+        .and_then(|v| serde_json::to_string(&v))
+        .unwrap_or_default()
 }
 
-fn print_status(s: &serde_json::Value) {
-    if let Some(uuid) = s["uuid"].as_str() {
+fn print_status(s: &StatusView) {
+    if let Some(uuid) = s.uuid {
         println!("uuid            {uuid}");
     }
-    println!("peer_id         {}", plain(&s["peer_id"]));
-    println!("mode            {}", plain(&s["mode"]));
-    println!("nat             {}", plain(&s["nat"]));
-    println!("connected_peers {}", plain(&s["connected_peers"]));
-    for a in s["listen_addrs"].as_array().into_iter().flatten() {
-        println!("listening       {}", plain(a));
+    println!("peer_id         {}", s.peer_id);
+    println!("mode            {}", s.mode);
+    println!("nat             {}", s.nat);
+    println!("connected_peers {}", s.connected_peers);
+    for a in &s.listen_addrs {
+        println!("listening       {a}");
     }
 }
 
 fn print_id(info: &IdInfo, json: bool, qr: bool) -> Result<(), CliError> {
     if json {
-        print_json(info);
+        // In the struct's order, as `id --json` has always printed it.
+        println!("{}", serde_json::to_string(info).unwrap_or_default());
     } else {
         println!("uuid         {}", info.uuid);
         println!("peer_id      {}", info.peer_id);
@@ -446,7 +469,7 @@ fn print_id(info: &IdInfo, json: bool, qr: bool) -> Result<(), CliError> {
         println!("contact      {}", info.contact_uri);
     }
     if qr {
-        let code = qr_code(&info.contact_uri).map_err(|e| CliError::new(exit::ERROR, e))?;
+        let code = qr_code(&info.contact_uri).map_err(|e| CliError::new(ErrorKind::Failed, e))?;
         // With --json, stdout holds only JSON; the picture goes to stderr.
         if json {
             eprint!("{code}");
@@ -459,12 +482,20 @@ fn print_id(info: &IdInfo, json: bool, qr: bool) -> Result<(), CliError> {
 
 /// Opens the store directly when no node holds it, else `None`.
 fn open_store_if_free(home: &std::path::Path) -> Result<Option<Store>, CliError> {
-    node::prepare_home(home).map_err(|e| CliError::new(exit::ERROR, e))?;
+    node::prepare_home(home).map_err(|e| CliError::new(ErrorKind::Failed, e))?;
     match Store::open(home) {
         Ok(s) => Ok(Some(s)),
         Err(crate::store::StoreError::InUse(_)) => Ok(None),
-        Err(e) => Err(CliError::new(exit::ERROR, e)),
+        Err(e) => Err(CliError::new(ErrorKind::Failed, e)),
     }
+}
+
+/// What `init --json` prints.
+#[derive(Serialize)]
+struct InitView {
+    fingerprint: String,
+    peer_id: String,
+    uuid: uuid::Uuid,
 }
 
 async fn init(home: &std::path::Path, json: bool) -> Result<(), CliError> {
@@ -472,21 +503,20 @@ async fn init(home: &std::path::Path, json: bool) -> Result<(), CliError> {
         Some(store) => {
             let (id, created) = store
                 .load_or_create_identity(crate::unix_now())
-                .map_err(|e| CliError::new(exit::ERROR, e))?;
+                .map_err(|e| CliError::new(ErrorKind::Failed, e))?;
             if created && !json {
                 eprintln!("created a new identity in {}", home.display());
             }
             IdInfo::of(&id)
         }
-        None => serde_json::from_value(ask(home, ControlRequest::Id).await?)
-            .map_err(|e| CliError::new(exit::ERROR, e))?,
+        None => ask(home, ControlRequest::Id).await?,
     };
     if json {
-        print_json(&serde_json::json!({
-            "uuid": info.uuid,
-            "peer_id": info.peer_id,
-            "fingerprint": info.fingerprint,
-        }));
+        print_json(&InitView {
+            fingerprint: info.fingerprint,
+            peer_id: info.peer_id,
+            uuid: info.uuid,
+        });
     } else {
         println!("{}", info.uuid);
     }
@@ -497,33 +527,32 @@ async fn id(home: &std::path::Path, json: bool, qr: bool, rotate: bool) -> Resul
     let Some(store) = open_store_if_free(home)? else {
         if rotate {
             return Err(CliError::new(
-                exit::ERROR,
+                ErrorKind::Failed,
                 format!(
                     "the node for {} is running; stop it before rotating the identity key (the peer id changes)",
                     home.display()
                 ),
             ));
         }
-        let info: IdInfo = serde_json::from_value(ask(home, ControlRequest::Id).await?)
-            .map_err(|e| CliError::new(exit::ERROR, e))?;
+        let info: IdInfo = ask(home, ControlRequest::Id).await?;
         return print_id(&info, json, qr);
     };
     let mut identity = store
         .load_identity()
-        .map_err(|e| CliError::new(exit::ERROR, e))?
+        .map_err(|e| CliError::new(ErrorKind::Failed, e))?
         .ok_or_else(|| {
             CliError::new(
-                exit::ERROR,
+                ErrorKind::Failed,
                 format!("no identity in {}; run `ptpchat init`", home.display()),
             )
         })?;
     if rotate {
         identity
             .rotate_identity_key()
-            .map_err(|e| CliError::new(exit::ERROR, e))?;
+            .map_err(|e| CliError::new(ErrorKind::Failed, e))?;
         store
             .save_identity(&identity)
-            .map_err(|e| CliError::new(exit::ERROR, e))?;
+            .map_err(|e| CliError::new(ErrorKind::Failed, e))?;
         if !json {
             eprintln!("identity key rotated; the new key is signed by the old one and is published at the next start");
         }
@@ -532,12 +561,12 @@ async fn id(home: &std::path::Path, json: bool, qr: bool, rotate: bool) -> Resul
 }
 
 fn usage(e: impl std::fmt::Display) -> CliError {
-    CliError::new(exit::USAGE, e)
+    CliError::new(ErrorKind::BadInput, e)
 }
 
 /// Merges `run` flags with the environment, `<home>/config.toml` and the defaults.
 pub fn node_config_for_run(home: PathBuf, args: RunArgs) -> Result<NodeConfig, CliError> {
-    let file = FileConfig::load(&home).map_err(|e| CliError::new(exit::ERROR, e))?;
+    let file = FileConfig::load(&home).map_err(|e| CliError::new(ErrorKind::Failed, e))?;
     let mut cfg = NodeConfig::new(Mode::User, home);
     cfg.listen = pick(args.listen, file.listen, "--listen")?.unwrap_or_default();
     if let Some(b) = pick(args.bootstrap, file.bootstrap, "--bootstrap")? {
@@ -558,7 +587,7 @@ pub fn node_config_for_run(home: PathBuf, args: RunArgs) -> Result<NodeConfig, C
 
 /// Merges `relay` flags likewise.
 pub fn node_config_for_relay(home: PathBuf, args: RelayArgs) -> Result<NodeConfig, CliError> {
-    let file = FileConfig::load(&home).map_err(|e| CliError::new(exit::ERROR, e))?;
+    let file = FileConfig::load(&home).map_err(|e| CliError::new(ErrorKind::Failed, e))?;
     let mut cfg = NodeConfig::new(Mode::Relay, home);
     cfg.listen = pick(args.listen, file.listen, "--listen")?.unwrap_or_default();
     if let Some(b) = pick(args.bootstrap, file.bootstrap, "--bootstrap")? {
@@ -630,14 +659,14 @@ fn pick(
         return Ok(None);
     };
     // A bad flag is a usage error; a bad value in the file is a plain error.
-    let code = if origin.starts_with("--") {
-        exit::USAGE
+    let kind = if origin.starts_with("--") {
+        ErrorKind::BadInput
     } else {
-        exit::ERROR
+        ErrorKind::Failed
     };
     config::parse_addrs(&values, &origin)
         .map(Some)
-        .map_err(|e| CliError::new(code, e))
+        .map_err(|e| CliError::new(kind, e))
 }
 
 /// Runs a node in the foreground until SIGINT or SIGTERM.
@@ -645,7 +674,7 @@ async fn run(config: NodeConfig) -> Result<(), CliError> {
     let mode = config.mode;
     let mut node = node::start(config)
         .await
-        .map_err(|e| CliError::new(exit::ERROR, e))?;
+        .map_err(|e| CliError::new(ErrorKind::Failed, e))?;
     let printer =
         (mode == Mode::Relay).then(|| tokio::spawn(print_listen_addrs(node.watch_listen_addrs())));
     let failure = tokio::select! {
@@ -659,7 +688,7 @@ async fn run(config: NodeConfig) -> Result<(), CliError> {
     node.shutdown().await;
     match failure {
         None => Ok(()),
-        Some(why) => Err(CliError::new(exit::ERROR, why)),
+        Some(why) => Err(CliError::new(ErrorKind::Failed, why)),
     }
 }
 
@@ -700,5 +729,346 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fmt::Debug;
+
+    use serde::de::DeserializeOwned;
+    use serde_json::json;
+
+    use super::*;
+    use crate::control::answers::*;
+    use crate::control::{AttachmentView, ContactView, ControlResponse, Direction, MessageView};
+
+    /// The words of docs/cli.md's exit-code table that name each kind.
+    fn documented_as(kind: ErrorKind) -> &'static str {
+        match kind {
+            ErrorKind::Failed => "error",
+            ErrorKind::BadInput => "usage error",
+            ErrorKind::Pending => "accepted but not yet delivered",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Unreachable => "offline",
+            ErrorKind::Timeout => "timed out",
+        }
+    }
+
+    /// docs/cli.md's exit-code table: each row's code, and the names before its `:` or `;`.
+    fn documented_codes() -> Vec<(i32, Vec<String>)> {
+        let doc = include_str!("../docs/cli.md");
+        let table = doc
+            .split("## Exit codes")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .expect("docs/cli.md has an Exit codes section");
+        table
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.parse().ok()?;
+                let head = cells.get(2)?.split([':', ';']).next()?;
+                Some((code, head.split(" / ").map(str::to_string).collect()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_error_kind_exits_with_the_documented_code() {
+        let table = documented_codes();
+        assert_eq!(table.len(), 5, "rows 0 to 4: {table:?}");
+        for kind in ErrorKind::ALL {
+            let words = documented_as(kind);
+            let rows: Vec<i32> = table
+                .iter()
+                .filter(|(_, names)| names.iter().any(|n| n == words))
+                .map(|(c, _)| *c)
+                .collect();
+            assert_eq!(
+                rows,
+                [exit_code(kind)],
+                "{kind}: docs/cli.md says {words:?}"
+            );
+            // The socket's `code` is the same number, for scripts that read it.
+            assert_eq!(control::wire_code(kind), exit_code(kind), "{kind}");
+        }
+    }
+
+    /// Checks one answer: it round-trips through JSON; `--json` prints what it printed
+    /// before this type existed (the node's line read into a `Value`); and when the node
+    /// used to build it with `json!`, the node's line is the same bytes as then.
+    fn check<T>(answer: T, legacy: Option<serde_json::Value>)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let text = serde_json::to_string(&answer).unwrap();
+        assert_eq!(serde_json::from_str::<T>(&text).unwrap(), answer);
+        let line = serde_json::to_string(&ControlResponse::ok(&answer)).unwrap();
+        if let Some(legacy) = legacy {
+            let before = serde_json::to_string(&ControlResponse::ok(legacy)).unwrap();
+            assert_eq!(line, before, "the node's line changed");
+        }
+        let raw: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let printed_before = serde_json::to_string(&raw["data"]).unwrap();
+        let resp: ControlResponse = serde_json::from_str(&line).unwrap();
+        let typed: T = resp.data_as().unwrap().unwrap();
+        assert_eq!(typed, answer);
+        assert_eq!(json_line(&typed), printed_before, "--json output changed");
+    }
+
+    fn status(mail: bool) -> StatusView {
+        StatusView {
+            uuid: Some(uuid::Uuid::from_u128(7)),
+            peer_id: "12D3KooWpeer".into(),
+            mode: "user".into(),
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            external_addrs: vec![],
+            nat: "private".into(),
+            connected_peers: 3,
+            relays: vec!["/ip4/1.2.3.4/tcp/4001/p2p/12D3KooWrelay".into()],
+            channels: vec!["rust-talk".into()],
+            dht_records: 12,
+            published_seq: None,
+            rejected: BTreeMap::from([("bad_frame".to_string(), 2), ("oversize".into(), 1)]),
+            lookups: LookupView {
+                done: 4,
+                found: 3,
+                requests: 40,
+                hops_bound: 9,
+            },
+            mail: mail.then_some(MailView {
+                items: 1,
+                bytes: 2,
+                mailboxes: 3,
+            }),
+        }
+    }
+
+    fn message(detail: Option<&str>) -> MessageView {
+        MessageView {
+            msg_id: "5f0c".into(),
+            direction: Direction::Out,
+            from: "a".into(),
+            from_name: None,
+            to: "b".into(),
+            to_name: Some("bob".into()),
+            channel: None,
+            channel_id: None,
+            timestamp: "2026-11-22T09:14:03.512Z".into(),
+            text: "hi \"there\"\n".into(),
+            attachments: vec![AttachmentView {
+                name: "r.pdf".into(),
+                mime: "application/pdf".into(),
+                size: 10,
+                path: "/home/u/files/sent/5f0c/0-r.pdf".into(),
+            }],
+            verified: false,
+            key_changed: true,
+            status: if detail.is_some() { "failed" } else { "queued" }.into(),
+            detail: detail.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn control_answers_print_as_before_and_the_json_ones_keep_their_bytes() {
+        check(status(false), None);
+        check(status(true), None);
+        check(
+            vec![PeerView {
+                peer_id: "p".into(),
+                addr: "/ip4/1.2.3.4/tcp/1".into(),
+                relayed: true,
+                agent: None,
+            }],
+            None,
+        );
+        check(
+            WhoisView {
+                uuid: "u".into(),
+                peer_id: "p".into(),
+                public_key: "ab".into(),
+                fingerprint: "1a2b 3c4d".into(),
+                seq: 5,
+                reach: vec!["/ip4/1.2.3.4/tcp/1".into()],
+                enc_key: "cd".into(),
+                key_rotations: 1,
+                issued: 1,
+                expires: 2,
+            },
+            None,
+        );
+        check(message(None), None);
+        check(message(Some("too_large")), None);
+        check(
+            ContactView {
+                name: "bob".into(),
+                uuid: "u".into(),
+                fingerprint: "1a2b".into(),
+                verified: true,
+                key_changed: false,
+            },
+            None,
+        );
+        check(Dialing {}, Some(json!({})));
+        for (status, mailboxes, reason, legacy) in [
+            (
+                SendStatus::Delivered,
+                None,
+                None,
+                json!({"msg_id": "m", "status": "delivered"}),
+            ),
+            (
+                SendStatus::Queued,
+                None,
+                None,
+                json!({"msg_id": "m", "status": "queued"}),
+            ),
+            (
+                SendStatus::Stored,
+                Some(2),
+                None,
+                json!({"msg_id": "m", "status": "stored", "mailboxes": 2}),
+            ),
+            (
+                SendStatus::Failed,
+                None,
+                Some("busy".to_string()),
+                json!({"msg_id": "m", "status": "failed", "reason": "busy"}),
+            ),
+            (
+                SendStatus::Expired,
+                None,
+                None,
+                json!({"msg_id": "m", "status": "expired"}),
+            ),
+        ] {
+            let answer = SendAnswer {
+                mailboxes,
+                msg_id: "m".into(),
+                reason,
+                status,
+            };
+            check(answer, Some(legacy));
+        }
+        check(
+            ContactRemoved {
+                name: "bob".into(),
+                removed: true,
+            },
+            Some(json!({"name": "bob", "removed": true})),
+        );
+        check(
+            ChannelJoined {
+                channel_id: "c".into(),
+                name: "ops".into(),
+                private: true,
+            },
+            Some(json!({"channel_id": "c", "name": "ops", "private": true})),
+        );
+        check(
+            ChannelLeft {
+                channel_id: "c".into(),
+            },
+            Some(json!({"channel_id": "c"})),
+        );
+        check(
+            ChannelInvited {
+                channel_id: "c".into(),
+                invited: "u".into(),
+            },
+            Some(json!({"channel_id": "c", "invited": "u"})),
+        );
+        check(
+            ChannelMemberRemoved {
+                channel_id: "c".into(),
+                epoch: 3,
+                removed: "u".into(),
+            },
+            Some(json!({"channel_id": "c", "removed": "u", "epoch": 3})),
+        );
+        check(
+            ChannelPosted {
+                msg_id: "m".into(),
+                peers: 2,
+                status: "sent".into(),
+            },
+            Some(json!({"msg_id": "m", "status": "sent", "peers": 2})),
+        );
+        for epoch in [None, Some(2)] {
+            check(
+                ChannelLine {
+                    channel_id: "c".into(),
+                    name: "ops".into(),
+                    private: epoch.is_some(),
+                    joined: true,
+                    invited: false,
+                    members: 4,
+                    epoch,
+                },
+                None,
+            );
+        }
+        check(
+            MemberLine {
+                uuid: "u".into(),
+                name: Some("(you)".into()),
+            },
+            None,
+        );
+        for (status, addr, word) in [
+            (
+                ConnectStatus::Direct,
+                Some("/ip4/1.2.3.4/tcp/1".to_string()),
+                "direct",
+            ),
+            (ConnectStatus::Denied, None, "denied"),
+            (ConnectStatus::Offline, None, "offline"),
+            (ConnectStatus::Timeout, None, "timeout"),
+            (ConnectStatus::Relayed, None, "relayed"),
+        ] {
+            assert_eq!(status.as_str(), word);
+            check(
+                ConnectAnswer {
+                    addr: addr.clone(),
+                    status,
+                },
+                Some(json!({ "status": word, "addr": addr })),
+            );
+        }
+        check(
+            Disconnected { disconnected: true },
+            Some(json!({ "disconnected": true })),
+        );
+        check(
+            vec![RequestLine {
+                request_id: 3,
+                from: uuid::Uuid::from_u128(9),
+                from_name: Some("bob".into()),
+                verified: true,
+            }],
+            None,
+        );
+        check(
+            RequestAnswered {
+                accepted: false,
+                request_id: 3,
+            },
+            Some(json!({ "request_id": 3, "accepted": false })),
+        );
+    }
+
+    #[test]
+    fn init_json_is_the_object_it_always_was() {
+        let uuid = uuid::Uuid::from_u128(7);
+        let view = InitView {
+            fingerprint: "1a2b".into(),
+            peer_id: "p".into(),
+            uuid,
+        };
+        let before = json!({"uuid": uuid, "peer_id": "p", "fingerprint": "1a2b"});
+        assert_eq!(json_line(&view), serde_json::to_string(&before).unwrap());
     }
 }

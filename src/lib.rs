@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod counters;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;

@@ -34,7 +34,7 @@ fn main() {
             if !e.message.is_empty() {
                 eprintln!("ptpchat: {}", e.message);
             }
-            e.code
+            cli::exit_code(e.kind)
         }
     };
     std::process::exit(code);

@@ -1,7 +1,8 @@
 //! The module layers (docs/architecture.md, issue 18): which top-level module of `src/` may
 //! name which. Read from the source: every `crate::<module>` outside comments, per file.
 //!
-//! - `cbor` and `counters` name nothing; `identity` only `cbor`; `wire` only those three:
+//! - `cbor`, `counters` and `error` name nothing; `identity` only `cbor`; `wire` only
+//!   `cbor`, `counters` and `identity`:
 //!   the pure codecs at the bottom, which everything may use.
 //! - `net` names no service (`messaging`, `channels`, `mailbox`, `control`, `node`, `cli`).
 //! - No import cycle between top-level modules.
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 const PURE: &[(&str, &[&str])] = &[
     ("cbor", &[]),
     ("counters", &[]),
+    ("error", &[]),
     ("identity", &["cbor"]),
     ("wire", &["cbor", "counters", "identity"]),
 ];

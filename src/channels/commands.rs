@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::membership;
 use super::{fail, ChannelError, Channels};
 use crate::counters::Counter;
+use crate::error::ErrorKind;
 use crate::messaging::GrantNote;
 use crate::store::{ChannelRow, GrantOutcome};
 use crate::wire::frame;
@@ -15,7 +16,7 @@ use crate::wire::frame;
 impl Channels {
     /// Creates a channel and joins it.
     pub async fn create(&self, name: &str, private: bool) -> Result<Uuid, ChannelError> {
-        frame::check_name(name).map_err(|e| fail(2, e))?;
+        frame::check_name(name).map_err(|e| fail(ErrorKind::BadInput, e))?;
         let me = self.me().await?;
         if self
             .state()
@@ -24,7 +25,7 @@ impl Channels {
             .any(|r| r.joined && r.name == name)
         {
             return Err(fail(
-                1,
+                ErrorKind::Failed,
                 format!("you are already in a channel called {name}"),
             ));
         }
@@ -51,7 +52,7 @@ impl Channels {
                 let name = self.state().discovered.get(&id).map(|d| d.name.clone());
                 let Some(name) = name else {
                     return Err(fail(
-                        4,
+                        ErrorKind::NotFound,
                         format!("channel {id} is not known (private channels need an invitation)"),
                     ));
                 };
@@ -84,7 +85,7 @@ impl Channels {
     pub async fn leave(&self, target: &str) -> Result<Uuid, ChannelError> {
         let (id, row) = self.resolve(target)?;
         let Some(row) = row.filter(|r| r.joined) else {
-            return Err(fail(1, format!("you are not in {target}")));
+            return Err(fail(ErrorKind::Failed, format!("you are not in {target}")));
         };
         let _ = self.publish_frame(id, frame::LEAVE, String::new()).await;
         let net = &self.inner.net;
@@ -101,7 +102,7 @@ impl Channels {
     pub async fn invite(&self, target: &str, who: Uuid) -> Result<Uuid, ChannelError> {
         let (id, row) = self.resolve(target)?;
         let Some(row) = row.filter(|r| r.joined) else {
-            return Err(fail(1, format!("you are not in {target}")));
+            return Err(fail(ErrorKind::Failed, format!("you are not in {target}")));
         };
         membership::may_invite(&row)?;
         let me = self.me().await?;
@@ -111,7 +112,7 @@ impl Channels {
             .messenger
             .send_grant(who, &grant)
             .await
-            .map_err(|e| fail(1, e.to_string()))?;
+            .map_err(|e| fail(ErrorKind::Failed, e.to_string()))?;
         info!(channel = %id, name = %row.name, invited = %who, "sent a channel invitation");
         Ok(id)
     }
@@ -121,7 +122,7 @@ impl Channels {
     pub async fn remove(&self, target: &str, who: Uuid) -> Result<(Uuid, u32), ChannelError> {
         let (id, row) = self.resolve(target)?;
         let Some(row) = row.filter(|r| r.joined) else {
-            return Err(fail(1, format!("you are not in {target}")));
+            return Err(fail(ErrorKind::Failed, format!("you are not in {target}")));
         };
         membership::may_remove(&row)?;
         let me = self.me().await?;

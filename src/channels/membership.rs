@@ -13,6 +13,7 @@ use serde_bytes::ByteArray;
 use uuid::Uuid;
 
 use super::{fail, ChannelError};
+use crate::error::ErrorKind;
 use crate::store::ChannelRow;
 use crate::wire::frame::{self, KeyGrant};
 
@@ -110,7 +111,7 @@ pub fn discovered(name: String, now_ms: u64) -> ChannelRow {
 pub fn may_join(row: &ChannelRow) -> Result<(), ChannelError> {
     if row.private && row.key.is_none() {
         return Err(fail(
-            1,
+            ErrorKind::Failed,
             format!("{} is private: you need a new invitation", row.name),
         ));
     }
@@ -157,7 +158,7 @@ pub fn may_invite(row: &ChannelRow) -> Result<(), ChannelError> {
         Ok(())
     } else {
         Err(fail(
-            1,
+            ErrorKind::Failed,
             format!("{} is public: anyone can join it by name", row.name),
         ))
     }
@@ -172,7 +173,7 @@ pub fn invite(
 ) -> Result<(ChannelRow, KeyGrant), ChannelError> {
     may_invite(row)?;
     if who == me {
-        return Err(fail(2, "that is your own UUID"));
+        return Err(fail(ErrorKind::BadInput, "that is your own UUID"));
     }
     let mut row = row.clone();
     let who_b = ByteArray::new(*who.as_bytes());
@@ -189,7 +190,7 @@ pub fn may_remove(row: &ChannelRow) -> Result<(), ChannelError> {
         Ok(())
     } else {
         Err(fail(
-            1,
+            ErrorKind::Failed,
             format!(
                 "{} is public: anyone can read it, so nobody can be removed",
                 row.name
@@ -203,11 +204,14 @@ pub fn may_remove(row: &ChannelRow) -> Result<(), ChannelError> {
 pub fn remove(row: &ChannelRow, me: Uuid, who: Uuid) -> Result<ChannelRow, ChannelError> {
     may_remove(row)?;
     if who == me {
-        return Err(fail(2, "to remove yourself, leave the channel"));
+        return Err(fail(
+            ErrorKind::BadInput,
+            "to remove yourself, leave the channel",
+        ));
     }
     if !is_member(row, &who) {
         return Err(fail(
-            1,
+            ErrorKind::Failed,
             format!("{who} does not hold the key of {}", row.name),
         ));
     }
@@ -240,7 +244,7 @@ pub fn rotate(
 ) -> Result<Rotation, ChannelError> {
     row.epoch = row.epoch.checked_add(1).ok_or_else(|| {
         fail(
-            1,
+            ErrorKind::Failed,
             format!(
                 "{} has used every key epoch; create a new channel",
                 row.name

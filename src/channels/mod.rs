@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::counters::Counters;
+use crate::error::ErrorKind;
 use crate::identity::MessageKeys;
 use crate::messaging::{GrantNote, Messenger, Stored};
 use crate::net::ratelimit::RateLimiter;
@@ -61,24 +62,24 @@ pub const HISTORY_QUEUE: usize = 64;
 /// caught up from (the next newcomer, or the next interval, will be).
 const CATCH_UP_QUEUE: usize = 256;
 
-/// Why a channel command failed; `code` is the CLI exit code.
+/// Why a channel command failed; the CLI turns `kind` into its exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ChannelError {
-    pub code: i32,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
-fn fail(code: i32, message: impl Into<String>) -> ChannelError {
+fn fail(kind: ErrorKind, message: impl Into<String>) -> ChannelError {
     ChannelError {
-        code,
+        kind,
         message: message.into(),
     }
 }
 
 impl From<crate::store::StoreError> for ChannelError {
     fn from(e: crate::store::StoreError) -> Self {
-        fail(1, format!("storage error: {e}"))
+        fail(ErrorKind::Failed, format!("storage error: {e}"))
     }
 }
 
@@ -214,7 +215,12 @@ impl Channels {
             .await
             .ok()
             .flatten()
-            .ok_or_else(|| fail(1, "the node has no identity document yet; try again"))
+            .ok_or_else(|| {
+                fail(
+                    ErrorKind::Failed,
+                    "the node has no identity document yet; try again",
+                )
+            })
     }
 
     fn save(&self, id: &Uuid, row: &ChannelRow) -> Result<(), ChannelError> {

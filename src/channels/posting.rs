@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{fail, ChannelError, Channels};
 use crate::counters::Counter;
+use crate::error::ErrorKind;
 use crate::identity::MessageKeys;
 use crate::messaging::Stored;
 use crate::store::channels::{keep_channel_frame, mark_channel_seen};
@@ -26,7 +27,7 @@ impl Channels {
     pub async fn send(&self, target: &str, text: String) -> Result<(Uuid, usize), ChannelError> {
         if text.len() > frame::MAX_CHANNEL_TEXT {
             return Err(fail(
-                2,
+                ErrorKind::BadInput,
                 format!(
                     "the post is {} bytes; the limit is {}",
                     text.len(),
@@ -36,12 +37,15 @@ impl Channels {
         }
         let (id, row) = self.resolve(target)?;
         if !row.as_ref().is_some_and(|r| r.joined) {
-            return Err(fail(1, format!("you are not in {target}; join it first")));
+            return Err(fail(
+                ErrorKind::Failed,
+                format!("you are not in {target}; join it first"),
+            ));
         }
         let (body, data, peers) = self
             .publish_frame(id, frame::TEXT, text)
             .await
-            .map_err(|e| fail(1, format!("not sent: {e}")))?;
+            .map_err(|e| fail(ErrorKind::Failed, format!("not sent: {e}")))?;
         let entry = HistoryEntry {
             msg_id: body.msg_id,
             incoming: false,

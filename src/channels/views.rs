@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::membership::member_count;
 use super::{fail, ChannelError, Channels};
+use crate::error::ErrorKind;
 use crate::store::ChannelRow;
 
 /// One channel as `channel list` prints it.
@@ -55,7 +56,7 @@ impl Channels {
         let found = st.discovered.named(target);
         match (mine.len(), found.as_slice()) {
             (0, []) => Err(fail(
-                4,
+                ErrorKind::NotFound,
                 format!(
                     "no channel called {target} is known (private channels need an invitation)"
                 ),
@@ -68,7 +69,7 @@ impl Channels {
                     .chain(found.iter().map(|i| i.to_string()))
                     .collect();
                 Err(fail(
-                    1,
+                    ErrorKind::Failed,
                     format!(
                         "several channels are called {target}: {}; use the id",
                         ids.join(", ")
@@ -151,7 +152,7 @@ impl Channels {
                 if let Some(d) = st.discovered.get(&id) {
                     set.extend(d.members.iter().copied());
                 } else {
-                    return Err(fail(1, format!("you are not in {target}")));
+                    return Err(fail(ErrorKind::Failed, format!("you are not in {target}")));
                 }
             }
         }

@@ -5,8 +5,12 @@ use std::path::Path;
 use clap::Subcommand;
 
 use super::messages::{finish, message_text, stream};
-use super::{ask_full, exit, plain, print_json, CliError};
-use crate::control::ControlRequest;
+use super::{ask_full, print_json, CliError};
+use crate::control::answers::{
+    ChannelInvited, ChannelJoined, ChannelLeft, ChannelLine, ChannelMemberRemoved, ChannelPosted,
+    MemberLine,
+};
+use crate::control::{ControlRequest, ControlResponse, ErrorKind};
 use crate::wire::frame::MAX_CHANNEL_TEXT;
 
 /// `channel` subcommands.
@@ -76,34 +80,57 @@ pub enum ChannelCommand {
     },
 }
 
-fn print_channel(c: &serde_json::Value) {
+fn print_channel(c: &ChannelLine) {
     let mut flags = String::new();
-    if c["private"] == true {
+    if c.private {
         flags.push_str(" private");
     }
-    if c["joined"] == true {
+    if c.joined {
         flags.push_str(" joined");
-    } else if c["invited"] == true {
+    } else if c.invited {
         flags.push_str(" invited");
     }
     println!(
         "{:24} {}  {} members{}",
-        plain(&c["name"]),
-        plain(&c["channel_id"]),
-        plain(&c["members"]),
-        flags
+        c.name, c.channel_id, c.members, flags
     );
 }
 
-fn print_member(m: &serde_json::Value) {
-    match m["name"].as_str() {
-        Some(n) => println!("{}  {n}", plain(&m["uuid"])),
-        None => println!("{}", plain(&m["uuid"])),
+fn print_member(m: &MemberLine) {
+    match &m.name {
+        Some(n) => println!("{}  {n}", m.uuid),
+        None => println!("{}", m.uuid),
     }
 }
 
+/// Prints a one-answer channel command's result: its JSON, or the channel id it names.
+fn print_answer<T: serde::de::DeserializeOwned + serde::Serialize>(
+    resp: &ControlResponse,
+    json: bool,
+    channel_id: fn(&T) -> &str,
+) -> Result<(), CliError> {
+    if let Some(a) = resp.data_as::<T>()? {
+        if json {
+            print_json(&a);
+        } else {
+            println!("{}", channel_id(&a));
+        }
+    }
+    Ok(())
+}
+
+/// Which answer type a one-answer channel command gets.
+#[derive(Clone, Copy)]
+enum Answer {
+    Joined,
+    Left,
+    Invited,
+    Removed,
+    Posted,
+}
+
 pub async fn channel(home: &Path, json: bool, cmd: ChannelCommand) -> Result<(), CliError> {
-    let req = match cmd {
+    let (req, kind) = match cmd {
         ChannelCommand::List { all } => {
             return stream(
                 home,
@@ -122,31 +149,54 @@ pub async fn channel(home: &Path, json: bool, cmd: ChannelCommand) -> Result<(),
             )
             .await
         }
-        ChannelCommand::Create { name, private } => ControlRequest::ChannelCreate { name, private },
-        ChannelCommand::Join { channel } => ControlRequest::ChannelJoin { channel },
-        ChannelCommand::Leave { channel } => ControlRequest::ChannelLeave { channel },
-        ChannelCommand::Invite { channel, who } => ControlRequest::ChannelInvite { channel, who },
-        ChannelCommand::Remove { channel, who } => ControlRequest::ChannelRemove { channel, who },
+        ChannelCommand::Create { name, private } => (
+            ControlRequest::ChannelCreate { name, private },
+            Answer::Joined,
+        ),
+        ChannelCommand::Join { channel } => {
+            (ControlRequest::ChannelJoin { channel }, Answer::Joined)
+        }
+        ChannelCommand::Leave { channel } => {
+            (ControlRequest::ChannelLeave { channel }, Answer::Left)
+        }
+        ChannelCommand::Invite { channel, who } => (
+            ControlRequest::ChannelInvite { channel, who },
+            Answer::Invited,
+        ),
+        ChannelCommand::Remove { channel, who } => (
+            ControlRequest::ChannelRemove { channel, who },
+            Answer::Removed,
+        ),
         ChannelCommand::Send { channel, text } => {
             let text = message_text(text)?;
             if text.len() > MAX_CHANNEL_TEXT {
                 return Err(CliError::new(
-                    exit::ERROR,
+                    ErrorKind::Failed,
                     format!("a channel post is at most {MAX_CHANNEL_TEXT} bytes"),
                 ));
             }
-            ControlRequest::ChannelSend { channel, text }
+            (
+                ControlRequest::ChannelSend { channel, text },
+                Answer::Posted,
+            )
         }
     };
     let resp = ask_full(home, req).await?;
     if resp.ok {
-        let data = resp.data.clone().unwrap_or_default();
-        if json {
-            print_json(&data);
-        } else if let Some(id) = data["channel_id"].as_str() {
-            println!("{id}");
-        } else if let Some(id) = data["msg_id"].as_str() {
-            println!("sent {id} to {} peers", plain(&data["peers"]));
+        match kind {
+            Answer::Joined => print_answer(&resp, json, |a: &ChannelJoined| &a.channel_id)?,
+            Answer::Left => print_answer(&resp, json, |a: &ChannelLeft| &a.channel_id)?,
+            Answer::Invited => print_answer(&resp, json, |a: &ChannelInvited| &a.channel_id)?,
+            Answer::Removed => print_answer(&resp, json, |a: &ChannelMemberRemoved| &a.channel_id)?,
+            Answer::Posted => {
+                if let Some(a) = resp.data_as::<ChannelPosted>()? {
+                    if json {
+                        print_json(&a);
+                    } else {
+                        println!("sent {} to {} peers", a.msg_id, a.peers);
+                    }
+                }
+            }
         }
     }
     finish(resp)

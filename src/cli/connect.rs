@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use super::messages::finish;
-use super::{ask, ask_full, plain, print_json, CliError};
+use super::{ask, ask_full, print_json, CliError};
+use crate::control::answers::{ConnectAnswer, RequestAnswered, RequestLine};
 use crate::control::ControlRequest;
 
 pub async fn connect(home: &Path, json: bool, to: String, timeout: u64) -> Result<(), CliError> {
@@ -15,14 +16,16 @@ pub async fn connect(home: &Path, json: bool, to: String, timeout: u64) -> Resul
         },
     )
     .await?;
-    let data = resp.data.clone().unwrap_or_default();
-    if json && !data.is_null() {
-        print_json(&data);
-    } else if resp.ok {
-        match data["addr"].as_str() {
-            Some(addr) => println!("{} {addr}", plain(&data["status"])),
-            None => println!("{}", plain(&data["status"])),
+    match resp.data_as::<ConnectAnswer>()? {
+        Some(a) if json => print_json(&a),
+        Some(a) if resp.ok => {
+            let status = a.status.as_str();
+            match &a.addr {
+                Some(addr) => println!("{status} {addr}"),
+                None => println!("{status}"),
+            }
         }
+        _ => {}
     }
     if let Some(w) = &resp.warning {
         eprintln!("ptpchat: {w}");
@@ -31,24 +34,20 @@ pub async fn connect(home: &Path, json: bool, to: String, timeout: u64) -> Resul
 }
 
 pub async fn requests(home: &Path, json: bool) -> Result<(), CliError> {
-    let data = ask(home, ControlRequest::Requests).await?;
-    for r in data.as_array().into_iter().flatten() {
+    let requests: Vec<RequestLine> = ask(home, ControlRequest::Requests).await?;
+    for r in requests {
         if json {
-            print_json(r);
+            print_json(&r);
         } else {
             println!(
                 "{}  {}{}{}",
-                plain(&r["request_id"]),
-                plain(&r["from"]),
-                r["from_name"]
-                    .as_str()
+                r.request_id,
+                r.from,
+                r.from_name
+                    .as_deref()
                     .map(|n| format!(" ({n})"))
                     .unwrap_or_default(),
-                if r["verified"].as_bool() == Some(true) {
-                    "  verified"
-                } else {
-                    ""
-                }
+                if r.verified { "  verified" } else { "" }
             );
         }
     }
@@ -66,9 +65,9 @@ pub async fn answer(
     } else {
         ControlRequest::Deny { request_id }
     };
-    let data = ask(home, req).await?;
+    let answered: RequestAnswered = ask(home, req).await?;
     if json {
-        print_json(&data);
+        print_json(&answered);
     } else {
         println!(
             "{} {request_id}",

@@ -5,8 +5,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use super::{ask_full, exit, plain, print_json, CliError};
-use crate::control::{self, ControlRequest, ControlResponse};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{ask_full, print_json, CliError};
+use crate::control::answers::{ContactRemoved, SendAnswer, SendStatus};
+use crate::control::MessageView;
+use crate::control::{self, ContactView, ControlRequest, ControlResponse, Direction, ErrorKind};
 use crate::wire::envelope::MAX_TEXT_BYTES;
 
 /// `contacts` subcommands.
@@ -43,9 +48,9 @@ pub fn message_text(arg: Option<String>) -> Result<String, CliError> {
                 .lock()
                 .take(MAX_TEXT_BYTES as u64 + 2)
                 .read_to_end(&mut buf)
-                .map_err(|e| CliError::new(exit::ERROR, format!("cannot read stdin: {e}")))?;
+                .map_err(|e| CliError::new(ErrorKind::Failed, format!("cannot read stdin: {e}")))?;
             let mut s = String::from_utf8(buf)
-                .map_err(|_| CliError::new(exit::ERROR, "the text on stdin is not UTF-8"))?;
+                .map_err(|_| CliError::new(ErrorKind::Failed, "the text on stdin is not UTF-8"))?;
             if s.ends_with('\n') {
                 s.pop();
                 if s.ends_with('\r') {
@@ -58,7 +63,7 @@ pub fn message_text(arg: Option<String>) -> Result<String, CliError> {
     };
     if text.len() > MAX_TEXT_BYTES {
         return Err(CliError::new(
-            exit::ERROR,
+            ErrorKind::Failed,
             format!("the text is over the {MAX_TEXT_BYTES}-byte limit; send it as an attachment"),
         ));
     }
@@ -77,7 +82,10 @@ pub async fn send(
     let mut files = Vec::new();
     for a in attach {
         let abs = std::fs::canonicalize(&a).map_err(|e| {
-            CliError::new(exit::ERROR, format!("cannot attach {}: {e}", a.display()))
+            CliError::new(
+                ErrorKind::Failed,
+                format!("cannot attach {}: {e}", a.display()),
+            )
         })?;
         files.push(abs.to_string_lossy().into_owned());
     }
@@ -94,97 +102,89 @@ pub async fn send(
     if let Some(w) = &resp.warning {
         eprintln!("ptpchat: {w}");
     }
-    let data = resp.data.clone().unwrap_or_default();
-    if json && !data.is_null() {
-        print_json(&data);
-    } else if resp.ok {
-        let status = plain(&data["status"]);
-        let id = plain(&data["msg_id"]);
-        match status.as_str() {
-            "delivered" => println!("delivered {id}"),
-            "stored" => println!(
-                "stored {id}: the recipient is away; {} of its mailbox relays hold it, and it is also retried directly",
-                plain(&data["mailboxes"])
-            ),
-            _ => println!("queued {id}: not delivered yet; it stays in the outbox and is retried for up to 7 days"),
+    let answer: Option<SendAnswer> = resp.data_as()?;
+    match &answer {
+        Some(a) if json => print_json(a),
+        Some(a) if resp.ok => {
+            let id = &a.msg_id;
+            match a.status {
+                SendStatus::Delivered => println!("delivered {id}"),
+                SendStatus::Stored => println!(
+                    "stored {id}: the recipient is away; {} of its mailbox relays hold it, and it is also retried directly",
+                    a.mailboxes.unwrap_or_default()
+                ),
+                _ => println!("queued {id}: not delivered yet; it stays in the outbox and is retried for up to 7 days"),
+            }
         }
+        _ => {}
     }
     finish(resp)
 }
 
-/// Turns a final response into the exit code it names.
+/// Turns a final response into the outcome it names: a refusal's error, or for a result
+/// that did not finish as asked, its kind with nothing more to say.
 pub(super) fn finish(resp: ControlResponse) -> Result<(), CliError> {
-    if !resp.ok {
-        return Err(CliError::new(
-            resp.code.unwrap_or(exit::ERROR),
-            resp.error.unwrap_or_else(|| "the node refused".into()),
-        ));
+    if let Some(refusal) = resp.refusal() {
+        return Err(refusal.into());
     }
-    match resp.code {
-        Some(code) if code != exit::OK => Err(CliError::silent(code)),
-        _ => Ok(()),
+    match resp.kind {
+        Some(kind) => Err(CliError::silent(kind)),
+        None => Ok(()),
     }
 }
 
-fn print_message(m: &serde_json::Value) {
-    let who = |name: &serde_json::Value, id: &serde_json::Value| match name.as_str() {
-        Some(n) => n.to_string(),
-        None => plain(id),
-    };
-    let arrow = if let Some(ch) = m["channel"].as_str() {
-        if m["direction"] == "out" {
+fn print_message(m: &MessageView) {
+    let who = |name: &Option<String>, id: &str| name.clone().unwrap_or_else(|| id.to_string());
+    let out = m.direction == Direction::Out;
+    let arrow = if let Some(ch) = &m.channel {
+        if out {
             format!("#{ch} (you)")
         } else {
-            format!("#{ch} {}", who(&m["from_name"], &m["from"]))
+            format!("#{ch} {}", who(&m.from_name, &m.from))
         }
-    } else if m["direction"] == "out" {
-        format!("to {}", who(&m["to_name"], &m["to"]))
+    } else if out {
+        format!("to {}", who(&m.to_name, &m.to))
     } else {
-        who(&m["from_name"], &m["from"])
+        who(&m.from_name, &m.from)
     };
     let mut flags = String::new();
-    if m["verified"] == true {
+    if m.verified {
         flags.push_str(" [verified]");
     }
-    if m["key_changed"] == true {
+    if m.key_changed {
         flags.push_str(" [KEY CHANGED]");
     }
-    if m["direction"] == "out" && m["status"] != "delivered" && m["status"] != "sent" {
-        flags.push_str(&format!(" [{}]", plain(&m["status"])));
+    if out && m.status != "delivered" && m.status != "sent" {
+        flags.push_str(&format!(" [{}]", m.status));
     }
-    println!(
-        "{}  {arrow}{flags}: {}",
-        plain(&m["timestamp"]),
-        plain(&m["text"])
-    );
-    for a in m["attachments"].as_array().into_iter().flatten() {
+    println!("{}  {arrow}{flags}: {}", m.timestamp, m.text);
+    for a in &m.attachments {
         println!(
             "    attachment {} ({}, {} bytes): {}",
-            plain(&a["name"]),
-            plain(&a["mime"]),
-            plain(&a["size"]),
-            plain(&a["path"])
+            a.name, a.mime, a.size, a.path
         );
     }
 }
 
-pub(super) async fn stream(
+/// Sends a request answered by a stream of `T`s and prints each, with `line` or as JSON.
+pub(super) async fn stream<T: DeserializeOwned + Serialize>(
     home: &Path,
     json: bool,
     req: ControlRequest,
-    line: fn(&serde_json::Value),
+    line: fn(&T),
 ) -> Result<(), CliError> {
     let end = control::request_stream(home, &req, |r| {
         if let Some(w) = &r.warning {
             eprintln!("ptpchat: {w}");
         }
-        if let Some(d) = &r.data {
+        if let Some(item) = r.data_as::<T>()? {
             if json {
-                print_json(d);
+                print_json(&item);
             } else {
-                line(d);
+                line(&item);
             }
         }
+        Ok(())
     })
     .await?;
     finish(end)
@@ -214,46 +214,46 @@ pub async fn history(home: &Path, json: bool, with: Option<String>) -> Result<()
     stream(home, json, ControlRequest::History { with }, print_message).await
 }
 
-fn print_contact(c: &serde_json::Value) {
+fn print_contact(c: &ContactView) {
     println!(
         "{:20} {}  {}{}{}",
-        plain(&c["name"]),
-        plain(&c["uuid"]),
-        plain(&c["fingerprint"]),
-        if c["verified"] == true {
-            "  verified"
-        } else {
-            ""
-        },
-        if c["key_changed"] == true {
-            "  KEY CHANGED"
-        } else {
-            ""
-        },
+        c.name,
+        c.uuid,
+        c.fingerprint,
+        if c.verified { "  verified" } else { "" },
+        if c.key_changed { "  KEY CHANGED" } else { "" },
     );
 }
 
 pub async fn contacts(home: &Path, json: bool, cmd: ContactsCommand) -> Result<(), CliError> {
-    let req = match cmd {
+    let (req, removing) = match cmd {
         ContactsCommand::List => {
             return stream(home, json, ControlRequest::ContactsList, print_contact).await
         }
-        ContactsCommand::Add { name, target } => ControlRequest::ContactsAdd { name, target },
-        ContactsCommand::Verify { name, fingerprint } => {
-            ControlRequest::ContactsVerify { name, fingerprint }
+        ContactsCommand::Add { name, target } => {
+            (ControlRequest::ContactsAdd { name, target }, false)
         }
-        ContactsCommand::Rm { name } => ControlRequest::ContactsRm { name },
+        ContactsCommand::Verify { name, fingerprint } => {
+            (ControlRequest::ContactsVerify { name, fingerprint }, false)
+        }
+        ContactsCommand::Rm { name } => (ControlRequest::ContactsRm { name }, true),
     };
     let resp = ask_full(home, req).await?;
     if let Some(w) = &resp.warning {
         eprintln!("ptpchat: {w}");
     }
     if resp.ok {
-        if let Some(d) = &resp.data {
+        if removing {
+            if let Some(removed) = resp.data_as::<ContactRemoved>()? {
+                if json {
+                    print_json(&removed);
+                }
+            }
+        } else if let Some(contact) = resp.data_as::<ContactView>()? {
             if json {
-                print_json(d);
-            } else if d.get("fingerprint").is_some() {
-                print_contact(d);
+                print_json(&contact);
+            } else {
+                print_contact(&contact);
             }
         }
     }

@@ -3,75 +3,71 @@
 use tokio::io::AsyncWrite;
 use uuid::Uuid;
 
+use super::answers::{
+    ChannelInvited, ChannelJoined, ChannelLeft, ChannelLine, ChannelMemberRemoved, ChannelPosted,
+    MemberLine,
+};
 use super::messages::{resolve, write_line};
-use super::{ControlRequest, ControlResponse};
-use crate::channels::{ChannelError, Channels, MemberView};
+use super::{ControlRequest, ControlResponse, ErrorKind, Refusal};
+use crate::channels::Channels;
 use crate::messaging::Messenger;
 
-fn refused(e: ChannelError) -> ControlResponse {
-    ControlResponse::err(e.code, e.message)
-}
-
 /// The one-answer channel requests.
-pub(super) async fn handle(c: &Channels, m: &Messenger, req: ControlRequest) -> ControlResponse {
-    match req {
-        ControlRequest::ChannelCreate { name, private } => match c.create(&name, private).await {
-            Ok(id) => ControlResponse::ok(serde_json::json!({
-                "channel_id": id.to_string(),
-                "name": name,
-                "private": private,
-            })),
-            Err(e) => refused(e),
-        },
-        ControlRequest::ChannelJoin { channel } => match c.join(&channel).await {
-            Ok((id, row)) => ControlResponse::ok(serde_json::json!({
-                "channel_id": id.to_string(),
-                "name": row.name,
-                "private": row.private,
-            })),
-            Err(e) => refused(e),
-        },
-        ControlRequest::ChannelLeave { channel } => match c.leave(&channel).await {
-            Ok(id) => ControlResponse::ok(serde_json::json!({"channel_id": id.to_string()})),
-            Err(e) => refused(e),
-        },
+pub(super) async fn handle(
+    c: &Channels,
+    m: &Messenger,
+    req: ControlRequest,
+) -> Result<ControlResponse, Refusal> {
+    Ok(match req {
+        ControlRequest::ChannelCreate { name, private } => {
+            let id = c.create(&name, private).await?;
+            ControlResponse::ok(ChannelJoined {
+                channel_id: id.to_string(),
+                name,
+                private,
+            })
+        }
+        ControlRequest::ChannelJoin { channel } => {
+            let (id, row) = c.join(&channel).await?;
+            ControlResponse::ok(ChannelJoined {
+                channel_id: id.to_string(),
+                name: row.name,
+                private: row.private,
+            })
+        }
+        ControlRequest::ChannelLeave { channel } => {
+            let id = c.leave(&channel).await?;
+            ControlResponse::ok(ChannelLeft {
+                channel_id: id.to_string(),
+            })
+        }
         ControlRequest::ChannelInvite { channel, who } => {
-            let uuid = match resolve(m, &who) {
-                Ok((u, _)) => u,
-                Err(r) => return r,
-            };
-            match c.invite(&channel, uuid).await {
-                Ok(id) => ControlResponse::ok(serde_json::json!({
-                    "channel_id": id.to_string(),
-                    "invited": uuid.to_string(),
-                })),
-                Err(e) => refused(e),
-            }
+            let (uuid, _) = resolve(m, &who)?;
+            let id = c.invite(&channel, uuid).await?;
+            ControlResponse::ok(ChannelInvited {
+                channel_id: id.to_string(),
+                invited: uuid.to_string(),
+            })
         }
         ControlRequest::ChannelRemove { channel, who } => {
-            let uuid = match resolve(m, &who) {
-                Ok((u, _)) => u,
-                Err(r) => return r,
-            };
-            match c.remove(&channel, uuid).await {
-                Ok((id, epoch)) => ControlResponse::ok(serde_json::json!({
-                    "channel_id": id.to_string(),
-                    "removed": uuid.to_string(),
-                    "epoch": epoch,
-                })),
-                Err(e) => refused(e),
-            }
+            let (uuid, _) = resolve(m, &who)?;
+            let (id, epoch) = c.remove(&channel, uuid).await?;
+            ControlResponse::ok(ChannelMemberRemoved {
+                channel_id: id.to_string(),
+                epoch,
+                removed: uuid.to_string(),
+            })
         }
-        ControlRequest::ChannelSend { channel, text } => match c.send(&channel, text).await {
-            Ok((msg_id, peers)) => ControlResponse::ok(serde_json::json!({
-                "msg_id": msg_id.to_string(),
-                "status": "sent",
-                "peers": peers,
-            })),
-            Err(e) => refused(e),
-        },
-        _ => ControlResponse::err(2, "not a channel request"),
-    }
+        ControlRequest::ChannelSend { channel, text } => {
+            let (msg_id, peers) = c.send(&channel, text).await?;
+            ControlResponse::ok(ChannelPosted {
+                msg_id: msg_id.to_string(),
+                peers,
+                status: "sent".into(),
+            })
+        }
+        _ => return Err(Refusal::new(ErrorKind::BadInput, "not a channel request")),
+    })
 }
 
 /// `channel list`: one line per channel, then the end.
@@ -81,7 +77,7 @@ pub(super) async fn list<W: AsyncWrite + Unpin>(
     w: &mut W,
 ) -> std::io::Result<()> {
     for v in c.list(all) {
-        write_line(w, &ControlResponse::ok(v)).await?;
+        write_line(w, &ControlResponse::ok(ChannelLine::from(v))).await?;
     }
     write_line(w, &ControlResponse::done()).await
 }
@@ -95,7 +91,7 @@ pub(super) async fn members<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let members = match c.members(channel) {
         Ok(v) => v,
-        Err(e) => return write_line(w, &refused(e)).await,
+        Err(e) => return write_line(w, &Refusal::from(e).into()).await,
     };
     let names: std::collections::HashMap<Uuid, String> = m
         .store()
@@ -111,7 +107,7 @@ pub(super) async fn members<W: AsyncWrite + Unpin>(
         } else {
             names.get(&u).cloned()
         };
-        let v = MemberView {
+        let v = MemberLine {
             uuid: u.to_string(),
             name,
         };

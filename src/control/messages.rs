@@ -5,14 +5,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::ControlResponse;
+use super::answers::{ContactRemoved, SendAnswer, SendStatus};
+use super::server::GONE;
+use super::{ControlResponse, ErrorKind, Refusal};
 use crate::identity::{parse_contact, Fingerprint};
-use crate::messaging::{Delivery, Messenger, SendError};
+use crate::messaging::{Delivery, Messenger};
 use crate::net::{Client, LookupError};
 use crate::store::{Contact, HistoryEntry};
 
@@ -22,7 +24,7 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const PAGE: usize = 1000;
 
 /// One attachment in a message line.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentView {
     pub name: String,
     pub mime: String,
@@ -30,11 +32,21 @@ pub struct AttachmentView {
     pub path: String,
 }
 
+/// Which way a message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Received.
+    In,
+    /// Sent.
+    Out,
+}
+
 /// One message as `recv` and `history` print it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageView {
     pub msg_id: String,
-    pub direction: &'static str,
+    pub direction: Direction,
     pub from: String,
     pub from_name: Option<String>,
     pub to: String,
@@ -52,12 +64,12 @@ pub struct MessageView {
     pub key_changed: bool,
     /// `received`, or for sent messages `queued`, `delivered`, `failed`, `expired`.
     pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
 /// One contact as `contacts list` prints it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactView {
     pub name: String,
     pub uuid: String,
@@ -148,7 +160,11 @@ fn view(m: &Messenger, me: &Uuid, names: &Names, e: &HistoryEntry) -> MessageVie
     let channel = e.channel.map(|c| *c);
     MessageView {
         msg_id: Uuid::from_bytes(e.msg_id).to_string(),
-        direction: if e.incoming { "in" } else { "out" },
+        direction: if e.incoming {
+            Direction::In
+        } else {
+            Direction::Out
+        },
         from: Uuid::from_bytes(from).to_string(),
         from_name: names.name(&from),
         to: Uuid::from_bytes(to).to_string(),
@@ -187,20 +203,16 @@ fn view(m: &Messenger, me: &Uuid, names: &Names, e: &HistoryEntry) -> MessageVie
 }
 
 /// A UUID, a `ptpchat:` URI or a contact name, as the UUID it names.
-pub(super) fn resolve(
-    m: &Messenger,
-    target: &str,
-) -> Result<(Uuid, Option<Fingerprint>), ControlResponse> {
+pub(super) fn resolve(m: &Messenger, target: &str) -> Result<(Uuid, Option<Fingerprint>), Refusal> {
     if let Ok(found) = parse_contact(target) {
         return Ok(found);
     }
     match m.store().contact(target) {
         Ok(Some(c)) => Ok((Uuid::from_bytes(c.uuid), None)),
-        Ok(None) => Err(ControlResponse::err(
-            1,
-            format!("{target:?} is neither a UUID nor a contact name"),
-        )),
-        Err(e) => Err(ControlResponse::err(1, e.to_string())),
+        Ok(None) => Err(Refusal::failed(format!(
+            "{target:?} is neither a UUID nor a contact name"
+        ))),
+        Err(e) => Err(Refusal::failed(e)),
     }
 }
 
@@ -210,14 +222,13 @@ pub(super) async fn send(
     text: String,
     attach: Vec<String>,
     timeout_ms: Option<u64>,
-) -> ControlResponse {
-    let (uuid, fp) = match resolve(m, &to) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
+) -> Result<ControlResponse, Refusal> {
+    let (uuid, fp) = resolve(m, &to)?;
     if let (Some(fp), Some(doc)) = (fp, m.known_document(&uuid)) {
         if doc.doc().fingerprint() != fp {
-            return ControlResponse::err(1, "the fingerprint in the URI does not match that UUID");
+            return Err(Refusal::failed(
+                "the fingerprint in the URI does not match that UUID",
+            ));
         }
     }
     let names = Names::load(m);
@@ -228,48 +239,40 @@ pub(super) async fn send(
         )
     });
     let files = attach.into_iter().map(PathBuf::from).collect();
-    let sending = match m.send(uuid, text, files).await {
-        Ok(s) => s,
-        Err(SendError::BadInput(e)) => return ControlResponse::err(1, e),
-        Err(e) => return ControlResponse::err(1, e.to_string()),
-    };
+    let sending = m.send(uuid, text, files).await.map_err(Refusal::failed)?;
     let wait = timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_SEND_TIMEOUT);
     let msg_id = sending.msg_id.to_string();
+    let answer = |status, mailboxes, reason| SendAnswer {
+        mailboxes,
+        msg_id: msg_id.clone(),
+        reason,
+        status,
+    };
     let mut r = match tokio::time::timeout(wait, sending.outcome).await {
         Ok(Ok(Delivery::Delivered)) => {
-            ControlResponse::ok(serde_json::json!({"msg_id": msg_id, "status": "delivered"}))
+            ControlResponse::ok(answer(SendStatus::Delivered, None, None))
         }
-        Ok(Ok(Delivery::Failed(reason))) => {
-            let mut r =
-                ControlResponse::err(1, format!("the recipient refused the message: {reason}"));
-            r.data =
-                Some(serde_json::json!({"msg_id": msg_id, "status": "failed", "reason": reason}));
-            r
-        }
+        Ok(Ok(Delivery::Failed(reason))) => ControlResponse::err(
+            ErrorKind::Failed,
+            format!("the recipient refused the message: {reason}"),
+        )
+        .with_data(answer(SendStatus::Failed, None, Some(reason))),
         Ok(Ok(Delivery::Expired)) => {
-            let mut r = ControlResponse::err(1, "the message expired undelivered");
-            r.data = Some(serde_json::json!({"msg_id": msg_id, "status": "expired"}));
-            r
+            ControlResponse::err(ErrorKind::Failed, "the message expired undelivered")
+                .with_data(answer(SendStatus::Expired, None, None))
         }
         Ok(Ok(Delivery::Stored(mailboxes))) => {
-            let mut r = ControlResponse::ok(
-                serde_json::json!({"msg_id": msg_id, "status": "stored", "mailboxes": mailboxes}),
-            );
-            r.code = Some(3);
-            r
+            ControlResponse::ok(answer(SendStatus::Stored, Some(mailboxes), None))
+                .unfinished(ErrorKind::Pending)
         }
         // Not ACKed yet (or the node is stopping): it stays in the outbox.
-        Ok(Err(_)) | Err(_) => {
-            let mut r =
-                ControlResponse::ok(serde_json::json!({"msg_id": msg_id, "status": "queued"}));
-            r.code = Some(3);
-            r
-        }
+        Ok(Err(_)) | Err(_) => ControlResponse::ok(answer(SendStatus::Queued, None, None))
+            .unfinished(ErrorKind::Pending),
     };
     r.warning = warning;
-    r
+    Ok(r)
 }
 
 pub(super) async fn write_line<W: AsyncWrite + Unpin>(
@@ -305,7 +308,10 @@ where
             match found {
                 Some(seq) => seq,
                 None => {
-                    let r = ControlResponse::err(4, format!("no stored message with id {s:?}"));
+                    let r = ControlResponse::err(
+                        ErrorKind::NotFound,
+                        format!("no stored message with id {s:?}"),
+                    );
                     return write_line(w, &r).await;
                 }
             }
@@ -371,7 +377,7 @@ async fn catch_up<W: AsyncWrite + Unpin>(
         let page = match m.store().history_after(last, PAGE) {
             Ok(p) => p,
             Err(e) => {
-                write_line(w, &ControlResponse::err(1, e.to_string())).await?;
+                write_line(w, &Refusal::failed(e).into()).await?;
                 return Ok(last);
             }
         };
@@ -397,7 +403,7 @@ pub(super) async fn history<W: AsyncWrite + Unpin>(
         None => None,
         Some(t) => match resolve(m, &t) {
             Ok((u, _)) => Some(*u.as_bytes()),
-            Err(r) => return write_line(w, &r).await,
+            Err(r) => return write_line(w, &r.into()).await,
         },
     };
     let names = Names::load(m);
@@ -405,7 +411,7 @@ pub(super) async fn history<W: AsyncWrite + Unpin>(
     loop {
         let page = match m.store().history_after(last, PAGE) {
             Ok(p) => p,
-            Err(e) => return write_line(w, &ControlResponse::err(1, e.to_string())).await,
+            Err(e) => return write_line(w, &Refusal::failed(e).into()).await,
         };
         if page.is_empty() {
             break;
@@ -420,7 +426,7 @@ pub(super) async fn history<W: AsyncWrite + Unpin>(
     write_line(w, &ControlResponse::done()).await
 }
 
-fn valid_name(name: &str) -> Result<(), ControlResponse> {
+fn valid_name(name: &str) -> Result<(), Refusal> {
     if name.is_empty()
         || name.chars().count() > 64
         || name
@@ -428,13 +434,16 @@ fn valid_name(name: &str) -> Result<(), ControlResponse> {
             .any(|c| c.is_control() || crate::messaging::files::is_bidi_control(c))
         || name.trim() != name
     {
-        return Err(ControlResponse::err(
-            2,
+        return Err(Refusal::new(
+            ErrorKind::BadInput,
             "a contact name is 1-64 characters, without control characters or outer spaces",
         ));
     }
     if parse_contact(name).is_ok() {
-        return Err(ControlResponse::err(2, "a contact name cannot be a UUID"));
+        return Err(Refusal::new(
+            ErrorKind::BadInput,
+            "a contact name cannot be a UUID",
+        ));
     }
     Ok(())
 }
@@ -454,40 +463,35 @@ pub(super) async fn contacts_add(
     net: &Client,
     name: String,
     target: String,
-) -> ControlResponse {
-    if let Err(r) = valid_name(&name) {
-        return r;
-    }
-    let (uuid, fp) = match parse_contact(&target) {
-        Ok(r) => r,
-        Err(e) => return ControlResponse::err(2, e),
-    };
+) -> Result<ControlResponse, Refusal> {
+    valid_name(&name)?;
+    let (uuid, fp) = parse_contact(&target).map_err(|e| Refusal::new(ErrorKind::BadInput, e))?;
     let contacts = m.store().contacts().unwrap_or_default();
     if contacts.iter().any(|(n, _)| *n == name) {
-        return ControlResponse::err(1, format!("there is already a contact named {name:?}"));
+        return Err(Refusal::failed(format!(
+            "there is already a contact named {name:?}"
+        )));
     }
     if let Some((n, _)) = contacts.iter().find(|(_, c)| c.uuid == *uuid.as_bytes()) {
-        return ControlResponse::err(1, format!("{uuid} is already your contact {n:?}"));
+        return Err(Refusal::failed(format!(
+            "{uuid} is already your contact {n:?}"
+        )));
     }
     let doc = match net.whois(uuid).await {
         Ok(d) => d,
-        Err(LookupError::NotFound(_)) => match m.known_document(&uuid) {
-            Some(d) => d,
-            None => {
-                return ControlResponse::err(
-                    4,
-                    format!("no valid identity document found for {uuid}"),
-                )
-            }
-        },
-        Err(LookupError::NodeGone) => return ControlResponse::err(1, "the node is shutting down"),
+        Err(LookupError::NotFound(_)) => m.known_document(&uuid).ok_or_else(|| {
+            Refusal::new(
+                ErrorKind::NotFound,
+                format!("no valid identity document found for {uuid}"),
+            )
+        })?,
+        Err(LookupError::NodeGone) => return Err(Refusal::failed(GONE)),
     };
     let fingerprint = doc.doc().fingerprint();
     if fp.is_some_and(|fp| fp != fingerprint) {
-        return ControlResponse::err(
-            1,
+        return Err(Refusal::failed(
             "the fingerprint in the URI does not match the identity found; contact not added",
-        );
+        ));
     }
     m.remember_document(&doc);
     let c = Contact {
@@ -498,10 +502,8 @@ pub(super) async fn contacts_add(
         verified: fp.is_some(),
         added: crate::unix_now(),
     };
-    if let Err(e) = m.store().put_contact(&name, &c) {
-        return ControlResponse::err(1, e.to_string());
-    }
-    ControlResponse::ok(contact_view(m, &name, &c))
+    m.store().put_contact(&name, &c).map_err(Refusal::failed)?;
+    Ok(ControlResponse::ok(contact_view(m, &name, &c)))
 }
 
 pub(super) async fn contacts_list<W: AsyncWrite + Unpin>(
@@ -510,7 +512,7 @@ pub(super) async fn contacts_list<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let contacts = match m.store().contacts() {
         Ok(c) => c,
-        Err(e) => return write_line(w, &ControlResponse::err(1, e.to_string())).await,
+        Err(e) => return write_line(w, &Refusal::failed(e).into()).await,
     };
     for (name, c) in contacts {
         let v = contact_view(m, &name, &c);
@@ -525,37 +527,47 @@ pub(super) async fn contacts_list<W: AsyncWrite + Unpin>(
     write_line(w, &ControlResponse::done()).await
 }
 
-pub(super) fn contacts_verify(m: &Messenger, name: String, fingerprint: String) -> ControlResponse {
-    let Some(fp) = Fingerprint::parse(&fingerprint) else {
-        return ControlResponse::err(2, format!("not a fingerprint: {fingerprint:?}"));
-    };
-    let mut c = match m.store().contact(&name) {
-        Ok(Some(c)) => c,
-        Ok(None) => return ControlResponse::err(4, format!("no contact named {name:?}")),
-        Err(e) => return ControlResponse::err(1, e.to_string()),
-    };
+pub(super) fn contacts_verify(
+    m: &Messenger,
+    name: String,
+    fingerprint: String,
+) -> Result<ControlResponse, Refusal> {
+    let fp = Fingerprint::parse(&fingerprint).ok_or_else(|| {
+        Refusal::new(
+            ErrorKind::BadInput,
+            format!("not a fingerprint: {fingerprint:?}"),
+        )
+    })?;
+    let mut c = m
+        .store()
+        .contact(&name)
+        .map_err(Refusal::failed)?
+        .ok_or_else(|| Refusal::new(ErrorKind::NotFound, format!("no contact named {name:?}")))?;
     if fp.0 != c.fingerprint {
-        return ControlResponse::err(
-            1,
-            format!("fingerprint mismatch for {name:?}: NOT verified, nothing changed"),
-        );
+        return Err(Refusal::failed(format!(
+            "fingerprint mismatch for {name:?}: NOT verified, nothing changed"
+        )));
     }
     c.verified = true;
     // The user checked the identity now: pin the key it has now.
     if let Some(doc) = m.latest_document(&Uuid::from_bytes(c.uuid)) {
         c.pinned_key = doc.doc().current_key;
     }
-    if let Err(e) = m.store().put_contact(&name, &c) {
-        return ControlResponse::err(1, e.to_string());
-    }
-    ControlResponse::ok(contact_view(m, &name, &c))
+    m.store().put_contact(&name, &c).map_err(Refusal::failed)?;
+    Ok(ControlResponse::ok(contact_view(m, &name, &c)))
 }
 
-pub(super) fn contacts_rm(m: &Messenger, name: String) -> ControlResponse {
+pub(super) fn contacts_rm(m: &Messenger, name: String) -> Result<ControlResponse, Refusal> {
     match m.store().remove_contact(&name) {
-        Ok(true) => ControlResponse::ok(serde_json::json!({"name": name, "removed": true})),
-        Ok(false) => ControlResponse::err(4, format!("no contact named {name:?}")),
-        Err(e) => ControlResponse::err(1, e.to_string()),
+        Ok(true) => Ok(ControlResponse::ok(ContactRemoved {
+            name,
+            removed: true,
+        })),
+        Ok(false) => Err(Refusal::new(
+            ErrorKind::NotFound,
+            format!("no contact named {name:?}"),
+        )),
+        Err(e) => Err(Refusal::failed(e)),
     }
 }
 

@@ -9,11 +9,18 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use super::answers::{Dialing, PeerView, StatusView};
 use super::IdInfo;
-use super::{channels, connect, messages, ControlRequest, ControlResponse, MAX_LINE_BYTES};
+use super::{channels, connect, messages, ControlRequest, ControlResponse, Refusal};
+use super::{ErrorKind, MAX_LINE_BYTES};
 use crate::channels::Channels;
 use crate::messaging::Messenger;
 use crate::net::{Client, LookupError};
+
+/// The answer to every request once the node is stopping.
+pub(super) const GONE: &str = "the node is shutting down";
+/// The answer to a user request on a relay.
+const NO_USER: &str = "this node is a relay and has no user identity";
 
 /// Most client connections served at once.
 const MAX_CLIENTS: usize = 64;
@@ -172,7 +179,7 @@ async fn serve(
                             let channel = match channel.map(|c| ch.id_of(&c)).transpose() {
                                 Ok(c) => c,
                                 Err(e) => {
-                                    let r = ControlResponse::err(e.code, e.message);
+                                    let r = ControlResponse::from(Refusal::from(e));
                                     messages::write_line(&mut write, &r).await?;
                                     continue;
                                 }
@@ -184,9 +191,9 @@ async fn serve(
                         ControlRequest::Status => match client.status().await {
                             Ok(mut s) => {
                                 s.channels = ch.joined_names();
-                                ControlResponse::ok(s)
+                                ControlResponse::ok(StatusView::from(s))
                             }
-                            Err(_) => ControlResponse::err(1, "the node is shutting down"),
+                            Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
                         },
                         ControlRequest::ChannelList { all } => {
                             channels::list(ch, all, &mut write).await?;
@@ -200,7 +207,9 @@ async fn serve(
                         | ControlRequest::ChannelJoin { .. }
                         | ControlRequest::ChannelLeave { .. }
                         | ControlRequest::ChannelInvite { .. }
-                        | ControlRequest::ChannelSend { .. }) => channels::handle(ch, m, req).await,
+                        | ControlRequest::ChannelSend { .. }) => {
+                            answer(channels::handle(ch, m, req).await)
+                        }
                         ControlRequest::History { with } => {
                             messages::history(m, me, with, &mut write).await?;
                             continue;
@@ -215,7 +224,9 @@ async fn serve(
                     handle(req, &client, id.as_ref(), None).await
                 }
             }
-            Err(e) => ControlResponse::err(2, format!("bad control request: {e}")),
+            Err(e) => {
+                ControlResponse::err(ErrorKind::BadInput, format!("bad control request: {e}"))
+            }
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
         out.push(b'\n');
@@ -229,42 +240,45 @@ async fn handle(
     id: Option<&IdInfo>,
     messenger: Option<&Messenger>,
 ) -> ControlResponse {
-    const GONE: &str = "the node is shutting down";
     match req {
         ControlRequest::Status => match client.status().await {
-            Ok(s) => ControlResponse::ok(s),
-            Err(_) => ControlResponse::err(1, GONE),
+            Ok(s) => ControlResponse::ok(StatusView::from(s)),
+            Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
         },
         ControlRequest::Peers => match client.peers().await {
-            Ok(p) => ControlResponse::ok(p),
-            Err(_) => ControlResponse::err(1, GONE),
+            Ok(p) => ControlResponse::ok(p.into_iter().map(PeerView::from).collect::<Vec<_>>()),
+            Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
         },
         ControlRequest::Id => match id {
             Some(id) => ControlResponse::ok(id),
-            None => ControlResponse::err(1, "this node is a relay and has no user identity"),
+            None => ControlResponse::err(ErrorKind::Failed, NO_USER),
         },
         ControlRequest::Whois { uuid } => {
             let Ok(uuid) = Uuid::parse_str(&uuid) else {
-                return ControlResponse::err(2, format!("not a UUID: {uuid:?}"));
+                return ControlResponse::err(ErrorKind::BadInput, format!("not a UUID: {uuid:?}"));
             };
             match client.whois(uuid).await {
                 Ok(doc) => ControlResponse::ok(super::WhoisView::of(&doc)),
-                Err(LookupError::NotFound(_)) => {
-                    ControlResponse::err(4, format!("no valid identity document found for {uuid}"))
-                }
-                Err(LookupError::NodeGone) => ControlResponse::err(1, GONE),
+                Err(LookupError::NotFound(_)) => ControlResponse::err(
+                    ErrorKind::NotFound,
+                    format!("no valid identity document found for {uuid}"),
+                ),
+                Err(LookupError::NodeGone) => ControlResponse::err(ErrorKind::Failed, GONE),
             }
         }
         ControlRequest::Dial { addr } => match addr.parse() {
             Ok(addr) => match client.dial(addr).await {
-                Ok(()) => ControlResponse::ok(serde_json::json!({})),
-                Err(e) => ControlResponse::err(1, e),
+                Ok(()) => ControlResponse::ok(Dialing {}),
+                Err(e) => ControlResponse::err(ErrorKind::Failed, e),
             },
-            Err(e) => ControlResponse::err(2, format!("invalid multiaddr {addr:?}: {e}")),
+            Err(e) => ControlResponse::err(
+                ErrorKind::BadInput,
+                format!("invalid multiaddr {addr:?}: {e}"),
+            ),
         },
         req => {
             let Some(m) = messenger else {
-                return ControlResponse::err(1, "this node is a relay and has no user identity");
+                return ControlResponse::err(ErrorKind::Failed, NO_USER);
             };
             match req {
                 ControlRequest::Send {
@@ -272,27 +286,34 @@ async fn handle(
                     text,
                     attach,
                     timeout_ms,
-                } => messages::send(m, to, text, attach, timeout_ms).await,
+                } => answer(messages::send(m, to, text, attach, timeout_ms).await),
                 ControlRequest::ContactsAdd { name, target } => {
-                    messages::contacts_add(m, client, name, target).await
+                    answer(messages::contacts_add(m, client, name, target).await)
                 }
                 ControlRequest::ContactsVerify { name, fingerprint } => {
-                    messages::contacts_verify(m, name, fingerprint)
+                    answer(messages::contacts_verify(m, name, fingerprint))
                 }
-                ControlRequest::ContactsRm { name } => messages::contacts_rm(m, name),
+                ControlRequest::ContactsRm { name } => answer(messages::contacts_rm(m, name)),
                 ControlRequest::Connect { to, timeout_ms } => {
-                    connect::connect(m, client, to, timeout_ms).await
+                    answer(connect::connect(m, client, to, timeout_ms).await)
                 }
-                ControlRequest::Disconnect { to } => connect::disconnect(m, client, to).await,
-                ControlRequest::Requests => connect::requests(client).await,
+                ControlRequest::Disconnect { to } => {
+                    answer(connect::disconnect(m, client, to).await)
+                }
+                ControlRequest::Requests => answer(connect::requests(client).await),
                 ControlRequest::Accept { request_id } => {
-                    connect::answer(client, request_id, true).await
+                    answer(connect::answer(client, request_id, true).await)
                 }
                 ControlRequest::Deny { request_id } => {
-                    connect::answer(client, request_id, false).await
+                    answer(connect::answer(client, request_id, false).await)
                 }
-                _ => ControlResponse::err(1, "this node is a relay and has no user identity"),
+                _ => ControlResponse::err(ErrorKind::Failed, NO_USER),
             }
         }
     }
+}
+
+/// A handler's result or refusal, as the one answer line.
+fn answer(r: Result<ControlResponse, Refusal>) -> ControlResponse {
+    r.unwrap_or_else(ControlResponse::from)
 }

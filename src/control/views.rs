@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::identity::{contact_uri, Identity, SignedDocument};
 
 /// Who this node is, as `ptpchat id` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdInfo {
     pub uuid: Uuid,
     pub peer_id: String,
@@ -30,7 +30,7 @@ impl IdInfo {
 }
 
 /// What `whois --json` prints for a document.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WhoisView {
     pub uuid: String,
     pub peer_id: String,
@@ -45,6 +45,7 @@ pub struct WhoisView {
 }
 
 impl WhoisView {
+    /// The view of a signed document.
     pub fn of(doc: &SignedDocument) -> Self {
         let d = doc.doc();
         WhoisView {

@@ -4,6 +4,7 @@ use serde_bytes::ByteArray;
 use uuid::Uuid;
 
 use super::*;
+use crate::error::ErrorKind;
 use crate::store::channels::{decide_grant, EPOCH_WINDOW};
 use crate::store::GrantOutcome;
 
@@ -63,10 +64,13 @@ fn an_invitation_lists_the_invitee_once_and_hands_it_the_current_key() {
 fn nobody_invites_into_a_public_channel_or_invites_themselves() {
     let public = created("lobby", ALICE, None, NOW);
     let e = invite(&CH, &public, ALICE, BOB).unwrap_err();
-    assert_eq!(e.code, 1);
+    assert_eq!(e.kind, ErrorKind::Failed);
     assert_eq!(e.message, "lobby is public: anyone can join it by name");
     let e = invite(&CH, &channel(), ALICE, ALICE).unwrap_err();
-    assert_eq!((e.code, e.message.as_str()), (2, "that is your own UUID"));
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (ErrorKind::BadInput, "that is your own UUID")
+    );
 }
 
 #[test]
@@ -86,12 +90,12 @@ fn a_removal_drops_the_member_and_the_next_epoch_goes_to_everyone_else() {
 fn nobody_removes_themselves_a_stranger_or_anyone_from_a_public_channel() {
     let e = remove(&channel(), BOB, BOB).unwrap_err();
     assert_eq!(
-        (e.code, e.message.as_str()),
-        (2, "to remove yourself, leave the channel")
+        (e.kind, e.message.as_str()),
+        (ErrorKind::BadInput, "to remove yourself, leave the channel")
     );
     let stranger = Uuid::from_u128(42);
     let e = remove(&channel(), BOB, stranger).unwrap_err();
-    assert_eq!(e.code, 1);
+    assert_eq!(e.kind, ErrorKind::Failed);
     assert_eq!(
         e.message,
         format!("{stranger} does not hold the key of ops")

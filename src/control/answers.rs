@@ -1,0 +1,346 @@
+//! The `data` of each control answer, as one type the node serializes and the CLI decodes
+//! (protocols/control.md). `--json` prints these as scripts have always read them
+//! (docs/cli.md); the CLI's plain output reads their fields.
+//!
+//! | request | data |
+//! |---|---|
+//! | `status` | [`StatusView`] |
+//! | `peers` | `Vec<`[`PeerView`]`>` |
+//! | `id` | [`super::IdInfo`] |
+//! | `whois` | [`super::WhoisView`] |
+//! | `dial` | [`Dialing`] |
+//! | `send` | [`SendAnswer`] |
+//! | `recv`, `history` | one [`super::MessageView`] a line |
+//! | `contacts_add`, `contacts_verify` | [`super::ContactView`] (`contacts_list`: one a line) |
+//! | `contacts_rm` | [`ContactRemoved`] |
+//! | `channel_create`, `channel_join` | [`ChannelJoined`] |
+//! | `channel_leave` | [`ChannelLeft`] |
+//! | `channel_list` | one [`ChannelLine`] a line |
+//! | `channel_members` | one [`MemberLine`] a line |
+//! | `channel_invite` | [`ChannelInvited`] |
+//! | `channel_remove` | [`ChannelMemberRemoved`] |
+//! | `channel_send` | [`ChannelPosted`] |
+//! | `connect` | [`ConnectAnswer`] |
+//! | `disconnect` | [`Disconnected`] |
+//! | `requests` | `Vec<`[`RequestLine`]`>` |
+//! | `accept`, `deny` | [`RequestAnswered`] |
+//!
+//! The types that replaced `json!` objects list their fields in alphabetical order: that is
+//! the order those objects had on the wire, so the bytes stay the same.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What the node reports about itself: `net::Status`, in owned types a client can decode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub uuid: Option<Uuid>,
+    pub peer_id: String,
+    /// `user` or `relay`.
+    pub mode: String,
+    pub listen_addrs: Vec<String>,
+    pub external_addrs: Vec<String>,
+    /// `public`, `private` or `unknown`.
+    pub nat: String,
+    pub connected_peers: usize,
+    pub relays: Vec<String>,
+    pub channels: Vec<String>,
+    pub dht_records: usize,
+    pub published_seq: Option<u64>,
+    pub rejected: BTreeMap<String, u64>,
+    pub lookups: LookupView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<MailView>,
+}
+
+/// `status` → `lookups` (`net::LookupStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupView {
+    pub done: u64,
+    pub found: u64,
+    pub requests: u64,
+    pub hops_bound: u64,
+}
+
+/// `status` → `mail` on a relay with mailboxes (`store::mailbox::MailTotals`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailView {
+    pub items: u64,
+    pub bytes: u64,
+    pub mailboxes: u64,
+}
+
+impl From<crate::net::Status> for StatusView {
+    fn from(s: crate::net::Status) -> Self {
+        // No `..`: a field added to net::Status must be added here too, or it would be
+        // dropped from `status --json`.
+        let crate::net::Status {
+            uuid,
+            peer_id,
+            mode,
+            listen_addrs,
+            external_addrs,
+            nat,
+            connected_peers,
+            relays,
+            channels,
+            dht_records,
+            published_seq,
+            rejected,
+            lookups,
+            mail,
+        } = s;
+        let crate::net::LookupStats {
+            done,
+            found,
+            requests,
+            hops_bound,
+        } = lookups;
+        StatusView {
+            uuid,
+            peer_id,
+            mode: mode.to_string(),
+            listen_addrs,
+            external_addrs,
+            nat: nat.to_string(),
+            connected_peers,
+            relays,
+            channels,
+            dht_records,
+            published_seq,
+            rejected: rejected
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            lookups: LookupView {
+                done,
+                found,
+                requests,
+                hops_bound,
+            },
+            mail: mail.map(|m| MailView {
+                items: m.items,
+                bytes: m.bytes,
+                mailboxes: m.mailboxes,
+            }),
+        }
+    }
+}
+
+/// One connected peer (`net::PeerInfo`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub addr: String,
+    pub relayed: bool,
+    pub agent: Option<String>,
+}
+
+impl From<crate::net::PeerInfo> for PeerView {
+    fn from(p: crate::net::PeerInfo) -> Self {
+        let crate::net::PeerInfo {
+            peer_id,
+            addr,
+            relayed,
+            agent,
+        } = p;
+        PeerView {
+            peer_id,
+            addr,
+            relayed,
+            agent,
+        }
+    }
+}
+
+/// `dial`: the dial started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dialing {}
+
+/// How a `send` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendStatus {
+    /// The recipient ACKed.
+    Delivered,
+    /// Left at the recipient's mailboxes; still retried directly.
+    Stored,
+    /// In the outbox, not ACKed yet.
+    Queued,
+    /// The recipient refused it (`reason`).
+    Failed,
+    /// Not delivered within 7 days.
+    Expired,
+}
+
+/// `send`: `{"msg_id","status"}`, with `mailboxes` when stored and `reason` when refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendAnswer {
+    /// Relays that stored it and sent a valid receipt (`stored` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailboxes: Option<usize>,
+    pub msg_id: String,
+    /// The recipient's NACK reason (`failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub status: SendStatus,
+}
+
+/// `contacts rm`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRemoved {
+    pub name: String,
+    pub removed: bool,
+}
+
+/// `channel create` and `channel join`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelJoined {
+    pub channel_id: String,
+    pub name: String,
+    pub private: bool,
+}
+
+/// `channel leave`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelLeft {
+    pub channel_id: String,
+}
+
+/// `channel invite`: the invitee's UUID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInvited {
+    pub channel_id: String,
+    pub invited: String,
+}
+
+/// `channel remove`: the removed member and the new key epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelMemberRemoved {
+    pub channel_id: String,
+    pub epoch: u32,
+    pub removed: String,
+}
+
+/// `channel send`: `status` is always `sent`; `peers` counts subscribed connected peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelPosted {
+    pub msg_id: String,
+    pub peers: usize,
+    pub status: String,
+}
+
+/// One channel as `channel list` prints it (`channels::ChannelView`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelLine {
+    pub channel_id: String,
+    pub name: String,
+    pub private: bool,
+    pub joined: bool,
+    pub invited: bool,
+    pub members: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+}
+
+impl From<crate::channels::ChannelView> for ChannelLine {
+    fn from(v: crate::channels::ChannelView) -> Self {
+        let crate::channels::ChannelView {
+            channel_id,
+            name,
+            private,
+            joined,
+            invited,
+            members,
+            epoch,
+        } = v;
+        ChannelLine {
+            channel_id,
+            name,
+            private,
+            joined,
+            invited,
+            members,
+            epoch,
+        }
+    }
+}
+
+/// One member as `channel members` prints it: a contact name, `(you)`, or none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberLine {
+    pub uuid: String,
+    pub name: Option<String>,
+}
+
+/// How a `connect` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectStatus {
+    Direct,
+    Denied,
+    Offline,
+    Timeout,
+    Relayed,
+}
+
+impl ConnectStatus {
+    /// The status word, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectStatus::Direct => "direct",
+            ConnectStatus::Denied => "denied",
+            ConnectStatus::Offline => "offline",
+            ConnectStatus::Timeout => "timeout",
+            ConnectStatus::Relayed => "relayed",
+        }
+    }
+}
+
+/// `connect`: `addr` only when direct.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectAnswer {
+    pub addr: Option<String>,
+    pub status: ConnectStatus,
+}
+
+/// `disconnect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnected {
+    pub disconnected: bool,
+}
+
+/// One waiting CONNECT request (`net::ConnectRequestView`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLine {
+    pub request_id: u64,
+    pub from: Uuid,
+    pub from_name: Option<String>,
+    pub verified: bool,
+}
+
+impl From<crate::net::ConnectRequestView> for RequestLine {
+    fn from(v: crate::net::ConnectRequestView) -> Self {
+        let crate::net::ConnectRequestView {
+            request_id,
+            from,
+            from_name,
+            verified,
+        } = v;
+        RequestLine {
+            request_id,
+            from,
+            from_name,
+            verified,
+        }
+    }
+}
+
+/// `accept` and `deny`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestAnswered {
+    pub accepted: bool,
+    pub request_id: u64,
+}
