@@ -70,6 +70,8 @@ pub enum Counter {
     GossipRateAuthor,
     GossipRatePeer,
     HistoryBusy,
+    /// A peer subscribed to a channel while 256 catch-up events waited already.
+    CatchUpQueueFull,
     HistoryNotMember,
     HistoryUnknownChannel,
     InboundBusy,
@@ -107,7 +109,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter.
-    pub const ALL: [Counter; 77] = [
+    pub const ALL: [Counter; 78] = [
         Counter::AnnounceOriginBound,
         Counter::AttachmentBadHash,
         Counter::BadResponse,
@@ -152,6 +154,7 @@ impl Counter {
         Counter::GossipRateAuthor,
         Counter::GossipRatePeer,
         Counter::HistoryBusy,
+        Counter::CatchUpQueueFull,
         Counter::HistoryNotMember,
         Counter::HistoryUnknownChannel,
         Counter::InboundBusy,
@@ -234,6 +237,7 @@ impl Counter {
             Counter::GossipRateAuthor => "gossip_rate_author",
             Counter::GossipRatePeer => "gossip_rate_peer",
             Counter::HistoryBusy => "history_busy",
+            Counter::CatchUpQueueFull => "catch_up_queue_full",
             Counter::HistoryNotMember => "history_not_member",
             Counter::HistoryUnknownChannel => "history_unknown_channel",
             Counter::InboundBusy => "inbound_busy",

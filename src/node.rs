@@ -94,23 +94,25 @@ impl RunningNode {
             metrics.abort();
             let _ = metrics.await;
         }
+        // One deadline for the whole drain, however many services there are.
+        let deadline = tokio::time::Instant::now() + crate::tasks::DRAIN;
         if let Some(channels) = self.channels {
-            channels.shutdown().await;
+            channels.shutdown_by(deadline).await;
         }
         if let Some(messenger) = self.messenger {
-            messenger.shutdown().await;
+            messenger.shutdown_by(deadline).await;
         }
         if let Some(mailboxes) = self.mailboxes {
-            mailboxes.shutdown().await;
+            mailboxes.shutdown_by(deadline).await;
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(mut event_loop) = self.event_loop {
-            if tokio::time::timeout(crate::tasks::DRAIN, &mut event_loop)
-                .await
-                .is_err()
-            {
+            // The loop's own flush and the joins of its threads get a moment past the
+            // services' deadline, so an early drain of theirs is not cut short.
+            let end = deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+            if tokio::time::timeout_at(end, &mut event_loop).await.is_err() {
                 warn!("the event loop did not stop in time; cut off");
                 event_loop.abort();
                 let _ = event_loop.await;
@@ -247,6 +249,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let listen = event_loop.watch_listen_addrs();
     let (stop, stop_rx) = oneshot::channel();
     let event_loop = tokio::spawn(event_loop.run(stop_rx));
+    // If a later step fails, the loop is stopped rather than left running without a node.
+    let mut stop = StopOnError(Some(stop));
     let messenger = match config.mode {
         Mode::User => Some(Messenger::start(
             MessagingConfig {
@@ -313,13 +317,24 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         metrics_addr,
         listen,
         event_loop: Some(event_loop),
-        stop: Some(stop),
+        stop: stop.0.take(),
         messenger,
         channels,
         mailboxes,
         control,
         metrics,
     })
+}
+
+/// Sends the event loop's stop signal when dropped while still holding it.
+struct StopOnError(Option<oneshot::Sender<()>>);
+
+impl Drop for StopOnError {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// Listens on TCP and QUIC, IPv4 and IPv6, on all interfaces: port 4001 or the next free one.

@@ -47,10 +47,13 @@ impl Tasks {
     }
 
     fn spawn_in(&self, set: &Mutex<JoinSet<()>>, f: impl Future<Output = ()> + Send + 'static) {
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
         if let Ok(mut set) = set.lock() {
+            // Checked under the set's lock, which shutdown holds while it closes: a task
+            // spawned by another thread during the shutdown is refused, never left behind in
+            // a set nobody stops.
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
             // Reap what has finished, so the set holds only what still runs.
             while set.try_join_next().is_some() {}
             set.spawn(f);
@@ -64,16 +67,22 @@ impl Tasks {
 
     /// [`Tasks::shutdown`] with a given drain time.
     pub async fn shutdown_within(&self, drain: Duration) -> Drained {
-        self.closed.store(true, Ordering::Release);
-        let take = |set: &Mutex<JoinSet<()>>| {
-            set.lock()
-                .map(|mut s| std::mem::take(&mut *s))
-                .unwrap_or_default()
+        self.shutdown_by(tokio::time::Instant::now() + drain).await
+    }
+
+    /// [`Tasks::shutdown`], the drain ending at `deadline` (one deadline for a whole node).
+    pub async fn shutdown_by(&self, deadline: tokio::time::Instant) -> Drained {
+        let (mut loops, mut work) = {
+            let loops = self.loops.lock();
+            let work = self.work.lock();
+            self.closed.store(true, Ordering::Release);
+            let take = |g: Option<std::sync::MutexGuard<'_, JoinSet<()>>>| {
+                g.map(|mut s| std::mem::take(&mut *s)).unwrap_or_default()
+            };
+            (take(loops.ok()), take(work.ok()))
         };
-        take(&self.loops).shutdown().await;
-        let mut work = take(&self.work);
+        loops.shutdown().await;
         let mut finished = 0;
-        let deadline = tokio::time::Instant::now() + drain;
         while !work.is_empty() {
             match tokio::time::timeout_at(deadline, work.join_next()).await {
                 Ok(Some(_)) => finished += 1,

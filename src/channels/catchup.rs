@@ -31,6 +31,9 @@ pub const CATCH_UP_PAGES: usize = 16;
 /// past the request timeout of the verbs protocol (10 s), so it fires only if an answer is
 /// lost between the request and the machine.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one catch-up runs: a member that answers slowly, page after page, must not hold
+/// the channel's catch-ups back for long (one runs at a time per channel).
+pub const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Where a catch-up starts, given the newest post we hold of the channel: a little before it
 /// ([`CATCH_UP_OVERLAP_MS`]), and at most [`frame::MAX_AGE_MS`] back (older frames are
@@ -103,6 +106,8 @@ struct Run {
     posts: usize,
     answered: bool,
     wait: Wait,
+    /// Ends at this time whatever it waits for ([`RUN_LIMIT`] after it began).
+    until: Instant,
 }
 
 /// The catch-ups of every channel: at most one running per channel, one request of it in
@@ -158,6 +163,7 @@ impl CatchUps {
             posts: 0,
             answered: false,
             wait: Wait::Retry { at: now },
+            until: now + RUN_LIMIT,
         };
         self.runs.insert(channel, run);
         self.ask(channel, now).into_iter().collect()
@@ -203,15 +209,22 @@ impl CatchUps {
         self.runs
             .values()
             .map(|r| match r.wait {
-                Wait::Answer { deadline, .. } => deadline,
-                Wait::Retry { at } => at,
+                Wait::Answer { deadline, .. } => deadline.min(r.until),
+                Wait::Retry { at } => at.min(r.until),
             })
             .min()
     }
 
-    /// Asks again where a retry is due, and gives up on requests unanswered for
-    /// [`ASK_TIMEOUT`].
+    /// Asks again where a retry is due, gives up on requests unanswered for
+    /// [`ASK_TIMEOUT`], and ends runs past [`RUN_LIMIT`].
     pub fn on_timer(&mut self, now: Instant) -> Vec<Out> {
+        let over: Vec<Uuid> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.until <= now)
+            .map(|(ch, _)| *ch)
+            .collect();
+        let mut out: Vec<Out> = over.into_iter().filter_map(|ch| self.end(ch)).collect();
         let due: Vec<(Uuid, bool)> = self
             .runs
             .iter()
@@ -221,7 +234,6 @@ impl CatchUps {
                 _ => None,
             })
             .collect();
-        let mut out = Vec::new();
         for (channel, retry) in due {
             if retry {
                 out.extend(self.ask(channel, now));
@@ -270,13 +282,17 @@ impl CatchUps {
                 return self.ask(channel, now).into_iter().collect();
             }
         }
-        let (peer, posts) = (run.answered.then_some(run.peer), run.posts);
-        self.runs.remove(&channel);
-        vec![Out::Done {
+        self.end(channel).into_iter().collect()
+    }
+
+    /// Ends `channel`'s run.
+    fn end(&mut self, channel: Uuid) -> Option<Out> {
+        let run = self.runs.remove(&channel)?;
+        Some(Out::Done {
             channel,
-            peer,
-            posts,
-        }]
+            peer: run.answered.then_some(run.peer),
+            posts: run.posts,
+        })
     }
 }
 

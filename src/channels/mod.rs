@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::counters::Counters;
+use crate::counters::{Counter, Counters};
 use crate::error::ErrorKind;
 use crate::identity::MessageKeys;
 use crate::messaging::{GrantNote, Messenger, Stored};
@@ -201,6 +201,11 @@ impl Channels {
         self.inner.tasks.shutdown().await;
     }
 
+    /// [`Channels::shutdown`], done by `deadline`.
+    pub async fn shutdown_by(self, deadline: tokio::time::Instant) {
+        self.inner.tasks.shutdown_by(deadline).await;
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock is a bug; the state is still usable.
         self.inner
@@ -266,7 +271,9 @@ async fn gossip_loop(c: Channels, mut rx: mpsc::Receiver<GossipEvent>) {
                     // A member we were not connected to may hold posts we missed.
                     if topic != frame::ANNOUNCE_TOPIC {
                         let event = history::CatchUpEvent::Subscribed { channel: id, peer };
-                        let _ = c.inner.catch_ups.try_send(event);
+                        if c.inner.catch_ups.try_send(event).is_err() {
+                            c.inner.counters.count(Counter::CatchUpQueueFull);
+                        }
                     }
                 }
             }

@@ -178,14 +178,18 @@ impl Mailboxes {
     }
 
     /// Stops the tasks and waits (up to 5 s) for the writer to finish its last commit.
-    pub async fn shutdown(mut self) {
-        self.tasks.shutdown().await;
-        if let Some(t) = self.writer_thread.take() {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::task::spawn_blocking(move || t.join()),
-            )
+    pub async fn shutdown(self) {
+        self.shutdown_by(tokio::time::Instant::now() + crate::tasks::DRAIN)
             .await;
+    }
+
+    /// [`Mailboxes::shutdown`], done by `deadline`.
+    pub async fn shutdown_by(mut self, deadline: tokio::time::Instant) {
+        self.tasks.shutdown_by(deadline).await;
+        if let Some(t) = self.writer_thread.take() {
+            let _ =
+                tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(move || t.join()))
+                    .await;
         }
     }
 }

@@ -193,7 +193,14 @@ impl Messenger {
 
     /// Stops every messaging task (the outbox stays on disk for the next start).
     pub async fn shutdown(self) {
-        self.inner.tasks.shutdown().await;
+        self.shutdown_by(tokio::time::Instant::now() + crate::tasks::DRAIN)
+            .await;
+    }
+
+    /// [`Messenger::shutdown`], done by `deadline`: loops stopped, work under way finished,
+    /// the writer's last commit awaited.
+    pub async fn shutdown_by(self, deadline: tokio::time::Instant) {
+        self.inner.tasks.shutdown_by(deadline).await;
         let thread = self
             .inner
             .writer_thread
@@ -204,7 +211,7 @@ impl Messenger {
         drop(self);
         if let Some(thread) = thread {
             let joined = tokio::task::spawn_blocking(move || thread.join());
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), joined).await;
+            let _ = tokio::time::timeout_at(deadline, joined).await;
         }
     }
 

@@ -51,6 +51,8 @@ use dht::{record_for, CacheWriter};
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// How often slow housekeeping runs (relay reservations retried, hole punching timed out).
 const TICK: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest the loop keeps writing out answers after it was told to stop.
+const FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 /// Gossip messages waiting for the channel service; more are ignored (not forwarded).
 pub(crate) const GOSSIP_QUEUE: usize = 1024;
 
@@ -123,6 +125,8 @@ pub struct EventLoop {
     /// Our CONNECT requests on the wire, and whom they went to.
     connect_asks: HashMap<request_response::OutboundRequestId, PeerId>,
     connect_limiter: RateLimiter<PeerId>,
+    /// Answers handed to request-response and not yet written out.
+    unflushed: usize,
 }
 
 struct PeerState {
@@ -166,10 +170,9 @@ impl EventLoop {
             Some(h) => (Some(h.messaging), Some(h.gossip), Some(h.history)),
             None => (None, None, None),
         };
-        let keys = hooks.as_ref().map(|h| h.keys.clone());
         let (keeper, issued) = match identity {
             Some(id) => {
-                let (k, rx) = Keeper::start(id, store.clone(), counters.clone(), keys);
+                let (k, rx) = Keeper::start(id, store.clone(), counters.clone());
                 (Some(k), Some(rx))
             }
             None => (None, None),
@@ -224,6 +227,7 @@ impl EventLoop {
             connect_asks: HashMap::new(),
             // A burst of 10 requests, then one every 2 s, per peer.
             connect_limiter: RateLimiter::new(10, 0.5, 4096),
+            unflushed: 0,
         }
     }
 
@@ -287,7 +291,14 @@ impl EventLoop {
                     Some(c) => self.on_command(c),
                     None => break,
                 },
-                Some(issued) = recv_issued(&mut self.issued) => self.on_issued(issued),
+                issued = recv_issued(&mut self.issued) => match issued {
+                    Some(issued) => self.on_issued(issued),
+                    None => {
+                        // Only a bug ends it; without it our document would expire unseen.
+                        tracing::error!("the identity keeper stopped; stopping the node");
+                        break;
+                    }
+                },
                 _ = sleep_until(publish_at), if publish_at.is_some() => self.publish_due(),
                 _ = sleep_until(grace), if grace.is_some() => {
                     let out = self.lookups.on_timer(Instant::now());
@@ -295,7 +306,11 @@ impl EventLoop {
                 }
             }
         }
+        self.flush_answers().await;
         debug!("event loop stopped");
+        // Dropping joins the keeper and the cache writer (their writes under way finish):
+        // on a blocking thread, not on a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
     }
 
     fn count(&mut self, what: Counter) {
@@ -345,6 +360,24 @@ impl EventLoop {
         direct
     }
 
+    /// At stop: the answers the services gave while they drained (still queued as
+    /// commands) go out, and the loop keeps driving the swarm until every answer is
+    /// written, for at most [`FLUSH`].
+    async fn flush_answers(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Respond { .. } = command {
+                self.on_command(command);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + FLUSH;
+        while self.unflushed > 0 {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+
     fn publish_due(&mut self) {
         let Some(keeper) = &self.keeper else {
             return;
@@ -362,13 +395,16 @@ impl EventLoop {
     /// The keeper signed (and saved) a new document: cache it and put it into the DHT.
     fn on_issued(&mut self, issued: Issued) {
         let now = Instant::now();
-        let Some(doc) = issued.doc else {
+        let Some((doc, keys)) = issued.doc else {
             self.publisher.on_issue_failed(now);
             return;
         };
         self.cache.put(&doc, unix_now());
         self.put_own_record(&doc);
         self.publisher.on_issued(doc, issued.reach, now);
+        if let Some(hooks) = &self.hooks {
+            hooks.keys.send_replace(Some(keys));
+        }
     }
 
     fn put_own_record(&mut self, doc: &SignedDocument) {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use libp2p::Multiaddr;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
@@ -16,10 +16,12 @@ use crate::counters::{Counter, Counters};
 use crate::identity::{Identity, MessageKeys, SignedDocument};
 use crate::store::Store;
 
-/// A document the keeper issued, with the addresses it names.
+/// A document the keeper issued, with the addresses it names and the message keys that go
+/// with it (the event loop hands them to the messenger once the document is put, so a
+/// message never goes out under keys whose document nobody can fetch yet).
 pub(crate) struct Issued {
     /// `None` if the identity could not be saved: nothing was published.
-    pub doc: Option<SignedDocument>,
+    pub doc: Option<(SignedDocument, Arc<MessageKeys>)>,
     pub reach: Vec<Multiaddr>,
 }
 
@@ -31,13 +33,11 @@ pub(crate) struct Keeper {
 }
 
 impl Keeper {
-    /// Starts the keeper thread. Issued documents come back on the returned receiver;
-    /// `keys` is where the messenger reads the keys of the current document.
+    /// Starts the keeper thread. Issued documents come back on the returned receiver.
     pub fn start(
         mut identity: Identity,
         store: Store,
         counters: Counters,
-        keys: Option<watch::Sender<Option<Arc<MessageKeys>>>>,
     ) -> (Self, mpsc::UnboundedReceiver<Issued>) {
         let uuid = identity.uuid();
         let (requests, rx) = std::sync::mpsc::channel::<(Vec<Multiaddr>, u64)>();
@@ -46,7 +46,7 @@ impl Keeper {
             .name("identity-keeper".into())
             .spawn(move || {
                 for (reach, now) in rx {
-                    let doc = issue(&mut identity, &store, &counters, keys.as_ref(), &reach, now);
+                    let doc = issue(&mut identity, &store, &counters, &reach, now);
                     if issued.send(Issued { doc, reach }).is_err() {
                         break;
                     }
@@ -88,10 +88,9 @@ fn issue(
     identity: &mut Identity,
     store: &Store,
     counters: &Counters,
-    keys: Option<&watch::Sender<Option<Arc<MessageKeys>>>>,
     reach: &[Multiaddr],
     now: u64,
-) -> Option<SignedDocument> {
+) -> Option<(SignedDocument, Arc<MessageKeys>)> {
     if identity.rotate_encryption_key_if_due(now) {
         info!("encryption key rotated");
     }
@@ -108,8 +107,6 @@ fn issue(
         counters.count(Counter::OwnDocumentInvalid);
         error!(error = %e, "our own identity document does not verify; peers will refuse it (is the clock right?)");
     }
-    if let Some(keys) = keys {
-        keys.send_replace(Some(Arc::new(identity.message_keys(doc.clone()))));
-    }
-    Some(doc)
+    let keys = Arc::new(identity.message_keys(doc.clone()));
+    Some((doc, keys))
 }

@@ -239,3 +239,36 @@ fn catch_ups_of_two_channels_run_side_by_side() {
     assert_eq!(done(&m.answered(CH, a, Answer::Nothing, t)), (None, 0));
     assert!(m.running(&other_ch));
 }
+
+#[test]
+fn a_member_that_answers_slowly_page_after_page_holds_the_channel_back_a_minute_at_most() {
+    let mut m = CatchUps::default();
+    let t0 = Instant::now();
+    let mut id = begun(&mut m, PeerId::random(), &[], t0);
+    // Just inside the request time-out every time, with a cursor that moves forward.
+    let mut t = t0;
+    let mut n = 1;
+    while m.running(&CH) {
+        t += ASK_TIMEOUT - Duration::from_secs(1);
+        let due = m.next_timer().expect("a running catch-up has a timer");
+        assert!(due <= t0 + RUN_LIMIT, "never past the run's limit");
+        let mut out = m.on_timer(t);
+        if out.is_empty() {
+            out = m.answered(CH, id, page(true, cursor(n)), t);
+        }
+        match out.first() {
+            Some(Out::Ask { id: next, .. }) => id = *next,
+            Some(Out::Done { .. }) => break,
+            None => panic!("no progress at {:?}", t - t0),
+        }
+        n += 1;
+    }
+    assert!(!m.running(&CH));
+    assert!(
+        t - t0 <= RUN_LIMIT + ASK_TIMEOUT,
+        "ended after {:?}",
+        t - t0
+    );
+    // The next subscription begins a new catch-up.
+    assert!(m.subscribed(CH, t + CATCH_UP_EVERY));
+}

@@ -143,11 +143,7 @@ impl EventLoop {
             }
             Command::Respond { token, response } => {
                 if let Some(channel) = self.handed_over.remove(&token) {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .verbs
-                        .send_response(channel, response);
+                    self.respond(channel, response);
                 }
             }
         }

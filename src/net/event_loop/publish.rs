@@ -102,21 +102,24 @@ impl Publisher {
         self.changed_while_issuing = false;
     }
 
-    /// Kademlia's answer to our PUT.
+    /// Kademlia's answer to our PUT. While the keeper issues a new document (which will be
+    /// put anyway) the retry time is left alone, so two issues are never in flight.
     pub fn on_put_result(&mut self, ok: bool, now: Instant) {
         if ok {
             self.backoff = FIRST_BACKOFF;
             self.failed = false;
         } else {
             self.failed = true;
-            self.due = Some(now + self.backoff);
+            if self.due.is_some() {
+                self.due = Some(now + self.backoff);
+            }
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         }
     }
 
     /// A peer connected: a PUT that reached nobody is worth retrying now.
     pub fn on_connected(&mut self, now: Instant) {
-        if self.failed {
+        if self.failed && self.due.is_some() {
             self.failed = false;
             self.due = Some(now + DEBOUNCE);
         }
@@ -240,6 +243,23 @@ mod tests {
         p.on_reach_changed(t2);
         p.on_issued(id.issue_document(&[addr(2)], UNIX), vec![addr(2)], t2);
         assert_eq!(p.due(), Some(t2 + DEBOUNCE));
+    }
+
+    #[test]
+    fn a_late_put_failure_or_a_connection_during_an_issue_starts_no_second_one() {
+        let t0 = Instant::now();
+        let mut id = Identity::generate(UNIX);
+        let mut p = Publisher::new(t0);
+        issue(&mut p, &mut id, vec![addr(1)], t0);
+        p.on_reach_changed(t0 + Duration::from_secs(1));
+        let t1 = p.due().unwrap();
+        assert!(matches!(p.on_due(vec![addr(2)], t1), Step::Issue(_)));
+        // The previous PUT's answer comes while the keeper signs, then a peer connects.
+        p.on_put_result(false, t1);
+        p.on_connected(t1);
+        assert_eq!(p.due(), None, "still one issue in flight");
+        p.on_issued(id.issue_document(&[addr(2)], UNIX), vec![addr(2)], t1);
+        assert_eq!(p.due(), Some(t1 + REPUBLISH_EVERY));
     }
 
     #[test]

@@ -296,10 +296,21 @@ impl Relays {
 }
 
 impl EventLoop {
-    /// Carries out the relay plan.
+    /// Carries out the relay plan; a listen that cannot start puts its relay aside and
+    /// the plan is made again, so the next candidate takes its slot at once.
     pub(super) fn maybe_reserve(&mut self) {
+        for _ in 0..=MAX_CANDIDATES {
+            if !self.reserve_once() {
+                break;
+            }
+        }
+    }
+
+    /// One plan, carried out; true if a listen failed.
+    fn reserve_once(&mut self) -> bool {
         let swarm = &self.swarm;
         let steps = self.relays.plan(Instant::now(), |p| swarm.is_connected(p));
+        let mut failed = false;
         for step in steps {
             match step {
                 Step::Dial { relay, addr } => {
@@ -318,10 +329,12 @@ impl EventLoop {
                     Err(e) => {
                         warn!(%circuit, error = %e, "cannot listen through relay");
                         self.relays.on_listen_failed(&relay, Instant::now());
+                        failed = true;
                     }
                 },
             }
         }
+        failed
     }
 
     pub(super) fn on_reservation_accepted(&mut self, relay: PeerId, renewal: bool) {

@@ -191,9 +191,12 @@ impl EventLoop {
                     self.on_response(peer, request_id, Err(error.to_string()));
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
+                    self.unflushed = self.unflushed.saturating_sub(1);
                     debug!(%peer, %error, "inbound request failed");
                 }
-                request_response::Event::ResponseSent { .. } => {}
+                request_response::Event::ResponseSent { .. } => {
+                    self.unflushed = self.unflushed.saturating_sub(1);
+                }
             },
             _ => {}
         }

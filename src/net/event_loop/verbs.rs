@@ -69,11 +69,25 @@ impl EventLoop {
                 }
             }
         };
-        let _ = self
+        self.respond(channel, response);
+    }
+
+    /// Answers an inbound request, and counts it until the answer is written out (see
+    /// [`EventLoop::flush_answers`]).
+    pub(super) fn respond(
+        &mut self,
+        channel: request_response::ResponseChannel<Response>,
+        response: Response,
+    ) {
+        if self
             .swarm
             .behaviour_mut()
             .verbs
-            .send_response(channel, response);
+            .send_response(channel, response)
+            .is_ok()
+        {
+            self.unflushed += 1;
+        }
     }
 
     /// Gives a MESSAGE or CHUNK to the messenger, a CHANNEL-HISTORY to the channel service,
@@ -119,7 +133,7 @@ impl EventLoop {
                 }
             },
         };
-        let _ = self.swarm.behaviour_mut().verbs.send_response(
+        self.respond(
             channel,
             Response::Nack {
                 reason: reason.into(),
