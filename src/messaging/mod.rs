@@ -5,6 +5,7 @@
 //! [`MessagingChannels`].
 
 mod attachments;
+mod deposit;
 pub mod files;
 mod inbound;
 mod mail;
