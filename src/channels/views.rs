@@ -11,8 +11,8 @@ use super::{fail, ChannelError, Channels};
 use crate::error::ErrorKind;
 use crate::store::ChannelRow;
 
-/// One channel as `channel list` prints it.
-#[derive(Clone, Debug, Serialize)]
+/// One channel as `channel list` prints it (and the CLI reads back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChannelView {
     pub channel_id: String,
     pub name: String,

@@ -232,41 +232,8 @@ pub struct ChannelPosted {
     pub status: String,
 }
 
-/// One channel as `channel list` prints it (`channels::ChannelView`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelLine {
-    pub channel_id: String,
-    pub name: String,
-    pub private: bool,
-    pub joined: bool,
-    pub invited: bool,
-    pub members: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<u32>,
-}
-
-impl From<crate::channels::ChannelView> for ChannelLine {
-    fn from(v: crate::channels::ChannelView) -> Self {
-        let crate::channels::ChannelView {
-            channel_id,
-            name,
-            private,
-            joined,
-            invited,
-            members,
-            epoch,
-        } = v;
-        ChannelLine {
-            channel_id,
-            name,
-            private,
-            joined,
-            invited,
-            members,
-            epoch,
-        }
-    }
-}
+/// One channel as `channel list` prints it: the channel service's own view.
+pub use crate::channels::ChannelView as ChannelLine;
 
 /// One member as `channel members` prints it: a contact name, `(you)`, or none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,31 +279,8 @@ pub struct Disconnected {
     pub disconnected: bool,
 }
 
-/// One waiting CONNECT request (`net::ConnectRequestView`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestLine {
-    pub request_id: u64,
-    pub from: Uuid,
-    pub from_name: Option<String>,
-    pub verified: bool,
-}
-
-impl From<crate::net::ConnectRequestView> for RequestLine {
-    fn from(v: crate::net::ConnectRequestView) -> Self {
-        let crate::net::ConnectRequestView {
-            request_id,
-            from,
-            from_name,
-            verified,
-        } = v;
-        RequestLine {
-            request_id,
-            from,
-            from_name,
-            verified,
-        }
-    }
-}
+/// One waiting CONNECT request: the event loop's own view.
+pub use crate::net::ConnectRequestView as RequestLine;
 
 /// `accept` and `deny`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

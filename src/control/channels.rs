@@ -4,8 +4,7 @@ use tokio::io::AsyncWrite;
 use uuid::Uuid;
 
 use super::answers::{
-    ChannelInvited, ChannelJoined, ChannelLeft, ChannelLine, ChannelMemberRemoved, ChannelPosted,
-    MemberLine,
+    ChannelInvited, ChannelJoined, ChannelLeft, ChannelMemberRemoved, ChannelPosted, MemberLine,
 };
 use super::messages::{resolve, write_line};
 use super::{ControlRequest, ControlResponse, ErrorKind, Refusal};
@@ -77,7 +76,7 @@ pub(super) async fn list<W: AsyncWrite + Unpin>(
     w: &mut W,
 ) -> std::io::Result<()> {
     for v in c.list(all) {
-        write_line(w, &ControlResponse::ok(ChannelLine::from(v))).await?;
+        write_line(w, &ControlResponse::ok(v)).await?;
     }
     write_line(w, &ControlResponse::done()).await
 }

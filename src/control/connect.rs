@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::answers::{ConnectAnswer, ConnectStatus, Disconnected, RequestAnswered, RequestLine};
+use super::answers::{ConnectAnswer, ConnectStatus, Disconnected, RequestAnswered};
 use super::messages::resolve;
 use super::server::GONE;
 use super::{ControlResponse, ErrorKind, Refusal};
@@ -123,9 +123,7 @@ pub(super) async fn requests(client: &Client) -> Result<ControlResponse, Refusal
         .connect_requests()
         .await
         .map_err(|_| Refusal::failed(GONE))?;
-    Ok(ControlResponse::ok(
-        list.into_iter().map(RequestLine::from).collect::<Vec<_>>(),
-    ))
+    Ok(ControlResponse::ok(list))
 }
 
 pub(super) async fn answer(

@@ -51,8 +51,8 @@ pub enum ConnectOutcome {
     Failed(String),
 }
 
-/// A queued incoming request, as `ptpchat requests` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// A queued incoming request, as `ptpchat requests` shows it (and the CLI reads back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ConnectRequestView {
     pub request_id: u64,
     pub from: Uuid,
