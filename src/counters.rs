@@ -70,6 +70,8 @@ pub enum Counter {
     GossipRateAuthor,
     GossipRatePeer,
     HistoryBusy,
+    /// A relay's GETCERTIFICATE found 32 cache reads under way.
+    CacheReadsBusy,
     /// A peer subscribed to a channel while 256 catch-up events waited already.
     CatchUpQueueFull,
     HistoryNotMember,
@@ -109,7 +111,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter.
-    pub const ALL: [Counter; 78] = [
+    pub const ALL: [Counter; 79] = [
         Counter::AnnounceOriginBound,
         Counter::AttachmentBadHash,
         Counter::BadResponse,
@@ -154,6 +156,7 @@ impl Counter {
         Counter::GossipRateAuthor,
         Counter::GossipRatePeer,
         Counter::HistoryBusy,
+        Counter::CacheReadsBusy,
         Counter::CatchUpQueueFull,
         Counter::HistoryNotMember,
         Counter::HistoryUnknownChannel,
@@ -237,6 +240,7 @@ impl Counter {
             Counter::GossipRateAuthor => "gossip_rate_author",
             Counter::GossipRatePeer => "gossip_rate_peer",
             Counter::HistoryBusy => "history_busy",
+            Counter::CacheReadsBusy => "cache_reads_busy",
             Counter::CatchUpQueueFull => "catch_up_queue_full",
             Counter::HistoryNotMember => "history_not_member",
             Counter::HistoryUnknownChannel => "history_unknown_channel",

@@ -220,7 +220,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             history: history_tx,
         }),
     );
-    event_loop.seed_dht_from_store();
+    match store.cached_documents(crate::unix_now()) {
+        Ok(docs) => event_loop.seed_dht(docs),
+        Err(e) => tracing::warn!(error = %e, "could not read the directory cache"),
+    }
     if !user {
         // A relay forwards public-channel announcements so users who share only a relay
         // still discover each other's channels.

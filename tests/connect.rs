@@ -241,3 +241,57 @@ async fn a_relay_holds_its_reservation_limit_and_keeps_serving() {
     let outcome = tokio::time::timeout(WAIT, waiting.outcome).await.unwrap();
     assert_eq!(outcome.unwrap(), Delivery::Stored(1));
 }
+
+/// Consent by contact list reads the list as it is now: a CONNECT from an identity that
+/// is no contact, or that claims a contact's UUID under another key, or from a contact not
+/// yet verified, is denied under the default `verified` policy; once B verifies A, the
+/// same CONNECT ends in a direct connection, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_follows_the_contact_list_as_it_changes() {
+    use ptpchat::store::Contact;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(Mode::Relay, &dir.path().join("relay"), &[]).await;
+    let relay_addrs = relay.listen_addrs().await;
+    let a = user(&dir.path().join("a"), &relay_addrs, ConnectPolicy::None).await;
+    let b = user(&dir.path().join("b"), &relay_addrs, ConnectPolicy::Verified).await;
+    let b_doc = circuit_doc(&a, &b).await;
+    let a_doc = circuit_doc(&b, &a).await;
+    let connect = || a.client.connect(b.peer_id, b_doc.doc().reach_addrs());
+    let contacts = b.messenger.as_ref().unwrap().store();
+    let mut contact = Contact {
+        uuid: *uuid_of(&a).as_bytes(),
+        fingerprint: [7; 32],
+        pinned_key: a_doc.doc().current_key,
+        verified: true,
+        added: ptpchat::unix_now(),
+    };
+
+    assert_eq!(
+        connect().await.unwrap(),
+        ConnectOutcome::Denied,
+        "a stranger"
+    );
+    contacts.put_contact("alice", &contact).unwrap();
+    assert_eq!(
+        connect().await.unwrap(),
+        ConnectOutcome::Denied,
+        "A's UUID under another fingerprint is not A"
+    );
+    contact.fingerprint = a_doc.doc().fingerprint().0;
+    contact.verified = false;
+    contacts.put_contact("alice", &contact).unwrap();
+    assert_eq!(
+        connect().await.unwrap(),
+        ConnectOutcome::Denied,
+        "a contact not verified yet"
+    );
+    assert!(!direct(&a, b.peer_id).await);
+    contact.verified = true;
+    contacts.put_contact("alice", &contact).unwrap();
+    let outcome = connect().await.unwrap();
+    assert!(
+        matches!(outcome, ConnectOutcome::Direct(_)),
+        "a verified contact: {outcome:?}"
+    );
+    assert!(direct(&a, b.peer_id).await);
+}

@@ -143,6 +143,43 @@ fn no_import_cycle() {
     assert!(cycles.is_empty(), "edges on an import cycle: {cycles:?}");
 }
 
+/// The event loop routes and carries out; it touches no disk itself. The store is reached
+/// only through the threads made for it: the identity keeper (`net/keeper.rs`), the
+/// directory cache's writer (`event_loop/dht.rs`) and the reads run on blocking threads
+/// (`event_loop/reads.rs`).
+#[test]
+fn the_event_loop_touches_no_disk() {
+    let allowed = ["net/event_loop/dht.rs", "net/event_loop/reads.rs"];
+    let touching: Vec<String> = sources()
+        .into_iter()
+        .filter(|(rel, _)| rel == "net/event_loop.rs" || rel.starts_with("net/event_loop/"))
+        .filter(|(rel, _)| !allowed.contains(&rel.as_str()))
+        .flat_map(|(rel, text)| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| {
+                    let l = code(l);
+                    // Handing the store on (`clone`) or taking its in-memory contacts is
+                    // not a read; any other method of it is.
+                    let store_call = l.match_indices("store.").any(|(i, _)| {
+                        let rest = &l[i + "store.".len()..];
+                        !rest.starts_with("clone()") && !rest.starts_with("contact_book()")
+                    });
+                    store_call
+                        || ["std::fs", "tokio::fs", "File::"]
+                            .iter()
+                            .any(|p| l.contains(p))
+                })
+                .map(|(n, l)| format!("{rel}:{}: {}", n + 1, l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        touching.is_empty(),
+        "the event loop touches the disk: {touching:#?}"
+    );
+}
+
 #[test]
 fn redb_stays_in_the_store() {
     let outside: Vec<String> = sources()

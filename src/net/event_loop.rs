@@ -26,6 +26,7 @@ mod dht;
 mod gossip;
 mod lookup;
 mod publish;
+mod reads;
 mod relays;
 mod swarm;
 mod verbs;
@@ -42,7 +43,7 @@ use super::{EventLoopHooks, InboundVerb};
 use crate::config::{Mode, NodeConfig};
 use crate::counters::{Counter, Counters};
 use crate::identity::{dht_key, Identity, SignedDocument};
-use crate::store::Store;
+use crate::store::{ContactBook, Store};
 use crate::unix_now;
 use crate::wire::verbs::{Request, Response};
 use dht::{record_for, CacheWriter};
@@ -70,8 +71,10 @@ pub struct UserHooks {
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
-    /// Read only: contacts (CONNECT consent), cached documents, mailbox totals.
-    store: Store,
+    /// Who our contacts are (CONNECT consent), in memory.
+    contacts: ContactBook,
+    /// Cached documents and mailbox totals, read off the loop.
+    reads: reads::Reads,
     /// Signs our identity documents (user nodes only; a relay publishes none).
     keeper: Option<Keeper>,
     issued: Option<mpsc::UnboundedReceiver<Issued>>,
@@ -181,7 +184,8 @@ impl EventLoop {
             cache: CacheWriter::new(&store),
             swarm,
             commands,
-            store,
+            contacts: store.contact_book(),
+            reads: reads::Reads::new(store),
             keeper,
             issued,
             mode: config.mode,
@@ -246,18 +250,14 @@ impl EventLoop {
         self.listen_watch.send_replace(addrs);
     }
 
-    /// Re-inserts documents remembered from before a restart into the DHT store.
-    pub(crate) fn seed_dht_from_store(&mut self) {
+    /// Puts documents remembered from before a restart into the DHT store (read by the
+    /// caller: the loop reads no disk).
+    pub(crate) fn seed_dht(&mut self, docs: Vec<SignedDocument>) {
+        use libp2p::kad::store::RecordStore;
         let now = unix_now();
-        match self.store.cached_documents(now) {
-            Ok(docs) => {
-                use libp2p::kad::store::RecordStore;
-                for doc in docs {
-                    let record = record_for(&doc, now);
-                    let _ = self.swarm.behaviour_mut().kad.store_mut().put(record);
-                }
-            }
-            Err(e) => warn!(error = %e, "could not read the directory cache"),
+        for doc in docs {
+            let record = record_for(&doc, now);
+            let _ = self.swarm.behaviour_mut().kad.store_mut().put(record);
         }
     }
 
@@ -299,6 +299,7 @@ impl EventLoop {
                         break;
                     }
                 },
+                answer = self.reads.next(), if !self.reads.idle() => self.answer_read(answer),
                 _ = sleep_until(publish_at), if publish_at.is_some() => self.publish_due(),
                 _ = sleep_until(grace), if grace.is_some() => {
                     let out = self.lookups.on_timer(Instant::now());
@@ -370,10 +371,20 @@ impl EventLoop {
             }
         }
         let deadline = tokio::time::Instant::now() + FLUSH;
-        while self.unflushed > 0 {
+        while self.unflushed > 0 || !self.reads.idle() {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                answer = self.reads.next(), if !self.reads.idle() => self.answer_read(answer),
                 _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+
+    /// Sends the answer a read of the store left (see [`reads::Reads`]).
+    fn answer_read(&mut self, answer: Option<reads::Answer>) {
+        if let Some((token, response)) = answer {
+            if let Some(channel) = self.handed_over.remove(&token) {
+                self.respond(channel, response);
             }
         }
     }
@@ -485,10 +496,21 @@ impl EventLoop {
                             let _ = self.accept_into_dht(&doc, now);
                             Ok(doc)
                         }
-                        None => match self.store.cached_document(&uuid, now) {
-                            Ok(Some(doc)) => Ok(doc),
-                            _ => Err(LookupError::NotFound(uuid)),
-                        },
+                        None => {
+                            // Nobody has it: what we cached before is the answer, read
+                            // off the loop (or, with too many reads under way, nothing).
+                            let answer = move |doc: Option<SignedDocument>| {
+                                let result = doc.ok_or(LookupError::NotFound(uuid));
+                                for reply in replies {
+                                    let _ = reply.send(result.clone());
+                                }
+                                None
+                            };
+                            if let Err(answer) = self.reads.cached_document(uuid, now, answer) {
+                                answer(None);
+                            }
+                            continue;
+                        }
                     };
                     for reply in replies {
                         let _ = reply.send(result.clone());

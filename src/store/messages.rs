@@ -415,7 +415,7 @@ impl Store {
         tx.open_table(CONTACTS)?.insert(name, row(c)?.as_slice())?;
         tx.commit()?;
         self.names_changed();
-        Ok(())
+        self.reload_contacts()
     }
 
     /// Removes a contact; returns whether it existed.
@@ -424,6 +424,7 @@ impl Store {
         let existed = tx.open_table(CONTACTS)?.remove(name)?.is_some();
         tx.commit()?;
         self.names_changed();
+        self.reload_contacts()?;
         Ok(existed)
     }
 

@@ -80,6 +80,26 @@ pub struct Store {
     /// Directory documents handed to a writer and not yet committed: readers see them at
     /// once (see [`Store::cache_document_behind`]). At most one per write in the queue.
     pending_docs: Arc<Mutex<HashMap<[u8; 16], SignedDocument>>>,
+    /// Every contact, in memory (see [`ContactBook`]).
+    contacts: ContactBook,
+}
+
+/// The contacts as of the last change, held in memory so that a decision taken on the
+/// event loop (whether a CONNECT comes from a contact) reads no disk. Replaced, under its
+/// lock, by a read made after each contact change commits: the last replacement always
+/// saw every commit before it.
+#[derive(Clone, Default)]
+pub struct ContactBook(Arc<Mutex<Arc<Contacts>>>);
+
+/// Contacts by name, in name order.
+type Contacts = Vec<(String, messages::Contact)>;
+
+impl ContactBook {
+    /// The first contact (by name) with this UUID, with its name.
+    pub fn by_uuid(&self, uuid: &[u8; 16]) -> Option<(String, messages::Contact)> {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        all.iter().find(|(_, c)| &c.uuid == uuid).cloned()
+    }
 }
 
 /// Caches `doc` in the directory table inside `tx` (see [`Store::cache_document`]).
@@ -147,8 +167,13 @@ impl Store {
             path,
             names_generation: Arc::default(),
             pending_docs: Arc::default(),
+            contacts: ContactBook::default(),
         };
         store.check_schema()?;
+        if let Err(e) = store.reload_contacts() {
+            // Listing them will say what is wrong; CONNECTs meanwhile count as strangers'.
+            tracing::warn!(error = %e, "could not read the contacts");
+        }
         Ok(store)
     }
 
@@ -156,6 +181,19 @@ impl Store {
     pub fn names_generation(&self) -> u64 {
         self.names_generation
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The contacts in memory, kept current by [`Store::put_contact`] and
+    /// [`Store::remove_contact`].
+    pub fn contact_book(&self) -> ContactBook {
+        self.contacts.clone()
+    }
+
+    /// Re-reads the contacts into the [`ContactBook`], under its lock.
+    pub(crate) fn reload_contacts(&self) -> Result<(), StoreError> {
+        let mut book = self.contacts.0.lock().unwrap_or_else(|e| e.into_inner());
+        *book = Arc::new(self.contacts()?);
+        Ok(())
     }
 
     pub(crate) fn names_changed(&self) {
@@ -385,6 +423,35 @@ mod tests {
         let later = NOW + crate::identity::DOCUMENT_VALIDITY_SECS + 10;
         assert!(store.cached_document(&id.uuid(), later).unwrap().is_none());
         assert!(store.cached_documents(later).unwrap().is_empty());
+    }
+
+    /// The contacts the event loop sees (CONNECT consent) follow every change, from
+    /// every handle of the store, and survive a reopen.
+    #[test]
+    fn the_contact_book_follows_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = |uuid: u8, verified| messages::Contact {
+            uuid: [uuid; 16],
+            fingerprint: [uuid; 32],
+            pinned_key: [0; 32],
+            verified,
+            added: NOW,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let book = store.contact_book();
+            assert!(book.by_uuid(&[1; 16]).is_none());
+            store.clone().put_contact("alice", &c(1, false)).unwrap();
+            assert_eq!(book.by_uuid(&[1; 16]).unwrap().0, "alice");
+            store.put_contact("alice", &c(1, true)).unwrap();
+            assert!(book.by_uuid(&[1; 16]).unwrap().1.verified);
+            store.put_contact("bob", &c(2, false)).unwrap();
+            assert!(store.remove_contact("alice").unwrap());
+            assert!(book.by_uuid(&[1; 16]).is_none(), "removed");
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (name, bob) = store.contact_book().by_uuid(&[2; 16]).unwrap();
+        assert_eq!((name.as_str(), bob.fingerprint), ("bob", [2; 32]));
     }
 
     /// A document queued behind a slow write is what readers get at once; an older one

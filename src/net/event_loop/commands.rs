@@ -20,7 +20,15 @@ impl EventLoop {
     pub(super) fn on_command(&mut self, command: Command) {
         match command {
             Command::Status(reply) => {
-                let _ = reply.send(self.status());
+                let mut status = self.status();
+                if self.mailbox.is_some() {
+                    self.reads.mail_totals(move |mail| {
+                        status.mail = mail;
+                        let _ = reply.send(status);
+                    });
+                } else {
+                    let _ = reply.send(status);
+                }
             }
             Command::Peers(reply) => {
                 let mut peers: Vec<PeerInfo> = self
@@ -262,11 +270,7 @@ impl EventLoop {
                 r
             },
             lookups: self.lookups.stats(),
-            mail: if self.mailbox.is_some() {
-                self.store.mail_totals().ok()
-            } else {
-                None
-            },
+            mail: None,
         }
     }
 }

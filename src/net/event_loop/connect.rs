@@ -540,12 +540,11 @@ impl EventLoop {
         }
         let checked = check_request(peer, doc, unix_now()).and_then(|doc| {
             let uuid = doc.doc().uuid();
-            let contact = self.store.contacts().ok().and_then(|all| {
-                all.into_iter()
-                    .find(|(_, c)| c.uuid == *uuid.as_bytes())
-                    .filter(|(_, c)| c.fingerprint == doc.doc().fingerprint().0)
-                    .map(|(name, c)| (name, c.verified))
-            });
+            let contact = self
+                .contacts
+                .by_uuid(uuid.as_bytes())
+                .filter(|(_, c)| c.fingerprint == doc.doc().fingerprint().0)
+                .map(|(name, c)| (name, c.verified));
             self.connects
                 .on_request(peer, &doc, contact, Instant::now())
         });

@@ -15,7 +15,7 @@ use crate::counters::Counter;
 use crate::identity::{dht_key, SignedDocument};
 use crate::net::{InboundVerb, LookupError};
 use crate::unix_now;
-use crate::wire::verbs::{Request, Response};
+use crate::wire::verbs::{Nack, Request, Response};
 
 impl EventLoop {
     pub(super) fn on_request(
@@ -38,9 +38,7 @@ impl EventLoop {
         };
         let response = if !limiter.allow(&peer, Instant::now()) {
             self.count(Counter::RequestRateLimited);
-            Response::Nack {
-                reason: "rate_limited".into(),
-            }
+            Nack::RateLimited.into()
         } else {
             match request {
                 Request::Message { .. }
@@ -50,22 +48,25 @@ impl EventLoop {
                 | Request::MailLogin { .. }
                 | Request::MailAck { .. }
                 | Request::ChannelHistory { .. } => return self.hand_over(peer, request, channel),
-                Request::GetCertificate { uuid } => self.certificate_for(&Uuid::from_bytes(uuid)),
+                Request::GetCertificate { uuid } => {
+                    match self.certificate_for(&Uuid::from_bytes(uuid)) {
+                        Some(response) => response,
+                        None => {
+                            return self.certificate_from_cache(Uuid::from_bytes(uuid), channel)
+                        }
+                    }
+                }
                 Request::Connect { doc } => self.on_connect_request(peer, &doc),
                 Request::ConnectAnswer { accept } => self.on_connect_answer(peer, accept),
                 Request::TooLarge => {
                     self.count(Counter::RequestTooLarge);
                     crate::warn_remote!("request_too_large", %peer, "request over the size limit");
-                    Response::Nack {
-                        reason: "too_large".into(),
-                    }
+                    Nack::TooLarge.into()
                 }
                 Request::Malformed(e) => {
                     self.count(Counter::RequestMalformed);
                     crate::warn_remote!("request_malformed", %peer, error = %e, "malformed request");
-                    Response::Nack {
-                        reason: "malformed".into(),
-                    }
+                    Nack::Malformed.into()
                 }
             }
         };
@@ -104,15 +105,15 @@ impl EventLoop {
         let (target, absent, busy) = match request {
             Request::Message { .. } | Request::Chunk { .. } => (
                 self.hooks.as_ref().map(|h| &h.inbound),
-                "no_user",
+                Nack::NoUser,
                 Counter::InboundBusy,
             ),
             Request::ChannelHistory { .. } => (
                 self.channel_history.as_ref(),
-                "unknown_channel",
+                Nack::UnknownChannel,
                 Counter::HistoryBusy,
             ),
-            _ => (self.mailbox.as_ref(), "no_mailbox", Counter::MailBusy),
+            _ => (self.mailbox.as_ref(), Nack::NoMailbox, Counter::MailBusy),
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -129,16 +130,11 @@ impl EventLoop {
                 }
                 Err(_) => {
                     self.count(busy);
-                    "busy"
+                    Nack::Busy
                 }
             },
         };
-        self.respond(
-            channel,
-            Response::Nack {
-                reason: reason.into(),
-            },
-        );
+        self.respond(channel, reason.into());
     }
 
     /// Hands mailbox verbs to the mailbox service from now on (relays).
@@ -146,35 +142,61 @@ impl EventLoop {
         self.mailbox = Some(tx);
     }
 
-    fn certificate_for(&mut self, uuid: &Uuid) -> Response {
+    /// A GETCERTIFICATE answered from memory: our own document, or (a relay's role) one
+    /// in the DHT store. `None`: only the directory cache could have it.
+    fn certificate_for(&mut self, uuid: &Uuid) -> Option<Response> {
         use libp2p::kad::store::RecordStore;
         let now = unix_now();
         if let Some(doc) = self.publisher.current() {
             if doc.doc().uuid() == *uuid {
-                return Response::Certificate {
+                return Some(Response::Certificate {
                     doc: doc.bytes().to_vec(),
-                };
+                });
             }
         }
         // A user node's store and cache hold everyone its user wrote to, heard from or
         // looked up: answering from them would tell a stranger who its contacts are.
         // Serving other documents is a relay's role (it serves the DHT).
         if self.mode == Mode::User {
-            return Response::NotFound;
+            return Some(Response::NotFound);
         }
         let key = kad::RecordKey::new(&dht_key(uuid));
         if let Some(rec) = self.swarm.behaviour_mut().kad.store_mut().get(&key) {
             if SignedDocument::decode_for(&rec.value, uuid, now).is_ok() {
-                return Response::Certificate {
+                return Some(Response::Certificate {
                     doc: rec.value.clone(),
-                };
+                });
             }
         }
-        match self.store.cached_document(uuid, now) {
-            Ok(Some(doc)) => Response::Certificate {
-                doc: doc.bytes().to_vec(),
-            },
-            _ => Response::NotFound,
+        None
+    }
+
+    /// A relay answers a GETCERTIFICATE from its directory cache, read off the loop; with
+    /// too many reads under way, as if it had nothing.
+    fn certificate_from_cache(
+        &mut self,
+        uuid: Uuid,
+        channel: request_response::ResponseChannel<Response>,
+    ) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let answer = move |doc: Option<SignedDocument>| {
+            let response = match doc {
+                Some(doc) => Response::Certificate {
+                    doc: doc.bytes().to_vec(),
+                },
+                None => Response::NotFound,
+            };
+            Some((token, response))
+        };
+        match self.reads.cached_document(uuid, unix_now(), answer) {
+            Ok(()) => {
+                self.handed_over.insert(token, channel);
+            }
+            Err(_) => {
+                self.count(Counter::CacheReadsBusy);
+                self.respond(channel, Response::NotFound);
+            }
         }
     }
 
