@@ -28,132 +28,17 @@
 //! The types that replaced `json!` objects list their fields in alphabetical order: that is
 //! the order those objects had on the wire, so the bytes stay the same.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-/// What the node reports about itself: `net::Status`, in owned types a client can decode.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusView {
-    pub uuid: Option<Uuid>,
-    pub peer_id: String,
-    /// `user` or `relay`.
-    pub mode: String,
-    pub listen_addrs: Vec<String>,
-    pub external_addrs: Vec<String>,
-    /// `public`, `private` or `unknown`.
-    pub nat: String,
-    pub connected_peers: usize,
-    pub relays: Vec<String>,
-    pub channels: Vec<String>,
-    pub dht_records: usize,
-    pub published_seq: Option<u64>,
-    pub rejected: BTreeMap<String, u64>,
-    pub lookups: LookupView,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mail: Option<MailView>,
-}
-
-/// `status` → `lookups` (`net::LookupStats`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LookupView {
-    pub done: u64,
-    pub found: u64,
-    pub requests: u64,
-    pub hops_bound: u64,
-}
-
-/// `status` → `mail` on a relay with mailboxes (`store::mailbox::MailTotals`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MailView {
-    pub items: u64,
-    pub bytes: u64,
-    pub mailboxes: u64,
-}
-
-impl From<crate::net::Status> for StatusView {
-    fn from(s: crate::net::Status) -> Self {
-        // No `..`: a field added to net::Status must be added here too, or it would be
-        // dropped from `status --json`.
-        let crate::net::Status {
-            uuid,
-            peer_id,
-            mode,
-            listen_addrs,
-            external_addrs,
-            nat,
-            connected_peers,
-            relays,
-            channels,
-            dht_records,
-            published_seq,
-            rejected,
-            lookups,
-            mail,
-        } = s;
-        let crate::net::LookupStats {
-            done,
-            found,
-            requests,
-            hops_bound,
-        } = lookups;
-        StatusView {
-            uuid,
-            peer_id,
-            mode: mode.to_string(),
-            listen_addrs,
-            external_addrs,
-            nat: nat.to_string(),
-            connected_peers,
-            relays,
-            channels,
-            dht_records,
-            published_seq,
-            rejected: rejected
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            lookups: LookupView {
-                done,
-                found,
-                requests,
-                hops_bound,
-            },
-            mail: mail.map(|m| MailView {
-                items: m.items,
-                bytes: m.bytes,
-                mailboxes: m.mailboxes,
-            }),
-        }
-    }
-}
-
-/// One connected peer (`net::PeerInfo`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerView {
-    pub peer_id: String,
-    pub addr: String,
-    pub relayed: bool,
-    pub agent: Option<String>,
-}
-
-impl From<crate::net::PeerInfo> for PeerView {
-    fn from(p: crate::net::PeerInfo) -> Self {
-        let crate::net::PeerInfo {
-            peer_id,
-            addr,
-            relayed,
-            agent,
-        } = p;
-        PeerView {
-            peer_id,
-            addr,
-            relayed,
-            agent,
-        }
-    }
-}
+/// What the node reports about itself (`status`): the event loop's own type, which the
+/// CLI decodes too.
+pub type StatusView = crate::net::Status;
+/// `status` → `lookups`.
+pub type LookupView = crate::net::LookupStats;
+/// `status` → `mail` on a relay with mailboxes.
+pub type MailView = crate::store::mailbox::MailTotals;
+/// One connected peer (`peers`).
+pub type PeerView = crate::net::PeerInfo;
 
 /// `dial`: the dial started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::answers::{Dialing, PeerView, StatusView};
+use super::answers::Dialing;
 use super::IdInfo;
 use super::{channels, connect, messages, ControlRequest, ControlResponse, Refusal};
 use super::{ErrorKind, MAX_LINE_BYTES};
@@ -191,7 +191,7 @@ async fn serve(
                         ControlRequest::Status => match client.status().await {
                             Ok(mut s) => {
                                 s.channels = ch.joined_names();
-                                ControlResponse::ok(StatusView::from(s))
+                                ControlResponse::ok(s)
                             }
                             Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
                         },
@@ -242,11 +242,11 @@ async fn handle(
 ) -> ControlResponse {
     match req {
         ControlRequest::Status => match client.status().await {
-            Ok(s) => ControlResponse::ok(StatusView::from(s)),
+            Ok(s) => ControlResponse::ok(s),
             Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
         },
         ControlRequest::Peers => match client.peers().await {
-            Ok(p) => ControlResponse::ok(p.into_iter().map(PeerView::from).collect::<Vec<_>>()),
+            Ok(p) => ControlResponse::ok(p),
             Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
         },
         ControlRequest::Id => match id {

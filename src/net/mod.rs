@@ -22,7 +22,7 @@ pub use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use std::collections::BTreeMap;
 
 use libp2p::{Multiaddr, PeerId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -32,15 +32,18 @@ use crate::wire::verbs::{Request, Response};
 /// Capacity of the command channel into the event loop.
 pub const COMMAND_CAPACITY: usize = 256;
 
-/// What the node reports about itself (`ptpchat status`).
-#[derive(Clone, Debug, Serialize)]
+/// What the node reports about itself (`ptpchat status`): the event loop fills it, the
+/// control server adds the channels, and the CLI reads the same type back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub uuid: Option<Uuid>,
     pub peer_id: String,
-    pub mode: &'static str,
+    /// `user` or `relay`.
+    pub mode: String,
     pub listen_addrs: Vec<String>,
     pub external_addrs: Vec<String>,
-    pub nat: &'static str,
+    /// `public`, `private` or `unknown`.
+    pub nat: String,
     pub connected_peers: usize,
     pub relays: Vec<String>,
     pub channels: Vec<String>,
@@ -48,11 +51,11 @@ pub struct Status {
     /// Our identity document's seq, once published.
     pub published_seq: Option<u64>,
     /// Bad input seen, by kind (see docs/security.md).
-    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<String, u64>,
     /// What this node's directory lookups cost, since it started.
     pub lookups: LookupStats,
     /// What a relay's mailboxes hold (relays with mailboxes only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail: Option<crate::store::mailbox::MailTotals>,
 }
 
@@ -62,7 +65,7 @@ pub struct Status {
 /// had answered before the first valid document arrived plus the peer that sent it: an
 /// upper bound on each lookup's hop count (every peer on the path to the holder answered
 /// before it did).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LookupStats {
     /// DHT queries finished.
     pub done: u64,
@@ -75,7 +78,7 @@ pub struct LookupStats {
 }
 
 /// One connected peer (`ptpchat peers`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
     pub peer_id: String,
     pub addr: String,

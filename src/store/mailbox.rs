@@ -199,7 +199,7 @@ pub fn expire(
 pub type MailPage = (Vec<(u64, Vec<u8>)>, bool);
 
 /// Totals over every mailbox.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MailTotals {
     pub items: u64,
     pub bytes: u64,

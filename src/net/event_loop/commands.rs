@@ -241,7 +241,8 @@ impl EventLoop {
             mode: match self.mode {
                 Mode::User => "user",
                 Mode::Relay => "relay",
-            },
+            }
+            .into(),
             listen_addrs: listen,
             external_addrs: self
                 .swarm
@@ -252,7 +253,8 @@ impl EventLoop {
                 autonat::NatStatus::Public(_) => "public",
                 autonat::NatStatus::Private => "private",
                 autonat::NatStatus::Unknown => "unknown",
-            },
+            }
+            .into(),
             connected_peers: self.swarm.connected_peers().count(),
             relays: self.relays.accepted(),
             channels: Vec::new(),
@@ -262,10 +264,15 @@ impl EventLoop {
             },
             published_seq: self.publisher.current().map(|d| d.doc().seq),
             rejected: {
-                let mut r = self.rejected.snapshot();
+                let mut r: std::collections::BTreeMap<String, u64> = self
+                    .rejected
+                    .snapshot()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
                 let ip = self.swarm.behaviour().ip_limits.refused();
                 if ip > 0 {
-                    r.insert(Counter::ConnectionIpLimit.as_str(), ip);
+                    r.insert(Counter::ConnectionIpLimit.as_str().into(), ip);
                 }
                 r
             },
