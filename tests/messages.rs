@@ -581,3 +581,68 @@ async fn a_message_to_an_offline_recipient_is_delivered_when_it_returns() {
     assert_eq!(b_hist.len(), 1);
     assert_eq!(b_hist[0].1.text, "are you there?");
 }
+
+/// B is stopped (not killed) while A streams messages to it. The stop is prompt, it lets
+/// go of its database (B starts again at once on the same home, in the same process), and
+/// every message reaches B exactly once: what B had stored before the stop is not stored
+/// again, what it had not is delivered after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_mid_stream_is_prompt_reopens_at_once_and_loses_nothing() {
+    const N: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(Mode::Relay, &dir.path().join("relay"), &[]).await;
+    let relay_addrs = relay.listen_addrs().await;
+    let a = start(Mode::User, &dir.path().join("a"), &relay_addrs).await;
+    let b = public_node(&dir.path().join("b"), &relay_addrs).await;
+    let b_uuid = b.id.as_ref().unwrap().uuid;
+    eventually(WAIT, "B in the directory", || async {
+        a.client.whois(b_uuid).await.ok()
+    })
+    .await;
+    let messenger = a.messenger.clone().unwrap();
+    let (first_tx, first) = tokio::sync::oneshot::channel();
+    let stream = tokio::spawn(async move {
+        let mut first_tx = Some(first_tx);
+        let mut outcomes = Vec::new();
+        for i in 0..N {
+            let s = messenger
+                .send(b_uuid, format!("m{i}"), vec![])
+                .await
+                .unwrap();
+            if i == 0 {
+                // Let the first one arrive, so the stop lands with the stream flowing.
+                let mut o = s.outcome;
+                assert_eq!((&mut o).await.unwrap(), Delivery::Delivered);
+                if let Some(tx) = first_tx.take() {
+                    let _ = tx.send(());
+                }
+                continue;
+            }
+            outcomes.push(s.outcome);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        outcomes
+    });
+    first.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = std::time::Instant::now();
+    b.shutdown().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(7), "the stop took {took:?}");
+    let b = public_node(&dir.path().join("b"), &relay_addrs).await;
+    let outcomes = stream.await.unwrap();
+    for (i, o) in outcomes.into_iter().enumerate() {
+        let d = tokio::time::timeout(Duration::from_secs(90), o)
+            .await
+            .unwrap_or_else(|_| panic!("message {} never delivered", i + 1));
+        assert_eq!(d.unwrap(), Delivery::Delivered, "message {}", i + 1);
+    }
+    let mut texts: Vec<String> = common::history(&b)
+        .into_iter()
+        .map(|(_, e)| e.text)
+        .collect();
+    texts.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(texts, want, "every message once");
+}
