@@ -299,7 +299,7 @@ fn crypto_floor(secs: f64) -> Vec<(&'static str, f64)> {
     };
     let signed = envelope::sign(&env, &keys);
     let sealed = envelope::seal_with([9; 32], [3; 12], &recipient_pub, &signed);
-    let open_cache = std::sync::Mutex::new(envelope::OpenCache::default());
+    let open_cache = ptpchat::shared::Shared::new(envelope::OpenCache::default());
     let encoded = ptpchat::cbor::to_vec(&env).unwrap();
 
     let mut eph_counter = 0u64;
@@ -335,7 +335,7 @@ fn crypto_floor(secs: f64) -> Vec<(&'static str, f64)> {
             "open 1 KiB envelope (new ephemeral: DH each time)",
             rate(secs, || {
                 // A fresh cache each time makes every open pay its Diffie-Hellman.
-                let cache = std::sync::Mutex::new(envelope::OpenCache::default());
+                let cache = ptpchat::shared::Shared::new(envelope::OpenCache::default());
                 envelope::open(std::hint::black_box(&sealed), &recipient_keys, &cache)
                     .expect("opens");
             }),

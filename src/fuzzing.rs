@@ -4,7 +4,7 @@
 //! Every function must return for any input: an error is fine, a panic is a bug.
 //! Not an API: hidden from the docs and free to change.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use libp2p::PeerId;
@@ -56,7 +56,7 @@ struct Fixture {
     recipient: MessageKeys,
     sender_doc: SignedDocument,
     relay: PeerId,
-    open_cache: Mutex<OpenCache>,
+    open_cache: crate::shared::Shared<OpenCache>,
     key_cache: KeyCache,
 }
 
@@ -74,7 +74,7 @@ fn fixture() -> &'static Fixture {
             recipient: recipient.message_keys(doc),
             sender_doc,
             relay,
-            open_cache: Mutex::new(OpenCache::default()),
+            open_cache: crate::shared::Shared::default(),
             key_cache: KeyCache::default(),
         }
     })

@@ -18,6 +18,7 @@ pub mod messaging;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod shared;
 pub mod store;
 pub mod tasks;
 pub mod wire;

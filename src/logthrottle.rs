@@ -3,8 +3,8 @@
 //! request: [`warn_remote!`](crate::warn_remote) writes at most [`BURST`] lines of a kind,
 //! then one per [`EVERY`], each saying how many were held back (those go to `debug`).
 
+use crate::shared::Shared;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Lines of one kind written at once before the limit applies.
@@ -18,7 +18,7 @@ struct Kind {
     held_back: u64,
 }
 
-static KINDS: Mutex<Option<HashMap<&'static str, Kind>>> = Mutex::new(None);
+static KINDS: Shared<Option<HashMap<&'static str, Kind>>> = Shared::new(None);
 
 /// Whether a warning of kind `what` may be written now; `Some(n)` with the number held
 /// back since the last one written.
@@ -27,7 +27,7 @@ pub fn allow(what: &'static str) -> Option<u64> {
 }
 
 fn allow_at(what: &'static str, now: Instant) -> Option<u64> {
-    let mut guard = KINDS.lock().ok()?;
+    let mut guard = KINDS.lock();
     let kinds = guard.get_or_insert_with(HashMap::new);
     let k = kinds.entry(what).or_insert(Kind {
         tokens: f64::from(BURST),

@@ -7,9 +7,9 @@
 //! only what is still running then. Once shutdown begins, new work is refused: the peer
 //! gets no answer and tries again later, as after any restart.
 
+use crate::shared::Shared;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -19,8 +19,8 @@ pub const DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct Tasks {
-    loops: Mutex<JoinSet<()>>,
-    work: Mutex<JoinSet<()>>,
+    loops: Shared<JoinSet<()>>,
+    work: Shared<JoinSet<()>>,
     closed: AtomicBool,
 }
 
@@ -46,18 +46,17 @@ impl Tasks {
         self.spawn_in(&self.work, f);
     }
 
-    fn spawn_in(&self, set: &Mutex<JoinSet<()>>, f: impl Future<Output = ()> + Send + 'static) {
-        if let Ok(mut set) = set.lock() {
-            // Checked under the set's lock, which shutdown holds while it closes: a task
-            // spawned by another thread during the shutdown is refused, never left behind in
-            // a set nobody stops.
-            if self.closed.load(Ordering::Acquire) {
-                return;
-            }
-            // Reap what has finished, so the set holds only what still runs.
-            while set.try_join_next().is_some() {}
-            set.spawn(f);
+    fn spawn_in(&self, set: &Shared<JoinSet<()>>, f: impl Future<Output = ()> + Send + 'static) {
+        let mut set = set.lock();
+        // Checked under the set's lock, which shutdown holds while it closes: a task
+        // spawned by another thread during the shutdown is refused, never left behind in a
+        // set nobody stops.
+        if self.closed.load(Ordering::Acquire) {
+            return;
         }
+        // Reap what has finished, so the set holds only what still runs.
+        while set.try_join_next().is_some() {}
+        set.spawn(f);
     }
 
     /// Stops every loop, then waits up to [`DRAIN`] for work under way.
@@ -73,13 +72,10 @@ impl Tasks {
     /// [`Tasks::shutdown`], the drain ending at `deadline` (one deadline for a whole node).
     pub async fn shutdown_by(&self, deadline: tokio::time::Instant) -> Drained {
         let (mut loops, mut work) = {
-            let loops = self.loops.lock();
-            let work = self.work.lock();
+            let mut loops = self.loops.lock();
+            let mut work = self.work.lock();
             self.closed.store(true, Ordering::Release);
-            let take = |g: Option<std::sync::MutexGuard<'_, JoinSet<()>>>| {
-                g.map(|mut s| std::mem::take(&mut *s)).unwrap_or_default()
-            };
-            (take(loops.ok()), take(work.ok()))
+            (std::mem::take(&mut *loops), std::mem::take(&mut *work))
         };
         loops.shutdown().await;
         let mut finished = 0;

@@ -1,8 +1,8 @@
 //! The module layers (docs/architecture.md, issue 18): which top-level module of `src/` may
 //! name which. Read from the source: every `crate::<module>` outside comments, per file.
 //!
-//! - `cbor`, `counters` and `error` name nothing; `identity` only `cbor`; `wire` only
-//!   `cbor`, `counters` and `identity`:
+//! - `cbor`, `error` and `shared` name nothing; `counters` only `shared`; `identity` only
+//!   `cbor`; `wire` only `cbor`, `counters`, `identity` and `shared`:
 //!   the pure codecs at the bottom, which everything may use.
 //! - `net` names no service (`messaging`, `channels`, `mailbox`, `control`, `node`, `cli`).
 //! - No import cycle between top-level modules.
@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 /// The modules each bottom layer may name.
 const PURE: &[(&str, &[&str])] = &[
     ("cbor", &[]),
-    ("counters", &[]),
+    ("counters", &["shared"]),
     ("error", &[]),
+    ("shared", &[]),
     ("identity", &["cbor"]),
-    ("wire", &["cbor", "counters", "identity"]),
+    ("wire", &["cbor", "counters", "identity", "shared"]),
 ];
 
 /// What the network layer must not name.

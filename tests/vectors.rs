@@ -307,7 +307,7 @@ fn message_vectors() {
     assert_eq!(field("outcomes-response", "cbor"), outcomes_response);
 
     // And the spec's bytes decode: the recipient opens and verifies the sealed vector.
-    let cache = std::sync::Mutex::new(OpenCache::default());
+    let cache = ptpchat::shared::Shared::new(OpenCache::default());
     let opened = envelope::open(&field("message-sealed", "sealed"), &recipient_keys, &cache)
         .expect("the recipient opens the vector");
     assert_eq!(opened.as_slice(), signed.as_slice());

@@ -125,7 +125,7 @@ impl Channels {
         self.inner
             .history_budget
             .lock()
-            .is_ok_and(|mut b| b.allow_n(&(), cost, Instant::now()))
+            .allow_n(&(), cost, Instant::now())
     }
 
     /// Asks `peer` for one page of `channel`'s posts and stores those that check out exactly

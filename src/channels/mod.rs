@@ -27,7 +27,9 @@ mod receive;
 mod views;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::shared::Shared;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -135,13 +137,13 @@ struct Inner {
     messenger: Messenger,
     counters: Counters,
     announce_every: Duration,
-    state: Mutex<State>,
+    state: Shared<State>,
     /// Posts heard from the mesh, queued for the disk, for [`commit_loop`].
     committing: mpsc::Sender<Queued<Option<Stored>>>,
     /// Peers that subscribed to a channel we are in, for the catch-up loop.
     catch_ups: mpsc::Sender<history::CatchUpEvent>,
     /// Bytes of history pages we may still send (see [`history::HISTORY_BYTES_PER_SEC`]).
-    history_budget: Mutex<RateLimiter<()>>,
+    history_budget: Shared<RateLimiter<()>>,
     tasks: crate::tasks::Tasks,
 }
 
@@ -173,13 +175,13 @@ impl Channels {
             messenger,
             counters,
             announce_every: config.announce_every,
-            state: Mutex::new(State {
+            state: Shared::new(State {
                 rows,
                 ..State::default()
             }),
             committing,
             catch_ups,
-            history_budget: Mutex::new(history::history_budget()),
+            history_budget: Shared::new(history::history_budget()),
             tasks: Default::default(),
         });
         let c = Channels { inner };
@@ -207,11 +209,7 @@ impl Channels {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock is a bug; the state is still usable.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.state.lock()
     }
 
     async fn me(&self) -> Result<Arc<MessageKeys>, ChannelError> {

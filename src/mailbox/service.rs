@@ -8,7 +8,9 @@
 //! database and logs never link a sender to a recipient.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::shared::Shared;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -121,7 +123,7 @@ struct Inner {
     net: Client,
     config: MailboxConfig,
     counters: Counters,
-    state: Mutex<Limiters>,
+    state: Shared<Limiters>,
 }
 
 impl Inner {
@@ -154,7 +156,7 @@ impl Mailboxes {
             keypair,
             net,
             counters,
-            state: Mutex::new(Limiters {
+            state: Shared::new(Limiters {
                 challenges: HashMap::new(),
                 sessions: HashMap::new(),
                 senders: SenderQuota {
@@ -245,7 +247,8 @@ async fn deposit(
     // Per item: Ok(index into `accepted`) or the refusal.
     let mut plan: Vec<Result<usize, Nack>> = Vec::with_capacity(sealed.len());
     let mut accepted: Vec<Vec<u8>> = Vec::new();
-    if let Ok(mut st) = inner.state.lock() {
+    {
+        let mut st = inner.state.lock();
         for s in sealed {
             if s.is_empty() || s.len() > MAX_SEALED_BYTES {
                 inner.counters.count(Counter::MailTooLarge);
@@ -260,8 +263,6 @@ async fn deposit(
             plan.push(Ok(accepted.len()));
             accepted.push(s.into_vec());
         }
-    } else {
-        return nack(Nack::Busy);
     }
     let stored = if accepted.is_empty() {
         Vec::new()
@@ -303,9 +304,11 @@ async fn deposit(
                 }
                 Some(Err(reason)) => {
                     // Refused by the store: it costs the sender none of its quota.
-                    if let Ok(mut st) = inner.state.lock() {
-                        st.senders.give_back(&peer, accepted[i].len() as u64);
-                    }
+                    inner
+                        .state
+                        .lock()
+                        .senders
+                        .give_back(&peer, accepted[i].len() as u64);
                     inner.counters.count(match *reason {
                         Nack::MailboxFull => Counter::MailMailboxFull,
                         _ => Counter::MailRelayFull,
@@ -339,9 +342,7 @@ fn insert_bounded(
 }
 
 fn challenge(inner: &Inner, peer: PeerId) -> Response {
-    let Ok(mut st) = inner.state.lock() else {
-        return nack(Nack::Busy);
-    };
+    let mut st = inner.state.lock();
     let nonce = crate::identity::random_secret();
     if !insert_bounded(&mut st.challenges, peer, nonce, CHALLENGE_TTL) {
         inner.counters.count(Counter::MailBusy);
@@ -357,10 +358,7 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
         nack(what)
     };
     // The nonce is used up by this attempt, whatever its outcome: no replay, no guessing.
-    let nonce = match inner.state.lock() {
-        Ok(mut st) => st.challenges.remove(&peer),
-        Err(_) => return nack(Nack::Busy),
-    };
+    let nonce = inner.state.lock().challenges.remove(&peer);
     let Some((nonce, _)) = nonce.filter(|(_, at)| at.elapsed() < CHALLENGE_TTL) else {
         return refused(Nack::NoChallenge);
     };
@@ -396,14 +394,9 @@ async fn login(inner: &Inner, peer: PeerId, doc: &[u8], sig: &[u8; 64]) -> Respo
         return refused(Nack::BadSignature);
     }
     let mailbox = mailbox_id(&inner.relay, &doc.doc().uuid());
-    match inner.state.lock() {
-        Ok(mut st) => {
-            if !insert_bounded(&mut st.sessions, peer, mailbox, SESSION_TTL) {
-                inner.counters.count(Counter::MailBusy);
-                return nack(Nack::Busy);
-            }
-        }
-        Err(_) => return nack(Nack::Busy),
+    if !insert_bounded(&mut inner.state.lock().sessions, peer, mailbox, SESSION_TTL) {
+        inner.counters.count(Counter::MailBusy);
+        return nack(Nack::Busy);
     }
     page(inner, &mailbox)
 }
@@ -413,18 +406,16 @@ async fn acknowledge(inner: &Inner, peer: PeerId, ack: Vec<u64>) -> Response {
         inner.counters.count(Counter::MailMalformed);
         return nack(Nack::Malformed);
     }
-    let mailbox = match inner.state.lock() {
-        Ok(mut st) => match st.sessions.get_mut(&peer) {
-            Some((m, at)) if at.elapsed() < SESSION_TTL => {
-                *at = Instant::now();
-                *m
-            }
-            _ => {
-                inner.counters.count(Counter::MailLoginRefused);
-                return nack(Nack::NotLoggedIn);
-            }
-        },
-        Err(_) => return nack(Nack::Busy),
+    let session = match inner.state.lock().sessions.get_mut(&peer) {
+        Some((m, at)) if at.elapsed() < SESSION_TTL => {
+            *at = Instant::now();
+            Some(*m)
+        }
+        _ => None,
+    };
+    let Some(mailbox) = session else {
+        inner.counters.count(Counter::MailLoginRefused);
+        return nack(Nack::NotLoggedIn);
     };
     if !ack.is_empty() {
         let written = inner

@@ -26,17 +26,14 @@ pub(super) async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocumen
     if boxes.is_empty() {
         return;
     }
-    let todo: Vec<Queued> = match inner.outbox.lock() {
-        Ok(o) => match o.queues.get(to) {
-            Some(q) => q
-                .pending
-                .iter()
-                .filter(|m| m.files.is_empty())
-                .cloned()
-                .collect(),
-            None => return,
-        },
-        Err(_) => return,
+    let todo: Vec<Queued> = match inner.outbox.lock().queues.get(to) {
+        Some(q) => q
+            .pending
+            .iter()
+            .filter(|m| m.files.is_empty())
+            .cloned()
+            .collect(),
+        None => return,
     };
     let mut receipts: HashMap<Uuid, Vec<String>> = HashMap::new();
     for (relay, addr) in &boxes {
@@ -76,18 +73,17 @@ pub(super) async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocumen
         return;
     }
     debug!(recipient = %to, messages = stored.len(), "stored at the recipient's mailbox");
-    if let Ok(mut outbox) = inner.outbox.lock() {
-        if let Some(q) = outbox.queues.get_mut(to) {
-            for m in q.pending.iter_mut() {
-                if let Some(at) = receipts.get(&m.msg_id) {
-                    m.stored_at.extend(at.iter().cloned());
-                }
+    let mut outbox = inner.outbox.lock();
+    if let Some(q) = outbox.queues.get_mut(to) {
+        for m in q.pending.iter_mut() {
+            if let Some(at) = receipts.get(&m.msg_id) {
+                m.stored_at.extend(at.iter().cloned());
             }
         }
-        for m in &stored {
-            for w in outbox.waiters.remove(&m.msg_id).unwrap_or_default() {
-                let _ = w.send(Delivery::Stored(m.stored_at.len()));
-            }
+    }
+    for m in &stored {
+        for w in outbox.waiters.remove(&m.msg_id).unwrap_or_default() {
+            let _ = w.send(Delivery::Stored(m.stored_at.len()));
         }
     }
 }
@@ -126,12 +122,12 @@ async fn deposit_at(
     batch: &[Queued],
 ) -> Vec<Uuid> {
     let mailbox = crate::wire::mailbox::mailbox_id(&relay, to);
-    let sealed: Vec<Vec<u8>> = match inner.seal.lock() {
-        Ok(mut seal) => batch
+    let sealed: Vec<Vec<u8>> = {
+        let mut seal = inner.seal.lock();
+        batch
             .iter()
             .map(|m| seal.seal(&doc.doc().enc_key, &m.signed))
-            .collect(),
-        Err(_) => return Vec::new(),
+            .collect()
     };
     let request = Request::Deposit {
         mailbox,

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::shared::Shared;
+
 use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use uuid::Uuid;
@@ -116,11 +118,11 @@ pub(crate) struct Inner {
     net: Client,
     keys: watch::Receiver<Option<Arc<MessageKeys>>>,
     max_attachment: u64,
-    seal: Mutex<SealCache>,
-    open: Mutex<OpenCache>,
+    seal: Shared<SealCache>,
+    open: Shared<OpenCache>,
     verifying_keys: KeyCache,
-    docs: Mutex<HashMap<Uuid, SignedDocument>>,
-    outbox: Mutex<queue::Outbox>,
+    docs: Shared<HashMap<Uuid, SignedDocument>>,
+    outbox: Shared<queue::Outbox>,
     wake: Notify,
     transfers: Mutex<transfers::Transfers>,
     /// A transfer with no chunk for this long may give up its slot (ms).
@@ -131,7 +133,7 @@ pub(crate) struct Inner {
     counters: Counters,
     grants: Option<mpsc::Sender<GrantNote>>,
     tasks: crate::tasks::Tasks,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer_thread: Shared<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Handle to the messaging service; cheap to clone.
@@ -161,11 +163,11 @@ impl Messenger {
             net,
             keys: channels.keys,
             max_attachment: config.max_attachment,
-            seal: Mutex::default(),
-            open: Mutex::default(),
+            seal: Shared::default(),
+            open: Shared::default(),
             verifying_keys: KeyCache::default(),
-            docs: Mutex::default(),
-            outbox: Mutex::default(),
+            docs: Shared::default(),
+            outbox: Shared::default(),
             wake: Notify::new(),
             transfers: Mutex::default(),
             transfer_idle_ms: u64::try_from(config.transfer_idle.as_millis()).unwrap_or(u64::MAX),
@@ -174,7 +176,7 @@ impl Messenger {
             counters,
             grants: config.grants,
             tasks: Default::default(),
-            writer_thread: Mutex::new(writer_thread),
+            writer_thread: Shared::new(writer_thread),
         });
         outbox::load(&inner)?;
         let m = Messenger { inner };
@@ -202,12 +204,7 @@ impl Messenger {
     /// the writer's last commit awaited.
     pub async fn shutdown_by(self, deadline: tokio::time::Instant) {
         self.inner.tasks.shutdown_by(deadline).await;
-        let thread = self
-            .inner
-            .writer_thread
-            .lock()
-            .ok()
-            .and_then(|mut t| t.take());
+        let thread = self.inner.writer_thread.lock().take();
         // Dropping the last handle ends the writer thread, which closes the database.
         drop(self);
         if let Some(thread) = thread {
@@ -352,7 +349,8 @@ impl Inner {
 
     fn known_document(&self, uuid: &Uuid) -> Option<SignedDocument> {
         let now = crate::unix_now();
-        if let Some(d) = self.docs.lock().ok().and_then(|d| d.get(uuid).cloned()) {
+        let held = self.docs.lock().get(uuid).cloned();
+        if let Some(d) = held {
             if d.doc().expires > now {
                 return Some(d);
             }
@@ -363,12 +361,11 @@ impl Inner {
     }
 
     fn remember_in_memory(&self, doc: &SignedDocument) {
-        if let Ok(mut docs) = self.docs.lock() {
-            if docs.len() >= DOC_CACHE && !docs.contains_key(&doc.doc().uuid()) {
-                docs.clear();
-            }
-            docs.insert(doc.doc().uuid(), doc.clone());
+        let mut docs = self.docs.lock();
+        if docs.len() >= DOC_CACHE && !docs.contains_key(&doc.doc().uuid()) {
+            docs.clear();
         }
+        docs.insert(doc.doc().uuid(), doc.clone());
     }
 
     fn remember(&self, doc: &SignedDocument) {
@@ -377,9 +374,7 @@ impl Inner {
     }
 
     fn forget_document(&self, uuid: &Uuid) {
-        if let Ok(mut docs) = self.docs.lock() {
-            docs.remove(uuid);
-        }
+        self.docs.lock().remove(uuid);
     }
 
     /// Checks the document a message came with: the one we hold (fast path), or a newer

@@ -66,7 +66,7 @@ impl Delivery {
 /// Loads what was undelivered when the node last stopped.
 pub(super) fn load(inner: &Inner) -> Result<(), crate::store::StoreError> {
     let entries = inner.store.outbox()?;
-    let mut outbox = inner.outbox.lock().map_err(|_| poisoned())?;
+    let mut outbox = inner.outbox.lock();
     let now = Instant::now();
     for (seq, e) in entries {
         let m = Queued {
@@ -86,10 +86,6 @@ pub(super) fn load(inner: &Inner) -> Result<(), crate::store::StoreError> {
         );
     }
     Ok(())
-}
-
-fn poisoned() -> crate::store::StoreError {
-    crate::store::StoreError::Db("outbox lock poisoned".into())
 }
 
 /// A direct message of `kind` ("text", [`crate::wire::frame::GRANT_KIND`] or
@@ -174,7 +170,7 @@ pub(super) async fn send(
         .await?;
     let (tx, outcome) = oneshot::channel();
     {
-        let mut outbox = inner.outbox.lock().map_err(|_| poisoned())?;
+        let mut outbox = inner.outbox.lock();
         if waited {
             outbox.waiters.entry(msg_id).or_default().push(tx);
         }
@@ -259,10 +255,7 @@ async fn copy_attachments(
 /// Starts a worker for every queue that is due, and sleeps until the next one is.
 pub(super) async fn scheduler(inner: Arc<Inner>) {
     loop {
-        let (start, next) = match inner.outbox.lock() {
-            Ok(mut outbox) => outbox.start_due(Instant::now()),
-            Err(_) => (Vec::new(), None),
-        };
+        let (start, next) = inner.outbox.lock().start_due(Instant::now());
         for uuid in start {
             let worker_inner = inner.clone();
             inner.tasks.spawn_loop(worker(worker_inner, uuid));
@@ -283,10 +276,7 @@ pub(super) async fn on_connections(inner: Arc<Inner>, mut rx: broadcast::Receive
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let woke = inner
-            .outbox
-            .lock()
-            .is_ok_and(|mut o| o.connected(peer, Instant::now()));
+        let woke = inner.outbox.lock().connected(peer, Instant::now());
         if woke {
             inner.wake.notify_one();
         }
@@ -295,10 +285,8 @@ pub(super) async fn on_connections(inner: Arc<Inner>, mut rx: broadcast::Receive
 
 async fn worker(inner: Arc<Inner>, to: Uuid) {
     let ok = work(&inner, to).await;
-    if let Ok(mut outbox) = inner.outbox.lock() {
-        if let Some(wait) = outbox.attempt_ended(&to, ok, Instant::now()) {
-            debug!(recipient = %to, retry_in = ?wait, "delivery failed; will retry");
-        }
+    if let Some(wait) = inner.outbox.lock().attempt_ended(&to, ok, Instant::now()) {
+        debug!(recipient = %to, retry_in = ?wait, "delivery failed; will retry");
     }
     inner.wake.notify_one();
 }
@@ -309,18 +297,16 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
     let refresh = inner
         .outbox
         .lock()
-        .ok()
-        .and_then(|o| o.queues.get(&to).map(|q| q.refresh))
-        .unwrap_or(false);
+        .queues
+        .get(&to)
+        .is_some_and(|q| q.refresh);
     let doc = match recipient_document(inner, &to, refresh).await {
         Some(d) => d,
         None => return false,
     };
     let peer = doc.doc().peer_id();
-    if let Ok(mut outbox) = inner.outbox.lock() {
-        if let Some(q) = outbox.queues.get_mut(&to) {
-            q.peer = peer;
-        }
+    if let Some(q) = inner.outbox.lock().queues.get_mut(&to) {
+        q.peer = peer;
     }
     let mut in_flight = FuturesUnordered::new();
     let mut failed = false;
@@ -338,10 +324,7 @@ async fn work(inner: &Arc<Inner>, to: Uuid) -> bool {
         if let Err((back, no_route)) = result {
             failed = true;
             unreachable |= no_route;
-            let confirmed = match inner.outbox.lock() {
-                Ok(mut outbox) => outbox.give_back(&to, back),
-                Err(_) => Vec::new(),
-            };
+            let confirmed = inner.outbox.lock().give_back(&to, back);
             finish(inner, delivered(confirmed)).await;
         }
     }
@@ -377,7 +360,7 @@ async fn recipient_document(inner: &Inner, to: &Uuid, refresh: bool) -> Option<S
 }
 
 fn take_batch(inner: &Inner, to: &Uuid) -> Option<Vec<Queued>> {
-    inner.outbox.lock().ok()?.take_batch(to)
+    inner.outbox.lock().take_batch(to)
 }
 
 /// Finished as delivered.
@@ -389,10 +372,7 @@ fn delivered(ms: Vec<Queued>) -> Vec<(u64, Uuid, Delivery)> {
 
 async fn expire_old(inner: &Inner, to: &Uuid) {
     let now = crate::unix_now_ms();
-    let expired: Vec<Queued> = match inner.outbox.lock() {
-        Ok(mut outbox) => outbox.expire(to, now),
-        Err(_) => Vec::new(),
-    };
+    let expired: Vec<Queued> = inner.outbox.lock().expire(to, now);
     if !expired.is_empty() {
         warn!(recipient = %to, count = expired.len(), "messages expired undelivered after 7 days");
         finish(
@@ -427,12 +407,12 @@ async fn deliver(
     };
     let addrs = doc.doc().reach_addrs();
     let why = batch_reason(&batch);
-    let sealed: Vec<serde_bytes::ByteBuf> = match inner.seal.lock() {
-        Ok(mut seal) => batch
+    let sealed: Vec<serde_bytes::ByteBuf> = {
+        let mut seal = inner.seal.lock();
+        batch
             .iter()
             .map(|m| serde_bytes::ByteBuf::from(seal.seal(&doc.doc().enc_key, &m.signed)))
-            .collect(),
-        Err(_) => return Err((batch, false)),
+            .collect()
     };
     let response = inner
         .net
@@ -581,11 +561,10 @@ async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
         warn!(error = %e, "could not record delivery outcomes");
         return;
     }
-    if let Ok(mut outbox) = inner.outbox.lock() {
-        for (_, id, d) in done {
-            for w in outbox.waiters.remove(&id).unwrap_or_default() {
-                let _ = w.send(d.clone());
-            }
+    let mut outbox = inner.outbox.lock();
+    for (_, id, d) in done {
+        for w in outbox.waiters.remove(&id).unwrap_or_default() {
+            let _ = w.send(d.clone());
         }
     }
 }
@@ -593,12 +572,11 @@ async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
 /// A delivery receipt from `from` for our messages `ids`: those still queued for `from`
 /// are delivered (a receipt from anyone else confirms nothing).
 pub(super) async fn confirm(inner: &Inner, from: Uuid, ids: &[Uuid]) {
-    let done = match inner.outbox.lock() {
-        Ok(mut outbox) => {
-            delivered(outbox.confirm(&from, ids, crate::wire::receipt::MAX_RECEIPT_IDS))
-        }
-        Err(_) => Vec::new(),
-    };
+    let confirmed = inner
+        .outbox
+        .lock()
+        .confirm(&from, ids, crate::wire::receipt::MAX_RECEIPT_IDS);
+    let done = delivered(confirmed);
     if !done.is_empty() {
         debug!(recipient = %from, messages = done.len(), "delivery receipt: the recipient has them");
         finish(inner, done).await;

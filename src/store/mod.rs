@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::shared::Shared;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
@@ -79,7 +81,7 @@ pub struct Store {
     names_generation: Arc<std::sync::atomic::AtomicU64>,
     /// Directory documents handed to a writer and not yet committed: readers see them at
     /// once (see [`Store::cache_document_behind`]). At most one per write in the queue.
-    pending_docs: Arc<Mutex<HashMap<[u8; 16], SignedDocument>>>,
+    pending_docs: Arc<Shared<HashMap<[u8; 16], SignedDocument>>>,
     /// Every contact, in memory (see [`ContactBook`]).
     contacts: ContactBook,
 }
@@ -89,7 +91,7 @@ pub struct Store {
 /// lock, by a read made after each contact change commits: the last replacement always
 /// saw every commit before it.
 #[derive(Clone, Default)]
-pub struct ContactBook(Arc<Mutex<Arc<Contacts>>>);
+pub struct ContactBook(Arc<Shared<Arc<Contacts>>>);
 
 /// Contacts by name, in name order.
 type Contacts = Vec<(String, messages::Contact)>;
@@ -97,7 +99,7 @@ type Contacts = Vec<(String, messages::Contact)>;
 impl ContactBook {
     /// The first contact (by name) with this UUID, with its name.
     pub fn by_uuid(&self, uuid: &[u8; 16]) -> Option<(String, messages::Contact)> {
-        let all = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let all = self.0.lock().clone();
         all.iter().find(|(_, c)| &c.uuid == uuid).cloned()
     }
 }
@@ -191,7 +193,7 @@ impl Store {
 
     /// Re-reads the contacts into the [`ContactBook`], under its lock.
     pub(crate) fn reload_contacts(&self) -> Result<(), StoreError> {
-        let mut book = self.contacts.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut book = self.contacts.0.lock();
         *book = Arc::new(self.contacts()?);
         Ok(())
     }
@@ -283,7 +285,8 @@ impl Store {
     /// returned. False (and nothing is cached) when the writer's queue is full.
     pub fn cache_document_behind(&self, writer: &Writer, doc: &SignedDocument, now: u64) -> bool {
         let key = *doc.doc().uuid().as_bytes();
-        if let Ok(mut p) = self.pending_docs.lock() {
+        {
+            let mut p = self.pending_docs.lock();
             // One queued before and newer stays: this write will not replace it either.
             if p.get(&key).is_none_or(|q| doc.may_replace(q) == Ok(true)) {
                 p.insert(key, doc.clone());
@@ -292,11 +295,10 @@ impl Store {
         let settle = {
             let (pending, bytes) = (self.pending_docs.clone(), doc.bytes().to_vec());
             move || {
-                if let Ok(mut p) = pending.lock() {
-                    // A newer document for the same identity may have been queued since.
-                    if p.get(&key).is_some_and(|d| d.bytes() == bytes) {
-                        p.remove(&key);
-                    }
+                let mut p = pending.lock();
+                // A newer document for the same identity may have been queued since.
+                if p.get(&key).is_some_and(|d| d.bytes() == bytes) {
+                    p.remove(&key);
                 }
             }
         };
@@ -318,8 +320,8 @@ impl Store {
         let pending = self
             .pending_docs
             .lock()
-            .ok()
-            .and_then(|p| p.get(uuid.as_bytes()).cloned())
+            .get(uuid.as_bytes())
+            .cloned()
             .filter(|d| d.doc().expires > now);
         let held = {
             let tx = self.db.begin_read()?;
@@ -478,7 +480,7 @@ mod tests {
         hold.send(()).unwrap();
         drop(writer);
         thread.unwrap().join().unwrap();
-        assert!(store.pending_docs.lock().unwrap().is_empty());
+        assert!(store.pending_docs.lock().is_empty());
         assert_eq!(read(), new, "and from disk after it");
     }
 }

@@ -401,7 +401,7 @@ impl OpenCache {
 pub fn open(
     sealed: &[u8],
     keys: &MessageKeys,
-    cache: &std::sync::Mutex<OpenCache>,
+    cache: &crate::shared::Shared<OpenCache>,
 ) -> Result<Zeroizing<Vec<u8>>, Reject> {
     if sealed.len() > MAX_SEALED_BYTES {
         return Err(Reject::TooLarge(format!(
@@ -418,7 +418,7 @@ pub fn open(
         return Err(Reject::Undecryptable);
     };
     let slot = (form.rk, form.eph);
-    let cached = cache.lock().ok().and_then(|c| c.get(&slot));
+    let cached = cache.lock().get(&slot);
     let key = match cached {
         Some(k) => Zeroizing::new(k),
         None => {
@@ -427,9 +427,7 @@ pub fn open(
                 return Err(Reject::Undecryptable);
             }
             let key = derive_key(shared.as_bytes(), &form.eph, public);
-            if let Ok(mut c) = cache.lock() {
-                c.insert(slot, key.clone());
-            }
+            cache.lock().insert(slot, key.clone());
             key
         }
     };
@@ -468,22 +466,22 @@ pub struct VerifyContext<'a> {
 
 /// Verifying keys already parsed (bounded; cleared when full).
 #[derive(Default)]
-pub struct KeyCache(std::sync::Mutex<HashMap<[u8; 32], VerifyingKey>>);
+pub struct KeyCache(crate::shared::Shared<HashMap<[u8; 32], VerifyingKey>>);
 
 impl KeyCache {
     const MAX: usize = 4096;
 
     fn get(&self, bytes: &[u8; 32]) -> Result<VerifyingKey, Reject> {
-        if let Some(k) = self.0.lock().ok().and_then(|m| m.get(bytes).copied()) {
+        let held = self.0.lock().get(bytes).copied();
+        if let Some(k) = held {
             return Ok(k);
         }
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| Reject::BadSignature)?;
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= Self::MAX {
-                m.clear();
-            }
-            m.insert(*bytes, key);
+        let mut m = self.0.lock();
+        if m.len() >= Self::MAX {
+            m.clear();
         }
+        m.insert(*bytes, key);
         Ok(key)
     }
 }
