@@ -1,11 +1,14 @@
-//! Attachment transfers as pure decisions: where a receiving transfer stands given what
-//! its files hold, which chunk an arriving CHUNK must be and how long its plaintext is,
+//! Attachment transfers as pure decisions, on both sides: where a receiving transfer
+//! stands given what its files hold, which chunk an arriving CHUNK must be and how long
+//! its plaintext is, which chunk a sender sends for a `Need` and what each answer means,
 //! and which stored transfers are too old to keep. No IO and no clock: `attachments.rs`
-//! probes the disk, hashes and writes around these calls, and hands the time in. Every number here may come from a hostile peer, so the arithmetic is
+//! and `outbox.rs` probe the disk, hash, read, seal and send around these calls, and hand
+//! the time in. Every number here may come from a hostile peer, so the arithmetic is
 //! checked and nothing is indexed without `get`.
 
-use crate::wire::envelope::CHUNK_BYTES;
-use crate::wire::verbs::Outcome;
+use super::outbox::Delivery;
+use crate::wire::envelope::{AttachmentMeta, CHUNK_BYTES};
+use crate::wire::verbs::{Nack, Outcome};
 
 const CHUNK: u64 = CHUNK_BYTES as u64;
 
@@ -91,6 +94,94 @@ pub fn chunk_at(size: u64, offset: u64) -> Option<(usize, u64)> {
     Some((len, offset / CHUNK))
 }
 
+/// A chunk planned by a sender: which bytes of which attachment, sealed under which index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkPlan {
+    pub attachment: u32,
+    pub offset: u64,
+    pub len: usize,
+    pub index: u64,
+}
+
+/// What a sender does after an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Read, seal and send this chunk.
+    Send(ChunkPlan),
+    /// The message is done with (delivered, or refused for good).
+    Done(Delivery),
+    /// Given back to the queue: the next attempt starts with MESSAGE again and resumes
+    /// where the recipient stands.
+    Retry,
+}
+
+/// The sending side of one message's attachment transfer: what it may be asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upload {
+    /// The signed sizes of the attachments we hold a copy of.
+    sizes: Vec<u64>,
+}
+
+impl Upload {
+    /// A transfer of `attachments`, of which we hold the first `files` copies (the same
+    /// number, unless the outbox entry is damaged).
+    pub fn new(attachments: &[AttachmentMeta], files: usize) -> Self {
+        Upload {
+            sizes: attachments.iter().take(files).map(|a| a.size).collect(),
+        }
+    }
+
+    /// The chunk a `Need` asks for. A recipient may ask only for one of our attachments,
+    /// on a chunk boundary, not past its end: anything else is a broken or hostile peer,
+    /// and the message fails (`protocol`) rather than being sent bytes it never signed.
+    /// Asking exactly at the end is answered with an empty chunk, as it always was.
+    pub fn plan(&self, need: Need) -> Next {
+        let planned = self.sizes.get(need.attachment as usize).and_then(|&size| {
+            if !need.offset.is_multiple_of(CHUNK) {
+                return None;
+            }
+            let left = size.checked_sub(need.offset)?;
+            Some(ChunkPlan {
+                attachment: need.attachment,
+                offset: need.offset,
+                len: usize::try_from(left.min(CHUNK)).ok()?,
+                index: need.offset / CHUNK,
+            })
+        });
+        match planned {
+            Some(p) => Next::Send(p),
+            None => Next::Done(Delivery::Failed("protocol".into())),
+        }
+    }
+
+    /// Whether `read` bytes of our copy are what `plan` needs: a copy that shrank since it
+    /// was signed can never match its hash, so the message fails for good.
+    pub fn check_read(&self, plan: &ChunkPlan, read: usize) -> Result<(), Delivery> {
+        if read == plan.len {
+            Ok(())
+        } else {
+            Err(Delivery::Failed("attachment_changed".into()))
+        }
+    }
+
+    /// What the recipient's answer to a CHUNK means (`None`: no single outcome, or no
+    /// answer at all: the recipient restarted or the connection was lost).
+    pub fn on_answer(&self, answer: Option<Outcome>) -> Next {
+        match answer {
+            Some(Outcome::Ack) => Next::Done(Delivery::Delivered),
+            Some(Outcome::Nack { reason }) if for_now(&reason) => Next::Retry,
+            Some(Outcome::Nack { reason }) => Next::Done(Delivery::Failed(reason)),
+            Some(Outcome::Need { attachment, offset }) => self.plan(Need { attachment, offset }),
+            None => Next::Retry,
+        }
+    }
+}
+
+/// Whether a refusal is for now: the message is kept and sent again ([`Nack::is_for_now`]).
+pub fn for_now(reason: &str) -> bool {
+    Nack::parse(reason).is_some_and(Nack::is_for_now)
+}
+
 /// The stored transfers, received at the given unix ms, that have outlived their senders'
 /// retries at `now_ms` and are dropped.
 pub fn expired<K>(received: impl IntoIterator<Item = (K, u64)>, now_ms: u64) -> Vec<K> {
@@ -107,11 +198,28 @@ mod tests {
 
     const C: u64 = CHUNK;
 
+    fn metas(sizes: &[u64]) -> Vec<AttachmentMeta> {
+        sizes
+            .iter()
+            .map(|&size| AttachmentMeta {
+                name: "a".into(),
+                mime: "text/plain".into(),
+                size,
+                sha256: [0; 32],
+                key: [0; 32],
+            })
+            .collect()
+    }
+
     fn ask(attachment: u32, offset: u64, cut: bool) -> Step {
         Step::Ask {
             need: Need { attachment, offset },
             cut,
         }
+    }
+
+    fn failed(reason: &str) -> Next {
+        Next::Done(Delivery::Failed(reason.into()))
     }
 
     #[test]
@@ -186,6 +294,91 @@ mod tests {
             Some(((u64::MAX % C) as usize, last / C))
         );
         assert_eq!(chunk_at(5, last), None);
+    }
+
+    #[test]
+    fn a_sender_sends_only_chunks_of_what_it_signed() {
+        let up = Upload::new(&metas(&[5, 2 * C, 0]), 3);
+        let send = |attachment, offset, len, index| {
+            Next::Send(ChunkPlan {
+                attachment,
+                offset,
+                len,
+                index,
+            })
+        };
+        let need = |attachment, offset| Need { attachment, offset };
+        assert_eq!(up.plan(need(0, 0)), send(0, 0, 5, 0));
+        assert_eq!(up.plan(need(1, C)), send(1, C, CHUNK_BYTES, 1));
+        // At the very end: an empty chunk, as before (a recipient never asks for it).
+        assert_eq!(up.plan(need(1, 2 * C)), send(1, 2 * C, 0, 2));
+        assert_eq!(up.plan(need(2, 0)), send(2, 0, 0, 0));
+        // A hostile recipient: misaligned, out of range, past the list.
+        assert_eq!(up.plan(need(0, 1)), failed("protocol"));
+        assert_eq!(up.plan(need(1, 3 * C)), failed("protocol"));
+        assert_eq!(up.plan(need(0, C)), failed("protocol"));
+        assert_eq!(up.plan(need(0, u64::MAX)), failed("protocol"));
+        assert_eq!(up.plan(need(3, 0)), failed("protocol"));
+        assert_eq!(up.plan(need(u32::MAX, 0)), failed("protocol"));
+        // An attachment we hold no copy of (a damaged outbox entry).
+        let short = Upload::new(&metas(&[5, 5]), 1);
+        assert_eq!(short.plan(need(1, 0)), failed("protocol"));
+    }
+
+    #[test]
+    fn each_answer_to_a_chunk_means_one_thing() {
+        let up = Upload::new(&metas(&[2 * C]), 1);
+        let nack = |r: &str| Some(Outcome::Nack { reason: r.into() });
+        assert_eq!(
+            up.on_answer(Some(Outcome::Ack)),
+            Next::Done(Delivery::Delivered)
+        );
+        for transient in ["busy", "unknown_message", "rate_limited", "not_ready"] {
+            assert_eq!(up.on_answer(nack(transient)), Next::Retry, "{transient}");
+        }
+        assert_eq!(up.on_answer(nack("bad_chunk")), failed("bad_chunk"));
+        assert_eq!(
+            up.on_answer(nack("bad_attachment")),
+            failed("bad_attachment")
+        );
+        assert_eq!(
+            up.on_answer(nack("no such reason")),
+            failed("no such reason")
+        );
+        assert_eq!(
+            up.on_answer(Some(Outcome::Need {
+                attachment: 0,
+                offset: C
+            })),
+            Next::Send(ChunkPlan {
+                attachment: 0,
+                offset: C,
+                len: CHUNK_BYTES,
+                index: 1
+            })
+        );
+        let hostile = Some(Outcome::Need {
+            attachment: 0,
+            offset: 3 * C,
+        });
+        assert_eq!(up.on_answer(hostile), failed("protocol"));
+        assert_eq!(up.on_answer(None), Next::Retry);
+    }
+
+    #[test]
+    fn a_copy_that_shrank_since_it_was_signed_fails() {
+        let up = Upload::new(&metas(&[5]), 1);
+        let Next::Send(plan) = up.plan(Need {
+            attachment: 0,
+            offset: 0,
+        }) else {
+            panic!("a chunk of the attachment");
+        };
+        assert_eq!(up.check_read(&plan, 5), Ok(()));
+        assert_eq!(
+            up.check_read(&plan, 4),
+            Err(Delivery::Failed("attachment_changed".into()))
+        );
     }
 
     #[test]
