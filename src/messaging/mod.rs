@@ -12,6 +12,8 @@ mod mail;
 mod outbox;
 mod queue;
 mod transfer_state;
+#[cfg(test)]
+mod transfer_tests;
 pub mod transfers;
 
 use std::collections::HashMap;
