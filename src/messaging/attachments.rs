@@ -1,7 +1,9 @@
-//! The receiving side of attachment transfers: who gets a transfer slot (the rules are in
-//! [`super::transfers`]), where a transfer stands on disk, each CHUNK written and synced,
-//! completion (files moved into a new directory, then the commit, then the ACK), and the
-//! sweeps that drop abandoned and idle transfers. MESSAGE itself is `inbound.rs`.
+//! The receiving side of attachment transfers, carried out: the decisions (who gets a
+//! slot, which chunk comes next, who is busy or idle, what a sweep drops) are made by
+//! `Transfers` and `transfer_state` under the transfers lock; here the files are looked
+//! at and cut back, each CHUNK opened, written and synced, a complete transfer moved into
+//! a new directory, committed and ACKed, and the abandoned ones deleted.
+//! MESSAGE itself is `inbound.rs`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -10,16 +12,14 @@ use std::sync::Arc;
 use libp2p::PeerId;
 use tracing::{debug, warn};
 
-use super::transfers::{self, Admit, Transfer};
+use super::transfer_state::{expired, next_step, Need, Step};
+use super::transfers::{Admit, OnChunk};
 use super::{files, Inner};
 use crate::counters::Counter;
 use crate::store::messages::{self, seen_key};
 use crate::store::{HistoryEntry, StoredAttachment};
-use crate::wire::envelope::{self, Envelope, CHUNK_BYTES};
+use crate::wire::envelope::{self, Envelope};
 use crate::wire::verbs::{Nack, Outcome, Response};
-
-/// A transfer not finished in this long is dropped (its sender gives up after 7 days).
-const PENDING_RETENTION_MS: u64 = 8 * 24 * 3600 * 1000;
 
 pub(super) fn one(outcome: Outcome) -> Response {
     Response::Outcomes {
@@ -31,53 +31,21 @@ pub(super) fn outcome_nack(reason: Nack) -> Outcome {
     reason.into()
 }
 
-/// Decides, in the transaction that would store it, whether the transfer of `env` gets a
-/// slot among those `held`; an evicted transfer is forgotten here (its row goes in the
-/// same transaction, its files after the commit).
+/// Decides, in the transaction that would store it, whether the transfer `key` gets a
+/// slot among those `held` (`Transfers::take_slot`); an evicted transfer is forgotten
+/// under the lock (its row goes in the same transaction, its files after the commit).
 pub(super) fn take_slot(
     inner: &Inner,
-    env: &Envelope,
     key: &[u8; 40],
     held: Vec<[u8; 40]>,
     contacts: &HashSet<[u8; 16]>,
     kept: &HashSet<[u8; 40]>,
     now: u64,
 ) -> Admit {
-    // The same msg_id from the same sender twice at once (another timestamp) waits for
-    // the first: a CHUNK names the message by msg_id alone.
-    if held
-        .iter()
-        .any(|k| k[..16] == key[..16] && k[24..] == key[24..])
-    {
-        return Admit::Busy;
+    match inner.transfers.lock() {
+        Ok(mut t) => t.take_slot(key, held, contacts, kept, now),
+        Err(_) => Admit::Busy,
     }
-    let Ok(mut t) = inner.transfers.lock() else {
-        return Admit::Busy;
-    };
-    // A transfer answered in this transaction, or with a chunk being written, is in use.
-    let slots = transfers::slots(held, contacts, |k| {
-        if kept.contains(k) || t.live.values().any(|l| &l.key == k && l.busy) {
-            now
-        } else {
-            t.last_active(k, inner.started_ms)
-        }
-    });
-    let own = slots.iter().filter(|s| s.key[..16] == env.from).count();
-    let admit = transfers::admit(
-        &slots,
-        contacts.contains(&env.from),
-        own,
-        now,
-        inner.transfer_idle_ms,
-    );
-    if let Admit::Evict(victim) = admit {
-        // Its sender's next CHUNK finds nothing and starts again (`unknown_message`).
-        t.forget(&victim);
-    }
-    if admit != Admit::Busy {
-        t.active.insert(*key, now);
-    }
-    admit
 }
 
 /// Forgets a transfer whose row is gone (evicted), and deletes what had arrived of it.
@@ -121,38 +89,56 @@ impl From<std::io::Error> for Stall {
     }
 }
 
-/// Where a pending transfer stands: the next chunk wanted, or `None` when every
-/// attachment is complete and checked. Partial chunks (a crash mid-write) are cut off.
-fn next_need(dir: &Path, env: &Envelope, verified: &mut u32) -> Result<Option<(u32, u64)>, Stall> {
-    for (i, a) in env.attachments.iter().enumerate() {
-        let path = dir.join(i.to_string());
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if len < a.size {
-            let aligned = len - len % CHUNK_BYTES as u64;
-            if aligned != len {
-                let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-                f.set_len(aligned)?;
+/// Where a pending transfer stands on disk ([`next_step`]), doing what it says: a partial
+/// chunk (a crash mid-write) is cut off, the empty file of an empty attachment created,
+/// and each complete attachment from `verified` on checked against its hash. The next
+/// chunk wanted (`None`: all complete and checked), and how many are checked.
+fn progress(dir: &Path, env: &Envelope, mut verified: u32) -> Result<(Option<Need>, u32), Stall> {
+    let path = |i: u32| dir.join(i.to_string());
+    let sizes: Vec<u64> = env.attachments.iter().map(|a| a.size).collect();
+    let mut lens: Vec<Option<u64>> = (0u32..)
+        .take(sizes.len())
+        .map(|i| std::fs::metadata(path(i)).ok().map(|m| m.len()))
+        .collect();
+    loop {
+        match next_step(&sizes, &lens, verified) {
+            Step::Ask { need, cut } => {
+                if cut {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path(need.attachment))?;
+                    f.set_len(need.offset)?;
+                }
+                return Ok((Some(need), verified));
             }
-            return Ok(Some((i as u32, aligned)));
+            Step::Verify { attachment, create } => {
+                let i = attachment as usize;
+                if create {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(path(attachment))?;
+                    if let Some(len) = lens.get_mut(i) {
+                        *len = Some(0);
+                    }
+                }
+                let signed = env.attachments.get(i).map(|a| a.sha256);
+                if Some(files::hash_file(&path(attachment))?) != signed {
+                    return Err(Stall::Mismatch(i));
+                }
+                verified = attachment + 1;
+            }
+            Step::Mismatch(i) => return Err(Stall::Mismatch(i as usize)),
+            Step::Complete => return Ok((None, verified)),
         }
-        if (i as u32) < *verified {
-            continue;
-        }
-        if a.size == 0 && !path.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)?;
-        }
-        if len > a.size || files::hash_file(&path)? != a.sha256 {
-            return Err(Stall::Mismatch(i));
-        }
-        *verified = i as u32 + 1;
     }
-    Ok(None)
+}
+
+fn busy() -> Outcome {
+    outcome_nack(Nack::Busy)
 }
 
 /// Registers (or re-finds) the transfer for a pending message and says what to send next.
@@ -161,55 +147,36 @@ pub(super) async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> O
     let dir = partial_dir(inner, &key);
     if let Err(e) = files::private_dir(&dir) {
         warn!(error = %e, "cannot create a directory for an incoming attachment");
-        return outcome_nack(Nack::Busy);
+        return busy();
     }
-    let mut verified = inner
+    // Claimed while its files are looked at: no chunk is written meanwhile.
+    let claimed = inner
         .transfers
         .lock()
         .ok()
-        .and_then(|t| {
-            t.live
-                .get(&(peer, env.msg_id))
-                .filter(|t| t.key == key)
-                .map(|t| t.verified)
-        })
-        .unwrap_or(0);
-    let env2 = env.clone();
-    let need = tokio::task::spawn_blocking(move || {
-        let r = next_need(&dir, &env2, &mut verified);
-        (r, verified)
-    })
-    .await;
-    let Ok((need, verified)) = need else {
-        return outcome_nack(Nack::Busy);
+        .and_then(|mut t| t.begin_resume(peer, &key, &env));
+    let Some(verified) = claimed else {
+        return busy();
     };
-    match need {
-        Ok(Some((attachment, offset))) => {
+    let env2 = env.clone();
+    let probed = tokio::task::spawn_blocking(move || progress(&dir, &env2, verified))
+        .await
+        .unwrap_or_else(|e| Err(Stall::Io(std::io::Error::other(e))));
+    match probed {
+        Ok((Some(need), verified)) => {
             let Ok(mut t) = inner.transfers.lock() else {
-                return outcome_nack(Nack::Busy);
+                return busy();
             };
-            // Registered only while its row stands, checked under the lock an eviction
-            // forgets it under: a transfer evicted or dropped meanwhile is not brought
-            // back without a slot.
-            if !inner.store.pending_exists(&key).unwrap_or(false) {
+            // Read under the lock an eviction forgets it under.
+            let stored = inner.store.pending_exists(&key).unwrap_or(false);
+            if !t.end_resume(peer, &key, &env, need, verified, stored) {
                 drop(t);
                 let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
-                return outcome_nack(Nack::Busy);
+                return busy();
             }
-            t.live.insert(
-                (peer, env.msg_id),
-                Transfer {
-                    key,
-                    env,
-                    attachment,
-                    offset,
-                    verified,
-                    busy: false,
-                },
-            );
-            Outcome::Need { attachment, offset }
+            need.into()
         }
-        Ok(None) => complete(inner, key, env).await,
+        Ok((None, _)) => complete(inner, key, env).await,
         Err(stall) => stalled(inner, key, stall).await,
     }
 }
@@ -222,54 +189,34 @@ pub(super) async fn chunk(
     offset: u64,
     data: Vec<u8>,
 ) -> Response {
-    let claimed = match inner.transfers.lock() {
-        Ok(mut all) => match all.live.get_mut(&(peer, msg_id)) {
-            Some(t) => {
-                if t.busy {
-                    return one(outcome_nack(Nack::Busy));
-                }
-                if (t.attachment, t.offset) != (attachment, offset) {
-                    return one(Outcome::Need {
-                        attachment: t.attachment,
-                        offset: t.offset,
-                    });
-                }
-                t.busy = true;
-                let claimed = (t.key, t.env.clone(), t.verified);
-                // A transfer with a chunk arriving is not idle.
-                all.active.insert(claimed.0, crate::unix_now_ms());
-                Some(claimed)
-            }
-            None => None,
-        },
-        Err(_) => None,
+    let now = crate::unix_now_ms();
+    let verdict = match inner.transfers.lock() {
+        Ok(mut t) => t.on_chunk(peer, msg_id, attachment, offset, now),
+        Err(_) => OnChunk::Unknown,
     };
-    let Some((key, env, mut verified)) = claimed else {
-        inner.counters.count(Counter::ChunkUnknown);
-        return one(outcome_nack(Nack::UnknownMessage));
+    let claim = match verdict {
+        OnChunk::Claimed(c) => c,
+        OnChunk::Ask(need) => return one(need.into()),
+        OnChunk::Busy => return one(busy()),
+        OnChunk::Unknown => {
+            inner.counters.count(Counter::ChunkUnknown);
+            return one(outcome_nack(Nack::UnknownMessage));
+        }
     };
-    let Some(meta) = env.attachments.get(attachment as usize).cloned() else {
-        return one(outcome_nack(Nack::BadChunk));
-    };
-    let want = (meta.size - offset).min(CHUNK_BYTES as u64) as usize;
-    let plain = envelope::open_chunk(
-        &meta.key,
-        &msg_id,
-        attachment,
-        offset / CHUNK_BYTES as u64,
-        &data,
-    );
+    let plain = envelope::open_chunk(&claim.chunk_key, &msg_id, attachment, claim.index, &data);
     let plain = match plain {
-        Ok(p) if p.len() == want => p,
+        Ok(p) if claim.fits(p.len()) => p,
         _ => {
             inner.counters.count(Counter::ChunkInvalid);
             crate::warn_remote!("chunk_refused", %peer, "refused an attachment chunk that does not open or has the wrong size");
-            drop_transfer(inner, key).await;
+            drop_transfer(inner, claim.key).await;
             return one(outcome_nack(Nack::BadChunk));
         }
     };
+    let key = claim.key;
     let dir = partial_dir(inner, &key);
-    let env2 = env.clone();
+    let env2 = claim.env.clone();
+    let verified = claim.verified;
     let written = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -285,26 +232,18 @@ pub(super) async fn chunk(
         // file that never matches its hash, and the message refused for good.
         f.sync_data()?;
         drop(f);
-        next_need(&dir, &env2, &mut verified).map(|n| (n, verified))
+        progress(&dir, &env2, verified)
     })
     .await
     .unwrap_or_else(|e| Err(Stall::Io(std::io::Error::other(e))));
     match written {
-        Ok((Some((a, o)), verified)) => {
+        Ok((Some(need), verified)) => {
             if let Ok(mut t) = inner.transfers.lock() {
-                if let Some(t) = t.live.get_mut(&(peer, msg_id)) {
-                    t.attachment = a;
-                    t.offset = o;
-                    t.verified = verified;
-                    t.busy = false;
-                }
+                t.on_written(peer, msg_id, &key, need, verified);
             }
-            one(Outcome::Need {
-                attachment: a,
-                offset: o,
-            })
+            one(need.into())
         }
-        Ok((None, _)) => one(complete(inner, key, env).await),
+        Ok((None, _)) => one(complete(inner, key, claim.env).await),
         Err(stall) => one(stalled(inner, key, stall).await),
     }
 }
@@ -326,16 +265,22 @@ async fn stalled(inner: &Arc<Inner>, key: [u8; 40], stall: Stall) -> Outcome {
         }
         Stall::Io(e) => {
             debug!(error = %e, "an attachment transfer stalled on the disk");
-            if let Ok(mut t) = inner.transfers.lock() {
-                t.live.retain(|_, l| l.key != key);
-            }
-            outcome_nack(Nack::Busy)
+            stall_in_memory(inner, &key);
+            busy()
         }
     }
 }
 
+/// Forgets a transfer in memory only (`Transfers::on_stall`).
+fn stall_in_memory(inner: &Inner, key: &[u8; 40]) {
+    if let Ok(mut t) = inner.transfers.lock() {
+        t.on_stall(key);
+    }
+}
+
 /// Every attachment is here and checked: move the files into place, then commit the
-/// message to the history. Only then is it ACKed.
+/// message to the history. Only then is it ACKed. If it cannot finish, the transfer is
+/// forgotten in memory (no claim outlives it) and the sender tries again with MESSAGE.
 async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
     let partial = partial_dir(inner, &key);
     let sender_dir = inner.files.join(env.from().to_string());
@@ -354,9 +299,13 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(error = %e, "cannot move received attachments into place");
-            return outcome_nack(Nack::Busy);
+            stall_in_memory(inner, &key);
+            return busy();
         }
-        Err(_) => return outcome_nack(Nack::Busy),
+        Err(_) => {
+            stall_in_memory(inner, &key);
+            return busy();
+        }
     };
     let entry = received_entry(&env, stored);
     let committed = inner
@@ -387,7 +336,8 @@ async fn complete(inner: &Arc<Inner>, key: [u8; 40], env: Envelope) -> Outcome {
         Err(e) => {
             warn!(error = %e, "could not store a received message");
             let _ = std::fs::remove_dir_all(&dest);
-            outcome_nack(Nack::Busy)
+            stall_in_memory(inner, &key);
+            busy()
         }
     }
 }
@@ -463,7 +413,7 @@ async fn drop_transfer(inner: &Inner, key: [u8; 40]) {
     let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
 }
 
-/// Drops strangers' transfers idle for [`transfers::STRANGER_IDLE_LIMIT`] periods, and
+/// Drops strangers' transfers idle for [`super::transfers::STRANGER_IDLE_LIMIT`] periods, and
 /// whatever a transfer left behind without its row: progress times, a transfer in memory,
 /// partial files.
 pub(super) async fn sweep(inner: &Arc<Inner>) {
@@ -480,19 +430,9 @@ pub(super) async fn sweep(inner: &Arc<Inner>) {
     };
     let held: HashSet<[u8; 40]> = keys.iter().copied().collect();
     let now = crate::unix_now_ms();
-    let idle = inner.transfer_idle_ms;
-    let abandoned = {
-        let Ok(mut t) = inner.transfers.lock() else {
-            return;
-        };
-        // A transfer admitted a moment ago may not be committed yet: keep recent ones.
-        t.active
-            .retain(|k, at| held.contains(k) || now.saturating_sub(*at) < idle);
-        let all = &mut *t;
-        all.live
-            .retain(|_, l| held.contains(&l.key) || all.active.contains_key(&l.key));
-        let slots = transfers::slots(keys, &contacts, |k| t.last_active(k, inner.started_ms));
-        transfers::abandoned(&slots, now, idle)
+    let abandoned = match inner.transfers.lock() {
+        Ok(mut t) => t.sweep(keys, &contacts, now),
+        Err(_) => return,
     };
     for dir in dirs {
         let orphan = dir
@@ -516,16 +456,15 @@ pub(super) fn cleanup(inner: &Inner) {
         return;
     };
     let now = crate::unix_now_ms();
-    for (key, p) in pending {
-        if p.received_ms.saturating_add(PENDING_RETENTION_MS) < now {
-            let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
-            let writer = inner.writer.clone();
-            tokio::spawn(async move {
-                let _ = writer
-                    .write(move |txn| messages::remove_pending(txn, &key))
-                    .await;
-            });
-        }
+    let received = pending.into_iter().map(|(key, p)| (key, p.received_ms));
+    for key in expired(received, now) {
+        let _ = std::fs::remove_dir_all(partial_dir(inner, &key));
+        let writer = inner.writer.clone();
+        tokio::spawn(async move {
+            let _ = writer
+                .write(move |txn| messages::remove_pending(txn, &key))
+                .await;
+        });
     }
 }
 

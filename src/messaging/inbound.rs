@@ -265,7 +265,7 @@ pub(super) async fn receive(
                     }
                     let contacts = contacts.as_ref().unwrap_or(&no_contacts);
                     let held = messages::pending_keys_in(txn)?;
-                    match take_slot(&slots_inner, &env, &key, held, contacts, &kept, now) {
+                    match take_slot(&slots_inner, &key, held, contacts, &kept, now) {
                         Admit::Busy => {
                             fates.push(Fate::Busy);
                             continue;

@@ -11,6 +11,9 @@ mod inbound;
 mod mail;
 mod outbox;
 mod queue;
+mod transfer_state;
+#[cfg(test)]
+mod transfer_tests;
 pub mod transfers;
 
 use std::collections::HashMap;
@@ -127,8 +130,6 @@ pub(crate) struct Inner {
     transfers: Mutex<transfers::Transfers>,
     /// A transfer with no chunk for this long may give up its slot (ms).
     transfer_idle_ms: u64,
-    /// When this messenger started (unix ms): stored transfers have been idle since.
-    started_ms: u64,
     received: broadcast::Sender<Stored>,
     counters: Counters,
     grants: Option<mpsc::Sender<GrantNote>>,
@@ -156,6 +157,9 @@ impl Messenger {
         let files = home.join("files");
         let (writer, writer_thread) = store.writer();
         let (received, _) = broadcast::channel(RECEIVED_CAPACITY);
+        let idle_ms = u64::try_from(config.transfer_idle.as_millis()).unwrap_or(u64::MAX);
+        // Stored transfers have been idle since this messenger started.
+        let started_ms = crate::unix_now_ms();
         let inner = Arc::new(Inner {
             files,
             store,
@@ -169,9 +173,8 @@ impl Messenger {
             docs: Shared::default(),
             outbox: Shared::default(),
             wake: Notify::new(),
-            transfers: Mutex::default(),
-            transfer_idle_ms: u64::try_from(config.transfer_idle.as_millis()).unwrap_or(u64::MAX),
-            started_ms: crate::unix_now_ms(),
+            transfers: Mutex::new(transfers::Transfers::new(idle_ms, started_ms)),
+            transfer_idle_ms: idle_ms,
             received,
             counters,
             grants: config.grants,

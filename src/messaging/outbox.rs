@@ -19,24 +19,20 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::queue::Queued;
+use super::transfer_state::{for_now, Need, Next, Upload};
 use super::{files, Inner, SendError, Sending};
 use crate::counters::Counter;
 use crate::identity::SignedDocument;
 use crate::net::dial::DialReason;
 use crate::store::messages;
 use crate::store::{HistoryEntry, OutboxEntry, StoredAttachment};
-use crate::wire::envelope::{self, AttachmentMeta, Envelope, CHUNK_BYTES};
-use crate::wire::verbs::{Nack, Outcome, Request, Response};
+use crate::wire::envelope::{self, AttachmentMeta, Envelope};
+use crate::wire::verbs::{Outcome, Request, Response};
 
 pub(super) use crate::store::messages::RECEIPT_SEQ_BASE;
 
 /// MESSAGE requests outstanding to one recipient at once.
 const IN_FLIGHT: usize = 16;
-
-/// Whether a refusal is for now: the message is kept and sent again ([`Nack::is_for_now`]).
-fn for_now(reason: &str) -> bool {
-    Nack::parse(reason).is_some_and(Nack::is_for_now)
-}
 
 /// How a sent message ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -445,7 +441,7 @@ async fn deliver(
                 done.push((m.seq, m.msg_id, Delivery::Failed(reason)));
             }
             Outcome::Need { attachment, offset } => {
-                match transfer(inner, peer, &addrs, &m, attachment, offset).await {
+                match transfer(inner, peer, &addrs, &m, Need { attachment, offset }).await {
                     Ok(d) => done.push((m.seq, m.msg_id, d)),
                     Err(()) => retry.push(m),
                 }
@@ -462,44 +458,42 @@ async fn deliver(
 
 /// Streams attachment chunks for as long as the recipient asks for them. One chunk is in
 /// flight at a time, so memory stays at one chunk whatever the file size, and the
-/// recipient's pace (its answer) is the back-pressure.
+/// recipient's pace (its answer) is the back-pressure. Which chunk each `Need` asks for,
+/// and what each answer means, is decided by [`Upload`]; this only reads, seals, sends.
 async fn transfer(
     inner: &Inner,
     peer: PeerId,
     addrs: &[libp2p::Multiaddr],
     m: &Queued,
-    mut attachment: u32,
-    mut offset: u64,
+    need: Need,
 ) -> Result<Delivery, ()> {
     let Some(env) = envelope::read_own(&m.signed) else {
         return Ok(Delivery::Failed("unreadable_outbox_entry".into()));
     };
+    let upload = Upload::new(&env.attachments, m.files.len());
+    let mut next = upload.plan(need);
     loop {
-        let (Some(meta), Some(path)) = (
-            env.attachments.get(attachment as usize),
-            m.files.get(attachment as usize),
-        ) else {
+        let plan = match next {
+            Next::Send(plan) => plan,
+            Next::Done(d) => return Ok(d),
+            Next::Retry => return Err(()),
+        };
+        let i = plan.attachment as usize;
+        // An `Upload` plans only attachments we have both of: never `None` here.
+        let (Some(meta), Some(path)) = (env.attachments.get(i), m.files.get(i)) else {
             return Ok(Delivery::Failed("protocol".into()));
         };
-        if offset > meta.size || !offset.is_multiple_of(CHUNK_BYTES as u64) {
-            return Ok(Delivery::Failed("protocol".into()));
-        }
-        let len = (meta.size - offset).min(CHUNK_BYTES as u64) as usize;
         let path = PathBuf::from(path);
+        let (offset, len) = (plan.offset, plan.len);
         let data = tokio::task::spawn_blocking(move || files::read_at(&path, offset, len))
             .await
             .map_err(|_| ())?
             .map_err(|e| warn!(error = %e, "cannot read our copy of an attachment"))?;
-        if data.len() != len {
-            return Ok(Delivery::Failed("attachment_changed".into()));
+        if let Err(d) = upload.check_read(&plan, data.len()) {
+            return Ok(d);
         }
-        let sealed = envelope::seal_chunk(
-            &meta.key,
-            &env.msg_id,
-            attachment,
-            offset / CHUNK_BYTES as u64,
-            &data,
-        );
+        let sealed =
+            envelope::seal_chunk(&meta.key, &env.msg_id, plan.attachment, plan.index, &data);
         drop(data);
         let response = inner
             .net
@@ -509,31 +503,19 @@ async fn transfer(
                 m.why(),
                 Request::Chunk {
                     msg_id: env.msg_id,
-                    attachment,
-                    offset,
+                    attachment: plan.attachment,
+                    offset: plan.offset,
                     data: sealed,
                 },
             )
             .await;
-        match response {
-            Ok(Response::Outcomes { mut outcomes }) if outcomes.len() == 1 => {
-                match outcomes.remove(0) {
-                    Outcome::Ack => return Ok(Delivery::Delivered),
-                    Outcome::Nack { reason } if for_now(&reason) => return Err(()),
-                    Outcome::Nack { reason } => return Ok(Delivery::Failed(reason)),
-                    Outcome::Need {
-                        attachment: a,
-                        offset: o,
-                    } => {
-                        attachment = a;
-                        offset = o;
-                    }
-                }
-            }
-            // Unknown transfer (the recipient restarted) or a lost connection: the next
-            // attempt starts with MESSAGE again and resumes where the recipient is.
-            _ => return Err(()),
-        }
+        // Anything but one outcome (the recipient restarted, or the connection was lost):
+        // the next attempt starts with MESSAGE again and resumes where the recipient is.
+        let answer = match response {
+            Ok(Response::Outcomes { mut outcomes }) if outcomes.len() == 1 => outcomes.pop(),
+            _ => None,
+        };
+        next = upload.on_answer(answer);
     }
 }
 
