@@ -42,17 +42,15 @@ pub(super) fn take_slot(
     kept: &HashSet<[u8; 40]>,
     now: u64,
 ) -> Admit {
-    match inner.transfers.lock() {
-        Ok(mut t) => t.take_slot(key, held, contacts, kept, now),
-        Err(_) => Admit::Busy,
-    }
+    inner
+        .transfers
+        .lock()
+        .take_slot(key, held, contacts, kept, now)
 }
 
 /// Forgets a transfer whose row is gone (evicted), and deletes what had arrived of it.
 pub(super) fn forget_transfer(inner: &Inner, key: &[u8; 40]) {
-    if let Ok(mut t) = inner.transfers.lock() {
-        t.forget(key);
-    }
+    inner.transfers.lock().forget(key);
     let _ = std::fs::remove_dir_all(partial_dir(inner, key));
 }
 
@@ -150,11 +148,7 @@ pub(super) async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> O
         return busy();
     }
     // Claimed while its files are looked at: no chunk is written meanwhile.
-    let claimed = inner
-        .transfers
-        .lock()
-        .ok()
-        .and_then(|mut t| t.begin_resume(peer, &key, &env));
+    let claimed = inner.transfers.lock().begin_resume(peer, &key, &env);
     let Some(verified) = claimed else {
         return busy();
     };
@@ -164,9 +158,7 @@ pub(super) async fn resume(inner: &Arc<Inner>, peer: PeerId, env: Envelope) -> O
         .unwrap_or_else(|e| Err(Stall::Io(std::io::Error::other(e))));
     match probed {
         Ok((Some(need), verified)) => {
-            let Ok(mut t) = inner.transfers.lock() else {
-                return busy();
-            };
+            let mut t = inner.transfers.lock();
             // Read under the lock an eviction forgets it under.
             let stored = inner.store.pending_exists(&key).unwrap_or(false);
             if !t.end_resume(peer, &key, &env, need, verified, stored) {
@@ -190,10 +182,10 @@ pub(super) async fn chunk(
     data: Vec<u8>,
 ) -> Response {
     let now = crate::unix_now_ms();
-    let verdict = match inner.transfers.lock() {
-        Ok(mut t) => t.on_chunk(peer, msg_id, attachment, offset, now),
-        Err(_) => OnChunk::Unknown,
-    };
+    let verdict = inner
+        .transfers
+        .lock()
+        .on_chunk(peer, msg_id, attachment, offset, now);
     let claim = match verdict {
         OnChunk::Claimed(c) => c,
         OnChunk::Ask(need) => return one(need.into()),
@@ -238,9 +230,10 @@ pub(super) async fn chunk(
     .unwrap_or_else(|e| Err(Stall::Io(std::io::Error::other(e))));
     match written {
         Ok((Some(need), verified)) => {
-            if let Ok(mut t) = inner.transfers.lock() {
-                t.on_written(peer, msg_id, &key, need, verified);
-            }
+            inner
+                .transfers
+                .lock()
+                .on_written(peer, msg_id, &key, need, verified);
             one(need.into())
         }
         Ok((None, _)) => one(complete(inner, key, claim.env).await),
@@ -273,9 +266,7 @@ async fn stalled(inner: &Arc<Inner>, key: [u8; 40], stall: Stall) -> Outcome {
 
 /// Forgets a transfer in memory only (`Transfers::on_stall`).
 fn stall_in_memory(inner: &Inner, key: &[u8; 40]) {
-    if let Ok(mut t) = inner.transfers.lock() {
-        t.on_stall(key);
-    }
+    inner.transfers.lock().on_stall(key);
 }
 
 /// Every attachment is here and checked: move the files into place, then commit the
@@ -430,10 +421,7 @@ pub(super) async fn sweep(inner: &Arc<Inner>) {
     };
     let held: HashSet<[u8; 40]> = keys.iter().copied().collect();
     let now = crate::unix_now_ms();
-    let abandoned = match inner.transfers.lock() {
-        Ok(mut t) => t.sweep(keys, &contacts, now),
-        Err(_) => return,
-    };
+    let abandoned = inner.transfers.lock().sweep(keys, &contacts, now);
     for dir in dirs {
         let orphan = dir
             .file_name()

@@ -18,7 +18,7 @@ pub mod transfers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::shared::Shared;
 
@@ -127,7 +127,7 @@ pub(crate) struct Inner {
     docs: Shared<HashMap<Uuid, SignedDocument>>,
     outbox: Shared<queue::Outbox>,
     wake: Notify,
-    transfers: Mutex<transfers::Transfers>,
+    transfers: Shared<transfers::Transfers>,
     /// A transfer with no chunk for this long may give up its slot (ms).
     transfer_idle_ms: u64,
     received: broadcast::Sender<Stored>,
@@ -173,7 +173,7 @@ impl Messenger {
             docs: Shared::default(),
             outbox: Shared::default(),
             wake: Notify::new(),
-            transfers: Mutex::new(transfers::Transfers::new(idle_ms, started_ms)),
+            transfers: Shared::new(transfers::Transfers::new(idle_ms, started_ms)),
             transfer_idle_ms: idle_ms,
             received,
             counters,
