@@ -487,7 +487,7 @@ async fn ask_history(
     from: &RunningNode,
     peer: libp2p::PeerId,
     channel: Uuid,
-) -> Result<Response, String> {
+) -> Result<Response, ptpchat::net::NetError> {
     let request = Request::ChannelHistory {
         channel: *channel.as_bytes(),
         since: 0,

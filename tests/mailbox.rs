@@ -127,7 +127,7 @@ async fn mail_for_an_offline_user_is_stored_twice_drained_once_and_confirmed() {
     }
 }
 
-fn nack(r: Result<Response, String>) -> String {
+fn nack(r: Result<Response, ptpchat::net::NetError>) -> String {
     match r {
         Ok(Response::Nack { reason }) => reason,
         other => panic!("expected a NACK, got {other:?}"),
@@ -196,7 +196,7 @@ async fn a_stranger_cannot_open_a_mailbox_and_quotas_refuse_without_evicting() {
     }
     // …and her own quota (5 a day here) runs out, whatever the mailbox; what a mailbox
     // refused costs her nothing of it.
-    let reasons = |r: Result<Response, String>| -> Vec<String> {
+    let reasons = |r: Result<Response, ptpchat::net::NetError>| -> Vec<String> {
         match r {
             Ok(Response::Deposited { results }) => results
                 .into_iter()

@@ -21,7 +21,11 @@ impl Channels {
     }
 
     /// Publishes raw bytes on a topic, as a misbehaving member would.
-    pub async fn publish_raw(&self, topic: &str, data: Vec<u8>) -> Result<usize, String> {
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        data: Vec<u8>,
+    ) -> Result<usize, crate::net::NetError> {
         self.inner.net.publish(topic.to_string(), data).await
     }
 

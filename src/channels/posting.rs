@@ -22,6 +22,22 @@ use crate::wire::frame::{self, ChannelBody};
 /// Least time between two CHANNEL frames sent because a peer subscribed.
 pub const CHANNEL_DEBOUNCE: Duration = Duration::from_secs(2);
 
+/// Why one of our frames did not go out (its words are what `channel send` prints after
+/// "not sent: ").
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotPublished {
+    /// Our identity's keys are not there (yet): the message says why.
+    #[error("{0}")]
+    NoIdentity(String),
+    #[error("unknown channel")]
+    UnknownChannel,
+    /// A private channel whose key we do not hold.
+    #[error("no key for this channel")]
+    NoKey,
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+}
+
 impl Channels {
     /// Posts to a channel; `Ok` once gossip sent it to at least one peer.
     pub async fn send(&self, target: &str, text: String) -> Result<(Uuid, usize), ChannelError> {
@@ -67,14 +83,17 @@ impl Channels {
         id: Uuid,
         kind: &str,
         text: String,
-    ) -> Result<(ChannelBody, ChannelRow, Arc<MessageKeys>), String> {
-        let me = self.me().await.map_err(|e| e.message)?;
+    ) -> Result<(ChannelBody, ChannelRow, Arc<MessageKeys>), NotPublished> {
+        let me = self
+            .me()
+            .await
+            .map_err(|e| NotPublished::NoIdentity(e.message))?;
         let row = self
             .state()
             .rows
             .get(&id)
             .cloned()
-            .ok_or("unknown channel")?;
+            .ok_or(NotPublished::UnknownChannel)?;
         let body = ChannelBody {
             v: frame::FRAME_VERSION,
             msg_id: *Uuid::new_v4().as_bytes(),
@@ -98,7 +117,7 @@ impl Channels {
         id: Uuid,
         kind: &str,
         text: String,
-    ) -> Result<(ChannelBody, Vec<u8>, usize), String> {
+    ) -> Result<(ChannelBody, Vec<u8>, usize), NotPublished> {
         let (body, row, me) = self.body(id, kind, text).await?;
         let signed = frame::sign(&body, &me);
         let data = match (row.private, row.key) {
@@ -109,7 +128,7 @@ impl Channels {
                     .unwrap_or([0; 12]);
                 frame::seal(&key, id.as_bytes(), row.epoch, nonce, &signed)
             }
-            (true, None) => return Err("no key for this channel".into()),
+            (true, None) => return Err(NotPublished::NoKey),
         };
         let peers = self
             .inner
@@ -153,7 +172,7 @@ impl Channels {
 
     /// Sends CHANNEL on the channel's topic and, for a public channel, on the announce
     /// topic (a frame of its own there: ids are remembered across topics).
-    pub(super) async fn announce(&self, id: Uuid) -> Result<(), String> {
+    pub(super) async fn announce(&self, id: Uuid) -> Result<(), NotPublished> {
         self.state().last_channel_frame.insert(id, Instant::now());
         let on_channel = self.publish_frame(id, frame::CHANNEL, String::new()).await;
         if self.state().rows.get(&id).is_some_and(|r| !r.private) {

@@ -134,7 +134,12 @@ pub(super) async fn answer(
     client
         .answer_connect(request_id, accept)
         .await
-        .map_err(|e| Refusal::new(ErrorKind::NotFound, e))?;
+        .map_err(|e| match e {
+            crate::net::NetError::NoSuchRequest(_) => {
+                Refusal::new(ErrorKind::NotFound, e.to_string())
+            }
+            e => Refusal::failed(e),
+        })?;
     Ok(ControlResponse::ok(RequestAnswered {
         accepted: accept,
         request_id,

@@ -269,7 +269,7 @@ async fn handle(
         ControlRequest::Dial { addr } => match addr.parse() {
             Ok(addr) => match client.dial(addr).await {
                 Ok(()) => ControlResponse::ok(Dialing {}),
-                Err(e) => ControlResponse::err(ErrorKind::Failed, e),
+                Err(e) => ControlResponse::err(ErrorKind::Failed, e.to_string()),
             },
             Err(e) => ControlResponse::err(
                 ErrorKind::BadInput,

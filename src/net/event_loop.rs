@@ -38,7 +38,7 @@ use super::dial;
 use super::gossip_limits::GossipLimits;
 use super::keeper::{Issued, Keeper};
 use super::ratelimit::RateLimiter;
-use super::{Command, GossipEvent, LookupError};
+use super::{Command, GossipEvent, LookupError, NetError};
 use super::{EventLoopHooks, InboundVerb};
 use crate::config::{Mode, NodeConfig};
 use crate::counters::{Counter, Counters};
@@ -109,7 +109,7 @@ pub struct EventLoop {
     next_token: u64,
     /// Our own verb requests awaiting answers.
     outbound:
-        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     /// Our listen addresses (with `/p2p/`), for whoever waits for them (relay output, tests).
     listen_watch: watch::Sender<Vec<Multiaddr>>,
     /// Gossip for the channel service (user nodes only; a relay validates announcements itself).

@@ -100,6 +100,57 @@ pub enum LookupError {
 #[error("the node has stopped")]
 pub struct NodeGone;
 
+/// Why the network could not do what a service asked (a request, a dial, a publish, an
+/// answer to a CONNECT). The words are what users and logs saw before this was typed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum NetError {
+    #[error("the node has stopped")]
+    NodeGone,
+    /// A private node may reach this peer only through a relay circuit, and knows none.
+    #[error("no relayed route to this peer")]
+    NoRoute,
+    /// The dial could not even start (the address, the peer, our own limits).
+    #[error("{0}")]
+    Dial(String),
+    #[error("Failed to dial the requested peer")]
+    Unreachable,
+    #[error("Timeout while waiting for a response")]
+    Timeout,
+    #[error("Connection was closed before a response was received")]
+    Closed,
+    #[error("The remote supports none of the requested protocols")]
+    Unsupported,
+    #[error("IO error on outbound stream: {0}")]
+    Io(String),
+    /// Nobody subscribed to the topic is connected.
+    #[error("no peer of this channel is connected")]
+    NoPeers,
+    #[error("{0}")]
+    Publish(String),
+    /// No CONNECT request waits under this id (answered already, or never asked).
+    #[error("no pending CONNECT request {0}")]
+    NoSuchRequest(u64),
+}
+
+impl From<NodeGone> for NetError {
+    fn from(_: NodeGone) -> Self {
+        NetError::NodeGone
+    }
+}
+
+impl From<&libp2p::request_response::OutboundFailure> for NetError {
+    fn from(f: &libp2p::request_response::OutboundFailure) -> Self {
+        use libp2p::request_response::OutboundFailure as F;
+        match f {
+            F::DialFailure => NetError::Unreachable,
+            F::Timeout => NetError::Timeout,
+            F::ConnectionClosed => NetError::Closed,
+            F::UnsupportedProtocols => NetError::Unsupported,
+            F::Io(e) => NetError::Io(e.to_string()),
+        }
+    }
+}
+
 /// Requests to the event loop; each carries its reply channel.
 pub(crate) enum Command {
     Status(oneshot::Sender<Status>),
@@ -115,14 +166,14 @@ pub(crate) enum Command {
     },
     Dial {
         addr: Multiaddr,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), NetError>>,
     },
     Request {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         why: dial::DialReason,
         request: Request,
-        reply: oneshot::Sender<Result<Response, String>>,
+        reply: oneshot::Sender<Result<Response, NetError>>,
     },
     Respond {
         token: u64,
@@ -137,7 +188,7 @@ pub(crate) enum Command {
     Publish {
         topic: String,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<usize, String>>,
+        reply: oneshot::Sender<Result<usize, NetError>>,
     },
     /// The application's verdict on a gossip message it was handed.
     Validate {
@@ -172,7 +223,7 @@ pub(crate) enum Command {
     AnswerConnect {
         request_id: u64,
         accept: bool,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), NetError>>,
     },
     /// Gossip peers and their scores, by topic (tests, diagnostics).
     GossipPeers {
@@ -260,7 +311,7 @@ impl Client {
         addrs: Vec<Multiaddr>,
         why: dial::DialReason,
         request: Request,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, NetError> {
         self.ask(|reply| Command::Request {
             peer,
             addrs,
@@ -268,8 +319,7 @@ impl Client {
             request,
             reply,
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 
     /// Answers an inbound request handed over with `token`.
@@ -289,10 +339,9 @@ impl Client {
     }
 
     /// Publishes `data` on `topic`; `Ok(n)` once it went to `n` peers (at least one).
-    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<usize, String> {
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<usize, NetError> {
         self.ask(|reply| Command::Publish { topic, data, reply })
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
     }
 
     /// Reports the verdict on a gossip message (see [`GossipIn`]).
@@ -355,20 +404,17 @@ impl Client {
     }
 
     /// Accepts or denies a waiting CONNECT request.
-    pub async fn answer_connect(&self, request_id: u64, accept: bool) -> Result<(), String> {
+    pub async fn answer_connect(&self, request_id: u64, accept: bool) -> Result<(), NetError> {
         self.ask(|reply| Command::AnswerConnect {
             request_id,
             accept,
             reply,
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 
     /// Dials an address (bootstrap peers are dialed at start; this adds one later).
-    pub async fn dial(&self, addr: Multiaddr) -> Result<(), String> {
-        self.ask(|reply| Command::Dial { addr, reply })
-            .await
-            .map_err(|e| e.to_string())?
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await?
     }
 }

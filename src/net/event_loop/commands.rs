@@ -13,7 +13,7 @@ use tracing::warn;
 use super::{EventLoop, MAX_ADDRS_PER_PEER};
 use crate::config::Mode;
 use crate::counters::Counter;
-use crate::net::{dial, Command, PeerInfo, Status};
+use crate::net::{dial, Command, NetError, PeerInfo, Status};
 use crate::wire::verbs::Request;
 
 impl EventLoop {
@@ -58,7 +58,7 @@ impl EventLoop {
                 self.direct_fetches.insert(id, (uuid, reply));
             }
             Command::Dial { addr, reply } => {
-                let _ = reply.send(self.dial(addr).map_err(|e| e.to_string()));
+                let _ = reply.send(self.dial(addr).map_err(|e| NetError::Dial(e.to_string())));
             }
             Command::Request {
                 peer,
@@ -86,10 +86,8 @@ impl EventLoop {
                             .count()
                     })
                     .map_err(|e| match e {
-                        gossipsub::PublishError::NoPeersSubscribedToTopic => {
-                            "no peer of this channel is connected".to_string()
-                        }
-                        e => e.to_string(),
+                        gossipsub::PublishError::NoPeersSubscribedToTopic => NetError::NoPeers,
+                        e => NetError::Publish(e.to_string()),
                     });
                 let _ = reply.send(result);
             }
@@ -180,7 +178,7 @@ impl EventLoop {
         request: Request,
         addrs: Vec<Multiaddr>,
         why: dial::DialReason,
-    ) -> Result<request_response::OutboundRequestId, String> {
+    ) -> Result<request_response::OutboundRequestId, NetError> {
         let addrs: Vec<Multiaddr> = self
             .dial_policy
             .addresses(addrs, why)
@@ -200,7 +198,7 @@ impl EventLoop {
                 .send_request_with_addresses(&peer, request, addrs));
         }
         if addrs.is_empty() {
-            return Err("no relayed route to this peer".into());
+            return Err(NetError::NoRoute);
         }
         // Our own dial, at the circuits only: request-response would dial the peer with
         // whatever other behaviours (Kademlia) know of it, direct addresses included; its
@@ -211,7 +209,7 @@ impl EventLoop {
             .build();
         match self.swarm.dial(opts) {
             Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(NetError::Dial(e.to_string())),
         }
         Ok(self
             .swarm

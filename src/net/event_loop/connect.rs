@@ -25,6 +25,7 @@ use super::EventLoop;
 use crate::config::ConnectPolicy;
 use crate::counters::Counter;
 use crate::identity::SignedDocument;
+use crate::net::NetError;
 use crate::unix_now;
 use crate::wire::verbs::{ConnectAnswer, Nack, Request, Response};
 
@@ -193,7 +194,7 @@ impl Connects {
     pub fn on_response(
         &mut self,
         peer: PeerId,
-        response: &Result<Response, String>,
+        response: &Result<Response, NetError>,
         now: Instant,
     ) -> Vec<Out> {
         match response {
@@ -217,7 +218,7 @@ impl Connects {
                         debug!(%peer, error = %e, "CONNECT failed; sending it once more");
                         return vec![Out::Ask { peer, addrs }];
                     }
-                    None => self.finish(&peer, ConnectOutcome::Offline(e.clone())),
+                    None => self.finish(&peer, ConnectOutcome::Offline(e.to_string())),
                 }
             }
         }
@@ -351,12 +352,12 @@ impl Connects {
         request_id: u64,
         accept: bool,
         now: Instant,
-    ) -> Result<Vec<Out>, String> {
+    ) -> Result<Vec<Out>, NetError> {
         self.prune(now);
         let p = self
             .pending
             .remove(&request_id)
-            .ok_or_else(|| format!("no pending CONNECT request {request_id}"))?;
+            .ok_or(NetError::NoSuchRequest(request_id))?;
         // A refusal is automatic traffic: a private node sends it over a circuit (or the
         // connection the request came on), never by dialing the requester directly.
         let why = if accept {
@@ -504,7 +505,7 @@ impl EventLoop {
     pub(super) fn on_connect_response(
         &mut self,
         id: libp2p::request_response::OutboundRequestId,
-        response: &Result<Response, String>,
+        response: &Result<Response, NetError>,
     ) -> bool {
         let Some(peer) = self.connect_asks.remove(&id) else {
             return false;
@@ -565,7 +566,7 @@ impl EventLoop {
     }
 
     /// Our user's answer to a queued request.
-    pub(super) fn answer_connect(&mut self, request_id: u64, accept: bool) -> Result<(), String> {
+    pub(super) fn answer_connect(&mut self, request_id: u64, accept: bool) -> Result<(), NetError> {
         let out = self.connects.answer(request_id, accept, Instant::now())?;
         self.carry_out_connect(out);
         Ok(())

@@ -103,7 +103,7 @@ fn a_failed_request_is_sent_once_more_then_reported_offline() {
     let t0 = Instant::now();
     let mut c = Connects::new(ConnectPolicy::Verified);
     let (peer, mut rx) = started(&mut c, t0);
-    let err = Err("connection closed".to_string());
+    let err = Err(crate::net::NetError::Closed);
     assert_eq!(
         c.on_response(peer, &err, t0),
         [Out::Ask {
@@ -114,7 +114,7 @@ fn a_failed_request_is_sent_once_more_then_reported_offline() {
     assert!(c.on_response(peer, &err, t0).is_empty());
     assert_eq!(
         rx.try_recv().unwrap(),
-        ConnectOutcome::Offline("connection closed".into())
+        ConnectOutcome::Offline("Connection was closed before a response was received".into())
     );
     // A NACK or a deny is a refusal.
     let (peer, mut rx) = started(&mut c, t0);

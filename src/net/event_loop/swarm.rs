@@ -13,6 +13,7 @@ use super::{is_lan, is_loopback, is_relayed, EventLoop, PeerState, MAX_ADDRS_PER
 use crate::config::Mode;
 use crate::counters::Counter;
 use crate::net::behaviour::{BehaviourEvent, KAD_PROTOCOL};
+use crate::net::NetError;
 
 impl EventLoop {
     pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -188,7 +189,7 @@ impl EventLoop {
                     ..
                 } => {
                     debug!(%peer, %error, "request failed");
-                    self.on_response(peer, request_id, Err(error.to_string()));
+                    self.on_response(peer, request_id, Err(NetError::from(&error)));
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
                     self.unflushed = self.unflushed.saturating_sub(1);

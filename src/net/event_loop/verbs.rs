@@ -13,7 +13,7 @@ use super::EventLoop;
 use crate::config::Mode;
 use crate::counters::Counter;
 use crate::identity::{dht_key, SignedDocument};
-use crate::net::{InboundVerb, LookupError};
+use crate::net::{InboundVerb, LookupError, NetError};
 use crate::unix_now;
 use crate::wire::verbs::{Nack, Request, Response};
 
@@ -204,7 +204,7 @@ impl EventLoop {
         &mut self,
         peer: PeerId,
         id: request_response::OutboundRequestId,
-        response: Result<Response, String>,
+        response: Result<Response, NetError>,
     ) {
         if self.on_connect_response(id, &response) {
             return;
