@@ -38,19 +38,22 @@ pub async fn channel_member(home: &Path, boot: &[Multiaddr]) -> RunningNode {
     node::start(cfg).await.expect("node starts")
 }
 
-/// Polls `f` until it returns `Some`, or panics after `timeout`.
+/// Polls `f` until it returns `Some`, or panics after `timeout`: at once, then after 5 ms,
+/// doubling to at most 100 ms, so a condition that holds soon is seen soon.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
     loop {
         if let Some(v) = f().await {
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
