@@ -524,8 +524,17 @@ fn main() {
                     f.direct.map_or("?".into(), |d| d.to_string())
                 );
             }
+            if let (Some(raw), Some((before, after))) = (f.cpu_raw_per_post, f.idle_ms_per_sec) {
+                println!(
+                    "{name:<10} CPU per post before the idle mesh is taken out: {:.2} ms; idle mesh {before:.1} ms/s before the posts, {after:.1} after (the smaller is taken out)",
+                    ms(raw)
+                );
+            }
             serde_json::json!({ "delivery": f.delivery, "p50_ms": p50, "p99_ms": p99,
-                "cpu_per_post_ms": f.cpu_per_post.map(ms), "publisher_gossip_peers": f.direct })
+                "cpu_per_post_ms": f.cpu_per_post.map(ms),
+                "cpu_raw_per_post_ms": f.cpu_raw_per_post.map(ms),
+                "idle_ms_per_sec": f.idle_ms_per_sec.map(|(b, a)| serde_json::json!({ "before": b, "after": a })),
+                "publisher_gossip_peers": f.direct })
         };
         json["fanout"]["members"] = serde_json::json!(members);
         json["fanout"]["messages"] = serde_json::json!(posts);

@@ -25,6 +25,10 @@ pub struct Fan {
     /// CPU time this process spent per post while measuring, less what the idle mesh costs
     /// in as long (ptpchat only: every node is in this process).
     pub cpu_per_post: Option<Duration>,
+    /// The raw CPU per post (nothing taken out) and the idle mesh's cost per second,
+    /// measured before the posts and after them; the smaller idle figure is the one taken out.
+    pub cpu_raw_per_post: Option<Duration>,
+    pub idle_ms_per_sec: Option<(f64, f64)>,
     /// Members the publisher had as gossip peers on the channel when measuring (its
     /// flood-publish reaches these directly; the rest hear the post from the mesh).
     pub direct: Option<usize>,
@@ -38,6 +42,13 @@ fn process_cpu() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The CPU this process spends per second of wall time over `window`.
+async fn idle_rate(window: Duration) -> f64 {
+    let (from, cpu) = (Instant::now(), process_cpu());
+    tokio::time::sleep(window).await;
+    process_cpu().saturating_sub(cpu).as_secs_f64() / from.elapsed().as_secs_f64()
 }
 
 /// Posts carry their number, padded to the same 100 bytes on both systems.
@@ -71,6 +82,8 @@ fn summarise(
         to_last,
         each,
         cpu_per_post: None,
+        cpu_raw_per_post: None,
+        idle_ms_per_sec: None,
         direct: None,
     }
 }
@@ -200,10 +213,7 @@ pub async fn gossip(members: usize, messages: usize, pace: Duration, settle: Dur
         .min(settle)
         .max(Duration::from_secs(1));
     tokio::time::sleep(settle.saturating_sub(idle_window)).await;
-    let idle_from = (Instant::now(), process_cpu());
-    tokio::time::sleep(idle_window).await;
-    let idle_per_sec = (process_cpu().saturating_sub(idle_from.1)).as_secs_f64()
-        / idle_from.0.elapsed().as_secs_f64();
+    let idle_before = idle_rate(idle_window).await;
     eprintln!("fanout: measuring");
 
     let direct = publisher
@@ -222,12 +232,21 @@ pub async fn gossip(members: usize, messages: usize, pace: Duration, settle: Dur
         pc.send("bench", payload(seq)).await.expect("published");
     }
     let arrivals = collect(frx, members * messages, Duration::from_secs(60)).await;
-    let idle = Duration::from_secs_f64(idle_per_sec * measuring.elapsed().as_secs_f64());
-    let cpu = process_cpu()
-        .saturating_sub(cpu_before)
-        .saturating_sub(idle);
+    let (raw, window) = (
+        process_cpu().saturating_sub(cpu_before),
+        measuring.elapsed(),
+    );
+    // The idle mesh's cost, once more after the posts: the window before them sometimes
+    // still holds the tail of the start-up storm (seen from 32 to 380 ms/s in one evening),
+    // and taking that out made CPU per post swing by half. The smaller of the two is the
+    // idle cost; what the posts left behind (gossip, IWANTs) counts against them.
+    let idle_after = idle_rate(idle_window).await;
+    let idle = Duration::from_secs_f64(idle_before.min(idle_after) * window.as_secs_f64());
+    let per_post = |d: Duration| d / messages.max(1) as u32;
     let mut fan = summarise(&published, &arrivals, members);
-    fan.cpu_per_post = Some(cpu / messages.max(1) as u32);
+    fan.cpu_per_post = Some(per_post(raw.saturating_sub(idle)));
+    fan.cpu_raw_per_post = Some(per_post(raw));
+    fan.idle_ms_per_sec = Some((idle_before * 1e3, idle_after * 1e3));
     fan.direct = direct;
     for n in nodes {
         n.shutdown().await;
