@@ -294,4 +294,11 @@ async fn consent_follows_the_contact_list_as_it_changes() {
         "a verified contact: {outcome:?}"
     );
     assert!(direct(&a, b.peer_id).await);
+    assert!(a.client.disconnect(b.peer_id).await.unwrap());
+    contacts.remove_contact("alice").unwrap();
+    assert_eq!(
+        connect().await.unwrap(),
+        ConnectOutcome::Denied,
+        "a contact removed is a stranger again"
+    );
 }

@@ -411,21 +411,18 @@ impl Store {
 
     /// Adds or replaces a contact.
     pub fn put_contact(&self, name: &str, c: &Contact) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(CONTACTS)?.insert(name, row(c)?.as_slice())?;
-        tx.commit()?;
-        self.names_changed();
-        self.reload_contacts()
+        self.change_contact(name, |tx| {
+            tx.open_table(CONTACTS)?.insert(name, row(c)?.as_slice())?;
+            Ok((Some(c.clone()), ()))
+        })
     }
 
     /// Removes a contact; returns whether it existed.
     pub fn remove_contact(&self, name: &str) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
-        let existed = tx.open_table(CONTACTS)?.remove(name)?.is_some();
-        tx.commit()?;
-        self.names_changed();
-        self.reload_contacts()?;
-        Ok(existed)
+        self.change_contact(name, |tx| {
+            let existed = tx.open_table(CONTACTS)?.remove(name)?.is_some();
+            Ok((None, existed))
+        })
     }
 
     /// Starts the group-commit writer thread for this database. The thread ends (and

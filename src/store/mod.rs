@@ -87,11 +87,18 @@ pub struct Store {
 }
 
 /// The contacts as of the last change, held in memory so that a decision taken on the
-/// event loop (whether a CONNECT comes from a contact) reads no disk. Replaced, under its
-/// lock, by a read made after each contact change commits: the last replacement always
-/// saw every commit before it.
+/// event loop (whether a CONNECT comes from a contact) reads no disk. Read at open; after
+/// that each change applies itself here once it commits, so the book never disagrees
+/// with the disk (a removed contact is gone from both, or from neither) and no disk read
+/// is ever made under the lock the event loop takes.
 #[derive(Clone, Default)]
-pub struct ContactBook(Arc<Shared<Arc<Contacts>>>);
+pub struct ContactBook {
+    /// The list, replaced whole: readers hold the lock for one `Arc` clone.
+    now: Arc<Shared<Arc<Contacts>>>,
+    /// Held by a change from before its commit until the book shows it, so changes land
+    /// here in the order they commit. The event loop never takes it.
+    changes: Arc<Shared<()>>,
+}
 
 /// Contacts by name, in name order.
 type Contacts = Vec<(String, messages::Contact)>;
@@ -99,8 +106,23 @@ type Contacts = Vec<(String, messages::Contact)>;
 impl ContactBook {
     /// The first contact (by name) with this UUID, with its name.
     pub fn by_uuid(&self, uuid: &[u8; 16]) -> Option<(String, messages::Contact)> {
-        let all = self.0.lock().clone();
+        let all = self.now.lock().clone();
         all.iter().find(|(_, c)| &c.uuid == uuid).cloned()
+    }
+
+    /// Sets (or with `None` removes) the contact `name`, keeping name order (the order
+    /// of the table: bytes of the name).
+    fn set(&self, name: &str, contact: Option<&messages::Contact>) {
+        let mut all = Vec::clone(&self.now.lock());
+        match (all.binary_search_by(|(n, _)| n.as_str().cmp(name)), contact) {
+            (Ok(i), Some(c)) => all[i].1 = c.clone(),
+            (Ok(i), None) => {
+                all.remove(i);
+            }
+            (Err(i), Some(c)) => all.insert(i, (name.to_string(), c.clone())),
+            (Err(_), None) => {}
+        }
+        *self.now.lock() = Arc::new(all);
     }
 }
 
@@ -172,9 +194,10 @@ impl Store {
             contacts: ContactBook::default(),
         };
         store.check_schema()?;
-        if let Err(e) = store.reload_contacts() {
+        match store.contacts() {
+            Ok(all) => *store.contacts.now.lock() = Arc::new(all),
             // Listing them will say what is wrong; CONNECTs meanwhile count as strangers'.
-            tracing::warn!(error = %e, "could not read the contacts");
+            Err(e) => tracing::warn!(error = %e, "could not read the contacts"),
         }
         Ok(store)
     }
@@ -191,11 +214,22 @@ impl Store {
         self.contacts.clone()
     }
 
-    /// Re-reads the contacts into the [`ContactBook`], under its lock.
-    pub(crate) fn reload_contacts(&self) -> Result<(), StoreError> {
-        let mut book = self.contacts.0.lock();
-        *book = Arc::new(self.contacts()?);
-        Ok(())
+    /// Commits `change` to the contacts table, then applies the same change (`name` set
+    /// to what `change` returns) to the [`ContactBook`], in commit order.
+    pub(crate) fn change_contact<T>(
+        &self,
+        name: &str,
+        change: impl FnOnce(
+            &redb::WriteTransaction,
+        ) -> Result<(Option<messages::Contact>, T), StoreError>,
+    ) -> Result<T, StoreError> {
+        let _in_order = self.contacts.changes.lock();
+        let tx = self.db.begin_write()?;
+        let (now, out) = change(&tx)?;
+        tx.commit()?;
+        self.names_changed();
+        self.contacts.set(name, now.as_ref());
+        Ok(out)
     }
 
     pub(crate) fn names_changed(&self) {
@@ -454,6 +488,47 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (name, bob) = store.contact_book().by_uuid(&[2; 16]).unwrap();
         assert_eq!((name.as_str(), bob.fingerprint), ("bob", [2; 32]));
+    }
+
+    /// A contact removed is no longer one on the event loop, even when another contact's
+    /// row cannot be read (the book used to be re-read whole after each change, and one
+    /// bad row kept every removed contact trusted); a reopen with the bad row trusts
+    /// nobody rather than somebody removed.
+    #[test]
+    fn a_removed_contact_is_gone_even_beside_an_unreadable_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = |uuid: u8| messages::Contact {
+            uuid: [uuid; 16],
+            fingerprint: [uuid; 32],
+            pinned_key: [0; 32],
+            verified: true,
+            added: NOW,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_contact("alice", &c(1)).unwrap();
+            store.put_contact("bob", &c(2)).unwrap();
+            let tx = store.db.begin_write().unwrap();
+            tx.open_table(messages::CONTACTS)
+                .unwrap()
+                .insert("bob", [0xff, 0x00].as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+            assert!(store.contacts().is_err(), "bob's row is unreadable");
+            assert!(store.remove_contact("alice").unwrap());
+            assert!(
+                store.contact_book().by_uuid(&[1; 16]).is_none(),
+                "alice is no contact of ours any more"
+            );
+            store.put_contact("carol", &c(3)).unwrap();
+            assert_eq!(store.contact_book().by_uuid(&[3; 16]).unwrap().0, "carol");
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.contact_book().by_uuid(&[1; 16]).is_none());
+        assert!(
+            store.contact_book().by_uuid(&[3; 16]).is_none(),
+            "fails closed"
+        );
     }
 
     /// A document queued behind a slow write is what readers get at once; an older one
