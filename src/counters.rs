@@ -70,7 +70,8 @@ pub enum Counter {
     GossipRateAuthor,
     GossipRatePeer,
     HistoryBusy,
-    /// A relay's GETCERTIFICATE found 32 cache reads under way.
+    /// A relay's GETCERTIFICATE, or a lookup's fallback on the cache, found 32 cache
+    /// reads of its kind under way.
     CacheReadsBusy,
     /// A peer subscribed to a channel while 256 catch-up events waited already.
     CatchUpQueueFull,

@@ -148,6 +148,30 @@ fn no_import_cycle() {
 /// only through the threads made for it: the identity keeper (`net/keeper.rs`), the
 /// directory cache's writer (`event_loop/dht.rs`) and the reads run on blocking threads
 /// (`event_loop/reads.rs`).
+/// The code of `text` (comments out) as lines, with the lines rustfmt breaks a method
+/// chain into (`.store` / `.read()` on lines of their own) joined back onto the line they
+/// continue, each with the number of its first line.
+fn statements(text: &str) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let l = code(line).trim();
+        match out.last_mut() {
+            Some((_, last)) if l.starts_with('.') || l.starts_with('?') => last.push_str(l),
+            _ => out.push((n + 1, l.to_string())),
+        }
+    }
+    out
+}
+
+/// The checker itself: a split chain and an import used short are both caught.
+#[test]
+fn the_disk_check_sees_through_rustfmt() {
+    let split = "let x = self\n    .store\n    .cached_document(&id)?;\nuse std::{fs, io};";
+    let joined = statements(split);
+    assert!(joined[0].1.contains("self.store.cached_document(&id)?;"));
+    assert!(joined[1].1.starts_with("use std::{fs, io};"));
+}
+
 #[test]
 fn the_event_loop_touches_no_disk() {
     let allowed = ["net/event_loop/dht.rs", "net/event_loop/reads.rs"];
@@ -156,22 +180,27 @@ fn the_event_loop_touches_no_disk() {
         .filter(|(rel, _)| rel == "net/event_loop.rs" || rel.starts_with("net/event_loop/"))
         .filter(|(rel, _)| !allowed.contains(&rel.as_str()))
         .flat_map(|(rel, text)| {
-            text.lines()
-                .enumerate()
+            statements(&text)
+                .into_iter()
                 .filter(|(_, l)| {
-                    let l = code(l);
                     // Handing the store on (`clone`) or taking its in-memory contacts is
                     // not a read; any other method of it is.
                     let store_call = l.match_indices("store.").any(|(i, _)| {
                         let rest = &l[i + "store.".len()..];
                         !rest.starts_with("clone()") && !rest.starts_with("contact_book()")
                     });
+                    // `fs::` catches `std::fs`, `tokio::fs` and a `use std::fs` used short;
+                    // an import of `fs` in braces is caught by its word.
+                    let imports_fs = l.starts_with("use ")
+                        && l.split(|c: char| !c.is_alphanumeric() && c != '_')
+                            .any(|w| w == "fs");
                     store_call
-                        || ["std::fs", "tokio::fs", "File::"]
+                        || imports_fs
+                        || ["fs::", "File::", "OpenOptions"]
                             .iter()
                             .any(|p| l.contains(p))
                 })
-                .map(|(n, l)| format!("{rel}:{}: {}", n + 1, l.trim()))
+                .map(|(n, l)| format!("{rel}:{n}: {l}"))
                 .collect::<Vec<_>>()
         })
         .collect();

@@ -286,6 +286,9 @@ impl EventLoop {
                 _ = tick.tick() => {
                     self.maybe_reserve();
                     self.expire_punches();
+                    // A request whose answer never came (a service that stopped, a read
+                    // that panicked) is let go once its stream is gone.
+                    self.handed_over.retain(|_, channel| channel.is_open());
                 }
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
@@ -506,7 +509,14 @@ impl EventLoop {
                                 }
                                 None
                             };
-                            if let Err(answer) = self.reads.cached_document(uuid, now, answer) {
+                            let read = self.reads.cached_document(
+                                uuid,
+                                now,
+                                reads::ReadFor::Lookup,
+                                answer,
+                            );
+                            if let Err(answer) = read {
+                                self.rejected.count(Counter::CacheReadsBusy);
                                 answer(None);
                             }
                             continue;

@@ -4,7 +4,9 @@
 //! straight to whoever asked. Reads a peer can cause are bounded; beyond that the peer is
 //! told at once, as if nothing were cached.
 
-use tokio::task::JoinSet;
+use std::collections::HashMap;
+
+use tokio::task::{Id, JoinSet};
 use uuid::Uuid;
 
 use crate::identity::SignedDocument;
@@ -12,22 +14,28 @@ use crate::store::mailbox::MailTotals;
 use crate::store::Store;
 use crate::wire::verbs::Response;
 
-/// Most reads a peer's requests may have running at once.
+/// Most cached-document reads of one kind ([`ReadFor`]) running at once.
 pub(super) const MAX_PEER_READS: usize = 32;
+
+/// Who a cached-document read is for. Each has its own bound, so peers asking a relay for
+/// documents cannot starve the node's own lookups of their cache fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadFor {
+    /// A peer's GETCERTIFICATE, answered from the cache.
+    Peer,
+    /// A lookup the network could not answer, falling back on the cache.
+    Lookup,
+}
 
 /// An answer for the request handed over under `token` (see `EventLoop::hand_over`).
 pub(super) type Answer = (u64, Response);
 
 pub(super) struct Reads {
     store: Store,
-    running: JoinSet<Done>,
-    /// How many of `running` a peer caused.
-    by_peers: usize,
-}
-
-struct Done {
-    by_peer: bool,
-    answer: Option<Answer>,
+    running: JoinSet<Option<Answer>>,
+    /// The bounded reads among `running`, by task: a read that panics is still counted
+    /// out (its id comes back with the error).
+    bounded: HashMap<Id, ReadFor>,
 }
 
 impl Reads {
@@ -35,27 +43,37 @@ impl Reads {
         Reads {
             store,
             running: JoinSet::new(),
-            by_peers: 0,
+            bounded: HashMap::new(),
         }
     }
 
-    /// Reads the cached document of `uuid`, for a peer's request (or a lookup one caused),
-    /// and hands it to `then`, whose answer (if any) goes out through [`Reads::next`].
-    /// Returns `then` back, unrun, when too many such reads are under way.
-    pub fn cached_document<F>(&mut self, uuid: Uuid, now: u64, then: F) -> Result<(), F>
+    /// Reads the cached document of `uuid`, `for` a peer or a lookup, and hands it to
+    /// `then`, whose answer (if any) goes out through [`Reads::next`]. Returns `then`
+    /// back, unrun, when [`MAX_PEER_READS`] reads of that kind are under way.
+    pub fn cached_document<F>(
+        &mut self,
+        uuid: Uuid,
+        now: u64,
+        r#for: ReadFor,
+        then: F,
+    ) -> Result<(), F>
     where
         F: FnOnce(Option<SignedDocument>) -> Option<Answer> + Send + 'static,
     {
-        if self.by_peers >= MAX_PEER_READS {
+        if self.running_for(r#for) >= MAX_PEER_READS {
             return Err(then);
         }
-        self.by_peers += 1;
         let store = self.store.clone();
-        self.running.spawn_blocking(move || Done {
-            by_peer: true,
-            answer: then(store.cached_document(&uuid, now).ok().flatten()),
-        });
+        let read = self
+            .running
+            .spawn_blocking(move || then(store.cached_document(&uuid, now).ok().flatten()));
+        self.bounded.insert(read.id(), r#for);
         Ok(())
+    }
+
+    /// How many reads for `r#for` are under way.
+    fn running_for(&self, r#for: ReadFor) -> usize {
+        self.bounded.values().filter(|f| **f == r#for).count()
     }
 
     /// Reads what the mailboxes hold, for the node's own status (not bounded: only the
@@ -67,27 +85,22 @@ impl Reads {
         let store = self.store.clone();
         self.running.spawn_blocking(move || {
             then(store.mail_totals().ok());
-            Done {
-                by_peer: false,
-                answer: None,
-            }
+            None
         });
     }
 
     /// Waits for the next read to finish, and returns the answer it left to send, if any.
     /// Returns at once when no read is running.
     pub async fn next(&mut self) -> Option<Answer> {
-        match self.running.join_next().await? {
-            Ok(done) => {
-                if done.by_peer {
-                    self.by_peers = self.by_peers.saturating_sub(1);
-                }
-                done.answer
+        match self.running.join_next_with_id().await? {
+            Ok((id, answer)) => {
+                self.bounded.remove(&id);
+                answer
             }
-            // A read that panicked: its asker hears nothing (a oneshot dropped, a request
-            // that times out). Which kind it was is unknown, so recount from what runs.
-            Err(_) => {
-                self.by_peers = self.by_peers.min(self.running.len());
+            // A read that panicked: its asker hears nothing (a oneshot dropped; a peer's
+            // request channel the loop prunes once its stream is gone).
+            Err(e) => {
+                self.bounded.remove(&e.id());
                 None
             }
         }
@@ -105,7 +118,8 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     /// A peer's reads are bounded: the one past the bound is handed back unrun (its
-    /// asker is answered at once), and a finished read makes room again.
+    /// asker is answered at once), and a finished read makes room again. Lookups have a
+    /// bound of their own, and the node's own status is never refused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_cannot_queue_more_than_the_bound_of_reads() {
         let dir = tempfile::tempdir().unwrap();
@@ -117,16 +131,26 @@ mod tests {
                 hold.wait();
                 Some((token, Response::NotFound)).filter(|_| doc.is_none())
             };
-            assert!(reads.cached_document(Uuid::new_v4(), 0, held).is_ok());
+            assert!(reads
+                .cached_document(Uuid::new_v4(), 0, ReadFor::Peer, held)
+                .is_ok());
         }
-        let refused = reads.cached_document(Uuid::new_v4(), 0, |_| Some((99, Response::NotFound)));
+        let refused = reads.cached_document(Uuid::new_v4(), 0, ReadFor::Peer, |_| {
+            Some((99, Response::NotFound))
+        });
         let then = refused.expect_err("the read past the bound is refused");
         assert_eq!(
             then(None).unwrap().0,
             99,
             "and handed back to answer at once"
         );
-        // The node's own status is not a peer's read: it is never refused.
+        assert!(
+            reads
+                .cached_document(Uuid::new_v4(), 0, ReadFor::Lookup, |_| None)
+                .is_ok(),
+            "peers filling their bound leave the node's lookups theirs"
+        );
+        assert_eq!(reads.next().await, None, "the lookup's read ends");
         let (tx, rx) = tokio::sync::oneshot::channel();
         reads.mail_totals(move |t| {
             let _ = tx.send(t);
@@ -142,6 +166,46 @@ mod tests {
         }
         tokens.sort();
         assert_eq!(tokens, (0..MAX_PEER_READS as u64).collect::<Vec<_>>());
-        assert!(reads.cached_document(Uuid::new_v4(), 0, |_| None).is_ok());
+        assert!(reads
+            .cached_document(Uuid::new_v4(), 0, ReadFor::Peer, |_| None)
+            .is_ok());
+    }
+
+    /// A read that panics gives its place back, even while other reads (a status that
+    /// does not count against the bound among them) are under way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_panics_gives_its_place_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reads = Reads::new(Store::open(dir.path()).unwrap());
+        let hold = Arc::new(Barrier::new(MAX_PEER_READS + 1));
+        for _ in 1..MAX_PEER_READS {
+            let hold = hold.clone();
+            let held = move |_: Option<SignedDocument>| {
+                hold.wait();
+                None
+            };
+            assert!(reads
+                .cached_document(Uuid::new_v4(), 0, ReadFor::Peer, held)
+                .is_ok());
+        }
+        let status_hold = hold.clone();
+        reads.mail_totals(move |_| {
+            status_hold.wait();
+        });
+        let panics = |_: Option<SignedDocument>| -> Option<Answer> { panic!("a read that fails") };
+        assert!(reads
+            .cached_document(Uuid::new_v4(), 0, ReadFor::Peer, panics)
+            .is_ok());
+        assert_eq!(reads.next().await, None, "the panicked read ends first");
+        assert!(
+            reads
+                .cached_document(Uuid::new_v4(), 0, ReadFor::Peer, |_| None)
+                .is_ok(),
+            "its place is free again"
+        );
+        hold.wait();
+        while !reads.idle() {
+            let _ = reads.next().await;
+        }
     }
 }

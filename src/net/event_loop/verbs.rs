@@ -9,7 +9,7 @@ use libp2p::{kad, request_response, PeerId};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::EventLoop;
+use super::{reads, EventLoop};
 use crate::config::Mode;
 use crate::counters::Counter;
 use crate::identity::{dht_key, SignedDocument};
@@ -189,7 +189,10 @@ impl EventLoop {
             };
             Some((token, response))
         };
-        match self.reads.cached_document(uuid, unix_now(), answer) {
+        match self
+            .reads
+            .cached_document(uuid, unix_now(), reads::ReadFor::Peer, answer)
+        {
             Ok(()) => {
                 self.handed_over.insert(token, channel);
             }
