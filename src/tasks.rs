@@ -34,8 +34,7 @@ pub struct Drained {
 }
 
 impl Tasks {
-    /// Starts a loop (aborted at shutdown). A no-op once shutdown began, or once a lock is
-    /// poisoned, which only a bug can do.
+    /// Starts a loop (aborted at shutdown). A no-op once shutdown began.
     pub fn spawn_loop(&self, f: impl Future<Output = ()> + Send + 'static) {
         self.spawn_in(&self.loops, f);
     }

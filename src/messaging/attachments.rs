@@ -195,6 +195,14 @@ pub(super) async fn chunk(
             return one(outcome_nack(Nack::UnknownMessage));
         }
     };
+    // From here on every way out clears the claim: by writing the chunk, by a stall, or,
+    // should this task die or be dropped on the way, by the guard.
+    let _claimed = ClaimGuard {
+        inner,
+        peer,
+        msg_id,
+        key: claim.key,
+    };
     let plain = envelope::open_chunk(&claim.chunk_key, &msg_id, attachment, claim.index, &data);
     let plain = match plain {
         Ok(p) if claim.fits(p.len()) => p,
@@ -238,6 +246,25 @@ pub(super) async fn chunk(
         }
         Ok((None, _)) => one(complete(inner, key, claim.env).await),
         Err(stall) => one(stalled(inner, key, stall).await),
+    }
+}
+
+/// Lets go of a chunk's claim however its task ends (see [`Transfers::release`]).
+///
+/// [`Transfers::release`]: super::transfers::Transfers::release
+struct ClaimGuard<'a> {
+    inner: &'a Inner,
+    peer: PeerId,
+    msg_id: [u8; 16],
+    key: [u8; 40],
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .transfers
+            .lock()
+            .release(self.peer, self.msg_id, &self.key);
     }
 }
 

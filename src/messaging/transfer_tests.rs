@@ -188,6 +188,40 @@ fn a_concurrent_chunk_or_message_waits_while_a_chunk_is_written() {
     claim(&mut t, peer, &env, next, 0);
 }
 
+/// A chunk's task that dies between claim and write leaves the transfer to be started
+/// again, not busy for good; a release after the write changes nothing.
+#[test]
+fn a_claim_whose_task_died_is_let_go() {
+    let env = envelope(1, 1, &[3 * C]);
+    let key = key_of(&env);
+    let peer = PeerId::random();
+    let mut t = Transfers::new(IDLE, 0);
+    let mut disk = Vec::new();
+    let need = start(&mut t, peer, &env, &mut disk);
+    claim(&mut t, peer, &env, need, 0);
+    t.release(PeerId::random(), env.msg_id, &key);
+    assert_eq!(
+        t.on_chunk(peer, env.msg_id, 0, 0, 0),
+        OnChunk::Busy,
+        "not another's to release"
+    );
+    t.release(peer, env.msg_id, &key);
+    assert_eq!(
+        t.on_chunk(peer, env.msg_id, 0, 0, 0),
+        OnChunk::Unknown,
+        "the sender starts again with MESSAGE"
+    );
+    let need = start(&mut t, peer, &env, &mut disk);
+    claim(&mut t, peer, &env, need, 0);
+    let next = Need {
+        attachment: 0,
+        offset: C,
+    };
+    t.on_written(peer, env.msg_id, &key, next, 0);
+    t.release(peer, env.msg_id, &key);
+    assert_eq!(t.on_chunk(peer, env.msg_id, 0, 0, 0), OnChunk::Ask(next));
+}
+
 #[test]
 fn no_chunk_is_written_while_a_message_looks_at_the_files() {
     let env = envelope(1, 1, &[3 * C]);

@@ -294,6 +294,17 @@ impl Transfers {
         }
     }
 
+    /// The claim on `key`'s chunk ended without [`Transfers::on_written`] (its task died
+    /// on the way): should the transfer still be busy, it is forgotten in memory as after
+    /// a stall, so the sender starts again from what is on disk instead of finding it busy
+    /// for as long as this process runs. Does nothing once the chunk was written.
+    pub fn release(&mut self, peer: PeerId, msg_id: [u8; 16], key: &[u8; 40]) {
+        let at = (peer, msg_id);
+        if self.live.get(&at).is_some_and(|t| &t.key == key && t.busy) {
+            self.live.remove(&at);
+        }
+    }
+
     /// The periodic sweep, given the stored transfers (`held`) and the contacts, at
     /// `now_ms`: forgets what a transfer left behind without its row (progress times, a
     /// transfer in memory), keeping those admitted a moment ago (their row may not be
