@@ -299,10 +299,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         Some(
             ControlServer::bind(
                 &socket,
-                client.clone(),
-                id.clone(),
-                messenger.clone(),
-                channels.clone(),
+                crate::control::Operations::new(
+                    client.clone(),
+                    id.clone(),
+                    messenger.clone(),
+                    channels.clone(),
+                ),
             )
             .await
             .map_err(|source| StartError::Control {

@@ -196,6 +196,15 @@ fn channels_work_through_the_command_line() {
     // The rust-talk stream saw nothing of it.
     assert!(lines.recv_timeout(Duration::from_millis(500)).is_err());
 
+    // A removes B from the private channel: the key turns over (the socket used to answer
+    // this with "this node is a relay").
+    let removed = cli(a, &["channel", "remove", "ops", &b_uuid, "--json"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    let removed = removed.json();
+    assert_eq!(removed["removed"], b_uuid.as_str());
+    assert!(removed["epoch"].as_u64().unwrap() >= 1, "{removed}");
+    assert_eq!(cli(a, &["channel", "remove", "no-such", &b_uuid]).code, 4);
+
     assert_eq!(cli(b, &["channel", "leave", "rust-talk"]).code, 0);
     let mine = cli(b, &["channel", "list", "--json"]);
     let names: Vec<String> = json_lines(&mine)

@@ -1,12 +1,12 @@
 //! Control requests for channels: `channel create|join|leave|list|members|invite|send`.
 
-use tokio::io::AsyncWrite;
 use uuid::Uuid;
 
 use super::answers::{
     ChannelInvited, ChannelJoined, ChannelLeft, ChannelMemberRemoved, ChannelPosted, MemberLine,
 };
-use super::messages::{resolve, write_line};
+use super::messages::resolve;
+use super::ops::Answers;
 use super::{ControlRequest, ControlResponse, ErrorKind, Refusal};
 use crate::channels::Channels;
 use crate::messaging::Messenger;
@@ -70,27 +70,23 @@ pub(super) async fn handle(
 }
 
 /// `channel list`: one line per channel, then the end.
-pub(super) async fn list<W: AsyncWrite + Unpin>(
-    c: &Channels,
-    all: bool,
-    w: &mut W,
-) -> std::io::Result<()> {
+pub(super) async fn list<A: Answers>(c: &Channels, all: bool, w: &mut A) -> std::io::Result<()> {
     for v in c.list(all) {
-        write_line(w, &ControlResponse::ok(v)).await?;
+        w.answer(ControlResponse::ok(v)).await?;
     }
-    write_line(w, &ControlResponse::done()).await
+    w.answer(ControlResponse::done()).await
 }
 
 /// `channel members`: one line per member, named if a contact.
-pub(super) async fn members<W: AsyncWrite + Unpin>(
+pub(super) async fn members<A: Answers>(
     c: &Channels,
     m: &Messenger,
     channel: &str,
-    w: &mut W,
+    w: &mut A,
 ) -> std::io::Result<()> {
     let members = match c.members(channel) {
         Ok(v) => v,
-        Err(e) => return write_line(w, &Refusal::from(e).into()).await,
+        Err(e) => return w.answer(Refusal::from(e).into()).await,
     };
     let names: std::collections::HashMap<Uuid, String> = m
         .store()
@@ -110,7 +106,7 @@ pub(super) async fn members<W: AsyncWrite + Unpin>(
             uuid: u.to_string(),
             name,
         };
-        write_line(w, &ControlResponse::ok(v)).await?;
+        w.answer(ControlResponse::ok(v)).await?;
     }
-    write_line(w, &ControlResponse::done()).await
+    w.answer(ControlResponse::done()).await
 }

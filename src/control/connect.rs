@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::answers::{ConnectAnswer, ConnectStatus, Disconnected, RequestAnswered};
 use super::messages::resolve;
-use super::server::GONE;
+use super::ops::GONE;
 use super::{ControlResponse, ErrorKind, Refusal};
 use crate::messaging::Messenger;
 use crate::net::{Client, ConnectOutcome, LookupError};

@@ -6,12 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::answers::{ContactRemoved, SendAnswer, SendStatus};
-use super::server::GONE;
+use super::ops::{Answers, GONE};
 use super::{ControlResponse, ErrorKind, Refusal};
 use crate::identity::{parse_contact, Fingerprint};
 use crate::messaging::{Delivery, Messenger};
@@ -275,30 +274,16 @@ pub(super) async fn send(
     Ok(r)
 }
 
-pub(super) async fn write_line<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    r: &ControlResponse,
-) -> std::io::Result<()> {
-    let mut out = serde_json::to_vec(r).unwrap_or_default();
-    out.push(b'\n');
-    w.write_all(&out).await
-}
-
 /// Streams received messages after `since`; with `follow`, keeps streaming new ones until
 /// the client goes away.
-pub(super) async fn recv<R, W>(
+pub(super) async fn recv<A: Answers>(
     m: &Messenger,
     me: Uuid,
     since: Option<String>,
     follow: bool,
     channel: Option<Uuid>,
-    reader: &mut R,
-    w: &mut W,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+    w: &mut A,
+) -> std::io::Result<()> {
     let mut last = match since {
         None => 0,
         Some(s) => {
@@ -312,7 +297,7 @@ where
                         ErrorKind::NotFound,
                         format!("no stored message with id {s:?}"),
                     );
-                    return write_line(w, &r).await;
+                    return w.answer(r).await;
                 }
             }
         }
@@ -324,9 +309,8 @@ where
         |e: &HistoryEntry| channel.is_none_or(|c| e.channel.is_some_and(|x| *x == *c.as_bytes()));
     last = catch_up(m, &me, &names, last, &wanted, w).await?;
     let Some(live) = live.as_mut() else {
-        return write_line(w, &ControlResponse::done()).await;
+        return w.answer(ControlResponse::done()).await;
     };
-    let mut probe = [0u8; 1];
     loop {
         tokio::select! {
             got = live.recv() => match got {
@@ -345,8 +329,7 @@ where
                     {
                         names = Names::load(m);
                     }
-                    let r = ControlResponse::ok(view(m, &me, &names, &entry));
-                    write_line(w, &r).await?;
+                    w.answer(ControlResponse::ok(view(m, &me, &names, &entry))).await?;
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -354,30 +337,25 @@ where
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
-            n = reader.read(&mut probe) => {
-                // The client closed its end (or sent more): stop following.
-                if n.unwrap_or(0) == 0 {
-                    return Ok(());
-                }
-            }
+            () = w.gone() => return Ok(()),
         }
     }
 }
 
 /// Writes every received message after `last`; returns the new position.
-async fn catch_up<W: AsyncWrite + Unpin>(
+async fn catch_up<A: Answers>(
     m: &Messenger,
     me: &Uuid,
     names: &Names,
     mut last: u64,
     wanted: &(dyn Fn(&HistoryEntry) -> bool + Sync),
-    w: &mut W,
+    w: &mut A,
 ) -> std::io::Result<u64> {
     loop {
         let page = match m.store().history_after(last, PAGE) {
             Ok(p) => p,
             Err(e) => {
-                write_line(w, &Refusal::failed(e).into()).await?;
+                w.answer(Refusal::failed(e).into()).await?;
                 return Ok(last);
             }
         };
@@ -387,23 +365,24 @@ async fn catch_up<W: AsyncWrite + Unpin>(
         for (seq, e) in page {
             last = seq;
             if e.incoming && wanted(&e) {
-                write_line(w, &ControlResponse::ok(view(m, me, names, &e))).await?;
+                w.answer(ControlResponse::ok(view(m, me, names, &e)))
+                    .await?;
             }
         }
     }
 }
 
-pub(super) async fn history<W: AsyncWrite + Unpin>(
+pub(super) async fn history<A: Answers>(
     m: &Messenger,
     me: Uuid,
     with: Option<String>,
-    w: &mut W,
+    w: &mut A,
 ) -> std::io::Result<()> {
     let peer = match with {
         None => None,
         Some(t) => match resolve(m, &t) {
             Ok((u, _)) => Some(*u.as_bytes()),
-            Err(r) => return write_line(w, &r.into()).await,
+            Err(r) => return w.answer(r.into()).await,
         },
     };
     let names = Names::load(m);
@@ -411,7 +390,7 @@ pub(super) async fn history<W: AsyncWrite + Unpin>(
     loop {
         let page = match m.store().history_after(last, PAGE) {
             Ok(p) => p,
-            Err(e) => return write_line(w, &Refusal::failed(e).into()).await,
+            Err(e) => return w.answer(Refusal::failed(e).into()).await,
         };
         if page.is_empty() {
             break;
@@ -419,11 +398,12 @@ pub(super) async fn history<W: AsyncWrite + Unpin>(
         for (seq, e) in page {
             last = seq;
             if peer.is_none_or(|p| p == e.peer) {
-                write_line(w, &ControlResponse::ok(view(m, &me, &names, &e))).await?;
+                w.answer(ControlResponse::ok(view(m, &me, &names, &e)))
+                    .await?;
             }
         }
     }
-    write_line(w, &ControlResponse::done()).await
+    w.answer(ControlResponse::done()).await
 }
 
 fn valid_name(name: &str) -> Result<(), Refusal> {
@@ -506,13 +486,10 @@ pub(super) async fn contacts_add(
     Ok(ControlResponse::ok(contact_view(m, &name, &c)))
 }
 
-pub(super) async fn contacts_list<W: AsyncWrite + Unpin>(
-    m: &Messenger,
-    w: &mut W,
-) -> std::io::Result<()> {
+pub(super) async fn contacts_list<A: Answers>(m: &Messenger, w: &mut A) -> std::io::Result<()> {
     let contacts = match m.store().contacts() {
         Ok(c) => c,
-        Err(e) => return write_line(w, &Refusal::failed(e).into()).await,
+        Err(e) => return w.answer(Refusal::failed(e).into()).await,
     };
     for (name, c) in contacts {
         let v = contact_view(m, &name, &c);
@@ -522,9 +499,9 @@ pub(super) async fn contacts_list<W: AsyncWrite + Unpin>(
                 "WARNING: the identity key of {name:?} changed since it was pinned; verify its fingerprint again"
             ));
         }
-        write_line(w, &r).await?;
+        w.answer(r).await?;
     }
-    write_line(w, &ControlResponse::done()).await
+    w.answer(ControlResponse::done()).await
 }
 
 pub(super) fn contacts_verify(

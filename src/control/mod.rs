@@ -7,12 +7,14 @@ pub mod answers;
 mod channels;
 mod connect;
 mod messages;
+pub mod ops;
 mod server;
 mod views;
 
 pub use messages::{rfc3339, AttachmentView, ContactView, Direction, MessageView};
 
 pub use crate::error::ErrorKind;
+pub use ops::{Answers, Collected, Operations};
 pub use server::ControlServer;
 pub use views::{IdInfo, WhoisView};
 

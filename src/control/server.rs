@@ -4,23 +4,15 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::answers::Dialing;
-use super::IdInfo;
-use super::{channels, connect, messages, ControlRequest, ControlResponse, Refusal};
+use super::ops::{Answers, Operations};
+use super::{ControlRequest, ControlResponse};
 use super::{ErrorKind, MAX_LINE_BYTES};
-use crate::channels::Channels;
-use crate::messaging::Messenger;
-use crate::net::{Client, LookupError};
-
-/// The answer to every request once the node is stopping.
-pub(super) const GONE: &str = "the node is shutting down";
-/// The answer to a user request on a relay.
-const NO_USER: &str = "this node is a relay and has no user identity";
 
 /// Most client connections served at once.
 const MAX_CLIENTS: usize = 64;
@@ -34,13 +26,7 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds `path` with mode 0600, replacing only a stale socket left by a crashed node:
     /// any other file at the path is left alone and the bind fails.
-    pub async fn bind(
-        path: &Path,
-        client: Client,
-        id: Option<IdInfo>,
-        messenger: Option<Messenger>,
-        channels: Option<Channels>,
-    ) -> std::io::Result<Self> {
+    pub async fn bind(path: &Path, ops: Operations) -> std::io::Result<Self> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(std::io::Error::new(
@@ -58,7 +44,7 @@ impl ControlServer {
             std::fs::remove_file(path)?;
         }
         let listener = bind_private(path)?;
-        let task = tokio::spawn(accept_loop(listener, client, id, messenger, channels));
+        let task = tokio::spawn(accept_loop(listener, ops));
         Ok(ControlServer {
             path: path.to_path_buf(),
             task,
@@ -92,13 +78,7 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     bound
 }
 
-async fn accept_loop(
-    listener: UnixListener,
-    client: Client,
-    id: Option<IdInfo>,
-    messenger: Option<Messenger>,
-    channels: Option<Channels>,
-) {
+async fn accept_loop(listener: UnixListener, ops: Operations) {
     // Connections end with the server: aborting this task drops the set, which aborts them.
     let mut connections = tokio::task::JoinSet::new();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
@@ -133,13 +113,10 @@ async fn accept_loop(
             warn!("too many control connections; refusing one");
             continue;
         };
-        let client = client.clone();
-        let id = id.clone();
-        let messenger = messenger.clone();
-        let channels = channels.clone();
+        let ops = ops.clone();
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
-            if let Err(e) = serve(stream, client, id, messenger, channels).await {
+            if let Err(e) = serve(stream, ops).await {
                 debug!(error = %e, "control connection ended");
             }
             drop(permit);
@@ -147,173 +124,49 @@ async fn accept_loop(
     }
 }
 
-async fn serve(
-    stream: UnixStream,
-    client: Client,
-    id: Option<IdInfo>,
-    messenger: Option<Messenger>,
-    channels: Option<Channels>,
-) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+async fn serve(stream: UnixStream, ops: Operations) -> std::io::Result<()> {
+    let (read, write) = stream.into_split();
+    let mut lines = Lines {
+        reader: BufReader::new(read),
+        write,
+    };
     loop {
         let mut line = String::new();
-        let n = (&mut reader)
+        let n = (&mut lines.reader)
             .take(MAX_LINE_BYTES as u64)
             .read_line(&mut line)
             .await?;
         if n == 0 {
             return Ok(());
         }
-        let response = match serde_json::from_str::<ControlRequest>(&line) {
-            Ok(req) => {
-                if let (Some(m), Some(ch), Some(me)) =
-                    (&messenger, &channels, id.as_ref().map(|i| i.uuid))
-                {
-                    match req {
-                        ControlRequest::Recv {
-                            since,
-                            follow,
-                            channel,
-                        } => {
-                            let channel = match channel.map(|c| ch.id_of(&c)).transpose() {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    let r = ControlResponse::from(Refusal::from(e));
-                                    messages::write_line(&mut write, &r).await?;
-                                    continue;
-                                }
-                            };
-                            messages::recv(m, me, since, follow, channel, &mut reader, &mut write)
-                                .await?;
-                            continue;
-                        }
-                        ControlRequest::Status => match client.status().await {
-                            Ok(mut s) => {
-                                s.channels = ch.joined_names();
-                                ControlResponse::ok(s)
-                            }
-                            Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
-                        },
-                        ControlRequest::ChannelList { all } => {
-                            channels::list(ch, all, &mut write).await?;
-                            continue;
-                        }
-                        ControlRequest::ChannelMembers { channel } => {
-                            channels::members(ch, m, &channel, &mut write).await?;
-                            continue;
-                        }
-                        req @ (ControlRequest::ChannelCreate { .. }
-                        | ControlRequest::ChannelJoin { .. }
-                        | ControlRequest::ChannelLeave { .. }
-                        | ControlRequest::ChannelInvite { .. }
-                        | ControlRequest::ChannelSend { .. }) => {
-                            answer(channels::handle(ch, m, req).await)
-                        }
-                        ControlRequest::History { with } => {
-                            messages::history(m, me, with, &mut write).await?;
-                            continue;
-                        }
-                        ControlRequest::ContactsList => {
-                            messages::contacts_list(m, &mut write).await?;
-                            continue;
-                        }
-                        req => handle(req, &client, id.as_ref(), Some(m)).await,
-                    }
-                } else {
-                    handle(req, &client, id.as_ref(), None).await
-                }
-            }
+        match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(req) => ops.run(req, &mut lines).await?,
             Err(e) => {
-                ControlResponse::err(ErrorKind::BadInput, format!("bad control request: {e}"))
+                let r =
+                    ControlResponse::err(ErrorKind::BadInput, format!("bad control request: {e}"));
+                lines.answer(r).await?
             }
-        };
-        let mut out = serde_json::to_vec(&response).unwrap_or_default();
+        }
+    }
+}
+
+/// A control connection: answers go out one JSON line each.
+struct Lines {
+    reader: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+}
+
+impl Answers for Lines {
+    async fn answer(&mut self, r: ControlResponse) -> std::io::Result<()> {
+        let mut out = serde_json::to_vec(&r).unwrap_or_default();
         out.push(b'\n');
-        write.write_all(&out).await?;
+        self.write.write_all(&out).await
     }
-}
 
-async fn handle(
-    req: ControlRequest,
-    client: &Client,
-    id: Option<&IdInfo>,
-    messenger: Option<&Messenger>,
-) -> ControlResponse {
-    match req {
-        ControlRequest::Status => match client.status().await {
-            Ok(s) => ControlResponse::ok(s),
-            Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
-        },
-        ControlRequest::Peers => match client.peers().await {
-            Ok(p) => ControlResponse::ok(p),
-            Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
-        },
-        ControlRequest::Id => match id {
-            Some(id) => ControlResponse::ok(id),
-            None => ControlResponse::err(ErrorKind::Failed, NO_USER),
-        },
-        ControlRequest::Whois { uuid } => {
-            let Ok(uuid) = Uuid::parse_str(&uuid) else {
-                return ControlResponse::err(ErrorKind::BadInput, format!("not a UUID: {uuid:?}"));
-            };
-            match client.whois(uuid).await {
-                Ok(doc) => ControlResponse::ok(super::WhoisView::of(&doc)),
-                Err(LookupError::NotFound(_)) => ControlResponse::err(
-                    ErrorKind::NotFound,
-                    format!("no valid identity document found for {uuid}"),
-                ),
-                Err(LookupError::NodeGone) => ControlResponse::err(ErrorKind::Failed, GONE),
-            }
-        }
-        ControlRequest::Dial { addr } => match addr.parse() {
-            Ok(addr) => match client.dial(addr).await {
-                Ok(()) => ControlResponse::ok(Dialing {}),
-                Err(e) => ControlResponse::err(ErrorKind::Failed, e.to_string()),
-            },
-            Err(e) => ControlResponse::err(
-                ErrorKind::BadInput,
-                format!("invalid multiaddr {addr:?}: {e}"),
-            ),
-        },
-        req => {
-            let Some(m) = messenger else {
-                return ControlResponse::err(ErrorKind::Failed, NO_USER);
-            };
-            match req {
-                ControlRequest::Send {
-                    to,
-                    text,
-                    attach,
-                    timeout_ms,
-                } => answer(messages::send(m, to, text, attach, timeout_ms).await),
-                ControlRequest::ContactsAdd { name, target } => {
-                    answer(messages::contacts_add(m, client, name, target).await)
-                }
-                ControlRequest::ContactsVerify { name, fingerprint } => {
-                    answer(messages::contacts_verify(m, name, fingerprint))
-                }
-                ControlRequest::ContactsRm { name } => answer(messages::contacts_rm(m, name)),
-                ControlRequest::Connect { to, timeout_ms } => {
-                    answer(connect::connect(m, client, to, timeout_ms).await)
-                }
-                ControlRequest::Disconnect { to } => {
-                    answer(connect::disconnect(m, client, to).await)
-                }
-                ControlRequest::Requests => answer(connect::requests(client).await),
-                ControlRequest::Accept { request_id } => {
-                    answer(connect::answer(client, request_id, true).await)
-                }
-                ControlRequest::Deny { request_id } => {
-                    answer(connect::answer(client, request_id, false).await)
-                }
-                _ => ControlResponse::err(ErrorKind::Failed, NO_USER),
-            }
-        }
+    async fn gone(&mut self) {
+        // The client closes its end to stop a follow; anything it sends meanwhile is
+        // ignored.
+        let mut probe = [0u8; 64];
+        while matches!(self.reader.read(&mut probe).await, Ok(n) if n > 0) {}
     }
-}
-
-/// A handler's result or refusal, as the one answer line.
-fn answer(r: Result<ControlResponse, Refusal>) -> ControlResponse {
-    r.unwrap_or_else(ControlResponse::from)
 }
