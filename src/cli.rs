@@ -102,6 +102,13 @@ pub enum Command {
     /// List connected peers
     #[command(after_help = "Example:\n  ptpchat peers --json")]
     Peers,
+    /// Print the URL that opens the running node's app in a browser (it carries the HTTP API's token)
+    #[command(after_help = "Example:\n  ptpchat ui --open")]
+    Ui {
+        /// Open it in the default browser, where there is one
+        #[arg(long)]
+        open: bool,
+    },
     /// Look an identity up in the directory (DHT); exit 4 if none valid is found
     #[command(
         after_help = "Example:\n  ptpchat whois 0b7e3f0c-1d2a-8c4e-9f00-1234567890ab --json"
@@ -214,6 +221,15 @@ pub struct RunArgs {
     /// Treat private and reserved IP ranges as routable for NAT detection (closed networks, labs)
     #[arg(long)]
     pub private_ips: bool,
+    /// Serve the browser app and HTTP API on this address (default 127.0.0.1:7480, or a free port if that is taken; loopback only unless --http-any-address)
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Allow an --http address that is not loopback (other machines can then try the token)
+    #[arg(long)]
+    pub http_any_address: bool,
+    /// Serve no HTTP API or app
+    #[arg(long, conflicts_with = "http")]
+    pub no_http: bool,
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +342,18 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Ui { open } => {
+            let ui: control::answers::UiAnswer = ask(&home, ControlRequest::Ui).await?;
+            if json {
+                print_json(&ui);
+            } else {
+                println!("{}", ui.url);
+            }
+            if open {
+                open_in_browser(&ui.url);
+            }
+            Ok(())
+        }
         Command::Peers => {
             let peers: Vec<PeerView> = ask(&home, ControlRequest::Peers).await?;
             for p in peers {
@@ -429,6 +457,20 @@ async fn ask<T: serde::de::DeserializeOwned>(
     }
     resp.data_as()?
         .ok_or_else(|| CliError::from(ClientError::BadAnswer("the answer has no data".into())))
+}
+
+/// Hands `url` to the desktop's opener (`xdg-open`); says so where there is none.
+fn open_in_browser(url: &str) {
+    let opened = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !opened {
+        eprintln!("ptpchat: no browser to open here (xdg-open failed); open the URL above by hand");
+    }
 }
 
 /// Prints an answer from the node as one JSON line, keys in alphabetical order at every

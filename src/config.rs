@@ -12,6 +12,10 @@ use serde::Deserialize;
 const DEFAULT_BOOTSTRAP: &str = include_str!("../bootstrap/peers.txt");
 /// The default port; the next free one is used if it is taken.
 pub const DEFAULT_PORT: u16 = 4001;
+/// Where `ptpchat run` serves the app and HTTP API unless told otherwise (a free port
+/// instead, if another node has it).
+pub const DEFAULT_HTTP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7480);
 
 /// What kind of node to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +39,9 @@ pub struct NodeConfig {
     /// Publish direct addresses and serve the DHT (the user opted to be publicly reachable).
     pub public: bool,
     pub metrics: Option<SocketAddr>,
+    /// Serve the local HTTP API and app here (user nodes; `ptpchat run` sets a loopback
+    /// address unless told not to).
+    pub http: Option<SocketAddr>,
     /// Serve the control socket (tests of in-process nodes may turn it off).
     pub control_socket: bool,
     /// Largest attachment sent or accepted, in bytes.
@@ -190,6 +197,7 @@ impl NodeConfig {
             mdns: true,
             public: false,
             metrics: None,
+            http: None,
             control_socket: true,
             max_attachment: crate::wire::envelope::DEFAULT_MAX_ATTACHMENT_BYTES,
             transfer_idle: std::time::Duration::from_secs(60),
@@ -249,6 +257,7 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     pub public: Option<bool>,
     pub metrics: Option<String>,
+    pub http: Option<String>,
     pub max_attachment_bytes: Option<u64>,
     pub accept_connect: Option<String>,
     pub private_ips: Option<bool>,

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod identity;
 pub mod logthrottle;
 pub mod mailbox;

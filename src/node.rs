@@ -34,6 +34,11 @@ pub enum StartError {
     Build(#[from] BuildError),
     #[error("cannot listen on {addr}: {detail}")]
     Listen { addr: Multiaddr, detail: String },
+    #[error("cannot serve the HTTP API on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -65,6 +70,8 @@ pub struct RunningNode {
     pub id: Option<IdInfo>,
     /// The metrics endpoint, when one was asked for.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The HTTP API and app, when served.
+    pub http_addr: Option<std::net::SocketAddr>,
     /// Direct messages (user nodes).
     pub messenger: Option<Messenger>,
     /// Channels (user nodes).
@@ -77,6 +84,7 @@ pub struct RunningNode {
     /// Tells the event loop to stop.
     stop: Option<oneshot::Sender<()>>,
     control: Option<ControlServer>,
+    http: Option<crate::http::HttpServer>,
     metrics: Option<JoinHandle<()>>,
 }
 
@@ -89,6 +97,9 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         if let Some(control) = self.control {
             control.shutdown().await;
+        }
+        if let Some(http) = self.http {
+            http.shutdown().await;
         }
         if let Some(metrics) = self.metrics {
             metrics.abort();
@@ -295,6 +306,35 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         None => (None, None),
     };
 
+    let http = match (config.http, &id) {
+        (Some(addr), Some(_)) => {
+            let token = crate::http::token_in(&config.home)
+                .map_err(|source| StartError::Http { addr, source })?;
+            let ops = crate::control::Operations::new(
+                client.clone(),
+                id.clone(),
+                messenger.clone(),
+                channels.clone(),
+            );
+            let bound = match crate::http::HttpServer::bind(addr, ops.clone(), token.clone()).await
+            {
+                // Another node has the default port: any free one (`ptpchat ui` says which).
+                Err(e)
+                    if addr == crate::config::DEFAULT_HTTP
+                        && e.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    let any = std::net::SocketAddr::new(addr.ip(), 0);
+                    crate::http::HttpServer::bind(any, ops, token.clone()).await
+                }
+                other => other,
+            }
+            .map_err(|source| StartError::Http { addr, source })?;
+            info!(address = %bound.addr(), "serving the app and HTTP API (`ptpchat ui` gives its address with the token)");
+            Some((bound, token))
+        }
+        _ => None,
+    };
+
     let control = if config.control_socket {
         Some(
             ControlServer::bind(
@@ -304,7 +344,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
                     id.clone(),
                     messenger.clone(),
                     channels.clone(),
-                ),
+                )
+                .with_http(http.as_ref().map(|(h, t)| (h.addr(), t.clone()))),
             )
             .await
             .map_err(|source| StartError::Control {
@@ -320,6 +361,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         peer_id,
         id,
         metrics_addr,
+        http_addr: http.as_ref().map(|(h, _)| h.addr()),
         listen,
         event_loop: Some(event_loop),
         stop: stop.0.take(),
@@ -327,6 +369,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         channels,
         mailboxes,
         control,
+        http: http.map(|(h, _)| h),
         metrics,
     })
 }

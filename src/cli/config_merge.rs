@@ -26,6 +26,22 @@ pub fn node_config_for_run(home: PathBuf, args: RunArgs) -> Result<NodeConfig, C
         cfg.accept_connect = p.parse().map_err(usage)?;
     }
     cfg.private_ips = args.private_ips || file.private_ips.unwrap_or(false);
+    cfg.http = if args.no_http || file.http.as_deref() == Some("off") {
+        None
+    } else {
+        let addr = match args.http.or(file.http) {
+            Some(a) => a
+                .parse::<SocketAddr>()
+                .map_err(|e| usage(format!("invalid --http address {a:?}: {e}")))?,
+            None => config::DEFAULT_HTTP,
+        };
+        if !addr.ip().is_loopback() && !args.http_any_address {
+            return Err(usage(format!(
+                "--http {addr} is not a loopback address; add --http-any-address to serve other machines"
+            )));
+        }
+        Some(addr)
+    };
     Ok(cfg)
 }
 

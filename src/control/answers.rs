@@ -173,3 +173,11 @@ pub struct RequestAnswered {
     pub accepted: bool,
     pub request_id: u64,
 }
+
+/// `ui`: where the app and HTTP API listen, and the URL that opens the app (it carries
+/// the token, in the fragment, which browsers never send).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiAnswer {
+    pub address: String,
+    pub url: String,
+}

@@ -125,6 +125,8 @@ pub enum ControlRequest {
     Deny {
         request_id: u64,
     },
+    /// Where the app and HTTP API are, with the token.
+    Ui,
 }
 
 /// The answer: `ok` with `data`, or an `error` of some `kind`. An `ok` answer may carry a

@@ -52,6 +52,8 @@ pub struct Operations {
     client: Client,
     id: Option<IdInfo>,
     user: Option<(Messenger, Channels)>,
+    /// Where the HTTP API listens and its token, for `ptpchat ui`.
+    http: Option<(std::net::SocketAddr, crate::http::Token)>,
 }
 
 impl Operations {
@@ -65,7 +67,14 @@ impl Operations {
             client,
             id,
             user: messenger.zip(channels),
+            http: None,
         }
+    }
+
+    /// Tells `ui` where the HTTP API is (and its token).
+    pub fn with_http(mut self, http: Option<(std::net::SocketAddr, crate::http::Token)>) -> Self {
+        self.http = http;
+        self
     }
 
     /// The node's messenger, on a user node.
@@ -125,6 +134,16 @@ impl Operations {
             ControlRequest::Peers => match client.peers().await {
                 Ok(p) => ControlResponse::ok(p),
                 Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
+            },
+            ControlRequest::Ui => match &self.http {
+                Some((addr, token)) => ControlResponse::ok(super::answers::UiAnswer {
+                    address: addr.to_string(),
+                    url: format!("http://{addr}/#token={}", token.reveal()),
+                }),
+                None => ControlResponse::err(
+                    ErrorKind::NotFound,
+                    "this node serves no HTTP API (started with --no-http, or a relay)",
+                ),
             },
             ControlRequest::Id => match &self.id {
                 Some(id) => ControlResponse::ok(id),

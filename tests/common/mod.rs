@@ -103,16 +103,24 @@ impl Daemon {
     /// Starts `ptpchat --home HOME ARGS...` with stdout piped.
     /// A user node (`run`) gets `--private-ips`: every test address is a loopback one.
     pub fn spawn(home: &Path, args: &[&str]) -> Daemon {
-        let lab: &[&str] = if args.first() == Some(&"run") && !args.contains(&"--private-ips") {
-            &["--private-ips"]
-        } else {
-            &[]
-        };
+        let mut lab: Vec<&str> = Vec::new();
+        if args.first() == Some(&"run") {
+            if !args.contains(&"--private-ips") {
+                lab.push("--private-ips");
+            }
+            // Tests bind no fixed port: the app's default one among them.
+            if !args
+                .iter()
+                .any(|a| a.starts_with("--http") || *a == "--no-http")
+            {
+                lab.extend(["--http", "127.0.0.1:0"]);
+            }
+        }
         let child = Command::new(bin())
             .arg("--home")
             .arg(home)
             .args(args)
-            .args(lab)
+            .args(&lab)
             // PTPCHAT_TEST_LOG=debug shows a daemon's logs when a test needs looking into.
             .env(
                 "RUST_LOG",

@@ -1,0 +1,526 @@
+//! The local HTTP API through the real binary: who may use it (token, Host, Origin, no
+//! CORS, the headers every answer carries), and two nodes chatting through it, the
+//! receiver reading an event stream that resumes where it broke off.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{cli, Daemon};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// An HTTP answer, as read off the socket.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// The node's HTTP address and token, from `ptpchat ui --json`.
+fn ui(home: &Path) -> (String, String) {
+    let r = cli(home, &["ui", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    let url = v["url"].as_str().unwrap();
+    let token = url.split("#token=").nth(1).unwrap().to_string();
+    (v["address"].as_str().unwrap().to_string(), token)
+}
+
+/// Sends one request with exactly these header lines (no others are added but the body's
+/// length) and reads the whole answer.
+fn raw(addr: &str, method: &str, path: &str, headers: &[String], body: &str) -> Answer {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    // A server that refuses a body too large may stop reading it: the answer still comes.
+    let _ = s.write_all(req.as_bytes());
+    let mut reader = BufReader::new(s);
+    let (status, headers) = head(&mut reader);
+    let mut body = Vec::new();
+    let _ = reader.read_to_end(&mut body);
+    let body = if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        dechunk(&body)
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            return (status, headers);
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> String {
+    let mut out = Vec::new();
+    while let Some(end) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..end]).unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[end + 2..end + 2 + size]);
+        b = &b[end + 2 + size + 2..];
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The headers an honest caller sends: this server as Host, and the token.
+fn honest(addr: &str, token: &str) -> Vec<String> {
+    vec![
+        format!("Host: {addr}"),
+        format!("Authorization: Bearer {token}"),
+    ]
+}
+
+fn get(addr: &str, token: &str, path: &str) -> Answer {
+    raw(addr, "GET", path, &honest(addr, token), "")
+}
+
+fn post(addr: &str, token: &str, path: &str, body: serde_json::Value) -> Answer {
+    let mut h = honest(addr, token);
+    h.push("Content-Type: application/json".into());
+    raw(addr, "POST", path, &h, &body.to_string())
+}
+
+/// An event stream being read: `(id, event, data)` per event, in order.
+struct Events {
+    reader: BufReader<TcpStream>,
+}
+
+impl Events {
+    fn open(addr: &str, token: &str, last_event_id: Option<&str>) -> Events {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut req = format!(
+            "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n"
+        );
+        if let Some(id) = last_event_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut reader = BufReader::new(s);
+        let (status, headers) = head(&mut reader);
+        assert_eq!(status, 200);
+        assert!(headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type")
+                && v.starts_with("text/event-stream")));
+        Events { reader }
+    }
+
+    /// The next event that carries data (keep-alive comments are skipped). The stream
+    /// comes chunked: chunk-size lines are told apart from event lines by their form.
+    fn next(&mut self) -> (Option<String>, String, serde_json::Value) {
+        let (mut id, mut event, mut data) = (None, String::from("message"), None);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .expect("the stream goes on");
+            assert!(n > 0, "the stream ended");
+            let l = line.trim_end_matches(['\r', '\n']);
+            if let Some(v) = l.strip_prefix("id:") {
+                id = Some(v.trim().to_string());
+            } else if let Some(v) = l.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = l.strip_prefix("data:") {
+                data = Some(serde_json::from_str(v.trim()).unwrap());
+            } else if l.is_empty() {
+                if let Some(d) = data.take() {
+                    return (id, event, d);
+                }
+            }
+        }
+    }
+}
+
+fn start_pair() -> (Vec<tempfile::TempDir>, Vec<Daemon>, String) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut relay = Daemon::spawn(
+        dirs[0].path(),
+        &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"],
+    );
+    let mut line = String::new();
+    BufReader::new(relay.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let relay_addr = line.trim().to_string();
+    let run = |public: bool| {
+        let mut a = vec![
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--quiet",
+        ];
+        a.extend(["--bootstrap", relay_addr.as_str()]);
+        if public {
+            a.push("--public");
+        }
+        a
+    };
+    let a = Daemon::spawn(dirs[1].path(), &run(false));
+    let b = Daemon::spawn(dirs[2].path(), &run(true));
+    a.wait_ready();
+    b.wait_ready();
+    (dirs, vec![relay, a, b], relay_addr)
+}
+
+/// Each check a web page of another site (or a stranger on the machine) would have to
+/// get past, tried: no token, a wrong one, a DNS-rebinding Host, a foreign Origin, a
+/// CORS preflight, a form post; and the headers every answer carries.
+#[test]
+fn only_the_owner_on_loopback_gets_in() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Daemon::spawn(
+        home.path(),
+        &[
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--quiet",
+        ],
+    );
+    node.wait_ready();
+    let (addr, token) = ui(home.path());
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let port = addr.rsplit(':').next().unwrap();
+
+    let id = get(&addr, &token, "/api/v1/id");
+    assert_eq!(id.status, 200, "{}", id.body);
+    let uuid = cli(home.path(), &["id", "--json"]).json()["uuid"].clone();
+    assert_eq!(id.json()["uuid"], uuid, "the same answer as the CLI's");
+    let csp = id.header("content-security-policy").expect("a CSP");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(id.header("x-content-type-options"), Some("nosniff"));
+    assert!(id.header("access-control-allow-origin").is_none());
+    for name in ["localhost", "[::1]"] {
+        let h = vec![
+            format!("Host: {name}:{port}"),
+            format!("Authorization: Bearer {token}"),
+        ];
+        assert_eq!(
+            raw(&addr, "GET", "/api/v1/id", &h, "").status,
+            200,
+            "{name}"
+        );
+    }
+
+    let host = format!("Host: {addr}");
+    let cases: Vec<(&str, Vec<String>, u16)> = vec![
+        ("no token", vec![host.clone()], 401),
+        (
+            "a wrong token",
+            vec![
+                host.clone(),
+                format!("Authorization: Bearer {}", "0".repeat(64)),
+            ],
+            401,
+        ),
+        (
+            "the token without Bearer",
+            vec![host.clone(), format!("Authorization: {token}")],
+            401,
+        ),
+        (
+            "a rebinding Host",
+            vec![
+                format!("Host: attacker.example:{port}"),
+                format!("Authorization: Bearer {token}"),
+            ],
+            403,
+        ),
+        (
+            "another port's Host",
+            vec![
+                "Host: 127.0.0.1:1".into(),
+                format!("Authorization: Bearer {token}"),
+            ],
+            403,
+        ),
+        (
+            "a foreign Origin",
+            vec![
+                host.clone(),
+                format!("Authorization: Bearer {token}"),
+                "Origin: http://attacker.example".into(),
+            ],
+            403,
+        ),
+        (
+            "a cross-site fetch",
+            vec![
+                host.clone(),
+                format!("Authorization: Bearer {token}"),
+                "Sec-Fetch-Site: cross-site".into(),
+            ],
+            403,
+        ),
+    ];
+    for (what, headers, want) in cases {
+        let r = raw(&addr, "GET", "/api/v1/id", &headers, "");
+        assert_eq!(r.status, want, "{what}: {}", r.body);
+        assert!(
+            !r.body.contains(uuid.as_str().unwrap()),
+            "{what} learns nothing"
+        );
+        assert!(
+            r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: words"
+        );
+        assert!(r.header("content-security-policy").is_some(), "{what}");
+    }
+
+    let no_host = raw(
+        &addr,
+        "GET",
+        "/api/v1/id",
+        &[format!("Authorization: Bearer {token}")],
+        "",
+    );
+    assert!(
+        matches!(no_host.status, 400 | 403),
+        "no Host: {}",
+        no_host.status
+    );
+    assert!(!no_host.body.contains(uuid.as_str().unwrap()));
+
+    // A CORS preflight gets no permission; a form of another site cannot post.
+    let preflight = raw(
+        &addr,
+        "OPTIONS",
+        "/api/v1/send",
+        &[
+            host.clone(),
+            "Origin: http://attacker.example".into(),
+            "Access-Control-Request-Method: POST".into(),
+        ],
+        "",
+    );
+    assert!(preflight.status >= 400, "{}", preflight.status);
+    assert!(preflight.header("access-control-allow-origin").is_none());
+    let form = raw(
+        &addr,
+        "POST",
+        "/api/v1/contacts",
+        &[
+            host.clone(),
+            "Content-Type: application/x-www-form-urlencoded".into(),
+        ],
+        "name=evil&target=x",
+    );
+    assert_eq!(form.status, 401);
+    let as_form = raw(
+        &addr,
+        "POST",
+        "/api/v1/contacts",
+        &[
+            host.clone(),
+            format!("Authorization: Bearer {token}"),
+            "Content-Type: text/plain".into(),
+        ],
+        "{}",
+    );
+    assert_eq!(as_form.status, 415, "{}", as_form.body);
+    let contacts = get(&addr, &token, "/api/v1/contacts");
+    assert_eq!(contacts.json(), serde_json::json!([]), "nothing was added");
+
+    // The session cookie opens it as the token does.
+    let session = post(&addr, &token, "/api/v1/session", serde_json::json!({}));
+    assert_eq!(session.status, 200);
+    let cookie = session.header("set-cookie").expect("a cookie").to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let by_cookie = raw(
+        &addr,
+        "GET",
+        "/api/v1/id",
+        &[host.clone(), format!("Cookie: {pair}")],
+        "",
+    );
+    assert_eq!(by_cookie.status, 200);
+
+    // Bad input is answered in words, with the CLI's kinds.
+    let bad = post(
+        &addr,
+        &token,
+        "/api/v1/send",
+        serde_json::json!({"to": "nobody", "text": "x"}),
+    );
+    // The kind is the CLI's (`send` to an unknown name exits 1: failed), and so are the words.
+    assert_eq!(bad.status, 500, "{}", bad.body);
+    assert_eq!(bad.json()["kind"], "failed");
+    let by_cli = cli(home.path(), &["send", "nobody", "x"]);
+    assert_eq!(by_cli.code, 1);
+    assert!(
+        by_cli
+            .stderr
+            .contains(bad.json()["error"].as_str().unwrap()),
+        "{}",
+        by_cli.stderr
+    );
+    let garbled = post(
+        &addr,
+        &token,
+        "/api/v1/send",
+        serde_json::json!({"text": 1}),
+    );
+    assert_eq!(garbled.status, 400, "{}", garbled.body);
+    assert_eq!(garbled.json()["kind"], "bad_input");
+    let big = post(
+        &addr,
+        &token,
+        "/api/v1/send",
+        serde_json::json!({"to": "x", "text": "y".repeat(ptpchat::http::MAX_BODY_BYTES + 1024)}),
+    );
+    assert_eq!(big.status, 413);
+}
+
+/// Alice sends Bob a message through her HTTP API; Bob's event stream shows it live, as
+/// text (markup in it is data, not HTML); his stream, broken and reopened with the last
+/// id it saw, goes on with the next message and nothing twice.
+#[test]
+fn two_nodes_chat_through_the_http_api() {
+    let (dirs, _daemons, _relay) = start_pair();
+    let (a_home, b_home) = (dirs[1].path(), dirs[2].path());
+    let (a_addr, a_token) = ui(a_home);
+    let (b_addr, b_token) = ui(b_home);
+    let b_uuid = get(&b_addr, &b_token, "/api/v1/id").json()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let added = post(
+        &a_addr,
+        &a_token,
+        "/api/v1/contacts",
+        serde_json::json!({"name": "bob", "target": b_uuid}),
+    );
+    let deadline = Instant::now() + WAIT;
+    let mut added = added;
+    while added.status != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        added = post(
+            &a_addr,
+            &a_token,
+            "/api/v1/contacts",
+            serde_json::json!({"name": "bob", "target": b_uuid}),
+        );
+    }
+    assert_eq!(added.status, 200, "{}", added.body);
+    assert_eq!(added.json()["name"], "bob");
+
+    let mut events = Events::open(&b_addr, &b_token, None);
+    let hostile = "<img src=x onerror=alert(1)>";
+    let sent = post(
+        &a_addr,
+        &a_token,
+        "/api/v1/send",
+        serde_json::json!({"to": "bob", "text": hostile}),
+    );
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let sent = sent.json();
+    assert_eq!(sent["status"], "delivered");
+    let (id, event, data) = events.next();
+    assert_eq!(event, "message");
+    assert_eq!(data["text"], hostile, "the text as it was sent");
+    assert_eq!(data["msg_id"], sent["msg_id"]);
+    assert_eq!(
+        id.as_deref(),
+        sent["msg_id"].as_str(),
+        "the event id is the message's"
+    );
+    drop(events);
+
+    let second = post(
+        &a_addr,
+        &a_token,
+        "/api/v1/send",
+        serde_json::json!({"to": "bob", "text": "second"}),
+    );
+    assert_eq!(second.status, 200, "{}", second.body);
+    let mut resumed = Events::open(&b_addr, &b_token, id.as_deref());
+    let (_, _, data) = resumed.next();
+    assert_eq!(
+        data["text"], "second",
+        "resumed after the last one seen, not before"
+    );
+
+    let history = get(&b_addr, &b_token, "/api/v1/history");
+    let texts: Vec<_> = history
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![serde_json::json!(hostile), serde_json::json!("second")]
+    );
+    let unknown = Events::open(&b_addr, &b_token, Some("not-a-message-id")).next();
+    assert_eq!(unknown.1, "error");
+    assert_eq!(unknown.2["kind"], "not_found");
+}
