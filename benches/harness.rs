@@ -195,6 +195,7 @@ async fn latency(listen: &str, samples: usize) -> Vec<Duration> {
             text: text.clone(),
             attach: vec![],
             timeout_ms: None,
+            idempotency_key: None,
         });
         let t0 = Instant::now();
         ctl.get_mut().write_all(&send).await.unwrap();

@@ -132,6 +132,9 @@ pub enum Command {
         /// Seconds to wait for the ACK before answering "queued" (exit 3)
         #[arg(long, default_value_t = 10, value_name = "SECS")]
         timeout: u64,
+        /// Send at most once under this key: a retry with the same key and message sends nothing and answers for the first
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Print received messages, oldest first; --follow keeps streaming new ones
     #[command(
@@ -413,7 +416,8 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             text,
             attach,
             timeout,
-        } => messages::send(&home, json, to, text, attach, timeout).await,
+            idempotency_key,
+        } => messages::send(&home, json, to, text, attach, timeout, idempotency_key).await,
         Command::Recv {
             follow,
             since,

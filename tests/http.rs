@@ -189,6 +189,47 @@ impl Events {
     }
 }
 
+/// `run`'s arguments for a test node bootstrapped to `relay`.
+fn run_args(relay: &str, public: bool) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--quiet",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(["--bootstrap".to_string(), relay.to_string()]);
+    if public {
+        a.push("--public".into());
+    }
+    a
+}
+
+fn spawn_node(home: &Path, relay: &str, public: bool) -> Daemon {
+    let args = run_args(relay, public);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::spawn(home, &args);
+    d.wait_ready();
+    d
+}
+
+/// Adds `target` as the contact `name`, as soon as the directory has it.
+fn add_contact(addr: &str, token: &str, name: &str, target: &str) {
+    let body = serde_json::json!({"name": name, "target": target});
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let added = post(addr, token, "/api/v1/contacts", body.clone());
+        if added.status == 200 {
+            assert_eq!(added.json()["name"], name);
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}", added.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn start_pair() -> (Vec<tempfile::TempDir>, Vec<Daemon>, String) {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut relay = Daemon::spawn(
@@ -200,24 +241,8 @@ fn start_pair() -> (Vec<tempfile::TempDir>, Vec<Daemon>, String) {
         .read_line(&mut line)
         .unwrap();
     let relay_addr = line.trim().to_string();
-    let run = |public: bool| {
-        let mut a = vec![
-            "run",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--quiet",
-        ];
-        a.extend(["--bootstrap", relay_addr.as_str()]);
-        if public {
-            a.push("--public");
-        }
-        a
-    };
-    let a = Daemon::spawn(dirs[1].path(), &run(false));
-    let b = Daemon::spawn(dirs[2].path(), &run(true));
-    a.wait_ready();
-    b.wait_ready();
+    let a = spawn_node(dirs[1].path(), &relay_addr, false);
+    let b = spawn_node(dirs[2].path(), &relay_addr, true);
     (dirs, vec![relay, a, b], relay_addr)
 }
 
@@ -452,25 +477,7 @@ fn two_nodes_chat_through_the_http_api() {
         .as_str()
         .unwrap()
         .to_string();
-    let added = post(
-        &a_addr,
-        &a_token,
-        "/api/v1/contacts",
-        serde_json::json!({"name": "bob", "target": b_uuid}),
-    );
-    let deadline = Instant::now() + WAIT;
-    let mut added = added;
-    while added.status != 200 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        added = post(
-            &a_addr,
-            &a_token,
-            "/api/v1/contacts",
-            serde_json::json!({"name": "bob", "target": b_uuid}),
-        );
-    }
-    assert_eq!(added.status, 200, "{}", added.body);
-    assert_eq!(added.json()["name"], "bob");
+    add_contact(&a_addr, &a_token, "bob", &b_uuid);
 
     let mut events = Events::open(&b_addr, &b_token, None);
     let hostile = "<img src=x onerror=alert(1)>";
@@ -523,4 +530,77 @@ fn two_nodes_chat_through_the_http_api() {
     let unknown = Events::open(&b_addr, &b_token, Some("not-a-message-id")).next();
     assert_eq!(unknown.1, "error");
     assert_eq!(unknown.2["kind"], "not_found");
+}
+
+/// A bot that retries a send (its answer lost, the node restarted meanwhile) sends once:
+/// the same key and message answer with the first send's id; the same key with another
+/// message is refused; the recipient holds the message once. Through the CLI too.
+#[test]
+fn a_retry_with_the_same_key_sends_once_even_across_a_restart() {
+    let (dirs, mut daemons, relay_addr) = start_pair();
+    let (a_home, b_home) = (dirs[1].path(), dirs[2].path());
+    let (a_addr, a_token) = ui(a_home);
+    let (b_addr, b_token) = ui(b_home);
+    let b_uuid = get(&b_addr, &b_token, "/api/v1/id").json()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    add_contact(&a_addr, &a_token, "bob", &b_uuid);
+    let send = |addr: &str, token: &str, key: &str, text: &str| {
+        let mut h = honest(addr, token);
+        h.push("Content-Type: application/json".into());
+        h.push(format!("Idempotency-Key: {key}"));
+        let body = serde_json::json!({"to": "bob", "text": text}).to_string();
+        raw(addr, "POST", "/api/v1/send", &h, &body)
+    };
+    let first = send(&a_addr, &a_token, "order-1", "once");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let id = first.json()["msg_id"].clone();
+    let again = send(&a_addr, &a_token, "order-1", "once");
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["msg_id"], id, "the first send's id");
+    assert_eq!(again.json()["status"], "delivered");
+    let other = send(&a_addr, &a_token, "order-1", "something else");
+    assert!(other.status >= 400, "{}", other.body);
+    assert!(other.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("different message"));
+
+    // A is killed and started again: the key still holds.
+    drop(daemons.remove(1));
+    daemons.push(spawn_node(a_home, &relay_addr, false));
+    let (a_addr, a_token) = ui(a_home);
+    let after = send(&a_addr, &a_token, "order-1", "once");
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(after.json()["msg_id"], id, "the same id after a restart");
+
+    // The control socket takes the key as well.
+    let by_cli = |text: &str| {
+        cli(
+            a_home,
+            &[
+                "send",
+                "bob",
+                text,
+                "--idempotency-key",
+                "order-2",
+                "--json",
+            ],
+        )
+    };
+    let one = by_cli("via the CLI");
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    let two = by_cli("via the CLI");
+    assert_eq!(two.code, 0, "{}", two.stderr);
+    assert_eq!(one.json()["msg_id"], two.json()["msg_id"]);
+
+    let texts: Vec<String> = get(&b_addr, &b_token, "/api/v1/history")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, vec!["once", "via the CLI"], "each once");
 }

@@ -77,6 +77,7 @@ pub async fn send(
     text: Option<String>,
     attach: Vec<PathBuf>,
     timeout: u64,
+    idempotency_key: Option<String>,
 ) -> Result<(), CliError> {
     let text = message_text(text)?;
     let mut files = Vec::new();
@@ -96,6 +97,7 @@ pub async fn send(
             text,
             attach: files,
             timeout_ms: Some(timeout.saturating_mul(1000)),
+            idempotency_key,
         },
     )
     .await?;

@@ -221,6 +221,7 @@ pub(super) async fn send(
     text: String,
     attach: Vec<String>,
     timeout_ms: Option<u64>,
+    idempotency_key: Option<String>,
 ) -> Result<ControlResponse, Refusal> {
     let (uuid, fp) = resolve(m, &to)?;
     if let (Some(fp), Some(doc)) = (fp, m.known_document(&uuid)) {
@@ -238,7 +239,11 @@ pub(super) async fn send(
         )
     });
     let files = attach.into_iter().map(PathBuf::from).collect();
-    let sending = m.send(uuid, text, files).await.map_err(Refusal::failed)?;
+    let sending = match idempotency_key {
+        Some(key) => m.send_once(uuid, text, files, &key).await,
+        None => m.send(uuid, text, files).await,
+    }
+    .map_err(Refusal::failed)?;
     let wait = timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_SEND_TIMEOUT);

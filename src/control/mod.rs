@@ -49,6 +49,9 @@ pub enum ControlRequest {
         attach: Vec<String>,
         #[serde(default)]
         timeout_ms: Option<u64>,
+        /// A retry with the same key sends nothing twice (see `Messenger::send_once`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
     },
     /// Received messages after `since` (a msg_id); with `follow`, then new ones as they come.
     Recv {

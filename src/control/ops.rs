@@ -185,7 +185,10 @@ impl Operations {
                         text,
                         attach,
                         timeout_ms,
-                    } => answer(messages::send(m, to, text, attach, timeout_ms).await),
+                        idempotency_key,
+                    } => answer(
+                        messages::send(m, to, text, attach, timeout_ms, idempotency_key).await,
+                    ),
                     ControlRequest::ContactsAdd { name, target } => {
                         answer(messages::contacts_add(m, client, name, target).await)
                     }

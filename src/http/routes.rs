@@ -283,14 +283,22 @@ struct SendBody {
     attach: Vec<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
+/// `POST /send`: the idempotency key comes as the `Idempotency-Key` header or in the body.
 async fn send(s: With<Shared>, h: HeaderMap, b: Bytes) -> Response {
+    let header_key = h
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     with_body!(s, h, b, SendBody, |m| ControlRequest::Send {
         to: m.to,
         text: m.text,
         attach: m.attach,
         timeout_ms: m.timeout_ms,
+        idempotency_key: header_key.or(m.idempotency_key),
     })
 }
 

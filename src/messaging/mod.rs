@@ -104,6 +104,9 @@ pub enum SendError {
     Stopped,
 }
 
+/// Longest idempotency key taken, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
 /// A message accepted into the outbox.
 pub struct Sending {
     pub msg_id: Uuid,
@@ -126,6 +129,8 @@ pub(crate) struct Inner {
     verifying_keys: KeyCache,
     docs: Shared<HashMap<Uuid, SignedDocument>>,
     outbox: Shared<queue::Outbox>,
+    /// Idempotency keys of sends under way ([`Messenger::send_once`]).
+    sending_once: Shared<std::collections::HashSet<[u8; 32]>>,
     wake: Notify,
     transfers: Shared<transfers::Transfers>,
     /// A transfer with no chunk for this long may give up its slot (ms).
@@ -172,6 +177,7 @@ impl Messenger {
             verifying_keys: KeyCache::default(),
             docs: Shared::default(),
             outbox: Shared::default(),
+            sending_once: Shared::default(),
             wake: Notify::new(),
             transfers: Shared::new(transfers::Transfers::new(idle_ms, started_ms)),
             transfer_idle_ms: idle_ms,
@@ -229,7 +235,65 @@ impl Messenger {
             body: text.clone(),
             shown: Some(text),
         };
-        outbox::send(&self.inner, to, out, attachments).await
+        outbox::send(&self.inner, to, out, attachments, None).await
+    }
+
+    /// [`Messenger::send`] under a caller's idempotency key: a retry with the same key and
+    /// the same message (before or after a restart) sends nothing, and gets the first
+    /// send's id and outcome; the same key with another message is refused. Keys belong to
+    /// this node's user; sends with one key at once are refused but the first.
+    pub async fn send_once(
+        &self,
+        to: Uuid,
+        text: String,
+        attachments: Vec<PathBuf>,
+        key: &str,
+    ) -> Result<Sending, SendError> {
+        use sha2::{Digest, Sha256};
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(SendError::BadInput(format!(
+                "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+            )));
+        }
+        let digest = |parts: &[&[u8]]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            for p in parts {
+                h.update((p.len() as u64).to_be_bytes());
+                h.update(p);
+            }
+            h.finalize().into()
+        };
+        let mut asked: Vec<Vec<u8>> = vec![to.as_bytes().to_vec(), text.as_bytes().to_vec()];
+        asked.extend(
+            attachments
+                .iter()
+                .map(|p| p.as_os_str().as_encoded_bytes().to_vec()),
+        );
+        let asked: Vec<&[u8]> = asked.iter().map(Vec::as_slice).collect();
+        let once = outbox::Once {
+            key: digest(&[b"ptpchat/idempotency-key/v1", key.as_bytes()]),
+            request: digest(&asked),
+        };
+        if !self.inner.sending_once.lock().insert(once.key) {
+            return Err(SendError::BadInput(
+                "a send with this idempotency key is under way; try again when it is answered"
+                    .into(),
+            ));
+        }
+        // Let go of the key however this ends (an HTTP client that hangs up drops it).
+        struct Release<'a>(&'a Inner, [u8; 32]);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.sending_once.lock().remove(&self.1);
+            }
+        }
+        let _release = Release(&self.inner, once.key);
+        let out = outbox::Outgoing {
+            kind: "text",
+            body: text.clone(),
+            shown: Some(text),
+        };
+        outbox::send(&self.inner, to, out, attachments, Some(once)).await
     }
 
     /// Sends a private channel's key to `to` as a durable direct message (KEY): signed by
@@ -247,7 +311,7 @@ impl Messenger {
                 grant.name, grant.epoch
             )),
         };
-        outbox::send(&self.inner, to, out, Vec::new()).await
+        outbox::send(&self.inner, to, out, Vec::new(), None).await
     }
 
     /// Our current signing and encryption keys with our document (`None` until the

@@ -94,11 +94,58 @@ pub(super) struct Outgoing {
     pub shown: Option<String>,
 }
 
+/// A send with an idempotency key: the key's digest, and a digest of what is asked.
+pub(super) struct Once {
+    pub key: [u8; 32],
+    pub request: [u8; 32],
+}
+
+/// The message sent before under `once`'s key, as a [`Sending`] whose outcome comes now if
+/// it is over, or when it is; an error if the key was used for another message.
+pub(super) fn again(
+    inner: &Inner,
+    once: &Once,
+    held: &messages::Idempotent,
+    status: &str,
+) -> Result<Sending, SendError> {
+    if held.request != once.request {
+        return Err(SendError::BadInput(
+            "this idempotency key was used for a different message".into(),
+        ));
+    }
+    let msg_id = Uuid::from_bytes(held.msg_id);
+    let (tx, outcome) = oneshot::channel();
+    let done = match status.split_once(':') {
+        Some(("failed", why)) => Some(Delivery::Failed(why.to_string())),
+        _ => match status {
+            "delivered" => Some(Delivery::Delivered),
+            "expired" => Some(Delivery::Expired),
+            "failed" => Some(Delivery::Failed(String::new())),
+            _ => None,
+        },
+    };
+    match done {
+        Some(d) => {
+            let _ = tx.send(d);
+        }
+        // Still in the outbox: the retry waits for the same outcome as the first send.
+        None => inner
+            .outbox
+            .lock()
+            .waiters
+            .entry(msg_id)
+            .or_default()
+            .push(tx),
+    }
+    Ok(Sending { msg_id, outcome })
+}
+
 pub(super) async fn send(
     inner: &Arc<Inner>,
     to: Uuid,
     out: Outgoing,
     attachments: Vec<PathBuf>,
+    once: Option<Once>,
 ) -> Result<Sending, SendError> {
     let Outgoing { kind, body, shown } = out;
     let text = body;
@@ -126,6 +173,11 @@ pub(super) async fn send(
         return Err(SendError::BadInput("that is your own UUID".into()));
     }
     let msg_id = Uuid::new_v4();
+    if let Some(once) = &once {
+        if let Some((held, status)) = inner.store.idempotent(&once.key)? {
+            return again(inner, once, &held, &status);
+        }
+    }
     let (metas, stored, paths) = copy_attachments(inner, &msg_id, attachments).await?;
     let ts = crate::unix_now_ms();
     let env = Envelope {
@@ -160,10 +212,25 @@ pub(super) async fn send(
     });
     // Nobody waits for a delivery receipt.
     let waited = history.is_some();
-    let seq = inner
+    let key = once.as_ref().map(|o| (o.key, o.request));
+    let enqueued = inner
         .writer
-        .write(move |txn| messages::enqueue(txn, history.as_ref(), &entry))
+        .write(move |txn| {
+            let key = key.as_ref().map(|(k, r)| (k, r));
+            messages::enqueue(txn, history.as_ref(), &entry, key)
+        })
         .await?;
+    let seq = match (enqueued, &once) {
+        (messages::Enqueued::New(seq), _) => seq,
+        // Another send with the key got there first (the caller keeps such sends apart,
+        // so this is a race it lost): what it copied is not needed.
+        (messages::Enqueued::Already(held), Some(once)) => {
+            return again(inner, once, &held, "queued");
+        }
+        (messages::Enqueued::Already(_), None) => {
+            return Err(SendError::BadInput("queued twice".into()));
+        }
+    };
     let (tx, outcome) = oneshot::channel();
     {
         let mut outbox = inner.outbox.lock();
@@ -578,5 +645,5 @@ pub(super) async fn send_receipt(
         body: crate::wire::receipt::encode_receipt(ids),
         shown: None,
     };
-    send(inner, to, out, Vec::new()).await.map(|_| ())
+    send(inner, to, out, Vec::new(), None).await.map(|_| ())
 }

@@ -29,6 +29,28 @@ pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("out
 pub(crate) const PENDING_IN: TableDefinition<&[u8; 40], &[u8]> = TableDefinition::new("pending_in");
 /// Contacts by name → [`Contact`].
 pub(crate) const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
+/// Messages sent with an idempotency key: the key's digest → [`Idempotent`].
+pub(crate) const IDEMPOTENT: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("idempotent");
+
+/// A message sent with an idempotency key: which one it was, and a digest of what was
+/// asked (a retry must ask the same).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Idempotent {
+    pub seq: u64,
+    #[serde(with = "serde_bytes")]
+    pub msg_id: [u8; 16],
+    #[serde(with = "serde_bytes")]
+    pub request: [u8; 32],
+}
+
+/// What [`enqueue`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued, at this seq.
+    New(u64),
+    /// A message was sent with this idempotency key already; nothing was queued.
+    Already(Idempotent),
+}
 
 /// Most jobs committed together.
 const MAX_GROUP: usize = 512;
@@ -213,7 +235,13 @@ pub fn enqueue(
     txn: &WriteTransaction,
     history: Option<&HistoryEntry>,
     entry: &OutboxEntry,
-) -> Result<u64, StoreError> {
+    key: Option<(&[u8; 32], &[u8; 32])>,
+) -> Result<Enqueued, StoreError> {
+    if let Some((key, _)) = key {
+        if let Some(held) = txn.open_table(IDEMPOTENT)?.get(key)? {
+            return Ok(Enqueued::Already(unrow(held.value())?));
+        }
+    }
     let seq = match history {
         Some(h) => append_history(txn, h)?,
         None => match txn.open_table(OUTBOX)?.last()? {
@@ -223,7 +251,16 @@ pub fn enqueue(
     };
     txn.open_table(OUTBOX)?
         .insert(seq, row(entry)?.as_slice())?;
-    Ok(seq)
+    if let Some((key, request)) = key {
+        let held = Idempotent {
+            seq,
+            msg_id: entry.msg_id,
+            request: *request,
+        };
+        txn.open_table(IDEMPOTENT)?
+            .insert(key, row(&held)?.as_slice())?;
+    }
+    Ok(Enqueued::New(seq))
 }
 
 /// Takes finished messages out of the outbox, each with the status its history row shows
@@ -286,7 +323,23 @@ impl Store {
         txn.open_table(OUTBOX)?;
         txn.open_table(PENDING_IN)?;
         txn.open_table(CONTACTS)?;
+        txn.open_table(IDEMPOTENT)?;
         Ok(())
+    }
+
+    /// The message sent with this idempotency key digest, if any, and its status now
+    /// (`queued`, `stored`, `delivered`, `expired`, `failed:<reason>`).
+    pub fn idempotent(&self, key: &[u8; 32]) -> Result<Option<(Idempotent, String)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let Some(held) = tx.open_table(IDEMPOTENT)?.get(key)? else {
+            return Ok(None);
+        };
+        let held: Idempotent = unrow(held.value())?;
+        let status = match tx.open_table(SENT_STATUS)?.get(held.seq)? {
+            Some(s) => s.value().to_string(),
+            None => "queued".to_string(),
+        };
+        Ok(Some((held, status)))
     }
 
     /// History entries with seq greater than `after`, oldest first, at most `limit`.
