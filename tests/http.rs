@@ -604,3 +604,76 @@ fn a_retry_with_the_same_key_sends_once_even_across_a_restart() {
         .collect();
     assert_eq!(texts, vec!["once", "via the CLI"], "each once");
 }
+
+/// The example bot (`examples/echo_bot.py`, Python's standard library alone) answers a
+/// message through the API, and, started again, resumes after the last one it answered:
+/// nothing is answered twice, nothing is missed.
+#[test]
+fn the_example_bot_answers_and_resumes() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED the_example_bot_answers_and_resumes: no python3 on this machine");
+        return;
+    }
+    let (dirs, _daemons, _relay) = start_pair();
+    let (a_home, b_home) = (dirs[1].path(), dirs[2].path());
+    let (a_addr, a_token) = ui(a_home);
+    let (b_addr, b_token) = ui(b_home);
+    let b_uuid = get(&b_addr, &b_token, "/api/v1/id").json()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    add_contact(&a_addr, &a_token, "bob", &b_uuid);
+    let state = b_home.join("bot.state");
+    let bot = || {
+        std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/echo_bot.py"))
+            .arg("--ptpchat")
+            .arg(common::bin())
+            .arg("--home")
+            .arg(b_home)
+            .arg("--state")
+            .arg(&state)
+            .args(["--count", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs")
+    };
+    let finish = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "the bot failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let echoes = || -> Vec<String> {
+        get(&a_addr, &a_token, "/api/v1/history")
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["direction"] == "in")
+            .map(|m| m["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for text in ["hi", "again"] {
+        let child = bot();
+        // The bot's stream is open once it has read the node's address; a message sent
+        // before that is in the history it catches up on.
+        let sent = post(
+            &a_addr,
+            &a_token,
+            "/api/v1/send",
+            serde_json::json!({"to": "bob", "text": text}),
+        );
+        assert_eq!(sent.status, 200, "{}", sent.body);
+        let said = finish(child);
+        assert!(said.contains("answered"), "{said}");
+    }
+    let deadline = Instant::now() + WAIT;
+    while echoes().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(echoes(), vec!["echo: hi", "echo: again"]);
+}
