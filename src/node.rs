@@ -345,7 +345,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
                     messenger.clone(),
                     channels.clone(),
                 )
-                .with_http(http.as_ref().map(|(h, t)| (h.addr(), t.clone()))),
+                .with_ui(http.as_ref().map(|(h, t)| {
+                    crate::control::answers::UiAnswer {
+                        address: h.addr().to_string(),
+                        url: format!("http://{}/#token={}", h.addr(), t.reveal()),
+                    }
+                })),
             )
             .await
             .map_err(|source| StartError::Control {

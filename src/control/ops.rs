@@ -52,8 +52,8 @@ pub struct Operations {
     client: Client,
     id: Option<IdInfo>,
     user: Option<(Messenger, Channels)>,
-    /// Where the HTTP API listens and its token, for `ptpchat ui`.
-    http: Option<(std::net::SocketAddr, crate::http::Token)>,
+    /// Where the HTTP API listens, with the URL carrying its token, for `ptpchat ui`.
+    ui: Option<super::answers::UiAnswer>,
 }
 
 impl Operations {
@@ -67,13 +67,13 @@ impl Operations {
             client,
             id,
             user: messenger.zip(channels),
-            http: None,
+            ui: None,
         }
     }
 
-    /// Tells `ui` where the HTTP API is (and its token).
-    pub fn with_http(mut self, http: Option<(std::net::SocketAddr, crate::http::Token)>) -> Self {
-        self.http = http;
+    /// Tells `ui` where the HTTP API is.
+    pub fn with_ui(mut self, ui: Option<super::answers::UiAnswer>) -> Self {
+        self.ui = ui;
         self
     }
 
@@ -135,11 +135,8 @@ impl Operations {
                 Ok(p) => ControlResponse::ok(p),
                 Err(_) => ControlResponse::err(ErrorKind::Failed, GONE),
             },
-            ControlRequest::Ui => match &self.http {
-                Some((addr, token)) => ControlResponse::ok(super::answers::UiAnswer {
-                    address: addr.to_string(),
-                    url: format!("http://{addr}/#token={}", token.reveal()),
-                }),
+            ControlRequest::Ui => match &self.ui {
+                Some(ui) => ControlResponse::ok(ui),
                 None => ControlResponse::err(
                     ErrorKind::NotFound,
                     "this node serves no HTTP API (started with --no-http, or a relay)",
