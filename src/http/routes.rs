@@ -547,7 +547,9 @@ fn event_of(r: ControlResponse) -> Event {
     }
     let data = r.data.unwrap_or(serde_json::Value::Null);
     let mut e = Event::default().event("message");
-    if let Some(id) = data.get("msg_id").and_then(|v| v.as_str()) {
+    // An id is a UUID; one with a line break or NUL (never made here) would panic axum.
+    let id = data.get("msg_id").and_then(|v| v.as_str());
+    if let Some(id) = id.filter(|i| !i.contains(['\r', '\n', '\0'])) {
         e = e.id(id);
     }
     e.data(data.to_string())
