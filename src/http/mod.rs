@@ -41,6 +41,9 @@ impl HttpServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(routes::State {
+            upload_limit: ops.messenger().map_or(0, |m| {
+                usize::try_from(m.max_attachment()).unwrap_or(usize::MAX)
+            }),
             ops,
             guard: guard::Guard::new(token, addr),
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),

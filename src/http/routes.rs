@@ -13,15 +13,18 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use super::guard::{Guard, Refused};
 use super::MAX_BODY_BYTES;
 use crate::control::{Answers, Collected, ControlRequest, ControlResponse, ErrorKind, Operations};
+use crate::messaging::{Messenger, StatusChange};
 
 /// What every handler shares.
 pub(super) struct State {
     pub ops: Operations,
+    /// The largest upload taken: the node's attachment limit.
+    pub upload_limit: usize,
     pub guard: Guard,
     pub streams: Arc<Semaphore>,
 }
@@ -31,6 +34,43 @@ type Shared = Arc<State>;
 /// The Content-Security-Policy of every answer: nothing from anywhere but this server, no
 /// inline script, no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The app, compiled in: it needs nothing but this server.
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const APP_CSS: &str = include_str!("../../web/app.css");
+/// The API described for tools (OpenAPI 3.1).
+pub(super) const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+async fn asset(mime: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, mime)], body).into_response()
+}
+
+/// `GET /api/v1/id/qr.svg`: this node's contact URI as a QR code.
+async fn qr(With(s): With<Shared>) -> Response {
+    let mut out = Collected::default();
+    let _ = s.ops.run(ControlRequest::Id, &mut out).await;
+    let uri = out
+        .0
+        .pop()
+        .filter(|r| r.ok)
+        .and_then(|r| r.data)
+        .and_then(|d| d.get("contact_uri")?.as_str().map(str::to_string));
+    let Some(uri) = uri else {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
+            "this node has no contact URI (a relay)",
+        );
+    };
+    match crate::identity::qr_svg(&uri) {
+        Ok(svg) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Err(e) => refusal(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Failed, &e),
+    }
+}
+
+/// The policy of a file served from the history: it is never a document that runs.
+const FILE_CSP: &str = "default-src 'none'; img-src 'self'; sandbox";
 
 pub(super) fn router(state: Shared) -> Router {
     let api = Router::new()
@@ -74,8 +114,27 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/api/v1/requests/{id}/accept", post(accept))
         .route("/api/v1/requests/{id}/deny", post(deny))
         .route("/api/v1/events", get(events))
+        .route(
+            "/api/v1/uploads",
+            post(upload).layer(DefaultBodyLimit::max(state.upload_limit)),
+        )
+        .route("/api/v1/files/{msg_id}/{index}", get(file))
+        .route("/api/v1/id/qr.svg", get(qr))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| asset("application/json", OPENAPI)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .route("/", get(|| asset("text/html; charset=utf-8", INDEX_HTML)))
+        .route(
+            "/app.js",
+            get(|| asset("text/javascript; charset=utf-8", APP_JS)),
+        )
+        .route(
+            "/app.css",
+            get(|| asset("text/css; charset=utf-8", APP_CSS)),
+        )
         .merge(api)
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, ErrorKind::NotFound, "no such page") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -94,10 +153,8 @@ async fn site_and_headers(With(s): With<Shared>, req: Request, next: Next) -> Re
         Err(why) => refused(why),
     };
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -293,13 +350,27 @@ async fn send(s: With<Shared>, h: HeaderMap, b: Bytes) -> Response {
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    with_body!(s, h, b, SendBody, |m| ControlRequest::Send {
+    let m = match body::<SendBody>(&h, &b) {
+        Ok(m) => m,
+        Err((status, why)) => return refusal(status, ErrorKind::BadInput, &why),
+    };
+    let attached = m.attach.clone();
+    let req = ControlRequest::Send {
         to: m.to,
         text: m.text,
         attach: m.attach,
         timeout_ms: m.timeout_ms,
         idempotency_key: header_key.or(m.idempotency_key),
-    })
+    };
+    let res = one(s.clone(), req).await;
+    // Queued (or refused for good): the node holds its own copies now. A refusal for
+    // bad input keeps them, so the page can try again.
+    if res.status().is_success() {
+        if let Some(m) = s.ops.messenger() {
+            forget_uploads(m, &attached).await;
+        }
+    }
+    res
 }
 
 #[derive(Deserialize)]
@@ -480,13 +551,168 @@ async fn deny(s: With<Shared>, Path(request_id): Path<u64>) -> Response {
     one(s, ControlRequest::Deny { request_id }).await
 }
 
+/// Where uploads wait to be attached: a file sent is copied at once, so its upload is
+/// taken away then.
+fn uploads_dir(m: &Messenger) -> std::path::PathBuf {
+    m.files_dir().join("uploads")
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: String,
+}
+
+/// `POST /api/v1/uploads?name=NAME`: the body (`application/octet-stream`, at most the
+/// attachment limit) kept as a file to attach; answers `{"path"}` for `attach`.
+async fn upload(
+    With(s): With<Shared>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let Some(m) = s.ops.messenger().cloned() else {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            ErrorKind::Denied,
+            "this node is a relay and has no user identity",
+        );
+    };
+    let octets = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"));
+    if !octets {
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::BadInput,
+            "send the file as Content-Type: application/octet-stream",
+        );
+    }
+    let name = crate::messaging::files::safe_name(&q.name, "attachment");
+    let dir = uploads_dir(&m).join(uuid::Uuid::new_v4().to_string());
+    let written = tokio::task::spawn_blocking(move || {
+        crate::messaging::files::private_dir(&dir)?;
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes)?;
+        Ok::<_, std::io::Error>(path)
+    })
+    .await;
+    match written {
+        Ok(Ok(path)) => {
+            axum::Json(serde_json::json!({ "path": path.to_string_lossy() })).into_response()
+        }
+        Ok(Err(e)) => refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Failed,
+            &format!("could not keep the upload: {e}"),
+        ),
+        Err(_) => refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Failed,
+            "the upload stopped",
+        ),
+    }
+}
+
+/// Takes away the uploads a send attached (it copied them).
+async fn forget_uploads(m: &Messenger, attached: &[String]) {
+    let base = uploads_dir(m);
+    let dirs: Vec<_> = attached
+        .iter()
+        .map(std::path::PathBuf::from)
+        .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
+        .filter(|d| d.parent() == Some(base.as_path()))
+        .collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    })
+    .await;
+}
+
+/// Types a browser may show inline: pictures that cannot carry script (no SVG).
+const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// `GET /api/v1/files/{msg_id}/{index}`: an attachment of a message in the history. A
+/// picture comes as itself; anything else as a download of `application/octet-stream`,
+/// so a file from a peer never runs as a page or script of this origin.
+async fn file(With(s): With<Shared>, Path((msg_id, index)): Path<(String, usize)>) -> Response {
+    let Some(m) = s.ops.messenger().cloned() else {
+        return refusal(StatusCode::NOT_FOUND, ErrorKind::NotFound, "no such file");
+    };
+    let Ok(id) = uuid::Uuid::parse_str(&msg_id) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::BadInput,
+            "a message id is a UUID",
+        );
+    };
+    let found = match m.message(&id) {
+        Ok(e) => e.and_then(|e| e.attachments.into_iter().nth(index)),
+        Err(e) => {
+            return refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorKind::Failed,
+                &e.to_string(),
+            )
+        }
+    };
+    let Some(a) = found else {
+        return refusal(StatusCode::NOT_FOUND, ErrorKind::NotFound, "no such file");
+    };
+    let path = a.path.clone();
+    let bytes = match tokio::task::spawn_blocking(move || std::fs::read(path)).await {
+        Ok(Ok(b)) => b,
+        _ => {
+            return refusal(
+                StatusCode::NOT_FOUND,
+                ErrorKind::NotFound,
+                "the file is not here (not fully received, or removed)",
+            )
+        }
+    };
+    let inline = INLINE_TYPES.contains(&a.mime.as_str());
+    let mime = if inline {
+        a.mime.as_str()
+    } else {
+        "application/octet-stream"
+    };
+    let ascii: String = a
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_ ".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let disposition = if inline { "inline" } else { "attachment" };
+    let mut res = bytes.into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(mime) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{ascii}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    // Even opened on its own, a file is no page: no script, no requests, a sandbox.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(FILE_CSP),
+    );
+    res
+}
+
 /// Answers into an event stream, until the page or bot that reads it goes away.
-struct ToStream(mpsc::Sender<ControlResponse>);
+struct ToStream(mpsc::Sender<Event>);
 
 impl Answers for ToStream {
     async fn answer(&mut self, r: ControlResponse) -> std::io::Result<()> {
         self.0
-            .send(r)
+            .send(event_of(r))
             .await
             .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
     }
@@ -496,9 +722,14 @@ impl Answers for ToStream {
     }
 }
 
+/// How often an event stream looks for CONNECT requests that came or went.
+const PROMPT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// `GET /api/v1/events`: every message received from now on (after `since`, or the
 /// `Last-Event-ID` a reconnecting `EventSource` sends), as `message` events whose id is
-/// the message's: a stream that breaks resumes where it stopped, missing nothing.
+/// the message's: a stream that breaks resumes where it stopped, missing nothing. Beside
+/// them, `delivery` events as sent messages move on, and `requests` events with the
+/// CONNECT requests waiting for an answer whenever that list changes.
 async fn events(
     With(s): With<Shared>,
     headers: HeaderMap,
@@ -525,16 +756,78 @@ async fn events(
         channel: q.channel,
     };
     tokio::spawn(async move {
-        let _ = ops.run(req, &mut ToStream(tx)).await;
+        // Subscribed before the first message is read, so no status change falls between.
+        let status = ops.messenger().map(|m| m.subscribe_status());
+        let mut messages = ToStream(tx.clone());
+        tokio::select! {
+            // A refused follow (an unknown id) has said why: the stream ends.
+            _ = ops.run(req, &mut messages) => {}
+            () = side_events(&ops, status, &tx) => {}
+        }
         drop(permit);
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        let r = rx.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(event_of(r)), rx))
+        let e = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(e), rx))
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The `delivery` and `requests` events of one stream, until its reader goes away.
+async fn side_events(
+    ops: &Operations,
+    mut status: Option<broadcast::Receiver<StatusChange>>,
+    tx: &mpsc::Sender<Event>,
+) {
+    let mut waiting = serde_json::Value::Array(Vec::new());
+    let mut tick = tokio::time::interval(PROMPT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let next_status = async {
+            match status.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            () = tx.closed() => return,
+            got = next_status => match got {
+                Ok(c) => delivery_event(&c),
+                // Fell behind: the reader reads the history again for the statuses now.
+                Err(broadcast::error::RecvError::Lagged(_)) => Event::default().event("lagged").data("{}"),
+                Err(broadcast::error::RecvError::Closed) => {
+                    status = None;
+                    continue;
+                }
+            },
+            _ = tick.tick() => {
+                let mut out = Collected::default();
+                let _ = ops.run(ControlRequest::Requests, &mut out).await;
+                let Some(now) = out.0.pop().filter(|r| r.ok).and_then(|r| r.data) else {
+                    continue;
+                };
+                if now == waiting {
+                    continue;
+                }
+                waiting = now;
+                Event::default().event("requests").data(waiting.to_string())
+            }
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A `delivery` event: `{"msg_id", "status", "detail"?}`.
+fn delivery_event(c: &StatusChange) -> Event {
+    let mut body = serde_json::json!({ "msg_id": c.msg_id.to_string(), "status": c.status });
+    if let Some(d) = &c.detail {
+        body["detail"] = serde_json::Value::String(d.clone());
+    }
+    Event::default().event("delivery").data(body.to_string())
 }
 
 /// One answer of a follow as an event: a message (its id the message's), or a refusal

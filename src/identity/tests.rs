@@ -211,6 +211,11 @@ fn fingerprints_and_contact_uris_parse() {
     assert!(parse_contact("not-a-uuid").is_err());
     assert!(parse_contact("ptpchat:1234").is_err());
     assert!(qr_code(&uri).unwrap().lines().count() > 10);
+    let svg = qr_svg(&uri).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.matches('M').count() > 100,
+        "{svg}"
+    );
 }
 
 #[test]

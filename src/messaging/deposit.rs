@@ -82,6 +82,13 @@ pub(super) async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocumen
         }
     }
     for m in &stored {
+        if m.seq < messages::RECEIPT_SEQ_BASE {
+            let _ = inner.status_changes.send(super::StatusChange {
+                msg_id: m.msg_id,
+                status: "stored",
+                detail: None,
+            });
+        }
         for w in outbox.waiters.remove(&m.msg_id).unwrap_or_default() {
             let _ = w.send(Delivery::Stored(m.stored_at.len()));
         }

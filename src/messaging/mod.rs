@@ -117,6 +117,18 @@ pub struct Sending {
 /// A received or sent message as stored, with its history position.
 pub type Stored = (u64, HistoryEntry);
 
+/// A sent message's delivery status moved on, once that is on disk: `status` is what its
+/// history row now shows (`stored`, `delivered`, `failed`, `expired`), `detail` why it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusChange {
+    pub msg_id: Uuid,
+    pub status: &'static str,
+    pub detail: Option<String>,
+}
+
+/// How many status changes a slow reader may fall behind before it misses some.
+const STATUS_CAPACITY: usize = 1024;
+
 pub(crate) struct Inner {
     files: PathBuf,
     store: Store,
@@ -136,6 +148,7 @@ pub(crate) struct Inner {
     /// A transfer with no chunk for this long may give up its slot (ms).
     transfer_idle_ms: u64,
     received: broadcast::Sender<Stored>,
+    status_changes: broadcast::Sender<StatusChange>,
     counters: Counters,
     grants: Option<mpsc::Sender<GrantNote>>,
     tasks: crate::tasks::Tasks,
@@ -182,6 +195,7 @@ impl Messenger {
             transfers: Shared::new(transfers::Transfers::new(idle_ms, started_ms)),
             transfer_idle_ms: idle_ms,
             received,
+            status_changes: broadcast::channel(STATUS_CAPACITY).0,
             counters,
             grants: config.grants,
             tasks: Default::default(),
@@ -363,6 +377,11 @@ impl Messenger {
         self.inner.received.subscribe()
     }
 
+    /// Delivery status changes of sent messages, as they are committed.
+    pub fn subscribe_status(&self) -> broadcast::Receiver<StatusChange> {
+        self.inner.status_changes.subscribe()
+    }
+
     /// The store (history and contacts are read from it directly).
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -406,6 +425,20 @@ impl Messenger {
     /// Where received attachments are saved.
     pub fn files_dir(&self) -> &Path {
         &self.inner.files
+    }
+
+    /// The largest attachment this node sends or takes, in bytes.
+    pub fn max_attachment(&self) -> u64 {
+        self.inner.max_attachment
+    }
+
+    /// A message in the history by its id.
+    pub fn message(&self, msg_id: &Uuid) -> Result<Option<HistoryEntry>, crate::store::StoreError> {
+        let Some(seq) = self.inner.store.history_seq_of(msg_id)? else {
+            return Ok(None);
+        };
+        let page = self.inner.store.history_after(seq - 1, 1)?;
+        Ok(page.into_iter().next().map(|(_, e)| e))
     }
 }
 

@@ -611,7 +611,17 @@ async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
         return;
     }
     let mut outbox = inner.outbox.lock();
-    for (_, id, d) in done {
+    for (seq, id, d) in done {
+        if seq < RECEIPT_SEQ_BASE {
+            let _ = inner.status_changes.send(super::StatusChange {
+                msg_id: id,
+                status: d.status(),
+                detail: match &d {
+                    Delivery::Failed(r) => Some(r.clone()),
+                    _ => None,
+                },
+            });
+        }
         for w in outbox.waiters.remove(&id).unwrap_or_default() {
             let _ = w.send(d.clone());
         }
