@@ -18,6 +18,7 @@ struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
+    bytes: Vec<u8>,
 }
 
 impl Answer {
@@ -46,7 +47,8 @@ fn ui(home: &Path) -> (String, String) {
 
 /// Sends one request with exactly these header lines (no others are added but the body's
 /// length) and reads the whole answer.
-fn raw(addr: &str, method: &str, path: &str, headers: &[String], body: &str) -> Answer {
+fn raw(addr: &str, method: &str, path: &str, headers: &[String], body: impl AsRef<[u8]>) -> Answer {
+    let body = body.as_ref();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -58,25 +60,27 @@ fn raw(addr: &str, method: &str, path: &str, headers: &[String], body: &str) -> 
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    req.push_str(body);
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
     // A server that refuses a body too large may stop reading it: the answer still comes.
-    let _ = s.write_all(req.as_bytes());
+    let _ = s.write_all(&req);
     let mut reader = BufReader::new(s);
     let (status, headers) = head(&mut reader);
     let mut body = Vec::new();
     let _ = reader.read_to_end(&mut body);
-    let body = if headers
+    let bytes = if headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
     {
         dechunk(&body)
     } else {
-        String::from_utf8_lossy(&body).into_owned()
+        body
     };
     Answer {
         status,
         headers,
-        body,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
     }
 }
 
@@ -102,7 +106,7 @@ fn head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
     }
 }
 
-fn dechunk(mut b: &[u8]) -> String {
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(end) = b.windows(2).position(|w| w == b"\r\n") {
         let size =
@@ -113,7 +117,7 @@ fn dechunk(mut b: &[u8]) -> String {
         out.extend_from_slice(&b[end + 2..end + 2 + size]);
         b = &b[end + 2 + size + 2..];
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// The headers an honest caller sends: this server as Host, and the token.
@@ -676,4 +680,209 @@ fn the_example_bot_answers_and_resumes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(echoes(), vec!["echo: hi", "echo: again"]);
+}
+
+/// Uploads `bytes` as the file `name`.
+fn upload(addr: &str, token: &str, name: &str, bytes: &[u8]) -> Answer {
+    let mut h = honest(addr, token);
+    h.push("Content-Type: application/octet-stream".into());
+    raw(
+        addr,
+        "POST",
+        &format!("/api/v1/uploads?name={name}"),
+        &h,
+        bytes,
+    )
+}
+
+/// Files go by upload (bounded by the attachment limit) and come back from the receiver's
+/// node; a file from a peer is never a page of the app's origin: a picture comes inline, an
+/// HTML file as an `application/octet-stream` download in a sandbox. The sender's stream
+/// tells it the message was delivered.
+#[test]
+fn files_go_by_upload_and_come_back_as_files_not_pages() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut relay = Daemon::spawn(
+        dirs[0].path(),
+        &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"],
+    );
+    let mut line = String::new();
+    BufReader::new(relay.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let relay_addr = line.trim().to_string();
+    let mut args = run_args(&relay_addr, false);
+    args.extend(["--max-attachment".to_string(), "4096".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = Daemon::spawn(dirs[1].path(), &args);
+    a.wait_ready();
+    let _b = spawn_node(dirs[2].path(), &relay_addr, true);
+    let (a_home, b_home) = (dirs[1].path(), dirs[2].path());
+    let (a_addr, a_token) = ui(a_home);
+    let (b_addr, b_token) = ui(b_home);
+    let b_uuid = get(&b_addr, &b_token, "/api/v1/id").json()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    add_contact(&a_addr, &a_token, "bob", &b_uuid);
+
+    let mut form = honest(&a_addr, &a_token);
+    form.push("Content-Type: application/x-www-form-urlencoded".into());
+    let refused = raw(&a_addr, "POST", "/api/v1/uploads?name=x", &form, "a=b");
+    assert_eq!(refused.status, 415, "{}", refused.body);
+    let too_big = upload(&a_addr, &a_token, "big.bin", &[7u8; 5000]);
+    assert_eq!(
+        too_big.status, 413,
+        "over the attachment limit: {}",
+        too_big.body
+    );
+
+    let page = b"<html><script>fetch('/api/v1/contacts')</script></html>";
+    let png: &[u8] = b"\x89PNG\r\n\x1a\n not really, but named so";
+    let html_up = upload(&a_addr, &a_token, "page.html", page);
+    assert_eq!(html_up.status, 200, "{}", html_up.body);
+    let png_up = upload(&a_addr, &a_token, "dot.png", png);
+    assert_eq!(png_up.status, 200, "{}", png_up.body);
+    let paths = [
+        html_up.json()["path"].as_str().unwrap().to_string(),
+        png_up.json()["path"].as_str().unwrap().to_string(),
+    ];
+    let mut a_events = Events::open(&a_addr, &a_token, None);
+    let sent = post(
+        &a_addr,
+        &a_token,
+        "/api/v1/send",
+        serde_json::json!({"to": "bob", "text": "two files", "attach": paths}),
+    );
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let id = sent.json()["msg_id"].as_str().unwrap().to_string();
+    for p in &paths {
+        assert!(!Path::new(p).exists(), "the upload {p} went once sent");
+    }
+    loop {
+        let (_, event, data) = a_events.next();
+        if event == "delivery" && data["msg_id"] == id.as_str() {
+            assert_eq!(data["status"], "delivered");
+            break;
+        }
+    }
+
+    let fetch = |i: usize| get(&b_addr, &b_token, &format!("/api/v1/files/{id}/{i}"));
+    let deadline = Instant::now() + WAIT;
+    let html = loop {
+        let r = fetch(0);
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(html.status, 200, "{}", html.body);
+    assert_eq!(html.bytes, page);
+    assert_eq!(
+        html.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert!(html
+        .header("content-disposition")
+        .unwrap()
+        .starts_with("attachment"));
+    assert!(html
+        .header("content-security-policy")
+        .unwrap()
+        .contains("sandbox"));
+    assert_eq!(html.header("x-content-type-options"), Some("nosniff"));
+    let deadline = Instant::now() + WAIT;
+    let pic = loop {
+        let r = fetch(1);
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(pic.status, 200, "{}", pic.body);
+    assert_eq!(pic.bytes, png);
+    assert_eq!(pic.header("content-type"), Some("image/png"));
+    assert!(pic
+        .header("content-disposition")
+        .unwrap()
+        .starts_with("inline"));
+    assert_eq!(fetch(2).status, 404);
+    let bad = get(&b_addr, &b_token, "/api/v1/files/not-a-uuid/0");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let stranger = raw(
+        &b_addr,
+        "GET",
+        &format!("/api/v1/files/{id}/0"),
+        &[format!("Host: {b_addr}")],
+        "",
+    );
+    assert_eq!(stranger.status, 401, "no token, no file");
+}
+
+/// The app's page and the OpenAPI document: the page runs no inline script or style (the
+/// policy forbids them, so one would be a broken page) and the document names every route.
+#[test]
+fn the_app_and_its_api_document_are_served() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Daemon::spawn(
+        home.path(),
+        &[
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--quiet",
+        ],
+    );
+    node.wait_ready();
+    let (addr, token) = ui(home.path());
+    let page = raw(&addr, "GET", "/", &[format!("Host: {addr}")], "");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    for tag in page.body.split("<script").skip(1) {
+        assert!(
+            tag.trim_start().starts_with("src="),
+            "an inline script: <script{tag}"
+        );
+    }
+    assert!(!page.body.contains("style="), "an inline style");
+    assert!(!page.body.contains(" onclick="), "an inline handler");
+    for asset in ["/app.js", "/app.css"] {
+        let r = raw(&addr, "GET", asset, &[format!("Host: {addr}")], "");
+        assert_eq!(r.status, 200, "{asset}");
+    }
+    let js = raw(&addr, "GET", "/app.js", &[format!("Host: {addr}")], "").body;
+    assert!(
+        !js.contains("innerHTML") && !js.contains("insertAdjacentHTML"),
+        "the app puts no HTML on the page"
+    );
+
+    let doc = get(&addr, &token, "/api/v1/openapi.json");
+    assert_eq!(doc.status, 200);
+    let doc = doc.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let routes =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/routes.rs"))
+            .unwrap();
+    let mut named = 0;
+    for piece in routes.split("\"/api/v1").skip(1) {
+        let path = format!("/api/v1{}", piece.split('"').next().unwrap());
+        named += 1;
+        assert!(
+            doc["paths"].get(&path).is_some(),
+            "{path} is not in docs/openapi.json"
+        );
+    }
+    assert!(named > 25, "{named} routes found");
+    let qr = get(&addr, &token, "/api/v1/id/qr.svg");
+    assert_eq!(qr.header("content-type"), Some("image/svg+xml"));
+    assert!(qr.body.starts_with("<svg"));
 }
