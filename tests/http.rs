@@ -135,7 +135,7 @@ fn get(addr: &str, token: &str, path: &str) -> Answer {
 fn post(addr: &str, token: &str, path: &str, body: serde_json::Value) -> Answer {
     let mut h = honest(addr, token);
     h.push("Content-Type: application/json".into());
-    raw(addr, "POST", path, &h, &body.to_string())
+    raw(addr, "POST", path, &h, body.to_string())
 }
 
 /// An event stream being read: `(id, event, data)` per event, in order.
