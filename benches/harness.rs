@@ -19,9 +19,12 @@
 //! 6. the real binary: `ptpchat status` round trip against a running node, process start
 //!    included (`binary`);
 //! 7. a flood of mailbox deposits at the real relay binary, past its disk cap: deposits
-//!    stored per second, refusals, the relay's memory (`mailbox`).
+//!    stored per second, refusals, the relay's memory (`mailbox`);
+//! 8. the browser app and HTTP API (`web`): a message from A's HTTP API to B's event stream
+//!    beside the same from A's control socket to B's `recv --follow`, sample by sample; the
+//!    app's first load; its assets' size; memory for 100 open event streams.
 //!
-//! `BENCH_ONLY=crypto,direct,fanout,binary,directory,busy,relay,mailbox` runs the sections named.
+//! `BENCH_ONLY=crypto,direct,fanout,binary,directory,busy,relay,mailbox,web` runs the sections named.
 //! `BENCH_SMOKE=1` runs every section with tiny sizes in a few seconds (CI does, so the
 //! harness never rots); `BENCH_*` variables override the sizes (docs/benchmarks.md lists
 //! them). Results go in docs/benchmarks.md.
@@ -38,6 +41,8 @@ mod fanout;
 mod mailbox;
 #[path = "harness/relay.rs"]
 mod relay;
+#[path = "harness/web.rs"]
+mod web;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -712,6 +717,65 @@ fn main() {
             "db_disk_mib": f.db_disk_bytes as f64 / 1048576.0,
             "idle_rss_mib": f.idle_kib as f64 / 1024.0, "peak_rss_mib": f.peak_kib as f64 / 1024.0,
             "after_rss_mib": f.after_kib as f64 / 1024.0,
+        });
+    }
+
+    if wanted("web") {
+        let streams = env_usize("BENCH_STREAMS", if smoke { 10 } else { 100 });
+        println!(
+            "\n## 8. the browser app and the HTTP API (two nodes in this process, loopback TCP)"
+        );
+        let w = rt.block_on(web::run(samples, streams));
+        let (mut s, mut h) = (w.socket.clone(), w.http.clone());
+        s.sort();
+        h.sort();
+        let show = |name: &str, l: &[Duration]| {
+            println!(
+                "{name:<44} p50 {:.3} ms  p90 {:.3}  p99 {:.3}  ({} samples)",
+                ms(pct(l, 0.5)),
+                ms(pct(l, 0.9)),
+                ms(pct(l, 0.99)),
+                l.len()
+            );
+        };
+        show("control socket send -> recv --follow line", &s);
+        show("HTTP POST /send -> event stream data line", &h);
+        let ratio = pct(&h, 0.5).as_secs_f64() / pct(&s, 0.5).as_secs_f64();
+        println!("ratio HTTP/socket p50 {ratio:.2}x (goal <= 1.5), interleaved in one run");
+        let (mut a, mut r) = (w.assets.clone(), w.ready.clone());
+        a.sort();
+        r.sort();
+        println!(
+            "first load: the three assets on a new connection p50 {:.3} ms (p99 {:.3}); with the API calls before the page shows anything p50 {:.3} ms (goal < 100)",
+            ms(pct(&a, 0.5)),
+            ms(pct(&a, 0.99)),
+            ms(pct(&r, 0.5))
+        );
+        println!(
+            "assets: {:.1} KiB raw, {} compressed (goal < 300 KiB)",
+            w.asset_bytes as f64 / 1024.0,
+            w.asset_gzip_bytes
+                .map_or("? (no gzip)".to_string(), |g| format!(
+                    "{:.1} KiB gzip -9",
+                    g as f64 / 1024.0
+                ))
+        );
+        let grown = w.rss_after_kib.saturating_sub(w.rss_before_kib);
+        println!(
+            "{} event streams open on B: RSS {:.1} -> {:.1} MiB, +{:.2} MiB ({:.1} KiB a stream; goal < 20 MiB for 100)",
+            w.streams,
+            w.rss_before_kib as f64 / 1024.0,
+            w.rss_after_kib as f64 / 1024.0,
+            grown as f64 / 1024.0,
+            grown as f64 / w.streams.max(1) as f64
+        );
+        json["web"] = serde_json::json!({
+            "socket_p50_ms": ms(pct(&s, 0.5)), "http_p50_ms": ms(pct(&h, 0.5)),
+            "socket_p99_ms": ms(pct(&s, 0.99)), "http_p99_ms": ms(pct(&h, 0.99)),
+            "ratio_p50": ratio, "first_load_assets_p50_ms": ms(pct(&a, 0.5)),
+            "first_load_ready_p50_ms": ms(pct(&r, 0.5)), "asset_bytes": w.asset_bytes,
+            "asset_gzip_bytes": w.asset_gzip_bytes, "streams": w.streams,
+            "rss_growth_mib": grown as f64 / 1024.0,
         });
     }
 
