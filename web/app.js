@@ -220,10 +220,11 @@ function showMe() {
   show(view, "me");
 }
 
-function showAddContact() {
+function showAddContact(known) {
   const line = errorLine();
   const name = el("input", { id: "add-name", required: true, autocomplete: "off", placeholder: "bob" });
   const target = el("input", { id: "add-target", required: true, autocomplete: "off", placeholder: "ptpchat:… or a UUID" });
+  if (typeof known === "string") target.value = known;
   const go = el("button", { class: "primary", type: "submit" }, "Add contact");
   const form = el("form", {
     class: "form",
@@ -295,7 +296,8 @@ function openConv(key) {
     c && c.key_changed ? el("span", { class: "tag changed" }, "key changed") :
       c && c.verified ? el("span", { class: "tag verified" }, "verified") : el("span", { class: "tag" }, "not verified"),
     el("div", { class: "actions" },
-      c ? el("button", { type: "button", onclick: () => showVerify(c) }, "Verify") : null,
+      c ? el("button", { type: "button", onclick: () => showVerify(c) }, "Verify") :
+        el("button", { type: "button", onclick: () => showAddContact(uuid) }, "Add as contact"),
       el("button", {
         type: "button",
         onclick: async (ev) => {
@@ -510,7 +512,7 @@ async function showChannels() {
     el("label", { class: "inline" }, priv, "Private (only people you invite can read it)"),
     el("div", {}, go), line),
     el("h3", {}, "Public channels found on the network"), rows), "channels");
-  await loadChannels(true);
+  await loadChannels();
   const found = S.channels.filter((c) => !c.joined);
   for (const c of found) {
     rows.append(el("li", {}, el("span", { class: "grow" }, "#" + c.name), el("span", { class: "tag" }, c.members + (c.members === 1 ? " member" : " members")),
@@ -563,8 +565,9 @@ async function loadContacts() {
   renderSide();
 }
 
-async function loadChannels(all) {
-  S.channels = (await api("GET", "/channels" + (all ? "?all=true" : ""))).data;
+// Every channel the node knows: those joined, invitations, and public ones discovered.
+async function loadChannels() {
+  S.channels = (await api("GET", "/channels?all=true")).data;
   renderSide();
 }
 
@@ -654,7 +657,7 @@ async function start() {
     return noToken(e.status === 401 ? "The key this page holds is not your node's." : e.message);
   }
   $("nav-me").addEventListener("click", showMe);
-  $("nav-add").addEventListener("click", showAddContact);
+  $("nav-add").addEventListener("click", () => showAddContact());
   $("nav-channels").addEventListener("click", showChannels);
   $("nav-node").addEventListener("click", showNode);
   $("back").addEventListener("click", () => { $("app").classList.remove("in-main"); S.current = null; renderSide(); });
