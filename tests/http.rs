@@ -886,3 +886,58 @@ fn the_app_and_its_api_document_are_served() {
     assert_eq!(qr.header("content-type"), Some("image/svg+xml"));
     assert!(qr.body.starts_with("<svg"));
 }
+
+/// Anyone on the machine can open connections to the port without a token: they are capped
+/// (one past the cap is closed at once, so the node keeps its file descriptors) and one that
+/// sends no request headers is closed after the header timeout (slowloris), after which the
+/// owner gets in again. The node's control socket answers all along.
+#[test]
+fn idle_connections_are_capped_and_closed() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Daemon::spawn(
+        home.path(),
+        &[
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--quiet",
+        ],
+    );
+    node.wait_ready();
+    let (addr, token) = ui(home.path());
+    let cap = ptpchat::http::MAX_CONNECTIONS;
+    let idle: Vec<TcpStream> = (0..cap + 40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = |s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut b = [0u8; 1];
+        match (&*s).read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    let shut = idle.iter().filter(|s| closed(s)).count();
+    assert!(
+        (40..=60).contains(&shut),
+        "{shut} of {} idle connections closed at once; the cap is {cap}",
+        idle.len()
+    );
+    assert_eq!(cli(home.path(), &["status", "--json"]).code, 0);
+    let deadline = Instant::now() + ptpchat::http::HEADER_TIMEOUT + Duration::from_secs(10);
+    while idle.iter().any(|s| !closed(s)) {
+        assert!(
+            Instant::now() < deadline,
+            "idle connections outlived the header timeout"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let id = get(&addr, &token, "/api/v1/id");
+    assert_eq!(id.status, 200, "{}", id.body);
+}

@@ -1,4 +1,4 @@
-//! 8. The browser app and the HTTP API (`web`), two nodes in this process on loopback TCP,
+//! Section 8, the browser app and the HTTP API (`web`): two nodes in this process on loopback TCP,
 //! each serving its HTTP API: one 100-byte message from A's API (`POST /api/v1/send` on a
 //! kept-alive connection) to B's event stream (`GET /api/v1/events`, the `data:` line read),
 //! interleaved sample by sample with the same message from A's control socket to B's

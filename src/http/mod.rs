@@ -28,6 +28,11 @@ pub use guard::Token;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most event streams open at once; one more is answered 503.
 pub const MAX_EVENT_STREAMS: usize = 128;
+/// Most connections open at once (event streams among them); one more is closed at once, so
+/// nobody on the machine can use up the node's file descriptors through this port.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A connection that has not sent a request's headers in this long is closed (slowloris).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The serving HTTP API; stops with [`HttpServer::shutdown`].
 pub struct HttpServer {
@@ -49,11 +54,7 @@ impl HttpServer {
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
         });
         let app = routes::router(state);
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "the HTTP API stopped");
-            }
-        });
+        let task = tokio::spawn(serve(listener, app));
         Ok(HttpServer { addr, task })
     }
 
@@ -66,6 +67,45 @@ impl HttpServer {
     pub async fn shutdown(self) {
         self.task.abort();
         let _ = self.task.await;
+    }
+}
+
+/// Accepts connections and serves each with `app` until aborted; aborting ends every
+/// connection with it.
+async fn serve(listener: TcpListener, app: axum::Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was taken: wait a
+                // little rather than spin.
+                tracing::debug!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            drop(slot);
+        });
     }
 }
 
