@@ -1,7 +1,8 @@
 //! The browser app in a real headless Chromium (Debian's `chromium` and `chromedriver`),
 //! driven over WebDriver, against two real nodes on loopback behind one relay: Alice adds
 //! Bob from the contact URI his page shows, sends a message (whose text is HTML) and a
-//! picture, Bob's page shows both live, Bob answers, Alice asks for a direct connection and
+//! picture, Bob's page shows both live, Bob answers and drops a file on his composer that
+//! Alice's page offers as a download, Alice asks for a direct connection and
 //! Bob accepts the prompt in his page, then a private channel carries posts both ways.
 //! Screenshots of the main views go to `target/screenshots/`.
 //!
@@ -347,6 +348,39 @@ fn two_people_chat_in_their_browsers() {
         find_text(&b, ".msg.out .state", "delivered").await;
         find_text(&a, ".msg.in .text", "hi alice, got the picture").await;
         shot(&a, "conversation-alice").await;
+
+        // Bob drops a file on the composer; Alice's page offers it as a download.
+        js(
+            &b,
+            "const dt = new DataTransfer(); \
+             dt.items.add(new File(['minutes of the meeting'], 'notes.txt', { type: 'text/plain' })); \
+             const f = document.querySelector('.composer'); \
+             f.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true })); \
+             f.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true })); \
+             return true;",
+        )
+        .await;
+        find_text(&b, ".chip", "notes.txt").await;
+        click(&b, "#send").await;
+        let link = find_text(&a, ".msg.in a.att", "notes.txt").await;
+        assert_eq!(link.attr("download").await.unwrap().as_deref(), Some("notes.txt"));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = a
+                .execute_async(
+                    "const done = arguments[arguments.length - 1]; \
+                     fetch(document.querySelector('.msg.in a.att').href) \
+                       .then(r => r.ok ? r.text() : '').then(done, () => done(''));",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            if got == serde_json::json!("minutes of the meeting") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the dropped file never arrived: {got}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         // Alice asks for a direct connection; Bob's page asks him.
         click_text(&a, "button", "Connect directly").await;
