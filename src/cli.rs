@@ -353,7 +353,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
                 println!("{}", ui.url);
             }
             if open {
-                open_in_browser(&ui.url);
+                open_in_browser(&home, &ui.url);
             }
             Ok(())
         }
@@ -463,10 +463,43 @@ async fn ask<T: serde::de::DeserializeOwned>(
         .ok_or_else(|| CliError::from(ClientError::BadAnswer("the answer has no data".into())))
 }
 
-/// Hands `url` to the desktop's opener (`xdg-open`); says so where there is none.
-fn open_in_browser(url: &str) {
+/// A page in `home` (0600) that sends the browser on to `url`: opened by its path, so the
+/// token in `url` never appears in a command line other users can read (`/proc/*/cmdline`),
+/// as Jupyter opens its server.
+fn redirect_page(home: &std::path::Path, url: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.join("ui-open.html");
+    // Made afresh, so no looser mode of an older file is kept.
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    let url: String = url
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || ":/.#=[]-_".contains(*c))
+        .collect();
+    write!(
+        f,
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>ptpchat</title><a href=\"{url}\">Open ptpchat</a>\n"
+    )?;
+    Ok(path)
+}
+
+/// Hands the app to the desktop's opener (`xdg-open`), through [`redirect_page`]; says so
+/// where there is none.
+fn open_in_browser(home: &std::path::Path, url: &str) {
+    let page = match redirect_page(home, url) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ptpchat: cannot write the page that opens the app: {e}; open the URL above by hand");
+            return;
+        }
+    };
     let opened = std::process::Command::new("xdg-open")
-        .arg(url)
+        .arg(&page)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -369,7 +369,8 @@ fn two_people_chat_in_their_browsers() {
             let got = a
                 .execute_async(
                     "const done = arguments[arguments.length - 1]; \
-                     fetch(document.querySelector('.msg.in a.att').href) \
+                     fetch('/api/v1' + document.querySelector('.msg.in a.att').dataset.file, \
+                       { headers: { Authorization: 'Bearer ' + sessionStorage.getItem('ptpchat.token') } }) \
                        .then(r => r.ok ? r.text() : '').then(done, () => done(''));",
                     vec![],
                 )

@@ -414,23 +414,22 @@ fn only_the_owner_on_loopback_gets_in() {
     let contacts = get(&addr, &token, "/api/v1/contacts");
     assert_eq!(contacts.json(), serde_json::json!([]), "nothing was added");
 
-    // The session cookie opens it as the token does.
-    let session = post(&addr, &token, "/api/v1/session", serde_json::json!({}));
-    assert_eq!(session.status, 200);
-    let cookie = session.header("set-cookie").expect("a cookie").to_string();
-    assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
-        "{cookie}"
-    );
-    let pair = cookie.split(';').next().unwrap();
+    // No cookie opens it: a browser would send one to any server on this host.
     let by_cookie = raw(
         &addr,
         "GET",
         "/api/v1/id",
-        &[host.clone(), format!("Cookie: {pair}")],
+        &[host.clone(), format!("Cookie: ptpchat_token={token}")],
         "",
     );
-    assert_eq!(by_cookie.status, 200);
+    assert_eq!(by_cookie.status, 401, "{}", by_cookie.body);
+    for page in ["/api/v1/session", "/api/v1/id"] {
+        let answer = post(&addr, &token, page, serde_json::json!({}));
+        assert!(
+            answer.header("set-cookie").is_none(),
+            "{page} sets no cookie"
+        );
+    }
 
     // Bad input is answered in words, with the CLI's kinds.
     let bad = post(
@@ -737,6 +736,15 @@ fn files_go_by_upload_and_come_back_as_files_not_pages() {
         too_big.body
     );
 
+    // Only what was uploaded goes: not any file the node's user can read.
+    let token_file = a_home.join("http.token");
+    let sneaky = post(
+        &a_addr,
+        &a_token,
+        "/api/v1/send",
+        serde_json::json!({"to": "bob", "text": "x", "attach": [token_file.to_string_lossy()]}),
+    );
+    assert_eq!(sneaky.status, 400, "{}", sneaky.body);
     let page = b"<html><script>fetch('/api/v1/contacts')</script></html>";
     let png: &[u8] = b"\x89PNG\r\n\x1a\n not really, but named so";
     let html_up = upload(&a_addr, &a_token, "page.html", page);
@@ -767,7 +775,17 @@ fn files_go_by_upload_and_come_back_as_files_not_pages() {
         }
     }
 
-    let fetch = |i: usize| get(&b_addr, &b_token, &format!("/api/v1/files/{id}/{i}"));
+    let a_uuid = get(&a_addr, &a_token, "/api/v1/id").json()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fetch = |i: usize| {
+        get(
+            &b_addr,
+            &b_token,
+            &format!("/api/v1/files/{a_uuid}/{id}/{i}"),
+        )
+    };
     let deadline = Instant::now() + WAIT;
     let html = loop {
         let r = fetch(0);
@@ -807,12 +825,21 @@ fn files_go_by_upload_and_come_back_as_files_not_pages() {
         .unwrap()
         .starts_with("inline"));
     assert_eq!(fetch(2).status, 404);
-    let bad = get(&b_addr, &b_token, "/api/v1/files/not-a-uuid/0");
+    // Known by its sender and its id: the same id from another sender names nothing.
+    assert_eq!(
+        get(&b_addr, &b_token, &format!("/api/v1/files/{b_uuid}/{id}/0")).status,
+        404
+    );
+    let bad = get(
+        &b_addr,
+        &b_token,
+        &format!("/api/v1/files/{a_uuid}/not-a-uuid/0"),
+    );
     assert_eq!(bad.status, 400, "{}", bad.body);
     let stranger = raw(
         &b_addr,
         "GET",
-        &format!("/api/v1/files/{id}/0"),
+        &format!("/api/v1/files/{a_uuid}/{id}/0"),
         &[format!("Host: {b_addr}")],
         "",
     );

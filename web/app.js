@@ -98,12 +98,19 @@ function conv(key) {
   return c;
 }
 
+// A message is known by its sender and its id: ids are the sender's choice, so two
+// senders may use the same one, and neither may stand in for the other's message.
+function msgKey(m) {
+  return m.from + "/" + m.msg_id;
+}
+
 function addMessage(m) {
-  if (S.byMsg.has(m.msg_id)) {
-    Object.assign(S.byMsg.get(m.msg_id), m);
+  const k = msgKey(m);
+  if (S.byMsg.has(k)) {
+    Object.assign(S.byMsg.get(k), m);
     return false;
   }
-  S.byMsg.set(m.msg_id, m);
+  S.byMsg.set(k, m);
   conv(convKey(m)).messages.push(m);
   return true;
 }
@@ -212,11 +219,13 @@ function kv(pairs) {
 
 function showMe() {
   const me = S.me;
+  const qr = el("img", { class: "qr", alt: "QR code of your contact URI" });
+  fileUrl("/id/qr.svg").then((u) => { qr.src = u; }, () => qr.replaceWith(el("p", { class: "error" }, "The QR code could not be drawn.")));
   const view = el("section", { class: "pane", "aria-labelledby": "me-h" },
     el("h2", { id: "me-h" }, "You"),
     el("p", {}, "Give people your contact URI (or let them scan the code): with it they can reach you and check it is really you."),
     kv([["UUID", me.uuid], ["Fingerprint", me.fingerprint], ["Contact URI", el("span", { class: "copyable" }, me.contact_uri)]]),
-    el("img", { class: "qr", src: API + "/id/qr.svg", alt: "QR code of your contact URI" }));
+    qr);
   show(view, "me");
 }
 
@@ -254,15 +263,40 @@ function stateWords(m) {
   return el("span", { class: "state " + m.status, "data-state": m.status }, w);
 }
 
+// A file of the history (or the QR code), fetched with the token (no cookie carries it: a browser would send
+// one to every server on this host), as a blob: URL. Kept per file for the page's life.
+const blobs = new Map();
+async function fileUrl(path) {
+  if (blobs.has(path)) return blobs.get(path);
+  const res = await fetch(API + path, { headers: { Authorization: "Bearer " + S.token } });
+  if (!res.ok) throw new Error("not here yet");
+  const url = URL.createObjectURL(await res.blob());
+  blobs.set(path, url);
+  return url;
+}
+
 function attachmentsOf(m) {
   return (m.attachments || []).map((a, i) => {
-    const url = API + "/files/" + enc(m.msg_id) + "/" + i;
+    const path = "/files/" + enc(m.from) + "/" + enc(m.msg_id) + "/" + i;
     if (INLINE.includes(a.mime)) {
-      const img = el("img", { class: "att", src: url, alt: a.name, loading: "lazy" });
-      img.addEventListener("error", () => img.replaceWith(el("span", { class: "chip" }, a.name + " (not here yet)")));
+      // A fixed box until the picture is in: no jump as it loads.
+      const img = el("img", { class: "att", alt: a.name, "data-file": path });
+      fileUrl(path).then((u) => { img.src = u; },
+        () => img.replaceWith(el("span", { class: "chip" }, a.name + " (not here yet)")));
       return img;
     }
-    return el("a", { class: "att", href: url, download: a.name }, "⬇ " + a.name + " (" + size(a.size) + ")");
+    const link = el("a", { class: "att", href: "#", download: a.name, "data-file": path }, "⬇ " + a.name + " (" + size(a.size) + ")");
+    link.addEventListener("click", async (ev) => {
+      if (link.getAttribute("href") !== "#") return;
+      ev.preventDefault();
+      try {
+        link.href = await fileUrl(path);
+        link.click();
+      } catch (e) {
+        link.textContent = a.name + " (not here yet)";
+      }
+    });
+    return link;
   });
 }
 
@@ -279,7 +313,7 @@ function when(ts) {
 
 function messageEl(m, inChannel) {
   const who = inChannel && m.direction === "in" ? el("div", { class: "who" }, m.from_name || m.from.slice(0, 8)) : null;
-  return el("div", { class: "msg " + m.direction, "data-msg": m.msg_id },
+  return el("div", { class: "msg " + m.direction, "data-msg": msgKey(m) },
     who,
     m.text ? el("div", { class: "text" }, m.text) : null,
     attachmentsOf(m),
@@ -587,44 +621,84 @@ async function refreshStatus() {
   }
 }
 
-function listen() {
-  const url = API + "/events" + (S.lastId ? "?since=" + enc(S.lastId) : "");
-  const es = new EventSource(url);
-  es.addEventListener("message", (ev) => {
-    const m = JSON.parse(ev.data);
+// One event of the stream (docs/http-api.md): what it is, its data.
+function onEvent(name, data) {
+  if (name === "message") {
+    const m = JSON.parse(data);
     if (addMessage(m)) {
       const key = convKey(m);
       if (key.startsWith("ch:") && !channelOf(key)) loadChannels().catch(() => {});
       if (S.current === key) rerenderMessages(); else renderSide();
     }
-  });
-  es.addEventListener("delivery", (ev) => {
-    const d = JSON.parse(ev.data);
-    const m = S.byMsg.get(d.msg_id);
+  } else if (name === "delivery") {
+    const d = JSON.parse(data);
+    const m = S.byMsg.get(S.me.uuid + "/" + d.msg_id);
     if (!m) return;
     m.status = d.status;
     m.detail = d.detail;
-    const shown = document.querySelector('[data-msg="' + CSS.escape(d.msg_id) + '"] .meta');
+    const shown = document.querySelector('[data-msg="' + CSS.escape(msgKey(m)) + '"] .meta');
     if (shown) {
       const old = shown.querySelector(".state");
       const now = stateWords(m);
       if (old) old.replaceWith(now); else shown.append(now);
     }
-  });
-  es.addEventListener("requests", (ev) => {
-    S.requests = JSON.parse(ev.data);
+  } else if (name === "requests") {
+    S.requests = JSON.parse(data);
     renderPrompts();
-  });
-  es.addEventListener("lagged", () => { reloadAll().catch(() => {}); });
-  es.addEventListener("error", (ev) => {
-    if (ev.data) {
-      // The node refused the stream (it holds no such message): start from now.
-      es.close();
-      S.lastId = null;
-      setTimeout(listen, 1000);
+  } else if (name === "lagged") {
+    reloadAll().catch(() => {});
+  } else if (name === "error") {
+    // The node holds no such message: start again from now.
+    S.lastId = null;
+    throw new Error("restart");
+  }
+}
+
+// The event stream, read with fetch so the token goes as a header (EventSource cannot send
+// one); after a break it resumes with Last-Event-ID, as EventSource would.
+async function listen() {
+  for (;;) {
+    try {
+      const headers = { Authorization: "Bearer " + S.token, Accept: "text/event-stream" };
+      if (S.lastId) headers["Last-Event-ID"] = S.lastId;
+      const res = await fetch(API + "/events", { headers });
+      if (!res.ok || !res.body) throw new Error("refused");
+      refreshStatus();
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      let ev = { name: "message", data: [], id: null };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).replace(/\r$/, "");
+          buf = buf.slice(nl + 1);
+          if (line === "") {
+            if (ev.data.length) {
+              if (ev.id) S.lastId = ev.id;
+              onEvent(ev.name, ev.data.join("\n"));
+            }
+            ev = { name: "message", data: [], id: null };
+          } else if (line.startsWith(":")) {
+            // a keep-alive comment
+          } else {
+            const colon = line.indexOf(":");
+            const field = colon < 0 ? line : line.slice(0, colon);
+            const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+            if (field === "event") ev.name = val;
+            else if (field === "data") ev.data.push(val);
+            else if (field === "id") ev.id = val;
+          }
+        }
+      }
+    } catch (e) {
+      // The node stopped or the stream broke: try again shortly.
     }
-  });
-  es.addEventListener("open", () => refreshStatus());
+    $("status").textContent = "reconnecting to your node…";
+    await new Promise((r) => setTimeout(r, 1000));
+  }
 }
 
 async function reloadAll() {
@@ -650,7 +724,6 @@ async function start() {
   S.token = sessionStorage.getItem("ptpchat.token");
   if (!S.token) return noToken("This page has no key to your node.");
   try {
-    await api("POST", "/session", {});
     S.me = (await api("GET", "/id")).data;
   } catch (e) {
     if (e.status === 401) sessionStorage.removeItem("ptpchat.token");

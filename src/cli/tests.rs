@@ -337,3 +337,22 @@ fn init_json_is_the_object_it_always_was() {
     let before = json!({"uuid": uuid, "peer_id": "p", "fingerprint": "1a2b"});
     assert_eq!(json_line(&view), serde_json::to_string(&before).unwrap());
 }
+
+#[test]
+fn the_page_that_opens_the_app_is_private_and_keeps_the_token_off_command_lines() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let url = "http://127.0.0.1:7480/#token=abcdef0123";
+    std::fs::write(home.path().join("ui-open.html"), "old").unwrap();
+    std::fs::set_permissions(
+        home.path().join("ui-open.html"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let page = super::redirect_page(home.path(), url).unwrap();
+    assert!(!page.to_string_lossy().contains("abcdef"), "{page:?}");
+    let mode = std::fs::metadata(&page).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let body = std::fs::read_to_string(&page).unwrap();
+    assert!(body.contains(&format!("content=\"0;url={url}\"")), "{body}");
+}

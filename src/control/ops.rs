@@ -77,6 +77,11 @@ impl Operations {
         self
     }
 
+    /// This node's user, on a user node.
+    pub fn me(&self) -> Option<Uuid> {
+        self.id.as_ref().map(|i| i.uuid)
+    }
+
     /// The node's messenger, on a user node.
     pub fn messenger(&self) -> Option<&Messenger> {
         self.user.as_ref().map(|(m, _)| m)

@@ -7,9 +7,10 @@ use axum::http::{header, HeaderMap};
 
 /// The token's file in the node's home.
 pub(super) const TOKEN_FILE: &str = "http.token";
-/// The cookie `POST /api/v1/session` sets, for the browser's event stream (an
-/// `EventSource` cannot send a header).
-pub(super) const COOKIE: &str = "ptpchat_token";
+/// A cookie named so (an earlier version set one) opens nothing: browsers send a cookie to
+/// every port of a host, so any local server a page of ours linked to would get it.
+#[cfg(test)]
+const COOKIE: &str = "ptpchat_token";
 
 /// The secret that opens the HTTP API: 32 random bytes, as hex. Never printed by `Debug`.
 #[derive(Clone)]
@@ -145,7 +146,7 @@ impl Guard {
         Ok(())
     }
 
-    /// The token, from `Authorization: Bearer` or the session cookie.
+    /// The token, from `Authorization: Bearer` and nowhere else (no cookie, no query).
     pub fn check_token(&self, headers: &HeaderMap) -> Result<(), Refused> {
         let bearer = headers
             .get(header::AUTHORIZATION)
@@ -154,25 +155,7 @@ impl Guard {
         if bearer.is_some_and(|t| self.token.matches(t.trim())) {
             return Ok(());
         }
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-            .any(|t| self.token.matches(t));
-        if cookie {
-            return Ok(());
-        }
         Err(Refused::Token)
-    }
-
-    /// The session cookie's `Set-Cookie` value.
-    pub fn cookie(&self) -> String {
-        format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/api",
-            self.token.0
-        )
     }
 }
 
@@ -249,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn the_token_comes_as_a_bearer_or_the_cookie_and_nothing_else_opens() {
+    fn the_token_comes_as_a_bearer_and_nothing_else_opens() {
         let g = guard();
         let right = "ab".repeat(32);
         let bearer = format!("Bearer {right}");
@@ -258,14 +241,13 @@ mod tests {
             Ok(())
         );
         let cookie = format!("theme=dark; {COOKIE}={right}");
-        assert_eq!(g.check_token(&headers(&[("cookie", &cookie)])), Ok(()));
         let wrong = format!("Bearer {}", "ab".repeat(31) + "ac");
         for h in [
             headers(&[]),
             headers(&[("authorization", &wrong)]),
             headers(&[("authorization", "Bearer ")]),
             headers(&[("authorization", &right)]),
-            headers(&[("cookie", &format!("x{COOKIE}={right}"))]),
+            headers(&[("cookie", &cookie)]),
         ] {
             assert_eq!(g.check_token(&h), Err(Refused::Token), "{h:?}");
         }

@@ -5,7 +5,7 @@
 //!
 //! A web page on any site can make the browser send requests to loopback, so every request
 //! must prove it comes from the owner, the way Jupyter and Syncthing do it: the token (a
-//! bearer header, or the cookie `POST /api/v1/session` sets), a `Host` that names this
+//! bearer header, never a cookie), a `Host` that names this
 //! server by a loopback name and its port (DNS rebinding), an `Origin`, when there is
 //! one, that is this server (CSRF), and no CORS at all. Every answer carries a strict
 //! Content-Security-Policy.

@@ -74,7 +74,6 @@ const FILE_CSP: &str = "default-src 'none'; img-src 'self'; sandbox";
 
 pub(super) fn router(state: Shared) -> Router {
     let api = Router::new()
-        .route("/api/v1/session", post(session))
         .route(
             "/api/v1/id",
             get(|s: With<Shared>| one(s, ControlRequest::Id)),
@@ -118,7 +117,7 @@ pub(super) fn router(state: Shared) -> Router {
             "/api/v1/uploads",
             post(upload).layer(DefaultBodyLimit::max(state.upload_limit)),
         )
-        .route("/api/v1/files/{msg_id}/{index}", get(file))
+        .route("/api/v1/files/{from}/{msg_id}/{index}", get(file))
         .route("/api/v1/id/qr.svg", get(qr))
         .route(
             "/api/v1/openapi.json",
@@ -309,15 +308,6 @@ macro_rules! with_body {
     };
 }
 
-/// `POST /api/v1/session`: sets the token as a cookie for the page's event stream.
-async fn session(With(s): With<Shared>) -> Response {
-    let mut res = axum::Json(serde_json::json!({})).into_response();
-    if let Ok(v) = HeaderValue::from_str(&s.guard.cookie()) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    res
-}
-
 async fn whois(s: With<Shared>, Path(uuid): Path<String>) -> Response {
     one(s, ControlRequest::Whois { uuid }).await
 }
@@ -354,6 +344,18 @@ async fn send(s: With<Shared>, h: HeaderMap, b: Bytes) -> Response {
         Ok(m) => m,
         Err((status, why)) => return refusal(status, ErrorKind::BadInput, &why),
     };
+    // Through this API a file is attached only once uploaded: a caller cannot make the
+    // node send (and serve back) any file its user can read.
+    if let Some(msgr) = s.ops.messenger() {
+        let base = uploads_dir(msgr);
+        if let Some(p) = m.attach.iter().find(|p| upload_of(&base, p).is_none()) {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::BadInput,
+                &format!("attach only what POST /api/v1/uploads answered, not {p:?}"),
+            );
+        }
+    }
     let attached = m.attach.clone();
     let req = ControlRequest::Send {
         to: m.to,
@@ -614,14 +616,27 @@ async fn upload(
     }
 }
 
+/// The upload directory `path` names, if it is exactly `<base>/<uuid>/<name>` with no
+/// `..` or other tricks: the only files a send through this API may attach.
+fn upload_of(base: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {
+    use std::path::Component;
+    let rest = std::path::Path::new(path).strip_prefix(base).ok()?;
+    let parts: Vec<_> = rest.components().collect();
+    match parts.as_slice() {
+        [Component::Normal(dir), Component::Normal(_)] => {
+            uuid::Uuid::parse_str(dir.to_str()?).ok()?;
+            Some(base.join(dir))
+        }
+        _ => None,
+    }
+}
+
 /// Takes away the uploads a send attached (it copied them).
 async fn forget_uploads(m: &Messenger, attached: &[String]) {
     let base = uploads_dir(m);
     let dirs: Vec<_> = attached
         .iter()
-        .map(std::path::PathBuf::from)
-        .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
-        .filter(|d| d.parent() == Some(base.as_path()))
+        .filter_map(|p| upload_of(&base, p))
         .collect();
     let _ = tokio::task::spawn_blocking(move || {
         for d in dirs {
@@ -634,21 +649,25 @@ async fn forget_uploads(m: &Messenger, attached: &[String]) {
 /// Types a browser may show inline: pictures that cannot carry script (no SVG).
 const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
 
-/// `GET /api/v1/files/{msg_id}/{index}`: an attachment of a message in the history. A
+/// `GET /api/v1/files/{from}/{msg_id}/{index}`: an attachment of the message `msg_id` that
+/// `from` sent (ids are the sender's choice: both name a message). A
 /// picture comes as itself; anything else as a download of `application/octet-stream`,
 /// so a file from a peer never runs as a page or script of this origin.
-async fn file(With(s): With<Shared>, Path((msg_id, index)): Path<(String, usize)>) -> Response {
-    let Some(m) = s.ops.messenger().cloned() else {
+async fn file(
+    With(s): With<Shared>,
+    Path((from, msg_id, index)): Path<(String, String, usize)>,
+) -> Response {
+    let (Some(m), Some(me)) = (s.ops.messenger().cloned(), s.ops.me()) else {
         return refusal(StatusCode::NOT_FOUND, ErrorKind::NotFound, "no such file");
     };
-    let Ok(id) = uuid::Uuid::parse_str(&msg_id) else {
+    let (Ok(from), Ok(id)) = (uuid::Uuid::parse_str(&from), uuid::Uuid::parse_str(&msg_id)) else {
         return refusal(
             StatusCode::BAD_REQUEST,
             ErrorKind::BadInput,
-            "a message id is a UUID",
+            "a sender and a message id are UUIDs",
         );
     };
-    let found = match m.message(&id) {
+    let found = match m.store().history_entry(&me, &from, &id) {
         Ok(e) => e.and_then(|e| e.attachments.into_iter().nth(index)),
         Err(e) => {
             return refusal(
@@ -846,4 +865,32 @@ fn event_of(r: ControlResponse) -> Event {
         e = e.id(id);
     }
     e.data(data.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upload_of;
+    use std::path::Path;
+
+    #[test]
+    fn only_an_upload_of_ours_is_one() {
+        let base = Path::new("/h/files/uploads");
+        let id = "0b0c0d0e-0000-4000-8000-000000000000";
+        assert_eq!(
+            upload_of(base, &format!("/h/files/uploads/{id}/a.png")),
+            Some(base.join(id))
+        );
+        for bad in [
+            "/h/files/uploads/../x".to_string(),
+            format!("/h/files/uploads/{id}/../../x"),
+            format!("/h/files/uploads/{id}/.."),
+            format!("/h/files/uploads/{id}"),
+            format!("/h/files/uploads/{id}/a/b"),
+            "/h/files/uploads/not-a-uuid/a.png".to_string(),
+            "/etc/passwd".to_string(),
+            format!("h/files/uploads/{id}/a.png"),
+        ] {
+            assert_eq!(upload_of(base, &bad), None, "{bad}");
+        }
+    }
 }

@@ -431,15 +431,6 @@ impl Messenger {
     pub fn max_attachment(&self) -> u64 {
         self.inner.max_attachment
     }
-
-    /// A message in the history by its id.
-    pub fn message(&self, msg_id: &Uuid) -> Result<Option<HistoryEntry>, crate::store::StoreError> {
-        let Some(seq) = self.inner.store.history_seq_of(msg_id)? else {
-            return Ok(None);
-        };
-        let page = self.inner.store.history_after(seq - 1, 1)?;
-        Ok(page.into_iter().next().map(|(_, e)| e))
-    }
 }
 
 impl Inner {

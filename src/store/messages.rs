@@ -374,7 +374,8 @@ impl Store {
         let tx = self.db.begin_read()?;
         for r in tx.open_table(INBOX_SEEN)?.iter()? {
             let (k, v) = r?;
-            if k.value()[24..] == msg_id.as_bytes()[..] {
+            // Seq 0 marks what was taken but has no history row (a receipt, a grant).
+            if k.value()[24..] == msg_id.as_bytes()[..] && v.value() > 0 {
                 return Ok(Some(v.value()));
             }
         }
@@ -383,6 +384,37 @@ impl Store {
             let e: HistoryEntry = unrow(v.value())?;
             if e.msg_id == *msg_id.as_bytes() {
                 return Ok(Some(k.value()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The message `msg_id` whose sender is `from` (`me` for the ones we sent), with its
+    /// status now. Ids are the sender's choice: another sender may use the same one, so a
+    /// message is known by both (a scan: it serves the HTTP API's files).
+    pub fn history_entry(
+        &self,
+        me: &Uuid,
+        from: &Uuid,
+        msg_id: &Uuid,
+    ) -> Result<Option<HistoryEntry>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let status = tx.open_table(SENT_STATUS)?;
+        for r in tx.open_table(HISTORY)?.iter()? {
+            let (k, v) = r?;
+            let mut e: HistoryEntry = unrow(v.value())?;
+            let sender = if e.incoming {
+                Uuid::from_bytes(e.peer)
+            } else {
+                *me
+            };
+            if e.msg_id == *msg_id.as_bytes() && sender == *from {
+                if !e.incoming {
+                    if let Some(s) = status.get(k.value())? {
+                        apply_status(&mut e, s.value());
+                    }
+                }
+                return Ok(Some(e));
             }
         }
         Ok(None)
