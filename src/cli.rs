@@ -481,9 +481,9 @@ fn redirect_page(home: &std::path::Path, url: &str) -> std::io::Result<std::path
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || ":/.#=[]-_".contains(*c))
         .collect();
-    write!(
+    writeln!(
         f,
-        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>ptpchat</title><a href=\"{url}\">Open ptpchat</a>\n"
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>ptpchat</title><a href=\"{url}\">Open ptpchat</a>"
     )?;
     Ok(path)
 }
