@@ -968,3 +968,47 @@ fn idle_connections_are_capped_and_closed() {
     let id = get(&addr, &token, "/api/v1/id");
     assert_eq!(id.status, 200, "{}", id.body);
 }
+
+/// A client that sends requests and never reads the answers (no token needed for the app's
+/// assets) would hold its connection for good: once the answers stop moving for the write
+/// stall time the node closes it.
+#[test]
+fn a_client_that_stops_reading_is_let_go() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Daemon::spawn(
+        home.path(),
+        &[
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--quiet",
+        ],
+    );
+    node.wait_ready();
+    let (addr, _) = ui(home.path());
+    let asset = raw(&addr, "GET", "/app.js", &[format!("Host: {addr}")], "")
+        .bytes
+        .len();
+    let requests = 2000;
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let one = format!("GET /app.js HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    s.write_all(one.repeat(requests).as_bytes()).unwrap();
+    std::thread::sleep(ptpchat::http::WRITE_STALL + Duration::from_secs(5));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the connection is still open after {got} bytes");
+    assert!(
+        got < requests * asset,
+        "every answer came ({got} bytes): the test did not fill the socket"
+    );
+}

@@ -33,6 +33,9 @@ pub const MAX_EVENT_STREAMS: usize = 128;
 pub const MAX_CONNECTIONS: usize = 256;
 /// A connection that has not sent a request's headers in this long is closed (slowloris).
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A connection whose answers make no way out for this long is closed: its reader stopped
+/// reading (requests sent and never read would hold a connection for good otherwise).
+pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The serving HTTP API; stops with [`HttpServer::shutdown`].
 pub struct HttpServer {
@@ -100,7 +103,7 @@ async fn serve(listener: TcpListener, app: axum::Router) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                .serve_connection(hyper_util::rt::TokioIo::new(Watched::new(stream)), service);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP connection ended");
             }
@@ -113,4 +116,96 @@ async fn serve(listener: TcpListener, app: axum::Router) {
 /// restarts, so a bot configured once keeps working.
 pub fn token_in(home: &Path) -> std::io::Result<Token> {
     Token::load_or_create(&home.join(guard::TOKEN_FILE))
+}
+
+/// A connection whose writes give up after [`WRITE_STALL`] without progress.
+struct Watched {
+    io: tokio::net::TcpStream,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Watched {
+    fn new(io: tokio::net::TcpStream) -> Self {
+        Watched { io, stalled: None }
+    }
+
+    /// After a write that could not go on: whether it has been stuck too long (and if not,
+    /// the timer wakes the task when it has).
+    fn given_up(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        std::future::Future::poll(timer.as_mut(), cx).is_ready()
+    }
+
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match r {
+            Poll::Pending if self.given_up(cx) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, r)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

@@ -175,12 +175,17 @@ async fn require_token(With(s): With<Shared>, req: Request, next: Next) -> Respo
     }
 }
 
+/// A request from someone who may not use the API: answered, and the connection closed
+/// (it holds none of the connections the owner needs).
 fn refused(why: Refused) -> Response {
     let status = match why {
         Refused::Token => StatusCode::UNAUTHORIZED,
         Refused::Host | Refused::Origin => StatusCode::FORBIDDEN,
     };
-    refusal(status, ErrorKind::Denied, why.message())
+    let mut res = refusal(status, ErrorKind::Denied, why.message());
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
 }
 
 /// An error answer: `{"error": words, "kind": kind}`.
