@@ -736,6 +736,9 @@ fn files_go_by_upload_and_come_back_as_files_not_pages() {
         too_big.body
     );
 
+    // A name longer than a file system takes is shortened, not a failure.
+    let long = upload(&a_addr, &a_token, &"%F0%9F%98%80".repeat(100), b"smile");
+    assert_eq!(long.status, 200, "{}", long.body);
     // Only what was uploaded goes: not any file the node's user can read.
     let token_file = a_home.join("http.token");
     let sneaky = post(

@@ -271,7 +271,6 @@ pub async fn run(samples: usize, streams: usize) -> Web {
             }
         }
         let t_assets = t0.elapsed();
-        h.call("POST", "/api/v1/session", Some("{}")).await;
         for path in [
             "/api/v1/id",
             "/api/v1/contacts",

@@ -595,9 +595,15 @@ async fn upload(
             "send the file as Content-Type: application/octet-stream",
         );
     }
-    let name = crate::messaging::files::safe_name(&q.name, "attachment");
-    let dir = uploads_dir(&m).join(uuid::Uuid::new_v4().to_string());
+    let mut name = crate::messaging::files::safe_name(&q.name, "attachment");
+    // A file name is at most 255 bytes on the usual file systems.
+    while name.len() > MAX_NAME_BYTES {
+        name.pop();
+    }
+    let base = uploads_dir(&m);
+    let dir = base.join(uuid::Uuid::new_v4().to_string());
     let written = tokio::task::spawn_blocking(move || {
+        forget_stale_uploads(&base);
         crate::messaging::files::private_dir(&dir)?;
         let path = dir.join(name);
         std::fs::write(&path, &bytes)?;
@@ -633,6 +639,34 @@ fn upload_of(base: &std::path::Path, path: &str) -> Option<std::path::PathBuf> {
             Some(base.join(dir))
         }
         _ => None,
+    }
+}
+
+/// The longest upload name kept, in bytes.
+const MAX_NAME_BYTES: usize = 200;
+/// An upload no send took within this long is removed.
+const UPLOAD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the uploads older than [`UPLOAD_LIFETIME`] (a page that uploaded and then never
+/// sent, or a send that was refused).
+fn forget_stale_uploads(base: &std::path::Path) {
+    let Ok(dirs) = std::fs::read_dir(base) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let old = d
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > UPLOAD_LIFETIME);
+        let ours = d
+            .file_name()
+            .to_str()
+            .is_some_and(|n| uuid::Uuid::parse_str(n).is_ok());
+        if old && ours {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
     }
 }
 
