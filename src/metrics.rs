@@ -1,23 +1,22 @@
 //! A minimal Prometheus endpoint (`--metrics ADDR`): `GET /metrics` answers the node's
-//! gauges and its counters of rejected input, in the text exposition format.
+//! gauges and its counters of rejected input, in the text exposition format. Served by the
+//! same HTTP stack as the local API (`crate::http::serve_router`: hyper, with its connection
+//! cap and timeouts), on its own address.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::debug;
 
 use crate::net::{Client, Status};
 
-/// Longest request head read from a scraper.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// Most scrapes served at once.
+/// Most scrapers connected at once.
 const MAX_SCRAPERS: usize = 8;
-/// How long a scraper may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `addr` and serves until the returned task is aborted. Returns the bound address
 /// (useful with port 0).
@@ -27,62 +26,24 @@ pub async fn serve(
 ) -> std::io::Result<(JoinHandle<()>, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
-    let task = tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, typically: back off instead of spinning.
-                    debug!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                continue;
-            };
-            let client = client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = answer(stream, client).await {
-                    debug!(error = %e, "metrics request failed");
-                }
-                drop(permit);
-            });
-        }
-    });
+    let app = axum::Router::new()
+        .route("/metrics", get(scrape))
+        .route("/", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") })
+        .with_state(client);
+    let task = tokio::spawn(crate::http::serve_router(listener, app, MAX_SCRAPERS));
     Ok((task, bound))
 }
 
-async fn answer(mut stream: TcpStream, client: Client) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(READ_TIMEOUT, async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow scraper"))??;
-    let (code, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
-        match client.status().await {
-            Ok(status) => ("200 OK", render(&status)),
-            Err(_) => ("503 Service Unavailable", "node stopping\n".to_string()),
-        }
-    } else {
-        ("404 Not Found", "try /metrics\n".to_string())
-    };
-    let response = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+async fn scrape(State(client): State<Client>) -> Response {
+    match client.status().await {
+        Ok(status) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            render(&status),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "node stopping\n").into_response(),
+    }
 }
 
 /// Renders the status as Prometheus text.

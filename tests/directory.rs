@@ -413,9 +413,11 @@ async fn metrics_endpoint_reports_peers_records_and_rejections() {
 
     let get = |path: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).await.unwrap();
         body

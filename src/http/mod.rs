@@ -57,7 +57,7 @@ impl HttpServer {
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
         });
         let app = routes::router(state);
-        let task = tokio::spawn(serve(listener, app));
+        let task = tokio::spawn(serve_router(listener, app, MAX_CONNECTIONS));
         Ok(HttpServer { addr, task })
     }
 
@@ -73,10 +73,10 @@ impl HttpServer {
     }
 }
 
-/// Accepts connections and serves each with `app` until aborted; aborting ends every
-/// connection with it.
-async fn serve(listener: TcpListener, app: axum::Router) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+/// Accepts connections and serves each with `app` until aborted (at most `max` at once);
+/// aborting ends every connection with it. The metrics endpoint is served by it too.
+pub(crate) async fn serve_router(listener: TcpListener, app: axum::Router, max: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
