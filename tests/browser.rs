@@ -79,14 +79,18 @@ fn picture(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
-/// chromedriver on a free loopback port, killed when dropped.
+/// chromedriver on a free loopback port, in a process group of its own: dropped (also when
+/// the test fails), it and every browser it started are killed.
 struct Driver {
     child: Child,
     url: String,
+    /// The browsers' profiles are under here: any browser left is found by it.
+    profiles: PathBuf,
 }
 
 impl Driver {
-    fn start() -> Driver {
+    fn start(profiles: &Path) -> Driver {
+        use std::os::unix::process::CommandExt;
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -95,6 +99,7 @@ impl Driver {
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -105,14 +110,24 @@ impl Driver {
             assert!(Instant::now() < deadline, "chromedriver never listened");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Driver { child, url }
+        Driver {
+            child,
+            url,
+            profiles: profiles.to_path_buf(),
+        }
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let profiles = format!("--user-data-dir={}", self.profiles.display());
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &profiles])
+            .status();
     }
 }
 
@@ -290,7 +305,7 @@ fn two_people_chat_in_their_browsers() {
     std::fs::write(&picture_path, picture(240, 150)).unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let driver = Driver::start();
+    let driver = Driver::start(dir.path());
     rt.block_on(async {
         let a = browser(&driver, &dir.path().join("alice-profile")).await;
         let b = browser(&driver, &dir.path().join("bob-profile")).await;
