@@ -296,8 +296,18 @@ async fn consent_follows_the_contact_list_as_it_changes() {
     assert!(direct(&a, b.peer_id).await);
     assert!(a.client.disconnect(b.peer_id).await.unwrap());
     contacts.remove_contact("alice").unwrap();
+    // The connections just closed may still be going: a request sent on one is lost
+    // (Offline) and asked again; what matters is the answer when it arrives.
+    let mut outcome = connect().await.unwrap();
+    for _ in 0..3 {
+        if !matches!(outcome, ConnectOutcome::Offline(_)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        outcome = connect().await.unwrap();
+    }
     assert_eq!(
-        connect().await.unwrap(),
+        outcome,
         ConnectOutcome::Denied,
         "a contact removed is a stranger again"
     );
