@@ -279,11 +279,22 @@ function attachmentsOf(m) {
   return (m.attachments || []).map((a, i) => {
     const path = "/files/" + enc(m.from) + "/" + enc(m.msg_id) + "/" + i;
     if (INLINE.includes(a.mime)) {
-      // A fixed box until the picture is in: no jump as it loads.
-      const img = el("img", { class: "att", alt: a.name, "data-file": path });
-      fileUrl(path).then((u) => { img.src = u; },
-        () => img.replaceWith(el("span", { class: "chip" }, a.name + " (not here yet)")));
-      return img;
+      // A file comes after its message: until it is here the picture says so, and the page
+      // looks again every 2 s (for 2 minutes), so it shows once it has arrived.
+      const img = el("img", { class: "att hidden", alt: a.name, "data-file": path });
+      const waiting = el("span", { class: "chip" }, a.name + " (arriving…)");
+      const holder = el("span", {}, img, waiting);
+      const load = (tries) => fileUrl(path).then((u) => {
+        img.src = u;
+        img.classList.remove("hidden");
+        waiting.remove();
+      }, () => {
+        if (tries > 0 && holder.isConnected) setTimeout(() => load(tries - 1), 2000);
+        else if (tries === 0) waiting.textContent = a.name + " (not here yet)";
+      });
+      // Drawn before it is on the page: the first look waits for that.
+      setTimeout(() => load(60), 0);
+      return holder;
     }
     const link = el("a", { class: "att", href: "#", download: a.name, "data-file": path }, "⬇ " + a.name + " (" + size(a.size) + ")");
     link.addEventListener("click", async (ev) => {
