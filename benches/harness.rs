@@ -94,13 +94,19 @@ fn config(home: &Path, listen: &str, public: bool, bootstrap: &[libp2p::Multiadd
 
 /// A and B, connected, A holding B's document.
 async fn pair(dir: &Path, listen: &str) -> (RunningNode, RunningNode) {
-    let b = node::start(config(&dir.join("b"), listen, true, &[]))
-        .await
-        .expect("B starts");
+    pair_with(dir, listen, false).await
+}
+
+/// The same, each also serving its HTTP API on loopback if `http`.
+async fn pair_with(dir: &Path, listen: &str, http: bool) -> (RunningNode, RunningNode) {
+    let loopback = http.then(|| "127.0.0.1:0".parse().expect("an address"));
+    let mut cb = config(&dir.join("b"), listen, true, &[]);
+    cb.http = loopback;
+    let b = node::start(cb).await.expect("B starts");
     let b_addrs = b.listen_addrs().await;
-    let a = node::start(config(&dir.join("a"), listen, false, &b_addrs))
-        .await
-        .expect("A starts");
+    let mut ca = config(&dir.join("a"), listen, false, &b_addrs);
+    ca.http = loopback;
+    let a = node::start(ca).await.expect("A starts");
     let b_uuid = b.id.as_ref().unwrap().uuid;
     let doc = common::eventually(Duration::from_secs(30), "B's certificate", || async {
         a.client.fetch_certificate(b.peer_id, b_uuid).await.ok()

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ptpchat::control::{ControlRequest, ControlResponse};
-use ptpchat::node::{self, RunningNode};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -163,25 +162,6 @@ fn request(r: &ControlRequest) -> Vec<u8> {
     v
 }
 
-/// A and B as in the `direct` section, each also serving its HTTP API.
-async fn pair(dir: &Path) -> (RunningNode, RunningNode) {
-    let listen = "/ip4/127.0.0.1/tcp/0";
-    let loopback = Some("127.0.0.1:0".parse().unwrap());
-    let mut cb = super::config(&dir.join("b"), listen, true, &[]);
-    cb.http = loopback;
-    let b = node::start(cb).await.expect("B starts");
-    let mut ca = super::config(&dir.join("a"), listen, false, &b.listen_addrs().await);
-    ca.http = loopback;
-    let a = node::start(ca).await.expect("A starts");
-    let b_uuid = b.id.as_ref().unwrap().uuid;
-    let doc = super::common::eventually(Duration::from_secs(30), "B's certificate", || async {
-        a.client.fetch_certificate(b.peer_id, b_uuid).await.ok()
-    })
-    .await;
-    a.messenger.as_ref().unwrap().remember_document(&doc);
-    (a, b)
-}
-
 fn token(home: &Path) -> String {
     std::fs::read_to_string(home.join("http.token"))
         .unwrap()
@@ -191,7 +171,7 @@ fn token(home: &Path) -> String {
 
 pub async fn run(samples: usize, streams: usize) -> Web {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = pair(dir.path()).await;
+    let (a, b) = super::pair_with(dir.path(), "/ip4/127.0.0.1/tcp/0", true).await;
     let (a_http, b_http) = (
         a.http_addr.unwrap().to_string(),
         b.http_addr.unwrap().to_string(),

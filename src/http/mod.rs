@@ -10,6 +10,8 @@
 //! one, that is this server (CSRF), and no CORS at all. Every answer carries a strict
 //! Content-Security-Policy.
 
+mod events;
+mod files;
 mod guard;
 mod routes;
 
