@@ -135,6 +135,11 @@ impl EventLoop {
             Command::Connect { peer, addrs, reply } => self.start_connect(peer, addrs, reply),
             Command::Disconnect { peer, reply } => {
                 self.withdraw_consent(&peer);
+                // The connections close a moment later; until then they are not ours to
+                // offer (a CONNECT right after a hang-up must ask again, not say Direct).
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.conns.clear();
+                }
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
             Command::ConnectRequests(reply) => {
