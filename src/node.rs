@@ -195,7 +195,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         info!(uuid = %id.uuid, fingerprint = %id.fingerprint, peer_id = %id.peer_id, "identity");
     }
 
-    let mut swarm = build_swarm(keypair, &config)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let mut swarm = build_swarm(keypair, &config, &mut registry)?;
+    let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
     if config.listen.is_empty() {
         listen_on_defaults(&mut swarm)?;
     } else {
@@ -213,6 +215,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let client = Client::new(tx);
     let identity = (config.mode == Mode::User).then_some(identity);
     let counters = Counters::default();
+    let exporter =
+        crate::metrics::Exporter::new(registry, &counters, &store, config.mode == Mode::User);
     let (hooks, messaging_channels) = crate::messaging::channels();
     let (gossip_tx, gossip_rx) = mpsc::channel(crate::net::GOSSIP_QUEUE);
     let (grants_tx, grants_rx) = mpsc::channel(256);
@@ -225,6 +229,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         identity,
         &config,
         counters.clone(),
+        libp2p_metrics,
         user.then_some(crate::net::UserHooks {
             messaging: hooks,
             gossip: gossip_tx,
@@ -235,11 +240,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         Ok(docs) => event_loop.seed_dht(docs),
         Err(e) => tracing::warn!(error = %e, "could not read the directory cache"),
     }
-    if !user {
-        // A relay forwards public-channel announcements so users who share only a relay
-        // still discover each other's channels.
-        event_loop.subscribe(crate::wire::frame::ANNOUNCE_TOPIC, true);
-    }
+    // A relay forwards public-channel announcements so users who share only a relay
+    // still discover each other's channels; a user's channel service joins the topic too.
+    // Joined here, before any channel's topic, it is the one topic gossipsub's metrics
+    // name (see `net::behaviour::gossip_metrics`).
+    event_loop.subscribe(crate::wire::frame::ANNOUNCE_TOPIC, true);
     for addr in config.bootstrap.iter().chain(config.relays.iter()) {
         if let Err(e) = event_loop.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -297,7 +302,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
 
     let (metrics, metrics_addr) = match config.metrics {
         Some(addr) => {
-            let (task, bound) = crate::metrics::serve(addr, client.clone())
+            let (task, bound) = crate::metrics::serve(addr, exporter, client.clone())
                 .await
                 .map_err(|source| StartError::Metrics { addr, source })?;
             info!(address = %bound, "serving Prometheus metrics on /metrics");

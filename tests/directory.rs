@@ -398,44 +398,6 @@ async fn documents_held_by_a_relay_survive_its_restart() {
 }
 
 #[tokio::test]
-async fn metrics_endpoint_reports_peers_records_and_rejections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut cfg = test_config(Mode::Relay, dirs[0].path(), &[]);
-    cfg.metrics = Some("127.0.0.1:0".parse().unwrap());
-    let relay = node::start(cfg).await.unwrap();
-    let metrics = relay.metrics_addr.unwrap();
-    let b = start(Mode::User, dirs[1].path(), &[first_addr(&relay).await]).await;
-    eventually(WAIT, "the relay to hold B's document", || async {
-        relay.client.whois(b.id.clone().unwrap().uuid).await.ok()
-    })
-    .await;
-
-    let get = |path: &'static str| async move {
-        let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
-        body
-    };
-    let page = get("/metrics").await;
-    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
-    assert!(page.contains("\nptpchat_connected_peers 1\n"), "{page}");
-    assert!(page.contains("\nptpchat_dht_records 1\n"), "{page}");
-    assert!(
-        page.contains("\n# TYPE ptpchat_lookups_total counter\n"),
-        "{page}"
-    );
-    assert!(get("/other").await.starts_with("HTTP/1.1 404"));
-    relay.shutdown().await;
-    b.shutdown().await;
-}
-
-#[tokio::test]
 async fn peers_that_speak_no_ptpchat_protocol_are_disconnected() {
     use libp2p::{identify, ping, swarm::NetworkBehaviour};
     #[derive(NetworkBehaviour)]

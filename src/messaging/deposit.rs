@@ -83,6 +83,10 @@ pub(super) async fn deposit_queued(inner: &Inner, to: &Uuid, doc: &SignedDocumen
     }
     for m in &stored {
         if m.seq < messages::RECEIPT_SEQ_BASE {
+            inner
+                .counters
+                .meters()
+                .message_sent(crate::counters::Sent::Stored);
             let _ = inner.status_changes.send(super::StatusChange {
                 msg_id: m.msg_id,
                 status: "stored",

@@ -323,6 +323,7 @@ pub(super) async fn receive(
                     Outcome::Ack
                 }
                 Fate::Stored(seq, entry) => {
+                    inner.counters.meters().message_received();
                     let _ = inner.received.send((seq, entry));
                     Outcome::Ack
                 }

@@ -22,6 +22,7 @@ use super::queue::Queued;
 use super::transfer_state::{for_now, Need, Next, Upload};
 use super::{files, Inner, SendError, Sending};
 use crate::counters::Counter;
+use crate::counters::Sent;
 use crate::identity::SignedDocument;
 use crate::net::dial::DialReason;
 use crate::store::messages;
@@ -613,6 +614,12 @@ async fn finish(inner: &Inner, done: Vec<(u64, Uuid, Delivery)>) {
     let mut outbox = inner.outbox.lock();
     for (seq, id, d) in done {
         if seq < RECEIPT_SEQ_BASE {
+            inner.counters.meters().message_sent(match &d {
+                Delivery::Delivered => Sent::Delivered,
+                Delivery::Failed(_) => Sent::Failed,
+                Delivery::Expired => Sent::Expired,
+                Delivery::Stored(_) => Sent::Stored,
+            });
             let _ = inner.status_changes.send(super::StatusChange {
                 msg_id: id,
                 status: d.status(),

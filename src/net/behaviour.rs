@@ -7,6 +7,7 @@ use libp2p::{
     ping, relay, request_response, swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp,
     yamux, StreamProtocol, Swarm,
 };
+use prometheus_client::registry::Registry;
 
 use super::consent::Consent;
 use crate::config::{Mode, NodeConfig, RelayLimits};
@@ -79,10 +80,32 @@ pub struct Behaviour {
 #[error("cannot set up networking: {0}")]
 pub struct BuildError(String);
 
+/// The gossipsub metrics' settings: per-topic families for the first topic joined only,
+/// which is the announcement topic (the node joins it before any channel), and none for
+/// topics others name. A channel's topic names the channel: which channels a node is in
+/// is nobody's business.
+fn gossip_metrics() -> gossipsub::MetricsConfig {
+    gossipsub::MetricsConfig {
+        max_topics: 1,
+        max_never_subscribed_topics: 0,
+        ..Default::default()
+    }
+}
+
 /// Builds the swarm for `config` with identity `keypair`.
-pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behaviour>, BuildError> {
+/// Its transports and gossipsub record their metrics in `registry`.
+pub fn build_swarm(
+    keypair: Keypair,
+    config: &NodeConfig,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, BuildError> {
     let err = |e: &dyn std::fmt::Display| BuildError(e.to_string());
-    let gossipsub = gossip(&keypair, config).map_err(|e| err(&e))?;
+    let gossipsub = gossip(&keypair, config).map_err(|e| err(&e))?.with_metrics(
+        registry
+            .sub_registry_with_prefix("libp2p")
+            .sub_registry_with_prefix("gossipsub"),
+        gossip_metrics(),
+    );
     let mdns_enabled = config.mdns;
     let mode = config.mode;
     let relay_limits = config.relay_limits;
@@ -102,6 +125,7 @@ pub fn build_swarm(keypair: Keypair, config: &NodeConfig) -> Result<Swarm<Behavi
         .map_err(|e| err(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| err(&e))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
 

@@ -96,6 +96,8 @@ pub struct EventLoop {
     /// many requests, and their real bound is the messenger's 64 handlers.
     message_limiter: RateLimiter<PeerId>,
     rejected: Counters,
+    /// libp2p's own metrics, fed the swarm's and the protocols' events.
+    libp2p_metrics: libp2p::metrics::Metrics,
     /// Channels to the messenger (user nodes only).
     hooks: Option<EventLoopHooks>,
     /// Writes to the directory cache, off the event loop (see [`CacheWriter`]).
@@ -156,6 +158,8 @@ impl PeerState {
 
 impl EventLoop {
     /// Prepares the loop; `identity` is `None` for a relay (it publishes no document).
+    /// Everything it is given it keeps: each argument is one of its parts.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
@@ -163,6 +167,7 @@ impl EventLoop {
         identity: Option<Identity>,
         config: &NodeConfig,
         counters: Counters,
+        libp2p_metrics: libp2p::metrics::Metrics,
         hooks: Option<UserHooks>,
     ) -> Self {
         let mut swarm = swarm;
@@ -180,6 +185,7 @@ impl EventLoop {
             }
             None => (None, None),
         };
+        let meters = counters.meters().clone();
         EventLoop {
             cache: CacheWriter::new(&store),
             swarm,
@@ -205,6 +211,7 @@ impl EventLoop {
             request_limiter: RateLimiter::new(50, 10.0, 4096),
             message_limiter: RateLimiter::new(1024, 1000.0, 4096),
             rejected: counters,
+            libp2p_metrics,
             hooks,
             mailbox: None,
             channel_history,
@@ -227,7 +234,7 @@ impl EventLoop {
             },
             loopback_only: !config.listen.is_empty() && config.listen.iter().all(is_loopback),
             private_ips: config.private_ips,
-            connects: connect::Connects::new(config.accept_connect),
+            connects: connect::Connects::new(config.accept_connect, meters),
             connect_asks: HashMap::new(),
             // A burst of 10 requests, then one every 2 s, per peer.
             connect_limiter: RateLimiter::new(10, 0.5, 4096),

@@ -143,7 +143,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         tx.open_table(CHANNELS)?
             .insert(id.as_bytes(), row(c)?.as_slice())?;
-        tx.commit()?;
+        self.commits.commit(tx)?;
         self.names_changed();
         Ok(())
     }
@@ -172,7 +172,7 @@ impl Store {
             frames.retain(|k, _| frame_ts(k) >= before_ms)?;
             old.len()
         };
-        tx.commit()?;
+        self.commits.commit(tx)?;
         Ok(removed)
     }
 }

@@ -438,6 +438,23 @@ impl Store {
         Ok(out)
     }
 
+    /// How many of our messages wait in the outbox (delivery receipts not counted), and
+    /// when the oldest was accepted (ms since the epoch). For the metrics.
+    pub fn outbox_depth(&self) -> Result<(u64, Option<u64>), StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(OUTBOX)?;
+        let mut depth = 0u64;
+        for r in t.range(..RECEIPT_SEQ_BASE)? {
+            r?;
+            depth += 1;
+        }
+        let oldest = match t.range(..RECEIPT_SEQ_BASE)?.next() {
+            Some(r) => Some(unrow::<OutboxEntry>(r?.1.value())?.created_ms),
+            None => None,
+        };
+        Ok((depth, oldest))
+    }
+
     /// A transfer in progress.
     pub fn pending_in(&self, key: &[u8; 40]) -> Result<Option<PendingIn>, StoreError> {
         let tx = self.db.begin_read()?;
@@ -515,6 +532,7 @@ impl Store {
     pub fn writer(&self) -> (Writer, Option<std::thread::JoinHandle<()>>) {
         let (tx, rx) = std_mpsc::sync_channel::<Box<dyn Job>>(WRITER_QUEUE);
         let db = self.db.clone();
+        let commits = self.commits.clone();
         let spawned = std::thread::Builder::new()
             .name("ptpchat-store-writer".into())
             .spawn(move || {
@@ -542,7 +560,7 @@ impl Store {
                                 Err(e)
                             }
                             None => {
-                                txn.commit()?;
+                                commits.commit(txn)?;
                                 Ok(())
                             }
                         }

@@ -13,6 +13,7 @@ use tracing::warn;
 use super::{EventLoop, MAX_ADDRS_PER_PEER};
 use crate::config::Mode;
 use crate::counters::Counter;
+use crate::counters::Topic;
 use crate::net::{dial, Command, NetError, PeerInfo, Status};
 use crate::wire::verbs::Request;
 
@@ -78,9 +79,15 @@ impl EventLoop {
             Command::Publish { topic, data, reply } => {
                 let topic = gossipsub::IdentTopic::new(topic);
                 let g = &mut self.swarm.behaviour_mut().gossipsub;
+                let kind = if topic.hash().as_str() == crate::wire::frame::ANNOUNCE_TOPIC {
+                    Topic::Announce
+                } else {
+                    Topic::Channel
+                };
                 let result = g
                     .publish(topic.clone(), data)
                     .map(|_| {
+                        self.rejected.meters().frame_published(kind);
                         g.all_peers()
                             .filter(|(_, t)| t.contains(&&topic.hash()))
                             .count()
@@ -95,12 +102,7 @@ impl EventLoop {
                 id,
                 source,
                 acceptance,
-            } => {
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
-            }
+            } => self.report(id, source, acceptance),
             Command::Provide { key, on } => {
                 let key = kad::RecordKey::new(&key);
                 let kad = &mut self.swarm.behaviour_mut().kad;

@@ -24,6 +24,7 @@ use super::dial::DialReason;
 use super::EventLoop;
 use crate::config::ConnectPolicy;
 use crate::counters::Counter;
+use crate::counters::{Meters, PunchFailure};
 use crate::identity::SignedDocument;
 use crate::net::NetError;
 use crate::unix_now;
@@ -70,6 +71,8 @@ pub(crate) struct Connects {
     /// Requests waiting for our user, by request id.
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
+    /// Hole punches started, succeeded and failed.
+    meters: Meters,
 }
 
 struct Outgoing {
@@ -115,17 +118,25 @@ pub(crate) enum Out {
 pub(crate) struct Refused(pub Nack, pub Counter);
 
 impl Connects {
-    pub fn new(policy: ConnectPolicy) -> Self {
+    pub fn new(policy: ConnectPolicy, meters: Meters) -> Self {
         Connects {
             policy,
             outgoing: HashMap::new(),
             pending: BTreeMap::new(),
             next_id: 1,
+            meters,
         }
     }
 
     fn prune(&mut self, now: Instant) {
-        self.outgoing.retain(|_, o| !o.reply.is_closed());
+        let meters = &self.meters;
+        self.outgoing.retain(|_, o| {
+            let gone = o.reply.is_closed();
+            if gone && o.punching.is_some() {
+                meters.punch_failed(PunchFailure::Abandoned);
+            }
+            !gone
+        });
         self.pending
             .retain(|_, p| now.duration_since(p.at) < PENDING_LIFETIME);
     }
@@ -137,7 +148,19 @@ impl Connects {
     }
 
     fn finish(&mut self, peer: &PeerId, outcome: ConnectOutcome) {
+        self.finish_as(peer, outcome, PunchFailure::Abandoned);
+    }
+
+    /// Ends our CONNECT to `peer`; if a hole punch was under way and no direct connection
+    /// came of it, it failed of `why`.
+    fn finish_as(&mut self, peer: &PeerId, outcome: ConnectOutcome, why: PunchFailure) {
         if let Some(o) = self.outgoing.remove(peer) {
+            if o.punching.is_some() {
+                match outcome {
+                    ConnectOutcome::Direct(_) => self.meters.punch_succeeded(),
+                    _ => self.meters.punch_failed(why),
+                }
+            }
             debug!(%peer, ?outcome, "connect finished");
             let _ = o.reply.send(outcome);
         }
@@ -240,6 +263,7 @@ impl Connects {
                     return Vec::new();
                 }
                 o.punching = Some(now);
+                self.meters.punch_started();
                 vec![
                     Out::Consent { peer, give: true },
                     Out::Dial {
@@ -253,7 +277,11 @@ impl Connects {
 
     /// The dial after an accept could not even start.
     pub fn dial_failed(&mut self, peer: &PeerId, error: String) {
-        self.finish(peer, ConnectOutcome::Offline(error));
+        self.finish_as(
+            peer,
+            ConnectOutcome::Offline(error),
+            PunchFailure::DialFailed,
+        );
     }
 
     /// A direct connection came up: it may be the one a CONNECT waits for.
@@ -282,7 +310,7 @@ impl Connects {
             .map(|(p, _)| *p)
             .collect();
         for peer in late {
-            self.finish(&peer, ConnectOutcome::Relayed);
+            self.finish_as(&peer, ConnectOutcome::Relayed, PunchFailure::Timeout);
         }
     }
 
@@ -290,7 +318,7 @@ impl Connects {
     /// exists anyway.
     pub fn on_hole_punch_failed(&mut self, peer: &PeerId, direct: bool) {
         if self.is_punching(peer) && !direct {
-            self.finish(peer, ConnectOutcome::Relayed);
+            self.finish_as(peer, ConnectOutcome::Relayed, PunchFailure::Failed);
         }
     }
 

@@ -34,7 +34,7 @@ fn started(c: &mut Connects, now: Instant) -> (PeerId, oneshot::Receiver<Connect
 #[test]
 fn a_connect_is_refused_at_once_when_it_cannot_be_asked() {
     let now = Instant::now();
-    let mut c = Connects::new(ConnectPolicy::Verified);
+    let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
     let cases = [
         (Some(addr()), true, vec![addr()], "Direct"),
         (None, false, vec![addr()], "Failed"),
@@ -52,7 +52,7 @@ fn a_connect_is_refused_at_once_when_it_cannot_be_asked() {
 #[test]
 fn accept_gives_consent_dials_a_new_circuit_and_waits_for_the_direct_connection() {
     let t0 = Instant::now();
-    let mut c = Connects::new(ConnectPolicy::Verified);
+    let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
     let (peer, mut rx) = started(&mut c, t0);
     let accept = Ok(Response::Connect {
         answer: ConnectAnswer::Accept,
@@ -82,7 +82,7 @@ fn accept_gives_consent_dials_a_new_circuit_and_waits_for_the_direct_connection(
 #[test]
 fn hole_punching_that_runs_out_of_time_or_fails_stays_on_the_relay() {
     let t0 = Instant::now();
-    let mut c = Connects::new(ConnectPolicy::Verified);
+    let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
     let accept = Ok(Response::Connect {
         answer: ConnectAnswer::Accept,
     });
@@ -101,7 +101,7 @@ fn hole_punching_that_runs_out_of_time_or_fails_stays_on_the_relay() {
 #[test]
 fn a_failed_request_is_sent_once_more_then_reported_offline() {
     let t0 = Instant::now();
-    let mut c = Connects::new(ConnectPolicy::Verified);
+    let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
     let (peer, mut rx) = started(&mut c, t0);
     let err = Err(crate::net::NetError::Closed);
     assert_eq!(
@@ -132,7 +132,7 @@ fn policy_decides_and_only_verified_contacts_pass_the_default() {
     let now = Instant::now();
     let (peer, doc) = requester();
     let answer = |policy, contact: Option<(String, bool)>| {
-        let mut c = Connects::new(policy);
+        let mut c = Connects::new(policy, Meters::default());
         c.on_request(peer, &doc, contact, now).unwrap()
     };
     let verified = Some(("bob".to_string(), true));
@@ -171,7 +171,7 @@ fn a_request_that_is_not_the_senders_own_is_refused() {
 #[test]
 fn asked_requests_wait_for_the_user_bounded_one_per_peer_and_expire() {
     let t0 = Instant::now();
-    let mut c = Connects::new(ConnectPolicy::Ask);
+    let mut c = Connects::new(ConnectPolicy::Ask, Meters::default());
     let (peer, doc) = requester();
     let (answer, out) = c.on_request(peer, &doc, None, t0).unwrap();
     assert_eq!((answer, out), (ConnectAnswer::Pending, vec![]));

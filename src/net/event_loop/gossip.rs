@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::EventLoop;
 use crate::counters::Counter;
+use crate::counters::Verdict;
 use crate::identity::SignedDocument;
 use crate::net::{GossipEvent, GossipIn};
 use crate::unix_now;
@@ -67,12 +68,18 @@ impl EventLoop {
         }
     }
 
-    fn report(
+    pub(super) fn report(
         &mut self,
         id: gossipsub::MessageId,
         source: PeerId,
         a: gossipsub::MessageAcceptance,
     ) {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        self.rejected.meters().frame_received(match a {
+            Accept => Verdict::Accepted,
+            Reject => Verdict::Rejected,
+            Ignore => Verdict::Ignored,
+        });
         self.swarm
             .behaviour_mut()
             .gossipsub

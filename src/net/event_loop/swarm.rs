@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use libp2p::metrics::Recorder;
 use libp2p::{
     autonat, dcutr, identify, mdns, multiaddr::Protocol, relay, request_response, swarm::SwarmEvent,
 };
@@ -17,6 +18,10 @@ use crate::net::NetError;
 
 impl EventLoop {
     pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.libp2p_metrics.record(&event);
+        if let SwarmEvent::Behaviour(e) = &event {
+            self.record(e);
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let me = *self.swarm.local_peer_id();
@@ -90,6 +95,44 @@ impl EventLoop {
                 debug!(peer = ?peer_id, error = %error, "dial failed");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    /// Feeds libp2p's metrics the protocols' events they know, and keeps our relay
+    /// families.
+    fn record(&self, event: &BehaviourEvent) {
+        let m = &self.libp2p_metrics;
+        match event {
+            BehaviourEvent::Identify(e) => m.record(e),
+            BehaviourEvent::Ping(e) => m.record(e),
+            BehaviourEvent::Kad(e) => m.record(e),
+            BehaviourEvent::Gossipsub(e) => m.record(e),
+            BehaviourEvent::Dcutr(e) => m.record(e),
+            BehaviourEvent::RelayServer(e) => {
+                m.record(e);
+                self.record_relay(e);
+            }
+            _ => {}
+        }
+    }
+
+    fn record_relay(&self, event: &relay::Event) {
+        use crate::counters::{RefusalReason, Refused};
+        let m = self.rejected.meters();
+        match event {
+            relay::Event::ReservationReqAccepted { renewed: false, .. } => m.relay_reservations(1),
+            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
+                m.relay_reservations(-1)
+            }
+            relay::Event::CircuitReqAccepted { .. } => m.relay_circuits(1),
+            relay::Event::CircuitClosed { .. } => m.relay_circuits(-1),
+            relay::Event::ReservationReqDenied { status, .. } => {
+                m.relay_refused(Refused::Reservation, RefusalReason::of(status))
+            }
+            relay::Event::CircuitReqDenied { status, .. } => {
+                m.relay_refused(Refused::Circuit, RefusalReason::of(status))
+            }
             _ => {}
         }
     }

@@ -6,11 +6,26 @@ use std::sync::Arc;
 
 use crate::shared::Shared;
 
-/// Shared counters of refused input, by kind (see docs/security.md).
+mod meters;
+pub use meters::{Meters, PunchFailure, RefusalReason, Refused, Sent, Topic, Verdict};
+
+/// Shared counters of refused input, by kind (see docs/security.md), and the handles of
+/// the node's other event-driven metrics ([`Meters`]), which go everywhere these do.
 #[derive(Clone, Default)]
-pub struct Counters(Arc<Shared<BTreeMap<&'static str, u64>>>);
+pub struct Counters(Arc<Shared<BTreeMap<&'static str, u64>>>, Meters);
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
+    }
+}
 
 impl Counters {
+    /// The node's event-driven metrics.
+    pub fn meters(&self) -> &Meters {
+        &self.1
+    }
+
     /// Adds one to `what`.
     pub fn count(&self, what: Counter) {
         *self.0.lock().entry(what.as_str()).or_default() += 1;

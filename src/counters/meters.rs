@@ -1,0 +1,245 @@
+//! ptpchat's own event-driven metrics: handles the services and the event loop bump as
+//! things happen. They are prometheus-client metrics (shared counters behind an `Arc`), made
+//! with [`super::Counters`] and registered in the node's registry by `crate::metrics`.
+//! No label names a person, a peer or an address: each label value is one of a small
+//! fixed set.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// How one of our direct messages ended (or got as far as a mailbox).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Sent {
+    /// The recipient acknowledged it.
+    Delivered,
+    /// The recipient refused it.
+    Failed,
+    /// Not delivered within its lifetime.
+    Expired,
+    /// A mailbox relay receipted it (delivery goes on).
+    Stored,
+}
+
+/// Which kind of gossip topic a frame is on (never the topic itself: a channel's topic
+/// names the channel).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Topic {
+    /// Public-channel discovery.
+    Announce,
+    /// A channel's posts and control frames.
+    Channel,
+}
+
+/// What became of a gossip frame we received.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Verdict {
+    /// Valid: passed on to the mesh.
+    Accepted,
+    /// Invalid (its sender is penalised).
+    Rejected,
+    /// Dropped without judgement (over a rate, a full queue, a duplicate).
+    Ignored,
+}
+
+/// Why a hole punch we started did not end in a direct connection.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum PunchFailure {
+    /// DCUtR reported that every attempt failed.
+    Failed,
+    /// No direct connection came within the wait.
+    Timeout,
+    /// The dial over a new circuit could not start.
+    DialFailed,
+    /// A newer CONNECT to the same peer replaced it, or its asker went away.
+    Abandoned,
+}
+
+/// What a relay refused.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Refused {
+    Reservation,
+    Circuit,
+}
+
+/// Why a relay refused, from the relay protocol's status code.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RefusalReason {
+    ResourceLimitExceeded,
+    PermissionDenied,
+    NoReservation,
+    ConnectionFailed,
+    Malformed,
+    Other,
+}
+
+impl RefusalReason {
+    pub fn of(status: &libp2p::relay::StatusCode) -> Self {
+        use libp2p::relay::StatusCode as S;
+        match status {
+            S::ResourceLimitExceeded | S::ReservationRefused => Self::ResourceLimitExceeded,
+            S::PermissionDenied => Self::PermissionDenied,
+            S::NoReservation => Self::NoReservation,
+            S::ConnectionFailed => Self::ConnectionFailed,
+            S::MalformedMessage | S::UnexpectedMessage => Self::Malformed,
+            S::OK => Self::Other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SentLabels {
+    outcome: Sent,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrameLabels {
+    verdict: Verdict,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: Topic,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PunchLabels {
+    reason: PunchFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    what: Refused,
+    reason: RefusalReason,
+}
+
+/// The handles (cheap to clone: each shares its value).
+#[derive(Clone, Debug, Default)]
+pub struct Meters {
+    messages_received: Counter,
+    messages_sent: Family<SentLabels, Counter>,
+    frames_received: Family<FrameLabels, Counter>,
+    frames_published: Family<TopicLabels, Counter>,
+    punches_started: Counter,
+    punches_succeeded: Counter,
+    punches_failed: Family<PunchLabels, Counter>,
+    relay_reservations: Gauge,
+    relay_circuits: Gauge,
+    relay_refused: Family<RefusalLabels, Counter>,
+}
+
+impl Meters {
+    /// A direct message from someone else was stored (and so acknowledged).
+    pub fn message_received(&self) {
+        self.messages_received.inc();
+    }
+
+    /// One of ours ended so (or reached a mailbox).
+    pub fn message_sent(&self, outcome: Sent) {
+        self.messages_sent
+            .get_or_create(&SentLabels { outcome })
+            .inc();
+    }
+
+    /// A gossip frame we received was judged so.
+    pub fn frame_received(&self, verdict: Verdict) {
+        self.frames_received
+            .get_or_create(&FrameLabels { verdict })
+            .inc();
+    }
+
+    pub fn frame_published(&self, topic: Topic) {
+        self.frames_published
+            .get_or_create(&TopicLabels { topic })
+            .inc();
+    }
+
+    pub fn punch_started(&self) {
+        self.punches_started.inc();
+    }
+
+    pub fn punch_succeeded(&self) {
+        self.punches_succeeded.inc();
+    }
+
+    pub fn punch_failed(&self, reason: PunchFailure) {
+        self.punches_failed
+            .get_or_create(&PunchLabels { reason })
+            .inc();
+    }
+
+    /// A relay's reservations held (`delta` +1 on a new one, −1 when one ends).
+    pub fn relay_reservations(&self, delta: i64) {
+        self.relay_reservations.inc_by(delta);
+    }
+
+    /// A relay's circuits open.
+    pub fn relay_circuits(&self, delta: i64) {
+        self.relay_circuits.inc_by(delta);
+    }
+
+    pub fn relay_refused(&self, what: Refused, reason: RefusalReason) {
+        self.relay_refused
+            .get_or_create(&RefusalLabels { what, reason })
+            .inc();
+    }
+
+    /// Registers every handle under `ptpchat_`; `relay` adds the relay's families.
+    pub fn register(&self, r: &mut Registry, relay: bool) {
+        if relay {
+            r.register(
+                "relay_reservations",
+                "Reservations this relay holds for peers behind NAT",
+                self.relay_reservations.clone(),
+            );
+            r.register(
+                "relay_circuits",
+                "Circuits this relay carries now",
+                self.relay_circuits.clone(),
+            );
+            r.register(
+                "relay_refused",
+                "Reservations and circuits this relay refused, by reason",
+                self.relay_refused.clone(),
+            );
+            return;
+        }
+        r.register(
+            "messages_received",
+            "Direct messages from others stored and acknowledged (duplicates not counted)",
+            self.messages_received.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "Our direct messages as they end (delivered, failed, expired), and as a mailbox receipts one (stored; it counts again when it ends)",
+            self.messages_sent.clone(),
+        );
+        r.register(
+            "channel_frames_received",
+            "Gossip frames received (channels and announcements), by verdict",
+            self.frames_received.clone(),
+        );
+        r.register(
+            "channel_frames_published",
+            "Gossip frames we published, by kind of topic",
+            self.frames_published.clone(),
+        );
+        r.register(
+            "hole_punches_started",
+            "Hole punches started after an accepted CONNECT",
+            self.punches_started.clone(),
+        );
+        r.register(
+            "hole_punches_succeeded",
+            "Of those, the ones that ended in a direct connection",
+            self.punches_succeeded.clone(),
+        );
+        r.register(
+            "hole_punches_failed",
+            "Of those, the ones that did not, by reason",
+            self.punches_failed.clone(),
+        );
+    }
+}
