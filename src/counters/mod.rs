@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn every_counter_is_explained_in_security_md_once() {
-        let doc = include_str!("../docs/security.md");
+        let doc = include_str!("../../docs/security.md");
         let mut keys = std::collections::HashSet::new();
         for c in Counter::ALL {
             assert!(keys.insert(c.as_str()), "{c:?} twice");
