@@ -681,10 +681,37 @@ fn main() {
             (r.loaded_kib.saturating_sub(r.idle_kib)) as f64 / r.accepted.max(1) as f64,
             r.took.as_secs_f64()
         );
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "scrape of /metrics (connect to last byte, {} each): idle p50 {:.2} ms max {:.2} ms ({} B); with {} reservations p50 {:.2} ms max {:.2} ms ({} B; goal < 5 ms), its gauge says {:?}",
+            relay::SCRAPES,
+            ms(r.scrape_idle.p50),
+            ms(r.scrape_idle.max),
+            r.scrape_idle.bytes,
+            r.accepted,
+            ms(r.scrape_loaded.p50),
+            ms(r.scrape_loaded.max),
+            r.scrape_loaded.bytes,
+            r.reservations_gauge
+        );
+        let (encode, encoded) = relay::identify_encode(n);
+        println!(
+            "libp2p's identify collector holding {n} users' infos (in-process, as a relay with that many identified peers keeps them): encode p50 {:.2} ms, {encoded} B",
+            ms(encode)
+        );
+        assert_eq!(
+            r.reservations_gauge,
+            Some(r.accepted as f64),
+            "the relay's reservation gauge disagrees with the clients"
+        );
         json["relay"] = serde_json::json!({
             "reservations": r.accepted,
             "idle_rss_mib": r.idle_kib as f64 / 1024.0,
             "rss_mib": r.loaded_kib as f64 / 1024.0,
+            "scrape_idle_p50_ms": ms(r.scrape_idle.p50),
+            "scrape_p50_ms": ms(r.scrape_loaded.p50),
+            "scrape_max_ms": ms(r.scrape_loaded.max),
+            "identify_encode_p50_ms": ms(encode),
         });
     }
 

@@ -254,10 +254,47 @@ async fn a_relay_shows_its_reservations_and_the_circuit_it_carries() {
     assert!(v("process_resident_memory_bytes", &[]) > Some(1e6));
     assert!(v("process_cpu_seconds_total", &[]) > Some(0.0));
     promtool_lint(&text, &f);
+    dashboard_queries_name_what_is_served(&f);
 
     a.shutdown().await;
     b.shutdown().await;
     relay.shutdown().await;
+}
+
+/// Every series the relay dashboard (bootstrap/grafana-relay.json) queries is one the relay
+/// serves: a renamed family would leave a panel empty without any error.
+fn dashboard_queries_name_what_is_served(families: &[Family]) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bootstrap/grafana-relay.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 14, "{exprs:?}");
+    let served: std::collections::BTreeSet<&str> = families
+        .iter()
+        .flat_map(|f| &f.samples)
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    for expr in exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| {
+                ["ptpchat_", "libp2p_", "process_"]
+                    .iter()
+                    .any(|p| w.starts_with(p))
+            });
+        for name in names {
+            assert!(
+                served.contains(name),
+                "the dashboard queries {name}, which is not served"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,8 +314,13 @@ async fn a_user_nodes_metrics_name_no_person_peer_address_or_channel() {
     channels.create("open-plaza", false).await.unwrap();
     eventually(WAIT, "an announcement published", || async {
         let (_, _, text) = get(a.metrics_addr.unwrap(), "/metrics").await;
-        text.contains("ptpchat_channel_frames_published_total{topic=\"Announce\"}")
-            .then_some(())
+        let announced = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("ptpchat_channel_frames_published_total{topic=\"Announce\"} ")
+            })
+            .and_then(|v| v.parse::<f64>().ok());
+        (announced >= Some(1.0)).then_some(())
     })
     .await;
 
@@ -351,5 +393,52 @@ async fn a_user_nodes_metrics_name_no_person_peer_address_or_channel() {
 
     a.shutdown().await;
     b.shutdown().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_punches_are_counted_as_they_start_and_end() {
+    use ptpchat::config::ConnectPolicy;
+    use ptpchat::net::ConnectOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(Mode::Relay, &dir.path().join("relay"), &[]).await;
+    let relay_addrs = relay.listen_addrs().await;
+    let a = user(&dir.path().join("a"), &relay_addrs, true).await;
+    let mut open = Vec::new();
+    for (name, policy) in [("c", ConnectPolicy::All), ("d", ConnectPolicy::None)] {
+        let mut cfg = test_config(Mode::User, &dir.path().join(name), &relay_addrs);
+        cfg.accept_connect = policy;
+        let n = node::start(cfg).await.unwrap();
+        reserved(&n).await;
+        circuit_known(&a, &n).await;
+        open.push(n);
+    }
+    let reach = |n: &RunningNode| {
+        let a = &a;
+        let uuid = n.id.as_ref().unwrap().uuid;
+        async move { a.client.whois(uuid).await.unwrap().doc().reach_addrs() }
+    };
+    // D denies: no punch starts. C accepts: one starts and ends in a direct connection.
+    let to_d = a.client.connect(open[1].peer_id, reach(&open[1]).await);
+    assert_eq!(to_d.await.unwrap(), ConnectOutcome::Denied);
+    let to_c = a.client.connect(open[0].peer_id, reach(&open[0]).await);
+    let outcome = to_c.await.unwrap();
+    assert!(matches!(outcome, ConnectOutcome::Direct(_)), "{outcome:?}");
+
+    let (_, _, text) = get(a.metrics_addr.unwrap(), "/metrics").await;
+    let Some(f) = parse(&text) else { return };
+    let v = |name: &str| value(&f, name, &[]);
+    assert_eq!(v("ptpchat_hole_punches_started_total"), Some(1.0), "{text}");
+    assert_eq!(
+        v("ptpchat_hole_punches_succeeded_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(v("ptpchat_hole_punches_failed_total"), Some(0.0), "{text}");
+
+    for n in open {
+        n.shutdown().await;
+    }
+    a.shutdown().await;
     relay.shutdown().await;
 }

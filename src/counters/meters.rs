@@ -76,6 +76,15 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    const ALL: [RefusalReason; 6] = [
+        Self::ResourceLimitExceeded,
+        Self::PermissionDenied,
+        Self::NoReservation,
+        Self::ConnectionFailed,
+        Self::Malformed,
+        Self::Other,
+    ];
+
     pub fn of(status: &libp2p::relay::StatusCode) -> Self {
         use libp2p::relay::StatusCode as S;
         match status {
@@ -186,8 +195,33 @@ impl Meters {
             .inc();
     }
 
-    /// Registers every handle under `ptpchat_`; `relay` adds the relay's families.
+    /// Registers every handle under `ptpchat_`; `relay` adds the relay's families. Every
+    /// label value starts at 0, so a rate is defined before the first event.
     pub fn register(&self, r: &mut Registry, relay: bool) {
+        for what in [Refused::Reservation, Refused::Circuit] {
+            for reason in RefusalReason::ALL {
+                let _ = self
+                    .relay_refused
+                    .get_or_create(&RefusalLabels { what, reason });
+            }
+        }
+        for outcome in [Sent::Delivered, Sent::Failed, Sent::Expired, Sent::Stored] {
+            let _ = self.messages_sent.get_or_create(&SentLabels { outcome });
+        }
+        for verdict in [Verdict::Accepted, Verdict::Rejected, Verdict::Ignored] {
+            let _ = self.frames_received.get_or_create(&FrameLabels { verdict });
+        }
+        for topic in [Topic::Announce, Topic::Channel] {
+            let _ = self.frames_published.get_or_create(&TopicLabels { topic });
+        }
+        for reason in [
+            PunchFailure::Failed,
+            PunchFailure::Timeout,
+            PunchFailure::DialFailed,
+            PunchFailure::Abandoned,
+        ] {
+            let _ = self.punches_failed.get_or_create(&PunchLabels { reason });
+        }
         if relay {
             r.register(
                 "relay_reservations",
