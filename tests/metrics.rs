@@ -216,6 +216,14 @@ async fn a_relay_shows_its_reservations_and_the_circuit_it_carries() {
     assert!(text.ends_with("# EOF\n"), "{text}");
     let (missing, _, _) = get(metrics, "/other").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    // Whom it relays for is nobody's business either.
+    for n in [&a, &b] {
+        let uuid = n.id.as_ref().unwrap().uuid;
+        for s in [n.peer_id.to_string(), uuid.to_string(), uuid.simple().to_string()] {
+            assert!(!text.contains(s.as_str()), "the relay's scrape names {s}:\n{text}");
+        }
+    }
+    assert!(!text.contains("127.0.0.1"), "the relay's scrape names an address:\n{text}");
     let Some(f) = parse(&text) else { return };
     let v = |name: &str, labels: &[(&str, &str)]| value(&f, name, labels);
 
