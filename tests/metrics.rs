@@ -219,11 +219,21 @@ async fn a_relay_shows_its_reservations_and_the_circuit_it_carries() {
     // Whom it relays for is nobody's business either.
     for n in [&a, &b] {
         let uuid = n.id.as_ref().unwrap().uuid;
-        for s in [n.peer_id.to_string(), uuid.to_string(), uuid.simple().to_string()] {
-            assert!(!text.contains(s.as_str()), "the relay's scrape names {s}:\n{text}");
+        for s in [
+            n.peer_id.to_string(),
+            uuid.to_string(),
+            uuid.simple().to_string(),
+        ] {
+            assert!(
+                !text.contains(s.as_str()),
+                "the relay's scrape names {s}:\n{text}"
+            );
         }
     }
-    assert!(!text.contains("127.0.0.1"), "the relay's scrape names an address:\n{text}");
+    assert!(
+        !text.contains("127.0.0.1"),
+        "the relay's scrape names an address:\n{text}"
+    );
     let Some(f) = parse(&text) else { return };
     let v = |name: &str, labels: &[(&str, &str)]| value(&f, name, labels);
 
@@ -448,5 +458,73 @@ async fn hole_punches_are_counted_as_they_start_and_end() {
         n.shutdown().await;
     }
     a.shutdown().await;
+    relay.shutdown().await;
+}
+
+/// libp2p labels addresses by protocol stack, and identify lets a peer name any: each new
+/// stack would be a new series, kept for as long as the peer stays. A peer that speaks
+/// ptpchat's DHT (so it is not dropped as foreign) and lists a listen address of an odd
+/// stack adds no label value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_mint_label_values_with_addresses_of_its_choosing() {
+    use futures::StreamExt;
+    use libp2p::{identify, kad, noise, swarm::NetworkBehaviour, tcp, yamux};
+    #[derive(NetworkBehaviour)]
+    struct Odd {
+        identify: identify::Behaviour,
+        kad: kad::Behaviour<kad::store::MemoryStore>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(Mode::Relay, dir.path(), &[]);
+    cfg.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let relay = node::start(cfg).await.unwrap();
+    let metrics = relay.metrics_addr.unwrap();
+    let mut odd = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            let id = key.public().to_peer_id();
+            Odd {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/ptpchat/id/1.0.0".into(),
+                    key.public(),
+                )),
+                kad: kad::Behaviour::with_config(
+                    id,
+                    kad::store::MemoryStore::new(id),
+                    kad::Config::new(ptpchat::net::KAD_PROTOCOL),
+                ),
+            }
+        })
+        .unwrap()
+        .build();
+    odd.add_external_address("/ip4/192.0.2.1/tcp/1/tcp/2/tcp/3".parse().unwrap());
+    odd.add_external_address("/ip4/192.0.2.1/udp/1/quic-v1/webtransport".parse().unwrap());
+    odd.dial(common::first_addr(&relay).await).unwrap();
+    let driving = tokio::spawn(async move {
+        loop {
+            odd.select_next_some().await;
+        }
+    });
+    let text = eventually(WAIT, "the relay to identify the odd peer", || async {
+        let (_, _, text) = get(metrics, "/metrics").await;
+        text.contains("libp2p_identify_received_total 1")
+            .then_some(text)
+    })
+    .await;
+    assert_eq!(
+        relay.client.peers().await.unwrap().len(),
+        1,
+        "the odd peer was dropped as foreign: the test proves nothing"
+    );
+    for stack in ["/tcp/tcp", "webtransport"] {
+        assert!(!text.contains(stack), "a label names {stack}:\n{text}");
+    }
+    driving.abort();
     relay.shutdown().await;
 }

@@ -18,7 +18,9 @@ use crate::net::NetError;
 
 impl EventLoop {
     pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        self.libp2p_metrics.record(&event);
+        if labels_bounded(&event) {
+            self.libp2p_metrics.record(&event);
+        }
         if let SwarmEvent::Behaviour(e) = &event {
             self.record(e);
         }
@@ -104,6 +106,15 @@ impl EventLoop {
     fn record(&self, event: &BehaviourEvent) {
         let m = &self.libp2p_metrics;
         match event {
+            BehaviourEvent::Identify(identify::Event::Received {
+                connection_id,
+                peer_id,
+                info,
+            }) => m.record(&identify::Event::Received {
+                connection_id: *connection_id,
+                peer_id: *peer_id,
+                info: bounded_info(info),
+            }),
             BehaviourEvent::Identify(e) => m.record(e),
             BehaviourEvent::Ping(e) => m.record(e),
             BehaviourEvent::Kad(e) => m.record(e),
@@ -243,6 +254,104 @@ impl EventLoop {
                 }
             },
             _ => {}
+        }
+    }
+}
+
+/// Whether `addr` is an ordinary address: IP or DNS, then TCP or QUIC, then optionally our
+/// peer id and a relay circuit. libp2p's metrics label addresses by their protocol stack
+/// (`/ip4/tcp`); the stacks a peer names (in identify, the address it says it sees us at
+/// and its listen addresses) are its to choose, and every new one would be a new series
+/// kept for ever. Only these few stacks become labels.
+fn ordinary(addr: &libp2p::Multiaddr) -> bool {
+    let mut p = addr.iter().peekable();
+    let host = matches!(
+        p.next(),
+        Some(
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Dns(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+        )
+    );
+    let transport = match p.next() {
+        Some(Protocol::Tcp(_)) => true,
+        Some(Protocol::Udp(_)) => matches!(p.next(), Some(Protocol::QuicV1)),
+        _ => false,
+    };
+    if !(host && transport) {
+        return false;
+    }
+    if matches!(p.peek(), Some(Protocol::P2p(_))) {
+        p.next();
+    }
+    if matches!(p.peek(), Some(Protocol::P2pCircuit)) {
+        p.next();
+        if matches!(p.peek(), Some(Protocol::P2p(_))) {
+            p.next();
+        }
+    }
+    p.next().is_none()
+}
+
+/// Whether libp2p's swarm metrics may record `event`: not an external-address event
+/// whose address a peer chose (see [`ordinary`]).
+fn labels_bounded(event: &SwarmEvent<BehaviourEvent>) -> bool {
+    match event {
+        SwarmEvent::NewExternalAddrCandidate { address }
+        | SwarmEvent::ExternalAddrConfirmed { address }
+        | SwarmEvent::ExternalAddrExpired { address } => ordinary(address),
+        _ => true,
+    }
+}
+
+/// A peer's identify info as libp2p's identify metrics may keep it: only ordinary listen
+/// addresses (at most [`MAX_ADDRS_PER_PEER`]), and the address it sees us at only if that
+/// is ordinary. The protocols are kept: libp2p labels those it does not know
+/// `unrecognized`.
+fn bounded_info(info: &identify::Info) -> identify::Info {
+    identify::Info {
+        listen_addrs: info
+            .listen_addrs
+            .iter()
+            .filter(|a| ordinary(a))
+            .take(MAX_ADDRS_PER_PEER)
+            .cloned()
+            .collect(),
+        observed_addr: if ordinary(&info.observed_addr) {
+            info.observed_addr.clone()
+        } else {
+            libp2p::Multiaddr::empty()
+        },
+        ..info.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ordinary;
+
+    #[test]
+    fn only_ordinary_stacks_become_labels() {
+        for ok in [
+            "/ip4/198.51.100.7/tcp/4001",
+            "/ip6/::1/udp/4001/quic-v1",
+            "/dns4/relay.example/tcp/4001/p2p/12D3KooWGMYMmN1RGUYjWaSV6P3XtnBjwnosnJGNMnttfVCRnd6g",
+            "/ip4/198.51.100.7/tcp/4001/p2p/12D3KooWGMYMmN1RGUYjWaSV6P3XtnBjwnosnJGNMnttfVCRnd6g/p2p-circuit",
+        ] {
+            assert!(ordinary(&ok.parse().unwrap()), "{ok}");
+        }
+        for odd in [
+            "",
+            "/ip4/198.51.100.7",
+            "/ip4/198.51.100.7/tcp/1/tcp/2",
+            "/ip4/198.51.100.7/udp/1",
+            "/ip4/198.51.100.7/tcp/1/ws",
+            "/tcp/1",
+            "/ip4/198.51.100.7/tcp/1/p2p-circuit/p2p-circuit",
+        ] {
+            assert!(!ordinary(&odd.parse().unwrap()), "{odd}");
         }
     }
 }
