@@ -126,7 +126,7 @@ impl Drop for Driver {
         let _ = self.child.wait();
         let profiles = format!("--user-data-dir={}", self.profiles.display());
         let _ = Command::new("pkill")
-            .args(["-KILL", "-f", &profiles])
+            .args(["-KILL", "-f", "--", &profiles])
             .status();
     }
 }
