@@ -39,6 +39,14 @@ async fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
     (status, content_type, body.to_string())
 }
 
+/// The value of the first line of a scrape that starts with `prefix` (a sample's name and
+/// labels, and the space): for waiting on a value before the text is parsed.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A metric family as the parser saw it.
 #[derive(Debug, serde::Deserialize)]
 struct Family {
@@ -274,8 +282,32 @@ async fn a_relay_shows_its_reservations_and_the_circuit_it_carries() {
     promtool_lint(&text, &f);
     dashboard_queries_name_what_is_served(&f);
 
-    a.shutdown().await;
+    // B goes: its reservation and the circuit to it end, and the gauges say so, no lower
+    // (libp2p reports a close for every connection, and a circuit's end from both sides).
     b.shutdown().await;
+    eventually(WAIT, "the gauges to show B gone", || async {
+        let (_, _, text) = get(metrics, "/metrics").await;
+        let held = (
+            sample(&text, "ptpchat_relay_reservations "),
+            sample(&text, "ptpchat_relay_circuits "),
+        );
+        (held == (Some(1.0), Some(0.0))).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, _, text) = get(metrics, "/metrics").await;
+    assert_eq!(
+        sample(&text, "ptpchat_relay_reservations "),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "ptpchat_relay_circuits "),
+        Some(0.0),
+        "{text}"
+    );
+
+    a.shutdown().await;
     relay.shutdown().await;
 }
 
@@ -332,13 +364,8 @@ async fn a_user_nodes_metrics_name_no_person_peer_address_or_channel() {
     channels.create("open-plaza", false).await.unwrap();
     eventually(WAIT, "an announcement published", || async {
         let (_, _, text) = get(a.metrics_addr.unwrap(), "/metrics").await;
-        let announced = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("ptpchat_channel_frames_published_total{topic=\"Announce\"} ")
-            })
-            .and_then(|v| v.parse::<f64>().ok());
-        (announced >= Some(1.0)).then_some(())
+        let announced = "ptpchat_channel_frames_published_total{topic=\"Announce\"} ";
+        (sample(&text, announced) >= Some(1.0)).then_some(())
     })
     .await;
 
@@ -398,8 +425,13 @@ async fn a_user_nodes_metrics_name_no_person_peer_address_or_channel() {
     a.shutdown().await;
     let a = user(&dir.path().join("a"), &relay_addrs, true).await;
     assert_eq!(a.channels.as_ref().unwrap().joined_names().len(), 2);
-    // Its channel service joins their topics as it starts; give it a moment.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Its channel service joins their topics as it starts: the relay hears of it.
+    let topic = format!("/ptpchat/ch/1/{}", channel.simple());
+    eventually(WAIT, "A in its private channel's topic again", || async {
+        let peers = relay.client.gossip_peers(topic.clone()).await.ok()?;
+        peers.iter().any(|(p, _)| *p == a.peer_id).then_some(())
+    })
+    .await;
     let (_, _, text) = get(a.metrics_addr.unwrap(), "/metrics").await;
     assert!(text.contains("hash=\"/ptpchat/announce/1\""), "{text}");
     for s in [channel.simple().to_string(), "/ptpchat/ch/".to_string()] {
@@ -513,8 +545,7 @@ async fn a_peer_cannot_mint_label_values_with_addresses_of_its_choosing() {
     });
     let text = eventually(WAIT, "the relay to identify the odd peer", || async {
         let (_, _, text) = get(metrics, "/metrics").await;
-        text.contains("libp2p_identify_received_total 1")
-            .then_some(text)
+        (sample(&text, "libp2p_identify_received_total ") >= Some(1.0)).then_some(text)
     })
     .await;
     assert_eq!(
@@ -526,5 +557,31 @@ async fn a_peer_cannot_mint_label_values_with_addresses_of_its_choosing() {
         assert!(!text.contains(stack), "a label names {stack}:\n{text}");
     }
     driving.abort();
+    relay.shutdown().await;
+}
+
+/// An address a peer could hand us (a DHT answer, a document, a bootstrap list) in an odd
+/// form that still connects (libp2p's TCP transport reads only the last IP and port) is
+/// not dialed at all: it would otherwise be a new label of the dial and bandwidth series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_of_odd_forms_are_not_dialed_so_they_label_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(Mode::Relay, &dir.path().join("relay"), &[]).await;
+    let good = common::first_addr(&relay).await;
+    let odd: Multiaddr = format!("/ip4/127.0.0.1{good}").parse().unwrap();
+    let mut cfg = test_config(Mode::User, &dir.path().join("a"), &[odd]);
+    cfg.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let a = node::start(cfg).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, _, text) = get(a.metrics_addr.unwrap(), "/metrics").await;
+    assert!(
+        !text.contains("/ip4/ip4"),
+        "an odd address was dialed:\n{text}"
+    );
+    assert!(
+        a.client.peers().await.unwrap().is_empty(),
+        "connected through an odd address"
+    );
+    a.shutdown().await;
     relay.shutdown().await;
 }

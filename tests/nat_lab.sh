@@ -11,7 +11,8 @@
 #     nat-c   203.0.113.40 | 192.0.2.129/25     symmetric NAT (MASQUERADE --random-fully)
 #       host-c              192.0.2.130         ptpchat run
 #
-# Every NAT drops unsolicited inbound packets, to itself and to its LAN. Only address
+# Every NAT drops unsolicited inbound packets, to itself and to its LAN (with
+# NAT_FILTER=reject it answers them with a TCP RST or an ICMP port unreachable). Only address
 # ranges reserved for documentation are used, inside namespaces: nothing leaves the machine.
 #
 # Usage: tests/nat_lab.sh PTPCHAT_BINARY [ATTEMPTS]
@@ -25,6 +26,9 @@
 set -u
 BIN=${1:?usage: nat_lab.sh PTPCHAT_BINARY [ATTEMPTS]}
 ATTEMPTS=${2:-0}
+# NAT_FILTER=reject: the routers answer unsolicited packets (RST, ICMP port unreachable)
+# instead of dropping them.
+FILTER=${NAT_FILTER:-drop}
 P="ptl$$"            # namespace prefix, unique per run
 WORK=$(mktemp -d /tmp/ptpchat-natlab.XXXXXX)
 PIDS=()
@@ -101,7 +105,15 @@ nat() {
     ns "$router" iptables -A FORWARD -i wan -o lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
     ns "$router" iptables -P FORWARD DROP
     ns "$router" iptables -A INPUT -i wan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-    ns "$router" iptables -A INPUT -i wan -j DROP
+    if [ "$FILTER" = reject ]; then
+        # Many home routers answer what they do not expect: a TCP RST, an ICMP error.
+        for chain in INPUT FORWARD; do
+            ns "$router" iptables -A "$chain" -i wan -p tcp -j REJECT --reject-with tcp-reset
+            ns "$router" iptables -A "$chain" -i wan -j REJECT --reject-with icmp-port-unreachable
+        done
+    else
+        ns "$router" iptables -A INPUT -i wan -j DROP
+    fi
 }
 nat na a 192.0.2.1/25 192.0.2.10
 nat nb b 198.51.100.1/24 198.51.100.10

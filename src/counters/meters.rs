@@ -179,14 +179,11 @@ impl Meters {
             .inc();
     }
 
-    /// A relay's reservations held (`delta` +1 on a new one, −1 when one ends).
-    pub fn relay_reservations(&self, delta: i64) {
-        self.relay_reservations.inc_by(delta);
-    }
-
-    /// A relay's circuits open.
-    pub fn relay_circuits(&self, delta: i64) {
-        self.relay_circuits.inc_by(delta);
+    /// What a relay holds now: reservations, and circuits open.
+    pub fn relay_held(&self, reservations: usize, circuits: usize) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.relay_reservations.set(gauge(reservations));
+        self.relay_circuits.set(gauge(circuits));
     }
 
     pub fn relay_refused(&self, what: Refused, reason: RefusalReason) {

@@ -17,6 +17,8 @@ use crate::net::Client;
 
 /// Most scrapers connected at once.
 const MAX_SCRAPERS: usize = 8;
+/// How long a scrape waits for the node's status (a busy event loop) before it answers 503.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Scrapes {
     exporter: Exporter,
@@ -50,8 +52,10 @@ pub async fn serve(
 
 async fn scrape(State(s): State<Arc<Scrapes>>) -> Response {
     let _turn = s.turn.lock().await;
-    let Ok(status) = s.client.status().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "node stopping\n").into_response();
+    let status = match tokio::time::timeout(STATUS_WAIT, s.client.status()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(_)) => return (StatusCode::SERVICE_UNAVAILABLE, "node stopping\n").into_response(),
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "node busy\n").into_response(),
     };
     let outbox = match s.exporter.store.clone() {
         Some(store) => match tokio::task::spawn_blocking(move || store.outbox_depth()).await {
@@ -64,6 +68,12 @@ async fn scrape(State(s): State<Arc<Scrapes>>) -> Response {
         },
         None => None,
     };
-    let text = s.exporter.encode(status, outbox);
+    // Encoding reads /proc and walks every family: off the async workers.
+    let scrapes = s.clone();
+    let Ok(text) =
+        tokio::task::spawn_blocking(move || scrapes.exporter.encode(status, outbox)).await
+    else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "could not encode\n").into_response();
+    };
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }

@@ -9,7 +9,12 @@ use libp2p::{
 };
 use prometheus_client::registry::Registry;
 
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeout;
+use libp2p::core::{upgrade, Transport};
+
 use super::consent::Consent;
+use super::transport::OrdinaryOnly;
 use crate::config::{Mode, NodeConfig, RelayLimits};
 use crate::identity::MAX_DOCUMENT_BYTES;
 use crate::wire::verbs;
@@ -92,6 +97,9 @@ fn gossip_metrics() -> gossipsub::MetricsConfig {
     }
 }
 
+/// How long a connection may take to be set up (libp2p's SwarmBuilder default).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Builds the swarm for `config` with identity `keypair`.
 /// Its transports and gossipsub record their metrics in `registry`.
 pub fn build_swarm(
@@ -112,126 +120,148 @@ pub fn build_swarm(
     let ip_limit_config = config.ip_limits;
     let private_ips = config.private_ips;
     let public = config.public;
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| err(&e))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| err(&e))?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| err(&e))?
-        .with_bandwidth_metrics(registry)
-        .with_behaviour(|key, relay_client| {
-            let peer_id = key.public().to_peer_id();
+    // The transports as libp2p's SwarmBuilder composes them (TCP with Noise and Yamux, QUIC,
+    // DNS, the relay client), measured by libp2p's bandwidth metrics, and outside those
+    // a filter: only ordinary addresses are dialed (see `net::transport`), so no address a
+    // peer invents becomes a label of the metrics.
+    let peer_id = keypair.public().to_peer_id();
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(&keypair).map_err(|e| err(&e))?)
+        .multiplex(yamux::Config::default())
+        .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
+    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(&keypair))
+        .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
+    let direct = libp2p::dns::tokio::Transport::system(
+        tcp.or_transport(quic).map(|either, _| either.into_inner()),
+    )
+    .map_err(|e| err(&e))?;
+    let (relay_transport, relay_client) = relay::client::new(peer_id);
+    let relayed = relay_transport
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(&keypair).map_err(|e| err(&e))?)
+        .multiplex(yamux::Config::default())
+        .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
+    let measured = libp2p::metrics::BandwidthTransport::new(
+        relayed
+            .or_transport(direct)
+            .map(|either, _| either.into_inner()),
+        registry,
+    )
+    .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
+    let transport =
+        OrdinaryOnly(TransportTimeout::new(measured, CONNECTION_TIMEOUT).boxed()).boxed();
 
-            let limits = connection_limits::Behaviour::new(
-                connection_limits::ConnectionLimits::default()
-                    .with_max_established(Some(MAX_CONNECTIONS))
-                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
-                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-                    .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING)),
-            );
+    let behaviour = (|key: &Keypair, relay_client| {
+        let peer_id = key.public().to_peer_id();
 
-            let ip_limits = super::iplimit::IpLimits::new(ip_limit_config);
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(MAX_CONNECTIONS))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING)),
+        );
 
-            let relay_server = (mode == Mode::Relay)
-                .then(|| relay::Behaviour::new(peer_id, relay_config(&relay_limits)));
+        let ip_limits = super::iplimit::IpLimits::new(ip_limit_config);
 
-            let identify = identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                    .with_agent_version(agent_version())
-                    .with_push_listen_addr_updates(true)
-                    // Addresses a peer says it listens on are not dialed on its word: they
-                    // include its loopback and LAN ones (which may be someone else here).
-                    .with_cache_size(0),
-            );
+        let relay_server = (mode == Mode::Relay)
+            .then(|| relay::Behaviour::new(peer_id, relay_config(&relay_limits)));
 
-            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-            kad_config
-                .set_record_filtering(kad::StoreInserts::FilterBoth)
-                .set_query_timeout(Duration::from_secs(10))
-                .set_max_packet_size(16 * 1024)
-                // We re-issue our own document on our own schedule (node.rs).
-                .set_publication_interval(None)
-                .set_record_ttl(Some(Duration::from_secs(
-                    crate::identity::DOCUMENT_VALIDITY_SECS,
-                )));
-            let store = kad::store::MemoryStore::with_config(
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                .with_agent_version(agent_version())
+                .with_push_listen_addr_updates(true)
+                // Addresses a peer says it listens on are not dialed on its word: they
+                // include its loopback and LAN ones (which may be someone else here).
+                .with_cache_size(0),
+        );
+
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_query_timeout(Duration::from_secs(10))
+            .set_max_packet_size(16 * 1024)
+            // We re-issue our own document on our own schedule (node.rs).
+            .set_publication_interval(None)
+            .set_record_ttl(Some(Duration::from_secs(
+                crate::identity::DOCUMENT_VALIDITY_SECS,
+            )));
+        let store = kad::store::MemoryStore::with_config(
+            peer_id,
+            kad::store::MemoryStoreConfig {
+                max_records: MAX_DHT_RECORDS,
+                // The store refuses values of this size or more.
+                max_value_bytes: MAX_DOCUMENT_BYTES + 1,
+                max_providers_per_key: kad::K_VALUE.get(),
+                max_provided_keys: 1024,
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+        // A user who keeps its address to itself never serves the DHT: a server's
+        // addresses go into everyone's routing tables, and a private user's IP must
+        // be seen by its relays only.
+        kad.set_mode(Some(if mode == Mode::Relay || public {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        }));
+
+        let mdns = if mdns_enabled {
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
                 peer_id,
-                kad::store::MemoryStoreConfig {
-                    max_records: MAX_DHT_RECORDS,
-                    // The store refuses values of this size or more.
-                    max_value_bytes: MAX_DOCUMENT_BYTES + 1,
-                    max_providers_per_key: kad::K_VALUE.get(),
-                    max_provided_keys: 1024,
-                },
-            );
-            let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
-            // A user who keeps its address to itself never serves the DHT: a server's
-            // addresses go into everyone's routing tables, and a private user's IP must
-            // be seen by its relays only.
-            kad.set_mode(Some(if mode == Mode::Relay || public {
-                kad::Mode::Server
-            } else {
-                kad::Mode::Client
-            }));
+            )?)
+        } else {
+            None
+        };
 
-            let mdns = if mdns_enabled {
-                Some(mdns::tokio::Behaviour::new(
-                    mdns::Config::default(),
-                    peer_id,
-                )?)
-            } else {
-                None
-            };
+        let verbs = request_response::Behaviour::with_codec(
+            verbs::Codec,
+            [(verbs::PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(10))
+                .with_max_concurrent_streams(64),
+        );
 
-            let verbs = request_response::Behaviour::with_codec(
-                verbs::Codec,
-                [(verbs::PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(10))
-                    .with_max_concurrent_streams(64),
-            );
+        let autonat = autonat::Behaviour::new(
+            peer_id,
+            autonat::Config {
+                boot_delay: Duration::from_secs(5),
+                // Until the status is known, probe again soon (default 90 s).
+                retry_interval: Duration::from_secs(20),
+                only_global_ips: !private_ips,
+                ..Default::default()
+            },
+        );
 
-            let autonat = autonat::Behaviour::new(
-                peer_id,
-                autonat::Config {
-                    boot_delay: Duration::from_secs(5),
-                    // Until the status is known, probe again soon (default 90 s).
-                    retry_interval: Duration::from_secs(20),
-                    only_global_ips: !private_ips,
-                    ..Default::default()
-                },
-            );
-
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
-                dial_gate: super::dial::DialGate::new(super::dial::DialPolicy {
-                    private_node: mode == Mode::User && !public,
-                    private_ips,
-                }),
-                limits,
-                ip_limits,
-                relay_client,
-                relay_server: relay_server.into(),
-                identify: Consent::new(identify),
-                ping: ping::Behaviour::default(),
-                kad,
-                mdns: mdns.into(),
-                verbs,
-                gossipsub,
-                dcutr: Consent::new(dcutr::Behaviour::new(peer_id)),
-                autonat,
-            })
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+            dial_gate: super::dial::DialGate::new(super::dial::DialPolicy {
+                private_node: mode == Mode::User && !public,
+                private_ips,
+            }),
+            limits,
+            ip_limits,
+            relay_client,
+            relay_server: relay_server.into(),
+            identify: Consent::new(identify),
+            ping: ping::Behaviour::default(),
+            kad,
+            mdns: mdns.into(),
+            verbs,
+            gossipsub,
+            dcutr: Consent::new(dcutr::Behaviour::new(peer_id)),
+            autonat,
         })
-        .map_err(|e| err(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
-    Ok(swarm)
+    })(&keypair, relay_client)
+    .map_err(|e| err(&e))?;
+    Ok(Swarm::new(
+        transport,
+        behaviour,
+        peer_id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(120)),
+    ))
 }
 
 /// Circuit relay v2 limits: `limits` for what is held at once, circuit rates and the

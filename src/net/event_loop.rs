@@ -98,6 +98,8 @@ pub struct EventLoop {
     rejected: Counters,
     /// libp2p's own metrics, fed the swarm's and the protocols' events.
     libp2p_metrics: libp2p::metrics::Metrics,
+    /// A relay's reservations and circuits, for its gauges.
+    relay_held: relays::RelayHeld,
     /// Channels to the messenger (user nodes only).
     hooks: Option<EventLoopHooks>,
     /// Writes to the directory cache, off the event loop (see [`CacheWriter`]).
@@ -212,6 +214,7 @@ impl EventLoop {
             message_limiter: RateLimiter::new(1024, 1000.0, 4096),
             rejected: counters,
             libp2p_metrics,
+            relay_held: relays::RelayHeld::default(),
             hooks,
             mailbox: None,
             channel_history,

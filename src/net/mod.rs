@@ -10,6 +10,7 @@ mod hooks;
 pub mod iplimit;
 mod keeper;
 pub(crate) mod ratelimit;
+pub mod transport;
 
 pub use behaviour::{
     agent_version, build_swarm, Behaviour, BuildError, KAD_PROTOCOL, MIN_DUPLICATE_CACHE,

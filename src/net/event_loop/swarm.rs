@@ -14,6 +14,7 @@ use super::{is_lan, is_loopback, is_relayed, EventLoop, PeerState, MAX_ADDRS_PER
 use crate::config::Mode;
 use crate::counters::Counter;
 use crate::net::behaviour::{BehaviourEvent, KAD_PROTOCOL};
+use crate::net::transport::ordinary;
 use crate::net::NetError;
 
 impl EventLoop {
@@ -103,7 +104,12 @@ impl EventLoop {
 
     /// Feeds libp2p's metrics the protocols' events they know, and keeps our relay
     /// families.
-    fn record(&self, event: &BehaviourEvent) {
+    fn record(&mut self, event: &BehaviourEvent) {
+        if let BehaviourEvent::RelayServer(e) = event {
+            self.libp2p_metrics.record(e);
+            self.record_relay(e);
+            return;
+        }
         let m = &self.libp2p_metrics;
         match event {
             BehaviourEvent::Identify(identify::Event::Received {
@@ -120,31 +126,24 @@ impl EventLoop {
             BehaviourEvent::Kad(e) => m.record(e),
             BehaviourEvent::Gossipsub(e) => m.record(e),
             BehaviourEvent::Dcutr(e) => m.record(e),
-            BehaviourEvent::RelayServer(e) => {
-                m.record(e);
-                self.record_relay(e);
-            }
             _ => {}
         }
     }
 
-    fn record_relay(&self, event: &relay::Event) {
+    fn record_relay(&mut self, event: &relay::Event) {
         use crate::counters::{RefusalReason, Refused};
         let m = self.rejected.meters();
         match event {
-            relay::Event::ReservationReqAccepted { renewed: false, .. } => m.relay_reservations(1),
-            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
-                m.relay_reservations(-1)
-            }
-            relay::Event::CircuitReqAccepted { .. } => m.relay_circuits(1),
-            relay::Event::CircuitClosed { .. } => m.relay_circuits(-1),
             relay::Event::ReservationReqDenied { status, .. } => {
                 m.relay_refused(Refused::Reservation, RefusalReason::of(status))
             }
             relay::Event::CircuitReqDenied { status, .. } => {
                 m.relay_refused(Refused::Circuit, RefusalReason::of(status))
             }
-            _ => {}
+            e => {
+                self.relay_held.on_event(e);
+                m.relay_held(self.relay_held.reservations(), self.relay_held.circuits());
+            }
         }
     }
 
@@ -175,7 +174,9 @@ impl EventLoop {
                     }
                 }
                 if info.protocols.contains(&KAD_PROTOCOL) {
-                    for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
+                    // Only addresses we would dial (see `net::transport`).
+                    let addrs = info.listen_addrs.into_iter().filter(ordinary);
+                    for addr in addrs.take(MAX_ADDRS_PER_PEER) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
@@ -258,45 +259,8 @@ impl EventLoop {
     }
 }
 
-/// Whether `addr` is an ordinary address: IP or DNS, then TCP or QUIC, then optionally our
-/// peer id and a relay circuit. libp2p's metrics label addresses by their protocol stack
-/// (`/ip4/tcp`); the stacks a peer names (in identify, the address it says it sees us at
-/// and its listen addresses) are its to choose, and every new one would be a new series
-/// kept for ever. Only these few stacks become labels.
-fn ordinary(addr: &libp2p::Multiaddr) -> bool {
-    let mut p = addr.iter().peekable();
-    let host = matches!(
-        p.next(),
-        Some(
-            Protocol::Ip4(_)
-                | Protocol::Ip6(_)
-                | Protocol::Dns(_)
-                | Protocol::Dns4(_)
-                | Protocol::Dns6(_)
-        )
-    );
-    let transport = match p.next() {
-        Some(Protocol::Tcp(_)) => true,
-        Some(Protocol::Udp(_)) => matches!(p.next(), Some(Protocol::QuicV1)),
-        _ => false,
-    };
-    if !(host && transport) {
-        return false;
-    }
-    if matches!(p.peek(), Some(Protocol::P2p(_))) {
-        p.next();
-    }
-    if matches!(p.peek(), Some(Protocol::P2pCircuit)) {
-        p.next();
-        if matches!(p.peek(), Some(Protocol::P2p(_))) {
-            p.next();
-        }
-    }
-    p.next().is_none()
-}
-
 /// Whether libp2p's swarm metrics may record `event`: not an external-address event
-/// whose address a peer chose (see [`ordinary`]).
+/// whose address a peer chose (see [`ordinary`]): the address it says it sees us at.
 fn labels_bounded(event: &SwarmEvent<BehaviourEvent>) -> bool {
     match event {
         SwarmEvent::NewExternalAddrCandidate { address }
@@ -325,33 +289,5 @@ fn bounded_info(info: &identify::Info) -> identify::Info {
             libp2p::Multiaddr::empty()
         },
         ..info.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ordinary;
-
-    #[test]
-    fn only_ordinary_stacks_become_labels() {
-        for ok in [
-            "/ip4/198.51.100.7/tcp/4001",
-            "/ip6/::1/udp/4001/quic-v1",
-            "/dns4/relay.example/tcp/4001/p2p/12D3KooWGMYMmN1RGUYjWaSV6P3XtnBjwnosnJGNMnttfVCRnd6g",
-            "/ip4/198.51.100.7/tcp/4001/p2p/12D3KooWGMYMmN1RGUYjWaSV6P3XtnBjwnosnJGNMnttfVCRnd6g/p2p-circuit",
-        ] {
-            assert!(ordinary(&ok.parse().unwrap()), "{ok}");
-        }
-        for odd in [
-            "",
-            "/ip4/198.51.100.7",
-            "/ip4/198.51.100.7/tcp/1/tcp/2",
-            "/ip4/198.51.100.7/udp/1",
-            "/ip4/198.51.100.7/tcp/1/ws",
-            "/tcp/1",
-            "/ip4/198.51.100.7/tcp/1/p2p-circuit/p2p-circuit",
-        ] {
-            assert!(!ordinary(&odd.parse().unwrap()), "{odd}");
-        }
     }
 }
