@@ -475,6 +475,16 @@ async fn hole_punches_are_counted_as_they_start_and_end() {
     let outcome = to_c.await.unwrap();
     assert!(matches!(outcome, ConnectOutcome::Direct(_)), "{outcome:?}");
 
+    // `status --json` says the same.
+    let punches = a.client.status().await.unwrap().punches;
+    assert_eq!((punches.started, punches.succeeded), (1, 1), "{punches:?}");
+    assert_eq!(punches.failed.values().sum::<u64>(), 0, "{punches:?}");
+    assert_eq!(
+        punches.failed.len(),
+        4,
+        "every reason is listed: {punches:?}"
+    );
+
     let (_, _, text) = get(a.metrics_addr.unwrap(), "/metrics").await;
     let Some(f) = parse(&text) else { return };
     let v = |name: &str| value(&f, name, &[]);

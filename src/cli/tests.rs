@@ -105,6 +105,7 @@ fn status(mail: bool) -> StatusView {
             requests: 40,
             hops_bound: 9,
         },
+        punches: Default::default(),
         mail: mail.then_some(MailView {
             items: 1,
             bytes: 2,

@@ -124,6 +124,34 @@ struct RefusalLabels {
     reason: RefusalReason,
 }
 
+/// The hole punches started after an accepted CONNECT, and how they ended (`status
+/// --json` → `punches`): `failed` by reason, every reason listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PunchStats {
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: std::collections::BTreeMap<String, u64>,
+}
+
+const PUNCH_FAILURES: [PunchFailure; 4] = [
+    PunchFailure::Failed,
+    PunchFailure::Timeout,
+    PunchFailure::DialFailed,
+    PunchFailure::Abandoned,
+];
+
+impl PunchFailure {
+    /// Its key in `status --json` → `punches.failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+            Self::DialFailed => "dial_failed",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// The handles (cheap to clone: each shares its value).
 #[derive(Clone, Debug, Default)]
 pub struct Meters {
@@ -173,6 +201,24 @@ impl Meters {
         self.punches_succeeded.inc();
     }
 
+    /// The hole punches so far.
+    pub fn punch_stats(&self) -> PunchStats {
+        PunchStats {
+            started: self.punches_started.get(),
+            succeeded: self.punches_succeeded.get(),
+            failed: PUNCH_FAILURES
+                .iter()
+                .map(|r| {
+                    let n = self
+                        .punches_failed
+                        .get_or_create(&PunchLabels { reason: *r })
+                        .get();
+                    (r.as_str().to_string(), n)
+                })
+                .collect(),
+        }
+    }
+
     pub fn punch_failed(&self, reason: PunchFailure) {
         self.punches_failed
             .get_or_create(&PunchLabels { reason })
@@ -211,12 +257,7 @@ impl Meters {
         for topic in [Topic::Announce, Topic::Channel] {
             let _ = self.frames_published.get_or_create(&TopicLabels { topic });
         }
-        for reason in [
-            PunchFailure::Failed,
-            PunchFailure::Timeout,
-            PunchFailure::DialFailed,
-            PunchFailure::Abandoned,
-        ] {
+        for reason in PUNCH_FAILURES {
             let _ = self.punches_failed.get_or_create(&PunchLabels { reason });
         }
         if relay {

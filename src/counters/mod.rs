@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::shared::Shared;
 
 mod meters;
-pub use meters::{Meters, PunchFailure, RefusalReason, Refused, Sent, Topic, Verdict};
+pub use meters::{Meters, PunchFailure, PunchStats, RefusalReason, Refused, Sent, Topic, Verdict};
 
 /// Shared counters of refused input, by kind (see docs/security.md), and the handles of
 /// the node's other event-driven metrics ([`Meters`]), which go everywhere these do.

@@ -55,6 +55,9 @@ pub struct Status {
     pub rejected: BTreeMap<String, u64>,
     /// What this node's directory lookups cost, since it started.
     pub lookups: LookupStats,
+    /// The hole punches this node started after an accepted CONNECT, since it started.
+    #[serde(default)]
+    pub punches: crate::counters::PunchStats,
     /// What a relay's mailboxes hold (relays with mailboxes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail: Option<crate::store::mailbox::MailTotals>,

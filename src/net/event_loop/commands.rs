@@ -282,6 +282,7 @@ impl EventLoop {
                 r
             },
             lookups: self.lookups.stats(),
+            punches: self.rejected.meters().punch_stats(),
             mail: None,
         }
     }
