@@ -29,6 +29,9 @@ ATTEMPTS=${2:-0}
 # NAT_FILTER=reject: the routers answer unsolicited packets (RST, ICMP port unreachable)
 # instead of dropping them.
 FILTER=${NAT_FILTER:-drop}
+# NAT_BOOTSTRAP=tcp: users know only the relay's TCP address (as a user given one
+# `--bootstrap` line would), so no QUIC connection shows them their QUIC address.
+BOOTSTRAP=${NAT_BOOTSTRAP:-both}
 P="ptl$$"            # namespace prefix, unique per run
 WORK=$(mktemp -d /tmp/ptpchat-natlab.XXXXXX)
 PIDS=()
@@ -137,11 +140,13 @@ done
 [ -n "$RELAY_TCP" ] || { fail "the relay printed no address"; exit 1; }
 log "relay at $RELAY_TCP"
 
+QUIC_BOOT=(--bootstrap "$RELAY_QUIC")
+[ "$BOOTSTRAP" = tcp ] && QUIC_BOOT=()
 user() { # NAME NS POLICY [PORT]
     local port=${4:-4001}
     ip netns exec "$P$2" "$BIN" --home "$WORK/$1" run --listen "/ip4/0.0.0.0/tcp/$port" \
         --listen "/ip4/0.0.0.0/udp/$port/quic-v1" --no-mdns --private-ips \
-        --bootstrap "$RELAY_TCP" --bootstrap "$RELAY_QUIC" --accept-connect "$3" \
+        --bootstrap "$RELAY_TCP" "${QUIC_BOOT[@]}" --accept-connect "$3" \
         >/dev/null 2>"$WORK/$1.log" &
     PIDS+=($!)
 }

@@ -5,9 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use libp2p::metrics::Recorder;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{
     autonat, dcutr, identify, mdns, multiaddr::Protocol, relay, request_response, swarm::SwarmEvent,
 };
+use libp2p::{Multiaddr, PeerId};
 use tracing::{debug, info};
 
 use super::{is_lan, is_loopback, is_relayed, EventLoop, PeerState, MAX_ADDRS_PER_PEER};
@@ -102,6 +104,47 @@ impl EventLoop {
         }
     }
 
+    /// Over TCP alone a relay never sees our QUIC mapping, and hole punching (DCUtR sends
+    /// the addresses peers observed us at) then has only TCP, which a NAT that answers
+    /// unsolicited packets with a RST defeats: each simultaneous open is reset at once.
+    /// A user connected to a relay by TCP alone also dials it over QUIC, at the same IP
+    /// (so no one new learns our address), when both sides speak QUIC: the relay's identify
+    /// then reports our QUIC address too.
+    fn learn_quic_mapping(&mut self, relay: PeerId, via: &Multiaddr, listed: &[Multiaddr]) {
+        let is_quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::QuicV1));
+        let ip = |a: &Multiaddr| match a.iter().next() {
+            Some(Protocol::Ip4(ip)) => Some(std::net::IpAddr::from(ip)),
+            Some(Protocol::Ip6(ip)) => Some(std::net::IpAddr::from(ip)),
+            _ => None,
+        };
+        if self.mode != Mode::User || is_quic(via) || !self.swarm.listeners().any(is_quic) {
+            return;
+        }
+        let on_quic = self
+            .peers
+            .get(&relay)
+            .is_some_and(|p| p.conns.values().any(|(a, relayed)| !relayed && is_quic(a)));
+        let Some(relay_ip) = ip(via) else { return };
+        let Some(quic) = listed
+            .iter()
+            .find(|a| is_quic(a) && ip(a) == Some(relay_ip) && ordinary(a))
+        else {
+            return;
+        };
+        if on_quic {
+            return;
+        }
+        self.swarm.behaviour_mut().dial_gate.pin(relay);
+        let opts = DialOpts::peer_id(relay)
+            .addresses(vec![quic.clone()])
+            .condition(PeerCondition::NotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) => debug!(%relay, address = %quic, "dialing the relay over QUIC too"),
+            Err(e) => debug!(%relay, error = %e, "cannot dial the relay over QUIC"),
+        }
+    }
+
     /// Feeds libp2p's metrics the protocols' events they know, and keeps our relay
     /// families.
     fn record(&mut self, event: &BehaviourEvent) {
@@ -169,6 +212,7 @@ impl EventLoop {
                         .and_then(|p| p.direct_addr())
                         .cloned();
                     if let Some(addr) = direct {
+                        self.learn_quic_mapping(peer_id, &addr, &info.listen_addrs);
                         self.relays.add_candidate(peer_id, addr);
                         self.maybe_reserve();
                     }
