@@ -32,6 +32,8 @@ FILTER=${NAT_FILTER:-drop}
 # NAT_BOOTSTRAP=tcp: users know only the relay's TCP address (as a user given one
 # `--bootstrap` line would), so no QUIC connection shows them their QUIC address.
 BOOTSTRAP=${NAT_BOOTSTRAP:-both}
+# NAT_TRANSPORT=tcp|quic: the users listen on (and know the relay by) that transport only.
+TRANSPORT=${NAT_TRANSPORT:-both}
 P="ptl$$"            # namespace prefix, unique per run
 WORK=$(mktemp -d /tmp/ptpchat-natlab.XXXXXX)
 PIDS=()
@@ -140,13 +142,17 @@ done
 [ -n "$RELAY_TCP" ] || { fail "the relay printed no address"; exit 1; }
 log "relay at $RELAY_TCP"
 
-QUIC_BOOT=(--bootstrap "$RELAY_QUIC")
-[ "$BOOTSTRAP" = tcp ] && QUIC_BOOT=()
 user() { # NAME NS POLICY [PORT]
     local port=${4:-4001}
-    ip netns exec "$P$2" "$BIN" --home "$WORK/$1" run --listen "/ip4/0.0.0.0/tcp/$port" \
-        --listen "/ip4/0.0.0.0/udp/$port/quic-v1" --no-mdns --private-ips \
-        --bootstrap "$RELAY_TCP" "${QUIC_BOOT[@]}" --accept-connect "$3" \
+    local listen=(--listen "/ip4/0.0.0.0/tcp/$port" --listen "/ip4/0.0.0.0/udp/$port/quic-v1")
+    local boot=(--bootstrap "$RELAY_TCP" --bootstrap "$RELAY_QUIC")
+    [ "$BOOTSTRAP" = tcp ] && boot=(--bootstrap "$RELAY_TCP")
+    case $TRANSPORT in
+        tcp) listen=(--listen "/ip4/0.0.0.0/tcp/$port"); boot=(--bootstrap "$RELAY_TCP") ;;
+        quic) listen=(--listen "/ip4/0.0.0.0/udp/$port/quic-v1"); boot=(--bootstrap "$RELAY_QUIC") ;;
+    esac
+    ip netns exec "$P$2" "$BIN" --home "$WORK/$1" run "${listen[@]}" --no-mdns --private-ips \
+        "${boot[@]}" --accept-connect "$3" \
         >/dev/null 2>"$WORK/$1.log" &
     PIDS+=($!)
 }
