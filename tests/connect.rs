@@ -8,10 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, start, test_config};
+use common::{circuit_doc, eventually, reserved, start, test_config};
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use ptpchat::config::{ConnectPolicy, Mode};
-use ptpchat::identity::SignedDocument;
 use ptpchat::messaging::Delivery;
 use ptpchat::net::ConnectOutcome;
 use ptpchat::node::{self, RunningNode};
@@ -27,17 +26,6 @@ async fn user(home: &std::path::Path, relay: &[Multiaddr], policy: ConnectPolicy
 
 fn uuid_of(n: &RunningNode) -> Uuid {
     n.id.as_ref().unwrap().uuid
-}
-
-/// `of`'s document as `by` finds it once it names a relay circuit.
-async fn circuit_doc(by: &RunningNode, of: &RunningNode) -> SignedDocument {
-    let uuid = uuid_of(of);
-    eventually(WAIT, "a document with a circuit address", || async {
-        let doc = by.client.whois(uuid).await.ok()?;
-        let reach = doc.doc().reach_addrs();
-        (!reach.is_empty()).then_some(doc)
-    })
-    .await
 }
 
 fn is_circuit(a: &Multiaddr) -> bool {
@@ -64,11 +52,7 @@ async fn private_users_reserve_publish_circuits_and_connect_only_with_consent() 
 
     // Both hold a reservation, and each document names only circuits through the relay.
     for n in [&a, &b] {
-        eventually(WAIT, "a reservation", || async {
-            let s = n.client.status().await.ok()?;
-            (s.relays.len() == 1).then_some(())
-        })
-        .await;
+        reserved(n).await;
     }
     let b_doc = circuit_doc(&a, &b).await;
     let reach = b_doc.doc().reach_addrs();

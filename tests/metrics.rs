@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, start, test_config};
+use common::{circuit_doc, eventually, reserved, start, test_config};
 use libp2p::Multiaddr;
 use ptpchat::config::Mode;
 use ptpchat::messaging::Delivery;
@@ -169,24 +169,6 @@ async fn user(home: &std::path::Path, relay: &[Multiaddr], metrics: bool) -> Run
     node::start(cfg).await.expect("node starts")
 }
 
-async fn reserved(n: &RunningNode) {
-    eventually(WAIT, "a reservation", || async {
-        let s = n.client.status().await.ok()?;
-        (s.relays.len() == 1).then_some(())
-    })
-    .await;
-}
-
-/// `to`'s document as `by` finds it once it names a relay circuit.
-async fn circuit_known(by: &RunningNode, to: &RunningNode) {
-    let uuid = to.id.as_ref().unwrap().uuid;
-    eventually(WAIT, "a document with a circuit address", || async {
-        let doc = by.client.whois(uuid).await.ok()?;
-        (!doc.doc().reach_addrs().is_empty()).then_some(())
-    })
-    .await;
-}
-
 async fn message(from: &RunningNode, to: &RunningNode, text: &str) {
     let sending = from
         .messenger
@@ -211,7 +193,7 @@ async fn a_relay_shows_its_reservations_and_the_circuit_it_carries() {
     let b = user(&dir.path().join("b"), &relay_addrs, false).await;
     reserved(&a).await;
     reserved(&b).await;
-    circuit_known(&a, &b).await;
+    circuit_doc(&a, &b).await;
     // A reaches B (private, on the relay) over a circuit the relay carries.
     message(&a, &b, "over the relay").await;
 
@@ -355,7 +337,7 @@ async fn a_user_nodes_metrics_name_no_person_peer_address_or_channel() {
     let a = user(&dir.path().join("a"), &relay_addrs, true).await;
     let b = user(&dir.path().join("b"), &relay_addrs, false).await;
     reserved(&b).await;
-    circuit_known(&a, &b).await;
+    circuit_doc(&a, &b).await;
     message(&a, &b, "hello").await;
     // A private channel (its topic joined: gossipsub would list it) and a public one,
     // announced to the relay.
@@ -460,7 +442,7 @@ async fn hole_punches_are_counted_as_they_start_and_end() {
         cfg.accept_connect = policy;
         let n = node::start(cfg).await.unwrap();
         reserved(&n).await;
-        circuit_known(&a, &n).await;
+        circuit_doc(&a, &n).await;
         open.push(n);
     }
     let reach = |n: &RunningNode| {

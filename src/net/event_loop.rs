@@ -27,6 +27,7 @@ mod gossip;
 mod lookup;
 mod publish;
 mod reads;
+mod relay_held;
 mod relays;
 mod swarm;
 mod verbs;
@@ -99,7 +100,7 @@ pub struct EventLoop {
     /// libp2p's own metrics, fed the swarm's and the protocols' events.
     libp2p_metrics: libp2p::metrics::Metrics,
     /// A relay's reservations and circuits, for its gauges.
-    relay_held: relays::RelayHeld,
+    relay_held: relay_held::RelayHeld,
     /// Channels to the messenger (user nodes only).
     hooks: Option<EventLoopHooks>,
     /// Writes to the directory cache, off the event loop (see [`CacheWriter`]).
@@ -214,7 +215,7 @@ impl EventLoop {
             message_limiter: RateLimiter::new(1024, 1000.0, 4096),
             rejected: counters,
             libp2p_metrics,
-            relay_held: relays::RelayHeld::default(),
+            relay_held: relay_held::RelayHeld::default(),
             hooks,
             mailbox: None,
             channel_history,

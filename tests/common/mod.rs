@@ -253,3 +253,26 @@ pub fn sig_offset(form: &[u8]) -> usize {
         .expect("a signed form has a sig")
         + key.len()
 }
+
+/// Waits until `n` holds a reservation on its one relay.
+pub async fn reserved(n: &RunningNode) {
+    eventually(Duration::from_secs(30), "a reservation", || async {
+        let s = n.client.status().await.ok()?;
+        (s.relays.len() == 1).then_some(())
+    })
+    .await;
+}
+
+/// `of`'s document as `by` finds it once it names a relay circuit.
+pub async fn circuit_doc(by: &RunningNode, of: &RunningNode) -> ptpchat::identity::SignedDocument {
+    let uuid = of.id.as_ref().unwrap().uuid;
+    eventually(
+        Duration::from_secs(30),
+        "a document with a circuit address",
+        || async {
+            let doc = by.client.whois(uuid).await.ok()?;
+            (!doc.doc().reach_addrs().is_empty()).then_some(doc)
+        },
+    )
+    .await
+}
