@@ -450,6 +450,8 @@ async fn hole_punches_are_counted_as_they_start_and_end() {
         let uuid = n.id.as_ref().unwrap().uuid;
         async move { a.client.whois(uuid).await.unwrap().doc().reach_addrs() }
     };
+    let before = a.client.status().await.unwrap().punches;
+    assert_eq!(before.last_direct_ms, None, "no punch yet: {before:?}");
     // D denies: no punch starts. C accepts: one starts and ends in a direct connection.
     let to_d = a.client.connect(open[1].peer_id, reach(&open[1]).await);
     assert_eq!(to_d.await.unwrap(), ConnectOutcome::Denied);
@@ -466,6 +468,11 @@ async fn hole_punches_are_counted_as_they_start_and_end() {
         4,
         "every reason is listed: {punches:?}"
     );
+    // How long it took after the accept (loopback: well under the 30 s it may take).
+    assert!(
+        punches.last_direct_ms.is_some_and(|ms| ms < 30_000),
+        "{punches:?}"
+    );
 
     let (_, _, text) = get(a.metrics_addr.unwrap(), "/metrics").await;
     let Some(f) = parse(&text) else { return };
@@ -477,6 +484,12 @@ async fn hole_punches_are_counted_as_they_start_and_end() {
         "{text}"
     );
     assert_eq!(v("ptpchat_hole_punches_failed_total"), Some(0.0), "{text}");
+    assert_eq!(
+        v("ptpchat_hole_punch_duration_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(v("ptpchat_hole_punch_retries_total"), Some(0.0), "{text}");
 
     for n in open {
         n.shutdown().await;

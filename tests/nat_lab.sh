@@ -20,6 +20,17 @@
 #   NATs, deny -> no connection, and symmetric NAT -> messages still flow over the relay.
 #   With ATTEMPTS (e.g. 50) it then measures hole punching: that many connect/disconnect
 #   rounds between A and B, printing the success rate and the median time to direct.
+#   Environment (tests/nat_matrix.sh runs the combinations):
+#     NAT_FILTER=drop|reject, NAT_BOOTSTRAP=both|tcp, NAT_TRANSPORT=both|tcp|quic (below)
+#     NAT_RTT_MS=N     N ms of round trip between the NATs: each router holds what comes
+#                      in on its WAN side N/2 ms (NAT_DELAY_BIN, examples/nat_delay, holds
+#                      NFQUEUEd packets: this kernel has no netem). The added round trip is
+#                      measured and checked in each run.
+#     NAT_PEER=b|c|p   whom the measured rounds punch to: b (cone NAT, the default), c
+#                      (symmetric NAT: every round must end relayed, none may hang), or p (a
+#                      public host, 203.0.113.50, that connects to A behind its NAT)
+#     NAT_CHECKS=0     skip the checks after the reservations (for matrix cells that only
+#                      measure)
 # Exit 0 when every check passed, 1 when one failed, 77 when the lab cannot be built here.
 # Namespaces and processes are removed on every exit path.
 
@@ -34,6 +45,10 @@ FILTER=${NAT_FILTER:-drop}
 BOOTSTRAP=${NAT_BOOTSTRAP:-both}
 # NAT_TRANSPORT=tcp|quic: the users listen on (and know the relay by) that transport only.
 TRANSPORT=${NAT_TRANSPORT:-both}
+RTT=${NAT_RTT_MS:-0}
+DELAY_BIN=${NAT_DELAY_BIN:-}
+PEER=${NAT_PEER:-b}
+CHECKS=${NAT_CHECKS:-1}
 P="ptl$$"            # namespace prefix, unique per run
 WORK=$(mktemp -d /tmp/ptpchat-natlab.XXXXXX)
 PIDS=()
@@ -46,7 +61,7 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     sleep 0.3
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
-    for ns in i r na a nb b nc c; do ip netns del "$P$ns" 2>/dev/null; done
+    for ns in i r na a nb b nc c p; do ip netns del "$P$ns" 2>/dev/null; done
     if [ "$FAILED" != 0 ]; then
         for f in "$WORK"/*.log; do log "---- $(basename "$f")"; tail -n 30 "$f" >&2; done
     fi
@@ -71,7 +86,9 @@ ns() { local n=$1; shift; ip netns exec "$P$n" "$@"; }
 # the daemon's own pid.
 
 # ---- the network ----
-for n in i r na a nb b nc c; do
+NSES=(i r na a nb b nc c)
+[ "$PEER" = p ] && NSES+=(p)
+for n in "${NSES[@]}"; do
     ip netns add "$P$n"
     ns "$n" ip link set lo up
 done
@@ -89,6 +106,7 @@ wan vr r 203.0.113.10
 wan vna na 203.0.113.20
 wan vnb nb 203.0.113.30
 wan vnc nc 203.0.113.40
+[ "$PEER" = p ] && wan vp p 203.0.113.50
 
 # nat ROUTER HOST LAN_ROUTER_ADDR/LEN HOST_ADDR [symmetric]
 nat() {
@@ -123,6 +141,31 @@ nat() {
 nat na a 192.0.2.1/25 192.0.2.10
 nat nb b 198.51.100.1/24 198.51.100.10
 nat nc c 192.0.2.129/25 192.0.2.130 symmetric
+if [ "$PEER" = p ]; then   # a public host: no NAT, no filter
+    ns p sysctl -qw net.ipv4.ip_forward=0
+fi
+
+# ---- path latency ----
+# Each router (and the public host) holds what arrives on its WAN side RTT/2 ms, after the
+# sender's NAT has mapped it and before its own conntrack sees it, as a long wire would: a
+# round trip between two of them crosses two such holds. The relay holds nothing, so the
+# round trip to it is RTT/2.
+if [ "$RTT" -gt 0 ]; then
+    [ -x "$DELAY_BIN" ] || { fail "NAT_RTT_MS needs NAT_DELAY_BIN (examples/nat_delay)"; exit 1; }
+    delayed=(na nb nc)
+    [ "$PEER" = p ] && delayed+=(p)
+    for n in "${delayed[@]}"; do
+        ip netns exec "$P$n" "$DELAY_BIN" 0 $((RTT / 2)) 2>"$WORK/delay-$n.log" &
+        PIDS+=($!)
+        for _ in $(seq 50); do grep -q ready "$WORK/delay-$n.log" && break; sleep 0.1; done
+        if ! grep -q ready "$WORK/delay-$n.log"; then
+            log "SKIP: no NFQUEUE here (nfnetlink_queue): $(cat "$WORK/delay-$n.log")"
+            exit 77
+        fi
+        ns "$n" iptables -t raw -A PREROUTING -i wan -j NFQUEUE --queue-num 0 \
+            || { log "SKIP: iptables has no NFQUEUE target"; exit 77; }
+    done
+fi
 
 # ---- the nodes ----
 export RUST_LOG=${RUST_LOG:-info}
@@ -141,6 +184,25 @@ for _ in $(seq 100); do
 done
 [ -n "$RELAY_TCP" ] || { fail "the relay printed no address"; exit 1; }
 log "relay at $RELAY_TCP"
+
+# connect_ms NS: the median of 5 TCP handshakes from NS to the relay, in ms (one hold, RTT/2).
+connect_ms() {
+    ns "$1" python3 -c '
+import socket, statistics, time
+ts = []
+for _ in range(5):
+    t = time.perf_counter()
+    socket.create_connection(("203.0.113.10", 4001), timeout=5).close()
+    ts.append((time.perf_counter() - t) * 1000)
+print(round(statistics.median(ts), 1))'
+}
+ra=$(connect_ms a); rb=$(connect_ms b)
+PATH_RTT=$(python3 -c "print(round($ra + $rb, 1))")
+log "path: A-B round trip ${PATH_RTT} ms (wanted $RTT; A-relay $ra ms, B-relay $rb ms)"
+if [ "$RTT" -gt 0 ] && python3 -c "import sys; sys.exit(not $PATH_RTT < 0.9 * $RTT)"; then
+    fail "the path's round trip is ${PATH_RTT} ms, not the $RTT ms asked for"
+    exit 1
+fi
 
 user() { # NAME NS POLICY [PORT]
     local port=${4:-4001}
@@ -163,6 +225,8 @@ user b b all
 user c c all
 user d b none 4002   # a second host behind NAT-B whose policy refuses everybody
 user e b ask 4003    # a third host behind NAT-B whose user answers each request
+E_PID=${PIDS[-1]}
+[ "$PEER" = p ] && user p p all   # the public host
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls until COMMAND succeeds.
 wait_for() {
@@ -187,9 +251,16 @@ for u in a b c; do
     wait_for 60 "AutoNAT to find $u private" is_private "$u" || exit 1
 done
 log "AutoNAT: a, b and c are private"
+if [ "$PEER" = p ]; then
+    is_public() { [ "$(cli p status --json | json_field '["nat"]')" = public ]; }
+    wait_for 60 "AutoNAT to find p public" is_public || exit 1
+    log "AutoNAT: p is public"
+fi
 
 uuid() { cli "$1" id --json | json_field '["uuid"]'; }
 A=$(uuid a); B=$(uuid b); C=$(uuid c); D=$(uuid d); E=$(uuid e)
+
+if [ "$CHECKS" != 0 ]; then
 
 # Each document names only the relay circuit (the host's own IP is nowhere in it).
 doc_is_circuit_only() {
@@ -247,13 +318,16 @@ log "deny: exit 4, no direct connection, no packet between the two NATs"
 # sequence of answers may panic E (it once did, in libp2p's Either handler).
 answer_next() { # HOME VERB: answers the oldest pending request
     local id; id=$(cli "$1" requests --json | head -1 | json_field '["request_id"]') || return 1
-    [ -n "$id" ] && cli "$1" "$2" "$id"
+    [ -n "$id" ] && cli "$1" "$2" "$id" >/dev/null
 }
-E_PID=${PIDS[-1]}
+has_request() { cli "$1" requests --json | grep -q request_id; }
 for verb in deny accept; do
     cli a connect "$E" --timeout 40 --json >"$WORK/connect-e.out" &
     req=$!
-    wait_for 20 "A's request to reach E" answer_next e "$verb"
+    # The user takes a while to answer: the accept comes 3 s after the request.
+    wait_for 20 "A's request to reach E" has_request e
+    sleep 3
+    answer_next e "$verb" || fail "E could not $verb A's request"
     wait "$req"; code=$?
     out=$(cat "$WORK/connect-e.out")
     status=$(echo "$out" | json_field '["status"]' 2>/dev/null)
@@ -267,27 +341,59 @@ kill -0 "$E_PID" 2>/dev/null || fail "E died during deny-then-accept"
 grep -q "panicked" "$WORK/e.log" && fail "E panicked: $(grep -m1 -A2 panicked "$WORK/e.log")"
 cli e status --json >/dev/null || fail "E does not answer after deny-then-accept"
 log "deny then accept: denied, then direct; E alive"
+fi   # CHECKS
 
 # ---- hole punching, measured ----
+# Each round: hang up, forget the NAT mappings between the two (so each round punches
+# anew), connect, and sort the outcome: direct, relayed (exit 4, the relay still carries
+# the messages) or anything else; a connect that does not end within its timeout (plus a
+# margin) is a hang. For the target of each CONNECT (the side that drives DCUtR), the
+# rounds it needed come from its `status --json` punches: first_attempt counts the direct
+# outcomes its first round brought.
 if [ "$ATTEMPTS" -gt 0 ]; then
-    ok=0; times=()
+    case $PEER in
+        b) from=a; to=b; to_id=$B; routers=(na nb) ;;
+        c) from=a; to=c; to_id=$C; routers=(na nc) ;;
+        p) from=p; to=a; to_id=$A; routers=(na) ;;
+        *) fail "NAT_PEER is b, c or p, not $PEER"; exit 1 ;;
+    esac
+    retries() { cli "$to" status --json | json_field '["punches"]["retries"]'; }
+    ok=0; relayed=0; other=0; hangs=0; first=0; times=(); after=()
     for i in $(seq "$ATTEMPTS"); do
-        cli a disconnect "$B" >/dev/null 2>&1
-        sleep 2   # B answers one CONNECT per 2 s from one peer after a burst of 10
-        # Forget the NAT mappings between A and B, so each round punches anew.
-        ns na conntrack -D -d 203.0.113.30 >/dev/null 2>&1
-        ns nb conntrack -D -d 203.0.113.20 >/dev/null 2>&1
+        cli "$from" disconnect "$to_id" >/dev/null 2>&1
+        sleep 2   # the target answers one CONNECT per 2 s from one peer after a burst of 10
+        for r in "${routers[@]}"; do
+            ns "$r" conntrack -D -d 203.0.113.20 >/dev/null 2>&1
+            ns "$r" conntrack -D -d 203.0.113.30 >/dev/null 2>&1
+            ns "$r" conntrack -D -d 203.0.113.40 >/dev/null 2>&1
+            ns "$r" conntrack -D -d 203.0.113.50 >/dev/null 2>&1
+        done
+        r0=$(retries)
         t0=$(date +%s%N)
-        out=$(cli a connect "$B" --timeout 30 --json); code=$?
+        out=$(cli "$from" connect "$to_id" --timeout 45 --json); code=$?
         t1=$(date +%s%N)
-        if [ $code = 0 ]; then
-            ok=$((ok + 1)); times+=($(( (t1 - t0) / 1000000 )))
+        ms=$(( (t1 - t0) / 1000000 ))
+        status=$(echo "$out" | json_field '["status"]' 2>/dev/null)
+        [ "$ms" -gt 50000 ] && { hangs=$((hangs + 1)); log "attempt $i: hung for $ms ms"; }
+        if [ $code = 0 ] && [ "$status" = direct ]; then
+            ok=$((ok + 1)); times+=("$ms")
+            after+=("$(cli "$from" status --json | json_field '["punches"]["last_direct_ms"]')")
+            sleep 0.5
+            [ "$(retries)" = "$r0" ] && first=$((first + 1))
+        elif [ $code = 4 ] && [ "$status" = relayed ]; then
+            relayed=$((relayed + 1))
+            [ "$PEER" = c ] || log "attempt $i: relayed after $ms ms"
         else
-            log "attempt $i: $out"
+            other=$((other + 1)); log "attempt $i: exit $code after $ms ms: $out"
         fi
     done
-    median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}')
-    echo "hole_punch attempts=$ATTEMPTS direct=$ok median_ms=$median"
+    med() { printf '%s\n' "$@" | grep -E '^[0-9]+$' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }
+    median=$(med "${times[@]}"); after_accept=$(med "${after[@]}")
+    echo "hole_punch peer=$PEER attempts=$ATTEMPTS direct=$ok first_attempt=$first relayed=$relayed other=$other hangs=$hangs median_ms=$median after_accept_ms=$after_accept path_rtt_ms=$PATH_RTT"
+    if [ "$PEER" = c ] && [ $((relayed)) != "$ATTEMPTS" ]; then
+        fail "through the symmetric NAT every round must end relayed: $relayed of $ATTEMPTS did"
+    fi
+    [ "$hangs" = 0 ] || fail "$hangs connects hung"
 fi
 
 [ "$FAILED" = 0 ] && log "all checks passed"

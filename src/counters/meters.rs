@@ -8,7 +8,11 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How one of our direct messages ended (or got as far as a mailbox).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -131,6 +135,31 @@ pub struct PunchStats {
     pub started: u64,
     pub succeeded: u64,
     pub failed: std::collections::BTreeMap<String, u64>,
+    /// DCUtR rounds after the first, on the side that drives DCUtR (the target of a
+    /// CONNECT): each a fresh synchronisation after a round whose dials all failed.
+    #[serde(default)]
+    pub retries: u64,
+    /// From the accept to the direct connection, for the last punch that succeeded (ms).
+    #[serde(default)]
+    pub last_direct_ms: Option<u64>,
+}
+
+/// How long the punches that succeeded took, from the accept to the direct connection.
+#[derive(Clone, Debug)]
+struct PunchTimes {
+    histogram: Histogram,
+    /// The last one, in ms; `u64::MAX` before the first.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for PunchTimes {
+    fn default() -> Self {
+        PunchTimes {
+            // 10 ms to 41 s.
+            histogram: Histogram::new(exponential_buckets(0.01, 2.0, 13)),
+            last_ms: Arc::new(AtomicU64::new(u64::MAX)),
+        }
+    }
 }
 
 const PUNCH_FAILURES: [PunchFailure; 4] = [
@@ -162,6 +191,7 @@ pub struct Meters {
     punches_started: Counter,
     punches_succeeded: Counter,
     punches_failed: Family<PunchLabels, Counter>,
+    punch_times: PunchTimes,
     relay_reservations: Gauge,
     relay_circuits: Gauge,
     relay_refused: Family<RefusalLabels, Counter>,
@@ -197,8 +227,12 @@ impl Meters {
         self.punches_started.inc();
     }
 
-    pub fn punch_succeeded(&self) {
+    /// A punch ended in a direct connection, `took` after the accept.
+    pub fn punch_succeeded(&self, took: Duration) {
         self.punches_succeeded.inc();
+        self.punch_times.histogram.observe(took.as_secs_f64());
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX - 1);
+        self.punch_times.last_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The hole punches so far.
@@ -216,6 +250,9 @@ impl Meters {
                     (r.as_str().to_string(), n)
                 })
                 .collect(),
+            retries: 0,
+            last_direct_ms: Some(self.punch_times.last_ms.load(Ordering::Relaxed))
+                .filter(|ms| *ms != u64::MAX),
         }
     }
 
@@ -312,6 +349,12 @@ impl Meters {
             "hole_punches_failed",
             "Of those, the ones that did not, by reason",
             self.punches_failed.clone(),
+        );
+        r.register_with_unit(
+            "hole_punch_duration",
+            "From the accept to the direct connection, for the punches that succeeded",
+            Unit::Seconds,
+            self.punch_times.histogram.clone(),
         );
     }
 }

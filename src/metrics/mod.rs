@@ -156,6 +156,8 @@ impl Collector for Latest {
             counter(&mut e, "lookups_found", found, l.found)?;
             let requests = "DHT requests sent by those lookups.";
             counter(&mut e, "lookup_requests", requests, l.requests)?;
+            let retries = "DCUtR rounds after the first, as the side that drives DCUtR.";
+            counter(&mut e, "hole_punch_retries", retries, s.punches.retries)?;
         }
         if let Some((depth, oldest)) = scraped.outbox {
             let help = "Our messages not yet delivered (a mailbox copy does not count).";

@@ -34,6 +34,8 @@ pub struct Consent<B> {
     open: HashMap<PeerId, Vec<ConnectionId>>,
     /// Events of the inner behaviour meant for no connection that carries it.
     dropped: u64,
+    /// Events of the inner behaviour passed on to one of its connections.
+    notified: u64,
 }
 
 impl<B> Consent<B> {
@@ -44,6 +46,7 @@ impl<B> Consent<B> {
             gated: HashSet::new(),
             open: HashMap::new(),
             dropped: 0,
+            notified: 0,
         }
     }
 
@@ -77,6 +80,12 @@ impl<B> Consent<B> {
     /// inner protocol (it addressed a gated one, or any while only gated ones were left).
     pub fn dropped_events(&self) -> u64 {
         self.dropped
+    }
+
+    /// Events of the inner behaviour passed on to one of its connections. For DCUtR that is
+    /// each round after the first (the only command it sends a handler is "try again").
+    pub fn notified_events(&self) -> u64 {
+        self.notified
     }
 
     /// Where an event of the inner behaviour for `peer` may go: never to a gated connection,
@@ -215,11 +224,12 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Consent<B> {
                     event,
                 }) => match self.route(&peer_id, handler) {
                     Some(handler) => {
+                        self.notified += 1;
                         return Poll::Ready(ToSwarm::NotifyHandler {
                             peer_id,
                             handler,
                             event: Either::Left(event),
-                        })
+                        });
                     }
                     None => self.dropped += 1,
                 },

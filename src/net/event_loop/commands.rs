@@ -13,7 +13,7 @@ use tracing::warn;
 use super::{EventLoop, MAX_ADDRS_PER_PEER};
 use crate::config::Mode;
 use crate::counters::Counter;
-use crate::counters::Topic;
+use crate::counters::{PunchStats, Topic};
 use crate::net::{dial, Command, NetError, PeerInfo, Status};
 use crate::wire::verbs::Request;
 
@@ -282,7 +282,10 @@ impl EventLoop {
                 r
             },
             lookups: self.lookups.stats(),
-            punches: self.rejected.meters().punch_stats(),
+            punches: PunchStats {
+                retries: self.swarm.behaviour().dcutr.notified_events(),
+                ..self.rejected.meters().punch_stats()
+            },
             mail: None,
         }
     }

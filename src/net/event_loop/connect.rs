@@ -37,6 +37,13 @@ pub const MAX_PENDING_REQUESTS: usize = 64;
 pub const PUNCH_WAIT: Duration = Duration::from_secs(30);
 /// How long a queued request can be answered.
 pub const PENDING_LIFETIME: Duration = Duration::from_secs(5 * 60);
+/// DCUtR makes at most three rounds on one circuit, and in each our side dials once: this
+/// many failed dials of ours mean the attempt is over (its driver, the target, gave up).
+pub const ROUNDS_PER_ATTEMPT: u8 = 3;
+/// After a first attempt's rounds all failed, how long we wait before a second attempt on a
+/// fresh circuit (at the next tick after it: up to 2 s more). A second attempt that fails
+/// as plainly ends the CONNECT `relayed` at once, not after [`PUNCH_WAIT`].
+pub const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How a CONNECT ended, for the requester.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +87,12 @@ struct Outgoing {
     reply: Reply,
     /// Accepted: waiting for the direct connection since then.
     punching: Option<Instant>,
+    /// Our hole-punch dials that failed in this attempt.
+    failed_dials: u8,
+    /// Which attempt (1, or 2 on a fresh circuit) is under way.
+    attempt: u8,
+    /// When the second attempt is due (the first's rounds all failed).
+    retry_at: Option<Instant>,
     /// The request was sent a second time (request-response fails every pending request to
     /// a peer when any dial to it fails, such as the losing side of an earlier hole punch).
     retried: bool,
@@ -155,9 +168,9 @@ impl Connects {
     /// came of it, it failed of `why`.
     fn finish_as(&mut self, peer: &PeerId, outcome: ConnectOutcome, why: PunchFailure) {
         if let Some(o) = self.outgoing.remove(peer) {
-            if o.punching.is_some() {
+            if let Some(since) = o.punching {
                 match outcome {
-                    ConnectOutcome::Direct(_) => self.meters.punch_succeeded(),
+                    ConnectOutcome::Direct(_) => self.meters.punch_succeeded(since.elapsed()),
                     _ => self.meters.punch_failed(why),
                 }
             }
@@ -207,6 +220,9 @@ impl Connects {
                 addrs: addrs.clone(),
                 reply,
                 punching: None,
+                failed_dials: 0,
+                attempt: 1,
+                retry_at: None,
                 retried: false,
             },
         );
@@ -297,9 +313,45 @@ impl Connects {
             .is_some_and(|o| o.punching.is_some())
     }
 
-    /// Reports the CONNECTs whose hole punching has run out of time (the requester's
-    /// DCUtR side does not report failure itself).
-    pub fn on_tick(&mut self, now: Instant) {
+    /// One of our hole-punch dials to `peer` failed (every address it tried was direct).
+    /// libp2p's DCUtR reports failure only on the side that drives it (the target); ours
+    /// learns it from its own dials, one per round.
+    pub fn on_punch_dial_failed(&mut self, peer: &PeerId, now: Instant) {
+        let Some(o) = self
+            .outgoing
+            .get_mut(peer)
+            .filter(|o| o.punching.is_some() && o.retry_at.is_none())
+        else {
+            return;
+        };
+        o.failed_dials = o.failed_dials.saturating_add(1);
+        if o.failed_dials < ROUNDS_PER_ATTEMPT {
+            return;
+        }
+        if o.attempt == 1 {
+            debug!(%peer, "hole punch: every round failed; a second attempt after a back-off");
+            o.retry_at = Some(now + RETRY_BACKOFF);
+        } else {
+            self.finish_as(peer, ConnectOutcome::Relayed, PunchFailure::Failed);
+        }
+    }
+
+    /// Starts the second attempts that are due, and reports the CONNECTs whose hole
+    /// punching has run out of time (the requester's DCUtR side does not report failure
+    /// itself).
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Out> {
+        let mut out = Vec::new();
+        for (peer, o) in &mut self.outgoing {
+            if o.retry_at.is_some_and(|at| at <= now) {
+                o.retry_at = None;
+                o.attempt = 2;
+                o.failed_dials = 0;
+                out.push(Out::Dial {
+                    peer: *peer,
+                    addrs: o.addrs.clone(),
+                });
+            }
+        }
         let late: Vec<PeerId> = self
             .outgoing
             .iter()
@@ -312,6 +364,7 @@ impl Connects {
         for peer in late {
             self.finish_as(&peer, ConnectOutcome::Relayed, PunchFailure::Timeout);
         }
+        out
     }
 
     /// Hole punching with `peer` failed for good; `direct` whether a direct connection
@@ -549,7 +602,23 @@ impl EventLoop {
     }
 
     pub(super) fn expire_punches(&mut self) {
-        self.connects.on_tick(Instant::now());
+        let out = self.connects.on_tick(Instant::now());
+        self.carry_out_connect(out);
+    }
+
+    /// A dial of ours failed: if it was a hole-punch dial (every address direct), it counts
+    /// against the CONNECT to `peer` under way.
+    pub(super) fn on_dial_failed(&mut self, peer: PeerId, error: &libp2p::swarm::DialError) {
+        let libp2p::swarm::DialError::Transport(tried) = error else {
+            return;
+        };
+        let relayed = |a: &Multiaddr| {
+            a.iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+        };
+        if !tried.is_empty() && !tried.iter().any(|(a, _)| relayed(a)) {
+            self.connects.on_punch_dial_failed(&peer, Instant::now());
+        }
     }
 
     /// Hole punching with `peer` failed for good.

@@ -98,6 +98,67 @@ fn hole_punching_that_runs_out_of_time_or_fails_stays_on_the_relay() {
     assert_eq!(slow_rx.try_recv().unwrap(), ConnectOutcome::Relayed);
 }
 
+/// Our dials fail in every round of DCUtR's first attempt: after a back-off a second
+/// attempt runs on a fresh circuit; if its rounds fail too, `connect` says `relayed` then,
+/// not 30 s later. A direct connection during the second attempt ends it direct.
+#[test]
+fn a_first_attempt_whose_rounds_all_fail_gets_a_second_then_ends_relayed() {
+    let t0 = Instant::now();
+    let meters = Meters::default();
+    let mut c = Connects::new(ConnectPolicy::Verified, meters.clone());
+    let accept = Ok(Response::Connect {
+        answer: ConnectAnswer::Accept,
+    });
+    let (peer, mut rx) = started(&mut c, t0);
+    let (lucky, mut lucky_rx) = started(&mut c, t0);
+    c.on_response(peer, &accept, t0);
+    c.on_response(lucky, &accept, t0);
+    let second = |p: PeerId| Out::Dial {
+        peer: p,
+        addrs: vec![addr()],
+    };
+    for p in [peer, lucky] {
+        for _ in 0..ROUNDS_PER_ATTEMPT {
+            c.on_punch_dial_failed(&p, t0);
+        }
+    }
+    assert!(c.on_tick(t0 + RETRY_BACKOFF / 2).is_empty(), "backing off");
+    let mut dials = c.on_tick(t0 + RETRY_BACKOFF);
+    dials.sort_by_key(|o| matches!(o, Out::Dial { peer: p, .. } if *p == lucky));
+    assert_eq!(dials, [second(peer), second(lucky)]);
+    assert!(rx.try_recv().is_err(), "the second attempt is under way");
+
+    c.on_direct_connection(&lucky, &"/ip4/203.0.113.9/tcp/1".parse().unwrap());
+    assert!(matches!(lucky_rx.try_recv(), Ok(ConnectOutcome::Direct(_))));
+    for _ in 0..ROUNDS_PER_ATTEMPT - 1 {
+        c.on_punch_dial_failed(&peer, t0 + RETRY_BACKOFF);
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "a round of the second attempt is left"
+    );
+    c.on_punch_dial_failed(&peer, t0 + RETRY_BACKOFF);
+    assert_eq!(rx.try_recv().unwrap(), ConnectOutcome::Relayed);
+    assert!(c.on_tick(t0 + PUNCH_WAIT).is_empty(), "nothing more to do");
+    let stats = meters.punch_stats();
+    assert_eq!((stats.started, stats.succeeded), (2, 1), "{stats:?}");
+    assert_eq!(stats.failed["failed"], 1, "{stats:?}");
+}
+
+/// Dials that fail before the accept, or for a CONNECT we did not start, change nothing.
+#[test]
+fn failed_dials_count_only_while_punching() {
+    let t0 = Instant::now();
+    let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
+    let (peer, mut rx) = started(&mut c, t0);
+    for _ in 0..2 * ROUNDS_PER_ATTEMPT {
+        c.on_punch_dial_failed(&peer, t0);
+        c.on_punch_dial_failed(&PeerId::random(), t0);
+    }
+    assert!(c.on_tick(t0 + RETRY_BACKOFF).is_empty());
+    assert!(rx.try_recv().is_err(), "still asking");
+}
+
 #[test]
 fn a_failed_request_is_sent_once_more_then_reported_offline() {
     let t0 = Instant::now();
