@@ -25,9 +25,12 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ptpchat/kad/1.0.0
 pub const IDENTIFY_PROTOCOL: &str = "/ptpchat/1.0.0";
 /// Most DHT records one node holds.
 pub const MAX_DHT_RECORDS: usize = 20_000;
-/// Most connections in total and per peer.
+/// Most connections in total and per peer. A CONNECT can hold three circuits to its
+/// target (the one it asked over, and one per hole-punch attempt) for up to the 2 minute
+/// idle timeout, and a second CONNECT soon after three more, with room left for the direct
+/// connections (TCP and QUIC may both win).
 pub const MAX_CONNECTIONS: u32 = 1_024;
-pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 8;
 pub const MAX_PENDING_INCOMING: u32 = 128;
 pub const MAX_PENDING_OUTGOING: u32 = 64;
 

@@ -137,6 +137,7 @@ impl EventLoop {
             Command::Connect { peer, addrs, reply } => self.start_connect(peer, addrs, reply),
             Command::Disconnect { peer, reply } => {
                 self.withdraw_consent(&peer);
+                self.connects.on_hang_up(&peer);
                 // The connections close a moment later; until then they are not ours to
                 // offer (a CONNECT right after a hang-up must ask again, not say Direct).
                 if let Some(p) = self.peers.get_mut(&peer) {

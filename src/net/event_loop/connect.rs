@@ -42,8 +42,13 @@ pub const PENDING_LIFETIME: Duration = Duration::from_secs(5 * 60);
 pub const ROUNDS_PER_ATTEMPT: u8 = 3;
 /// After a first attempt's rounds all failed, how long we wait before a second attempt on a
 /// fresh circuit (at the next tick after it: up to 2 s more). A second attempt that fails
-/// as plainly ends the CONNECT `relayed` at once, not after [`PUNCH_WAIT`].
+/// as plainly ends the CONNECT `relayed` [`GIVE_UP_GRACE`] later, not after [`PUNCH_WAIT`].
 pub const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// After our last dial failed, how long a direct connection from the other side's dial
+/// (still in its handshakes) may take before we say `relayed`.
+pub const GIVE_UP_GRACE: Duration = Duration::from_secs(1);
+/// No second attempt starts this close to [`PUNCH_WAIT`]: it could not finish.
+const RETRY_MARGIN: Duration = Duration::from_secs(5);
 
 /// How a CONNECT ended, for the requester.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +96,8 @@ struct Outgoing {
     failed_dials: u8,
     /// Which attempt (1, or 2 on a fresh circuit) is under way.
     attempt: u8,
-    /// When the second attempt is due (the first's rounds all failed).
+    /// When the next step is due after an attempt's rounds all failed: the second attempt
+    /// (after the first), or `relayed` (after the second).
     retry_at: Option<Instant>,
     /// The request was sent a second time (request-response fails every pending request to
     /// a peer when any dial to it fails, such as the losing side of an earlier hole punch).
@@ -291,13 +297,16 @@ impl Connects {
         }
     }
 
-    /// The dial after an accept could not even start.
+    /// The dial after an accept could not even start. For a second attempt the relay
+    /// worked a moment ago: the CONNECT ends `relayed`, not `offline`.
     pub fn dial_failed(&mut self, peer: &PeerId, error: String) {
-        self.finish_as(
-            peer,
-            ConnectOutcome::Offline(error),
-            PunchFailure::DialFailed,
-        );
+        let second = self.outgoing.get(peer).is_some_and(|o| o.attempt == 2);
+        let outcome = if second {
+            ConnectOutcome::Relayed
+        } else {
+            ConnectOutcome::Offline(error)
+        };
+        self.finish_as(peer, outcome, PunchFailure::DialFailed);
     }
 
     /// A direct connection came up: it may be the one a CONNECT waits for.
@@ -328,21 +337,54 @@ impl Connects {
         if o.failed_dials < ROUNDS_PER_ATTEMPT {
             return;
         }
-        if o.attempt == 1 {
+        let late = o
+            .punching
+            .is_some_and(|t| now + RETRY_BACKOFF + RETRY_MARGIN >= t + PUNCH_WAIT);
+        if o.attempt == 1 && !late {
             debug!(%peer, "hole punch: every round failed; a second attempt after a back-off");
             o.retry_at = Some(now + RETRY_BACKOFF);
         } else {
-            self.finish_as(peer, ConnectOutcome::Relayed, PunchFailure::Failed);
+            debug!(%peer, "hole punch: every round failed");
+            o.attempt = 0;
+            o.retry_at = Some(now + GIVE_UP_GRACE);
         }
+    }
+
+    /// Our user hung up on `peer`: a CONNECT to it under way ends (and starts no second
+    /// attempt).
+    pub fn on_hang_up(&mut self, peer: &PeerId) {
+        self.finish(peer, ConnectOutcome::Failed("hung up".into()));
     }
 
     /// Starts the second attempts that are due, and reports the CONNECTs whose hole
     /// punching has run out of time (the requester's DCUtR side does not report failure
     /// itself).
     pub fn on_tick(&mut self, now: Instant) -> Vec<Out> {
+        self.prune(now);
+        let due = |o: &Outgoing| o.retry_at.is_some_and(|at| at <= now);
+        // Punches whose second attempt failed (after its grace), or that ran out of time.
+        let ended: Vec<(PeerId, PunchFailure)> = self
+            .outgoing
+            .iter()
+            .filter_map(|(p, o)| {
+                if o.attempt == 0 && due(o) {
+                    Some((*p, PunchFailure::Failed))
+                } else if o
+                    .punching
+                    .is_some_and(|t| now.duration_since(t) >= PUNCH_WAIT)
+                {
+                    Some((*p, PunchFailure::Timeout))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (peer, why) in ended {
+            self.finish_as(&peer, ConnectOutcome::Relayed, why);
+        }
         let mut out = Vec::new();
         for (peer, o) in &mut self.outgoing {
-            if o.retry_at.is_some_and(|at| at <= now) {
+            if o.attempt == 1 && due(o) {
                 o.retry_at = None;
                 o.attempt = 2;
                 o.failed_dials = 0;
@@ -351,18 +393,6 @@ impl Connects {
                     addrs: o.addrs.clone(),
                 });
             }
-        }
-        let late: Vec<PeerId> = self
-            .outgoing
-            .iter()
-            .filter(|(_, o)| {
-                o.punching
-                    .is_some_and(|t| now.duration_since(t) >= PUNCH_WAIT)
-            })
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in late {
-            self.finish_as(&peer, ConnectOutcome::Relayed, PunchFailure::Timeout);
         }
         out
     }

@@ -137,12 +137,45 @@ fn a_first_attempt_whose_rounds_all_fail_gets_a_second_then_ends_relayed() {
         rx.try_recv().is_err(),
         "a round of the second attempt is left"
     );
-    c.on_punch_dial_failed(&peer, t0 + RETRY_BACKOFF);
+    let t1 = t0 + RETRY_BACKOFF;
+    c.on_punch_dial_failed(&peer, t1);
+    // The far side's dial may still be in its handshakes: a moment's grace.
+    assert!(c.on_tick(t1).is_empty());
+    assert!(rx.try_recv().is_err(), "grace for the far side's dial");
+    assert!(c.on_tick(t1 + GIVE_UP_GRACE).is_empty(), "no third attempt");
     assert_eq!(rx.try_recv().unwrap(), ConnectOutcome::Relayed);
     assert!(c.on_tick(t0 + PUNCH_WAIT).is_empty(), "nothing more to do");
     let stats = meters.punch_stats();
     assert_eq!((stats.started, stats.succeeded), (2, 1), "{stats:?}");
     assert_eq!(stats.failed["failed"], 1, "{stats:?}");
+}
+
+/// No second attempt for a CONNECT whose user hung up during the back-off, or whose first
+/// attempt failed too close to the 30 s limit for a second to finish.
+#[test]
+fn no_second_attempt_after_a_hang_up_or_near_the_limit() {
+    let t0 = Instant::now();
+    let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
+    let accept = Ok(Response::Connect {
+        answer: ConnectAnswer::Accept,
+    });
+    let (hung, mut hung_rx) = started(&mut c, t0);
+    let (slow, mut slow_rx) = started(&mut c, t0);
+    c.on_response(hung, &accept, t0);
+    c.on_response(slow, &accept, t0);
+    for _ in 0..ROUNDS_PER_ATTEMPT {
+        c.on_punch_dial_failed(&hung, t0);
+        c.on_punch_dial_failed(&slow, t0 + PUNCH_WAIT - RETRY_BACKOFF);
+    }
+    c.on_hang_up(&hung);
+    assert!(matches!(hung_rx.try_recv(), Ok(ConnectOutcome::Failed(_))));
+    assert!(
+        c.on_tick(t0 + RETRY_BACKOFF).is_empty(),
+        "no dial for a hang-up"
+    );
+    let out = c.on_tick(t0 + PUNCH_WAIT - RETRY_BACKOFF + GIVE_UP_GRACE);
+    assert!(out.is_empty(), "no second attempt that late: {out:?}");
+    assert_eq!(slow_rx.try_recv().unwrap(), ConnectOutcome::Relayed);
 }
 
 /// Dials that fail before the accept, or for a CONNECT we did not start, change nothing.
