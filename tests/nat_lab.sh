@@ -151,7 +151,10 @@ fi
 # round trip between two of them crosses two such holds. The relay holds nothing, so the
 # round trip to it is RTT/2.
 if [ "$RTT" -gt 0 ]; then
-    [ -x "$DELAY_BIN" ] || { fail "NAT_RTT_MS needs NAT_DELAY_BIN (examples/nat_delay)"; exit 1; }
+    [ -x "$DELAY_BIN" ] || {
+        fail "NAT_RTT_MS needs NAT_DELAY_BIN, the latency helper (cargo build --example nat_delay): '$DELAY_BIN'"
+        exit 1
+    }
     delayed=(na nb nc)
     [ "$PEER" = p ] && delayed+=(p)
     for n in "${delayed[@]}"; do
