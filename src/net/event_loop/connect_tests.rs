@@ -31,6 +31,20 @@ fn started(c: &mut Connects, now: Instant) -> (PeerId, oneshot::Receiver<Connect
     (peer, rx)
 }
 
+/// A CONNECT started at `now` and accepted by its target: hole punching under way.
+fn accepted(c: &mut Connects, now: Instant) -> (PeerId, oneshot::Receiver<ConnectOutcome>) {
+    let (peer, rx) = started(c, now);
+    let accept = Ok(Response::Connect {
+        answer: ConnectAnswer::Accept,
+    });
+    assert_eq!(
+        c.on_response(peer, &accept, now).len(),
+        2,
+        "consent and a dial"
+    );
+    (peer, rx)
+}
+
 #[test]
 fn a_connect_is_refused_at_once_when_it_cannot_be_asked() {
     let now = Instant::now();
@@ -83,13 +97,8 @@ fn accept_gives_consent_dials_a_new_circuit_and_waits_for_the_direct_connection(
 fn hole_punching_that_runs_out_of_time_or_fails_stays_on_the_relay() {
     let t0 = Instant::now();
     let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
-    let accept = Ok(Response::Connect {
-        answer: ConnectAnswer::Accept,
-    });
-    let (slow, mut slow_rx) = started(&mut c, t0);
-    let (failed, mut failed_rx) = started(&mut c, t0);
-    c.on_response(slow, &accept, t0);
-    c.on_response(failed, &accept, t0);
+    let (_, mut slow_rx) = accepted(&mut c, t0);
+    let (failed, mut failed_rx) = accepted(&mut c, t0);
     c.on_hole_punch_failed(&failed, false);
     assert_eq!(failed_rx.try_recv().unwrap(), ConnectOutcome::Relayed);
     c.on_tick(t0 + PUNCH_WAIT / 2);
@@ -106,13 +115,8 @@ fn a_first_attempt_whose_rounds_all_fail_gets_a_second_then_ends_relayed() {
     let t0 = Instant::now();
     let meters = Meters::default();
     let mut c = Connects::new(ConnectPolicy::Verified, meters.clone());
-    let accept = Ok(Response::Connect {
-        answer: ConnectAnswer::Accept,
-    });
-    let (peer, mut rx) = started(&mut c, t0);
-    let (lucky, mut lucky_rx) = started(&mut c, t0);
-    c.on_response(peer, &accept, t0);
-    c.on_response(lucky, &accept, t0);
+    let (peer, mut rx) = accepted(&mut c, t0);
+    let (lucky, mut lucky_rx) = accepted(&mut c, t0);
     let second = |p: PeerId| Out::Dial {
         peer: p,
         addrs: vec![addr()],
@@ -156,13 +160,8 @@ fn a_first_attempt_whose_rounds_all_fail_gets_a_second_then_ends_relayed() {
 fn no_second_attempt_after_a_hang_up_or_near_the_limit() {
     let t0 = Instant::now();
     let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
-    let accept = Ok(Response::Connect {
-        answer: ConnectAnswer::Accept,
-    });
-    let (hung, mut hung_rx) = started(&mut c, t0);
-    let (slow, mut slow_rx) = started(&mut c, t0);
-    c.on_response(hung, &accept, t0);
-    c.on_response(slow, &accept, t0);
+    let (hung, mut hung_rx) = accepted(&mut c, t0);
+    let (slow, mut slow_rx) = accepted(&mut c, t0);
     for _ in 0..ROUNDS_PER_ATTEMPT {
         c.on_punch_dial_failed(&hung, t0);
         c.on_punch_dial_failed(&slow, t0 + PUNCH_WAIT - RETRY_BACKOFF);
@@ -176,6 +175,27 @@ fn no_second_attempt_after_a_hang_up_or_near_the_limit() {
     let out = c.on_tick(t0 + PUNCH_WAIT - RETRY_BACKOFF + GIVE_UP_GRACE);
     assert!(out.is_empty(), "no second attempt that late: {out:?}");
     assert_eq!(slow_rx.try_recv().unwrap(), ConnectOutcome::Relayed);
+}
+
+/// The first attempt's circuit cannot be dialled: the target is offline. The second's
+/// cannot: the relay carried the first a moment ago, so the CONNECT ends `relayed`.
+#[test]
+fn a_second_attempt_whose_circuit_fails_ends_relayed_not_offline() {
+    let t0 = Instant::now();
+    let mut c = Connects::new(ConnectPolicy::Verified, Meters::default());
+    let (first, mut first_rx) = accepted(&mut c, t0);
+    let (second, mut second_rx) = accepted(&mut c, t0);
+    c.dial_failed(&first, "no route".into());
+    assert!(matches!(
+        first_rx.try_recv(),
+        Ok(ConnectOutcome::Offline(_))
+    ));
+    for _ in 0..ROUNDS_PER_ATTEMPT {
+        c.on_punch_dial_failed(&second, t0);
+    }
+    assert_eq!(c.on_tick(t0 + RETRY_BACKOFF).len(), 1, "the second attempt");
+    c.dial_failed(&second, "no route".into());
+    assert_eq!(second_rx.try_recv().unwrap(), ConnectOutcome::Relayed);
 }
 
 /// Dials that fail before the accept, or for a CONNECT we did not start, change nothing.
