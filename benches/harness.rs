@@ -314,8 +314,58 @@ fn crypto_floor(secs: f64) -> Vec<(&'static str, f64)> {
     let open_cache = ptpchat::shared::Shared::new(envelope::OpenCache::default());
     let encoded = ptpchat::cbor::to_vec(&env).unwrap();
 
+    // Olm's double ratchet (decision 0022), on the same signed form: Alice's session with
+    // Bob established (Bob answered once), so every message is a normal one on one chain.
+    let bob_ratchet = ptpchat::ratchet::Account::new();
+    let alice_ratchet = ptpchat::ratchet::Account::new();
+    let (alice_ik, bob_keys) = (
+        alice_ratchet.identity_key(),
+        bob_ratchet.public_keys().unwrap(),
+    );
+    let mut alice_peer = ptpchat::ratchet::Peer::default();
+    alice_peer.add(
+        alice_ratchet
+            .start(bob_keys.identity, bob_keys.fallback)
+            .unwrap(),
+    );
+    let first = alice_peer.encrypt(alice_ik, b"hello").unwrap().unwrap();
+    let mut bob_peer = ptpchat::ratchet::Peer::default()
+        .decrypt(&bob_ratchet, &first)
+        .unwrap()
+        .peer;
+    let answer = bob_peer
+        .encrypt(bob_ratchet.identity_key(), b"hi")
+        .unwrap()
+        .unwrap();
+    alice_peer = alice_peer.decrypt(&alice_ratchet, &answer).unwrap().peer;
+    let mut encrypt_only = alice_peer.clone();
+
     let mut eph_counter = 0u64;
     vec![
+        (
+            "ratchet encrypt 1 KiB signed form (Olm, one chain)",
+            rate(secs, || {
+                let m = encrypt_only.encrypt(alice_ik, std::hint::black_box(&signed));
+                std::hint::black_box(m.expect("encrypts"));
+            }),
+        ),
+        (
+            "ratchet encrypt + decrypt on a copy of the state, per message",
+            rate(secs, || {
+                let m = alice_peer
+                    .encrypt(alice_ik, &signed)
+                    .unwrap()
+                    .expect("session");
+                let opened = bob_peer.decrypt(&bob_ratchet, &m).expect("opens");
+                bob_peer = opened.peer;
+            }),
+        ),
+        (
+            "ratchet state of one contact, stored (encrypted pickle)",
+            rate(secs, || {
+                std::hint::black_box(bob_peer.to_stored(&[1; 32]));
+            }),
+        ),
         (
             "ed25519 sign (1.1 KiB)",
             rate(secs, || {

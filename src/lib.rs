@@ -19,6 +19,7 @@ pub mod messaging;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod ratchet;
 pub mod shared;
 pub mod store;
 pub mod tasks;

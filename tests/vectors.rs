@@ -416,3 +416,53 @@ fn connect_vectors() {
         }
     );
 }
+
+/// `protocols/ratchet.md`: Bob's stored account (under the given home secret) opens the
+/// first message in the vector, which re-encodes to the same bytes; the signed key bundle
+/// bytes are as specified. `PRINT_VECTORS=1` makes a new pair (vodozemac's keys are
+/// random, so a new run prints different, equally valid bytes).
+#[test]
+fn ratchet_vectors() {
+    use ptpchat::ratchet::{Account, Peer, PublicKeys, RatchetMessage};
+    let secret = [0x42u8; 32];
+    if std::env::var_os("PRINT_VECTORS").is_some() {
+        let (alice, bob) = (Account::new(), Account::new());
+        let keys = bob.public_keys().unwrap();
+        let mut peer = Peer::default();
+        peer.add(alice.start(keys.identity, keys.fallback).unwrap());
+        let m = peer
+            .encrypt(alice.identity_key(), b"hello Bob")
+            .unwrap()
+            .unwrap();
+        print(
+            "ratchet-first-message",
+            &[
+                ("home_secret", hex::encode(secret)),
+                ("recipient_account", bob.to_stored(&secret)),
+                ("message", hex::encode(m.encode())),
+                ("plaintext", hex::encode(b"hello Bob")),
+            ],
+        );
+    }
+    let v = vectors("ratchet.md");
+    let first = &v["ratchet-first-message"];
+    assert_eq!(first["home_secret"], hex::encode(secret));
+    let bob = Account::from_stored(&first["recipient_account"], &secret).expect("account loads");
+    let bytes = hex::decode(&first["message"]).unwrap();
+    let m = RatchetMessage::decode(&bytes).expect("message decodes");
+    assert!(m.is_first());
+    assert_eq!(m.encode(), bytes, "re-encodes to the same bytes");
+    let opened = Peer::default().decrypt(&bob, &m).expect("opens");
+    assert_eq!(hex::encode(&*opened.plaintext), first["plaintext"]);
+    // The first message used Bob's fallback key, which stays (a one-time key would not).
+    let again = opened.account.expect("a session was started");
+    assert_eq!(again.public_keys(), bob.public_keys());
+
+    let b = &v["ratchet-key-bundle"];
+    let keys = PublicKeys {
+        identity: hex32(&b["identity"]),
+        fallback: hex32(&b["fallback"]),
+    };
+    let uuid: uuid::Uuid = b["uuid"].parse().unwrap();
+    assert_eq!(hex::encode(keys.signed_bytes(&uuid)), b["signed_bytes"]);
+}
