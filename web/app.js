@@ -284,12 +284,17 @@ function attachmentsOf(m) {
       const img = el("img", { class: "att hidden", alt: a.name, "data-file": path });
       const waiting = el("span", { class: "chip" }, a.name + " (arriving…)");
       const holder = el("span", {}, img, waiting);
+      // It stops looking once it has been on the page and was taken off (a re-render drew
+      // a new one); a first look that failed before it was on the page looks again.
+      let shown = false;
       const load = (tries) => fileUrl(path).then((u) => {
         img.src = u;
         img.classList.remove("hidden");
         waiting.remove();
       }, () => {
-        if (tries > 0 && holder.isConnected) setTimeout(() => load(tries - 1), 2000);
+        shown = shown || holder.isConnected;
+        const removed = shown && !holder.isConnected;
+        if (tries > 0 && !removed) setTimeout(() => load(tries - 1), 2000);
         else if (tries === 0) waiting.textContent = a.name + " (not here yet)";
       });
       // Drawn before it is on the page: the first look waits for that.
