@@ -317,3 +317,78 @@ fn bad_bytes_are_malformed_not_a_panic() {
     };
     assert!(RatchetMessage::decode(&m.encode()).is_err());
 }
+
+#[test]
+fn more_than_four_sessions_from_one_contact_keep_the_newest_four() {
+    let (mut alice, mut bob) = (Side::new(), Side::new());
+    let bk = bob.account.public_keys().unwrap();
+    for i in 0..6 {
+        // Alice starts over each time (a restored backup, say).
+        alice.peer.clear();
+        assert_eq!(
+            bob.receive(&alice.send(&bk, &format!("s{i}"))).unwrap(),
+            format!("s{i}")
+        );
+    }
+    assert_eq!(bob.peer.len(), MAX_SESSIONS_PER_PEER);
+    // Bob answers with the session that last opened a message: Alice's newest.
+    let reply = bob.send(&alice.account.public_keys().unwrap(), "back");
+    assert!(!reply.is_first());
+    assert_eq!(alice.receive(&reply).unwrap(), "back");
+}
+
+#[test]
+fn two_sides_starting_at_once_both_get_through_and_keep_talking() {
+    let (mut alice, mut bob) = (Side::new(), Side::new());
+    let (ak, bk) = (
+        alice.account.public_keys().unwrap(),
+        bob.account.public_keys().unwrap(),
+    );
+    let from_alice = alice.send(&bk, "hi bob");
+    let from_bob = bob.send(&ak, "hi alice");
+    assert!(from_alice.is_first() && from_bob.is_first());
+    assert_eq!(bob.receive(&from_alice).unwrap(), "hi bob");
+    assert_eq!(alice.receive(&from_bob).unwrap(), "hi alice");
+    assert_eq!((alice.peer.len(), bob.peer.len()), (2, 2));
+    for i in 0..3 {
+        assert_eq!(
+            bob.receive(&alice.send(&bk, &format!("a{i}"))).unwrap(),
+            format!("a{i}")
+        );
+        assert_eq!(
+            alice.receive(&bob.send(&ak, &format!("b{i}"))).unwrap(),
+            format!("b{i}")
+        );
+    }
+}
+
+#[test]
+fn a_first_message_under_another_identity_key_starts_nothing() {
+    let (mut alice, bob, mallory) = (Side::new(), Side::new(), Side::new());
+    let mut m = alice.send(&bob.account.public_keys().unwrap(), "hello");
+    // Relabelled as if Mallory's: the pre-key message inside names Alice's key.
+    m.ik = mallory.account.identity_key();
+    assert!(matches!(
+        Peer::default().decrypt(&bob.account, &m),
+        Err(RatchetError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_chain_more_than_five_direction_changes_old_is_dropped() {
+    let (mut alice, mut bob) = (Side::new(), Side::new());
+    let (ak, bk) = (
+        alice.account.public_keys().unwrap(),
+        bob.account.public_keys().unwrap(),
+    );
+    bob.receive(&alice.send(&bk, "start")).unwrap();
+    alice.receive(&bob.send(&ak, "ok")).unwrap();
+    let read = alice.send(&bk, "read");
+    let withheld = alice.send(&bk, "withheld by a relay");
+    bob.receive(&read).unwrap();
+    for i in 0..6 {
+        alice.receive(&bob.send(&ak, &format!("b{i}"))).unwrap();
+        bob.receive(&alice.send(&bk, &format!("a{i}"))).unwrap();
+    }
+    assert_eq!(bob.receive(&withheld), Err(RatchetError::NoSession));
+}
