@@ -35,7 +35,6 @@ pub const MAX_ONE_TIME_KEYS: usize = 5000;
 /// One-time keys made in one call.
 pub const MAX_ONE_TIME_KEYS_AT_ONCE: usize = 100;
 
-const BUNDLE_DOMAIN: &[u8] = b"ptpchat/ratchet-keys/1";
 const PICKLE_INFO: &[u8] = b"ptpchat/ratchet-pickle/1";
 
 /// Olm v1 (the configuration every Olm implementation speaks, and the one vodozemac
@@ -125,12 +124,7 @@ pub struct PublicKeys {
 impl PublicKeys {
     /// The bytes the identity key signs: domain, UUID, then both keys.
     pub fn signed_bytes(&self, uuid: &uuid::Uuid) -> Vec<u8> {
-        let mut m = Vec::with_capacity(BUNDLE_DOMAIN.len() + 80);
-        m.extend_from_slice(BUNDLE_DOMAIN);
-        m.extend_from_slice(uuid.as_bytes());
-        m.extend_from_slice(&self.identity);
-        m.extend_from_slice(&self.fallback);
-        m
+        crate::identity::RatchetKeys::signed_bytes(uuid, &self.identity, &self.fallback)
     }
 }
 

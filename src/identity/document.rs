@@ -29,6 +29,33 @@ pub const DOCUMENT_VERSION: u32 = 1;
 pub(crate) const DOC_DOMAIN: &[u8] = b"ptpchat/iddoc/v1\0";
 pub(crate) const LINK_DOMAIN: &[u8] = b"ptpchat/keylink/v1\0";
 pub(crate) const ENC_DOMAIN: &[u8] = b"ptpchat/enckey/v1\0";
+pub(crate) const RATCHET_DOMAIN: &[u8] = b"ptpchat/ratchet-keys/1";
+
+/// The ratchet key bundle (`protocols/ratchet.md` section 1): what a stranger needs to
+/// start a double-ratchet session while we are offline, signed by the current key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RatchetKeys {
+    /// Curve25519 ratchet identity key.
+    #[serde(with = "serde_bytes")]
+    pub ik: [u8; 32],
+    /// Curve25519 fallback key.
+    #[serde(with = "serde_bytes")]
+    pub fk: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub sig: [u8; 64],
+}
+
+impl RatchetKeys {
+    /// The bytes the current key signs: domain, UUID, then both keys.
+    pub fn signed_bytes(uuid: &Uuid, ik: &[u8; 32], fk: &[u8; 32]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(RATCHET_DOMAIN.len() + 80);
+        m.extend_from_slice(RATCHET_DOMAIN);
+        m.extend_from_slice(uuid.as_bytes());
+        m.extend_from_slice(ik);
+        m.extend_from_slice(fk);
+        m
+    }
+}
 
 /// The DHT key of a UUID's identity document: the bytes of `/ptpchat/id/<uuid>`.
 pub fn dht_key(uuid: &Uuid) -> Vec<u8> {
@@ -78,6 +105,10 @@ pub struct IdentityDocument {
     pub seq: u64,
     pub issued: u64,
     pub expires: u64,
+    /// The ratchet key bundle, where the owner publishes one (absent from documents of
+    /// earlier versions, whose encoding it leaves unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratchet: Option<Box<RatchetKeys>>,
 }
 
 impl IdentityDocument {
@@ -151,6 +182,8 @@ pub enum DocumentError {
     BadSignature,
     #[error("bad encryption key signature")]
     BadEncryptionKeySignature,
+    #[error("bad ratchet key bundle signature")]
+    BadRatchetKeySignature,
     #[error("peer_id does not match the current key")]
     PeerIdMismatch,
     #[error("bad reach address: {0}")]
@@ -179,7 +212,9 @@ impl DocumentError {
             Self::UuidMismatch => "uuid_mismatch",
             Self::InvalidKey(_) => "invalid_key",
             Self::BadChain(_) | Self::ChainTooLong => "bad_chain",
-            Self::BadSignature | Self::BadEncryptionKeySignature => "bad_signature",
+            Self::BadSignature | Self::BadEncryptionKeySignature | Self::BadRatchetKeySignature => {
+                "bad_signature"
+            }
             Self::PeerIdMismatch => "peer_id_mismatch",
             Self::BadReach(_) => "bad_reach",
             Self::Expired => "expired",
@@ -269,6 +304,15 @@ impl SignedDocument {
         let enc_msg = IdentityDocument::enc_signed_bytes(&uuid, &doc.enc_key);
         if !verify(&signer, &enc_msg, &doc.enc_sig) {
             return Err(DocumentError::BadEncryptionKeySignature);
+        }
+        if let Some(r) = &doc.ratchet {
+            if !verify(
+                &signer,
+                &RatchetKeys::signed_bytes(&uuid, &r.ik, &r.fk),
+                &r.sig,
+            ) {
+                return Err(DocumentError::BadRatchetKeySignature);
+            }
         }
         let expected_peer = libp2p::identity::ed25519::PublicKey::try_from_bytes(&doc.current_key)
             .map(|k| PeerId::from_public_key(&libp2p::identity::PublicKey::from(k)))

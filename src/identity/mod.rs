@@ -5,8 +5,8 @@
 mod document;
 
 pub use document::{
-    dht_key, DocumentError, IdentityDocument, KeyLink, SignedDocument, MAX_CHAIN_LINKS,
-    MAX_DOCUMENT_BYTES, MAX_REACH,
+    dht_key, DocumentError, IdentityDocument, KeyLink, RatchetKeys, SignedDocument,
+    MAX_CHAIN_LINKS, MAX_DOCUMENT_BYTES, MAX_REACH,
 };
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -217,6 +217,8 @@ pub struct Identity {
     /// Newest first; `enc_keys[0]` is current.
     enc_keys: Vec<EncKey>,
     seq: u64,
+    /// The ratchet key bundle to publish: (identity key, fallback key).
+    ratchet: Option<([u8; 32], [u8; 32])>,
 }
 
 impl Identity {
@@ -229,6 +231,7 @@ impl Identity {
             signing,
             enc_keys: vec![new_enc_key(now)],
             seq: 0,
+            ratchet: None,
         }
     }
 
@@ -246,6 +249,7 @@ impl Identity {
                 retired: None,
             }],
             seq: 0,
+            ratchet: None,
         }
     }
 
@@ -350,6 +354,13 @@ impl Identity {
         changed || self.enc_keys.len() != before
     }
 
+    /// Sets the ratchet key bundle (identity key, fallback key) that documents issued from
+    /// now on publish, signed. The ratchet account that holds their secrets is kept apart
+    /// (`crate::ratchet::Account`); nothing here stores them.
+    pub fn set_ratchet_keys(&mut self, ik: [u8; 32], fk: [u8; 32]) {
+        self.ratchet = Some((ik, fk));
+    }
+
     /// Issues a new signed document with a higher seq. The seq is at least the current time
     /// in milliseconds, so a document issued after restoring an old backup still supersedes.
     pub fn issue_document(&mut self, reach: &[Multiaddr], now: u64) -> SignedDocument {
@@ -366,6 +377,13 @@ impl Identity {
             current_key: self.public_key(),
             enc_key,
             enc_sig,
+            ratchet: self.ratchet.map(|(ik, fk)| {
+                Box::new(RatchetKeys {
+                    ik,
+                    fk,
+                    sig: self.sign(&RatchetKeys::signed_bytes(&uuid, &ik, &fk)),
+                })
+            }),
             peer_id: self.peer_id().to_bytes(),
             reach: reach
                 .iter()
@@ -421,6 +439,7 @@ impl Identity {
             signing,
             enc_keys: s.enc_keys.clone(),
             seq: s.seq,
+            ratchet: None,
         })
     }
 }

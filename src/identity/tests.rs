@@ -261,3 +261,42 @@ fn stored_identity_with_a_broken_chain_or_no_current_key_is_corrupt() {
     id.enc_keys[0].retired = Some(NOW);
     assert!(Identity::from_bytes(&id.to_bytes()).is_err());
 }
+
+#[test]
+fn a_ratchet_key_bundle_is_published_signed_and_checked() {
+    let mut alice = Identity::generate(NOW);
+    let plain = alice.issue_document(&[], NOW);
+    assert_eq!(plain.doc().ratchet, None, "nothing set, nothing published");
+    let account = crate::ratchet::Account::new();
+    let keys = account.public_keys().unwrap();
+    alice.set_ratchet_keys(keys.identity, keys.fallback);
+    let doc = alice.issue_document(&[], NOW);
+    let decoded = SignedDocument::decode(doc.bytes(), NOW).unwrap();
+    let r = decoded.doc().ratchet.clone().expect("published");
+    assert_eq!((r.ik, r.fk), (keys.identity, keys.fallback));
+    assert_eq!(
+        RatchetKeys::signed_bytes(&alice.uuid(), &r.ik, &r.fk),
+        keys.signed_bytes(&alice.uuid())
+    );
+
+    // Mallory puts Alice's signed bundle in her own, validly signed document: the bundle's
+    // signature names Alice's UUID and is by Alice's key, so it is refused.
+    let mut mallory = Identity::generate(NOW);
+    let mut body = mallory.issue_document(&[], NOW).doc().clone();
+    body.ratchet = Some(r.clone());
+    let forged = SignedDocument::sign(body.clone(), &mallory.signing);
+    assert!(matches!(
+        SignedDocument::decode(forged.bytes(), NOW),
+        Err(DocumentError::BadRatchetKeySignature)
+    ));
+    // A fallback key swapped under the old bundle signature is refused too.
+    let mut own = alice.issue_document(&[], NOW).doc().clone();
+    if let Some(b) = own.ratchet.as_mut() {
+        b.fk = [9; 32];
+    }
+    let swapped = SignedDocument::sign(own, &alice.signing);
+    assert!(matches!(
+        SignedDocument::decode(swapped.bytes(), NOW),
+        Err(DocumentError::BadRatchetKeySignature)
+    ));
+}

@@ -503,7 +503,7 @@ impl EventLoop {
                     // Kademlia offers the local record first (the DHT store is seeded from
                     // the cache and updated after every lookup), so peers answering with an
                     // older one cannot take us back.
-                    let result = match found {
+                    let result = match found.map(|d| *d) {
                         Some(doc) => {
                             self.cache.put(&doc, now);
                             // Keep a copy in the DHT store too, so we can answer others.

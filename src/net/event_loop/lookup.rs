@@ -53,7 +53,8 @@ pub enum Out<R, Q> {
     Done {
         uuid: Uuid,
         replies: Vec<R>,
-        found: Option<SignedDocument>,
+        /// Boxed: a document is the largest thing here by far.
+        found: Option<Box<SignedDocument>>,
     },
 }
 
@@ -285,7 +286,7 @@ impl<R, Q: Copy> Lookups<R, Q> {
         Some(Out::Done {
             uuid: l.uuid,
             replies: l.replies,
-            found: l.best,
+            found: l.best.map(Box::new),
         })
     }
 }
