@@ -5,12 +5,12 @@
 //!
 //! Pure code: no network, no disk. Every state change is explicit, so the caller can
 //! commit it durably before it acts on the result:
-//! - [`Account`] holds our ratchet identity key, our fallback keys and our one-time keys;
-//!   [`Account::accept`] (a first message) uses one up, so the caller must store the
-//!   account again with the message.
+//! - [`Account`] holds our ratchet identity key, our fallback keys and our one-time keys.
 //! - [`Peer`] holds our sessions with one contact. [`Peer::decrypt`] works on a copy and
-//!   hands back the new state with the plaintext, so a message whose commit fails leaves
-//!   the stored state as it was and the same ciphertext still opens on the next attempt.
+//!   hands back the new state with the plaintext (and, for a first message that started a
+//!   session, the account without the one-time key it used), so a message whose commit
+//!   fails leaves the stored state as it was and the same ciphertext still opens on the
+//!   next attempt.
 //!   [`Peer::encrypt`] changes the state in place: the caller must store the new state
 //!   before the ciphertext leaves the node, or a restart would use the same message key
 //!   twice.
@@ -34,6 +34,9 @@ pub const MAX_RATCHET_BYTES: usize = crate::wire::envelope::MAX_SIGNED_BYTES + 5
 pub const MAX_ONE_TIME_KEYS: usize = 5000;
 /// One-time keys made in one call.
 pub const MAX_ONE_TIME_KEYS_AT_ONCE: usize = 100;
+/// Largest stored state of one contact we load (4 session pickles, each with at most 5
+/// receiving chains of 40 skipped keys, are far below it).
+const MAX_STORED_PEER_BYTES: usize = 1 << 20;
 
 const PICKLE_INFO: &[u8] = b"ptpchat/ratchet-pickle/1";
 
@@ -220,17 +223,16 @@ impl Account {
     }
 
     /// Starts the session a first message asks for, opening that message. A one-time key
-    /// it names is removed from the account: store the account with the message.
-    pub fn accept(
+    /// it names is removed from the account (see [`Peer::decrypt`], which does this on a
+    /// copy).
+    fn accept(
         &mut self,
-        message: &RatchetMessage,
+        ik: [u8; 32],
+        pre: &olm::PreKeyMessage,
     ) -> Result<(Session, Zeroizing<Vec<u8>>), RatchetError> {
-        let OlmMessage::PreKey(pre) = message.olm()? else {
-            return Err(RatchetError::NoSession);
-        };
         let made = self
             .inner
-            .create_inbound_session(config(), Curve25519PublicKey::from_bytes(message.ik), &pre)
+            .create_inbound_session(config(), Curve25519PublicKey::from_bytes(ik), pre)
             .map_err(|e| match e {
                 olm::SessionCreationError::MissingOneTimeKey(_) => RatchetError::UnknownOneTimeKey,
                 olm::SessionCreationError::NonContributoryKey => RatchetError::BadKey,
@@ -277,12 +279,6 @@ impl Clone for Session {
 }
 
 impl Session {
-    /// Whether this session has opened a message from the other side (before that, what
-    /// it sends are first messages, which carry what the other side needs to join it).
-    pub fn established(&self) -> bool {
-        self.0.has_received_message()
-    }
-
     /// vodozemac refuses only when the contact's ratchet key is non-contributory (a
     /// hostile contact's low-order point).
     fn encrypt(&mut self, ik: [u8; 32], plaintext: &[u8]) -> Result<RatchetMessage, RatchetError> {
@@ -295,11 +291,9 @@ impl Session {
         Ok(RatchetMessage { ik, t, m })
     }
 
-    fn matches(&self, message: &RatchetMessage) -> bool {
-        match message.olm() {
-            Ok(OlmMessage::PreKey(pre)) => pre.session_keys() == self.0.session_keys(),
-            _ => false,
-        }
+    /// Whether a first message belongs to this session.
+    fn made_for(&self, pre: &olm::PreKeyMessage) -> bool {
+        pre.session_keys() == self.0.session_keys()
     }
 }
 
@@ -326,11 +320,6 @@ impl Peer {
 
     pub fn len(&self) -> usize {
         self.sessions.len()
-    }
-
-    /// Whether we can send without starting a session first.
-    pub fn has_session(&self) -> bool {
-        !self.sessions.is_empty()
     }
 
     /// Adds a session as the newest (and the one we send with), dropping the oldest
@@ -375,33 +364,43 @@ impl Peer {
         message: &RatchetMessage,
     ) -> Result<Opened, RatchetError> {
         let olm = message.olm()?;
+        let pre = match &olm {
+            OlmMessage::PreKey(pre) => Some(pre),
+            OlmMessage::Normal(_) => None,
+        };
         for (i, s) in self.sessions.iter().enumerate() {
-            if message.is_first() && !s.matches(message) {
+            if pre.is_some_and(|pre| !s.made_for(pre)) {
                 continue;
             }
             let mut s = s.clone();
             if let Ok(plaintext) = s.0.decrypt(&olm) {
-                let mut peer = self.clone();
                 // A session that just opened a message becomes the one we answer with.
-                peer.sessions.remove(i);
-                peer.sessions.insert(0, s);
+                let mut sessions = Vec::with_capacity(self.sessions.len());
+                sessions.push(s);
+                sessions.extend(
+                    self.sessions
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, other)| other.clone()),
+                );
                 return Ok(Opened {
                     plaintext: Zeroizing::new(plaintext),
-                    peer,
+                    peer: Peer { sessions },
                     account: None,
                 });
             }
-            if message.is_first() {
+            if pre.is_some() {
                 // The session it was made for can no longer open it: a replay of a
                 // first message whose key was used.
                 return Err(RatchetError::NoSession);
             }
         }
-        if !message.is_first() {
+        let Some(pre) = pre else {
             return Err(RatchetError::NoSession);
-        }
+        };
         let mut account = account.clone();
-        let (session, plaintext) = account.accept(message)?;
+        let (session, plaintext) = account.accept(message.ik, pre)?;
         let mut peer = self.clone();
         peer.add(session);
         Ok(Opened {
@@ -424,8 +423,8 @@ impl Peer {
 
     pub fn from_stored(bytes: &[u8], secret: &[u8; 32]) -> Result<Peer, RatchetError> {
         let key = pickle_key(secret);
-        let list: Vec<String> =
-            cbor::from_slice(bytes, 1 << 20).map_err(|e| RatchetError::Corrupt(e.to_string()))?;
+        let list: Vec<String> = cbor::from_slice(bytes, MAX_STORED_PEER_BYTES)
+            .map_err(|e| RatchetError::Corrupt(e.to_string()))?;
         let sessions = list
             .iter()
             .take(MAX_SESSIONS_PER_PEER)

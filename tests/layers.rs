@@ -22,6 +22,7 @@ const PURE: &[(&str, &[&str])] = &[
     ("shared", &[]),
     ("identity", &["cbor"]),
     ("wire", &["cbor", "counters", "identity", "shared"]),
+    ("ratchet", &["cbor", "identity", "wire"]),
 ];
 
 /// What the network layer must not name.

@@ -92,6 +92,33 @@ fn identity_document_vectors() {
     assert_eq!(rdoc.may_replace(&doc), Ok(true));
     assert_eq!(rbytes, rotated.bytes());
 
+    // With the ratchet key bundle (`ratchet.md`), the same identity, no reach.
+    let (ik, fk) = (
+        hex32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"),
+        hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"),
+    );
+    let mut with = identity();
+    with.set_ratchet_keys(ik, fk);
+    let bundled = with.issue_document(&[], NOW);
+    print(
+        "identity-ratchet",
+        &[
+            ("ratchet_ik", hex::encode(ik)),
+            ("ratchet_fk", hex::encode(fk)),
+            ("document", hex::encode(bundled.bytes())),
+        ],
+    );
+    let w = &v["identity-ratchet"];
+    let wbytes = hex::decode(&w["document"]).unwrap();
+    let wdoc = SignedDocument::decode(&wbytes, NOW).expect("bundled vector verifies");
+    let bundle = wdoc.doc().ratchet.clone().expect("carries the bundle");
+    assert_eq!(
+        (hex::encode(bundle.ik), hex::encode(bundle.fk)),
+        (w["ratchet_ik"].clone(), w["ratchet_fk"].clone())
+    );
+    assert_eq!(wbytes, bundled.bytes(), "encoding is reproducible");
+    assert_eq!(doc.doc().ratchet, None, "the basic vector has no bundle");
+
     // The same vector, one bit flipped in the body's last byte, no longer verifies; and past
     // its expiry it is refused.
     let mut flipped = bytes.clone();

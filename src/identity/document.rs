@@ -48,13 +48,21 @@ pub struct RatchetKeys {
 impl RatchetKeys {
     /// The bytes the current key signs: domain, UUID, then both keys.
     pub fn signed_bytes(uuid: &Uuid, ik: &[u8; 32], fk: &[u8; 32]) -> Vec<u8> {
-        let mut m = Vec::with_capacity(RATCHET_DOMAIN.len() + 80);
-        m.extend_from_slice(RATCHET_DOMAIN);
-        m.extend_from_slice(uuid.as_bytes());
-        m.extend_from_slice(ik);
-        m.extend_from_slice(fk);
-        m
+        domain_bytes(RATCHET_DOMAIN, uuid, &[ik, fk])
     }
+}
+
+/// What a key signs to vouch for something of a UUID's: the domain, the UUID, then the
+/// parts, concatenated.
+fn domain_bytes(domain: &[u8], uuid: &Uuid, parts: &[&[u8]]) -> Vec<u8> {
+    let len = domain.len() + 16 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(domain);
+    m.extend_from_slice(uuid.as_bytes());
+    for p in parts {
+        m.extend_from_slice(p);
+    }
+    m
 }
 
 /// The DHT key of a UUID's identity document: the bytes of `/ptpchat/id/<uuid>`.
@@ -75,12 +83,7 @@ pub struct KeyLink {
 impl KeyLink {
     /// The bytes the previous key signs to vouch for link `index`.
     pub(crate) fn signed_bytes(uuid: &Uuid, index: u32, key: &[u8; 32]) -> Vec<u8> {
-        let mut m = Vec::with_capacity(LINK_DOMAIN.len() + 16 + 4 + 32);
-        m.extend_from_slice(LINK_DOMAIN);
-        m.extend_from_slice(uuid.as_bytes());
-        m.extend_from_slice(&index.to_be_bytes());
-        m.extend_from_slice(key);
-        m
+        domain_bytes(LINK_DOMAIN, uuid, &[&index.to_be_bytes(), key])
     }
 }
 
@@ -134,11 +137,7 @@ impl IdentityDocument {
 
     /// The bytes the current key signs to vouch for the encryption key.
     pub(crate) fn enc_signed_bytes(uuid: &Uuid, enc_key: &[u8; 32]) -> Vec<u8> {
-        let mut m = Vec::with_capacity(ENC_DOMAIN.len() + 48);
-        m.extend_from_slice(ENC_DOMAIN);
-        m.extend_from_slice(uuid.as_bytes());
-        m.extend_from_slice(enc_key);
-        m
+        domain_bytes(ENC_DOMAIN, uuid, &[enc_key])
     }
 }
 

@@ -23,7 +23,7 @@ impl Side {
 
     /// Sends to `to`, starting a session from its published keys if there is none.
     fn send(&mut self, to: &PublicKeys, text: &str) -> RatchetMessage {
-        if !self.peer.has_session() {
+        if self.peer.is_empty() {
             let s = self.account.start(to.identity, to.fallback).unwrap();
             self.peer.add(s);
         }
@@ -31,6 +31,20 @@ impl Side {
             .encrypt(self.account.identity_key(), text.as_bytes())
             .unwrap()
             .unwrap()
+    }
+
+    /// Starts a new session with `key` (a one-time key handed out) and sends in it.
+    fn send_with(&mut self, identity: [u8; 32], key: [u8; 32], text: &str) -> RatchetMessage {
+        self.peer.add(self.account.start(identity, key).unwrap());
+        self.peer
+            .encrypt(self.account.identity_key(), text.as_bytes())
+            .unwrap()
+            .unwrap()
+    }
+
+    /// What this side publishes.
+    fn keys(&self) -> PublicKeys {
+        self.account.public_keys().unwrap()
     }
 
     /// Opens and keeps the new state, as the node does once the message is committed.
@@ -52,10 +66,18 @@ impl Side {
     }
 }
 
+/// Alice and Bob after one message each way: Alice's messages are normal ones from here.
+fn established() -> (Side, Side) {
+    let (mut alice, mut bob) = (Side::new(), Side::new());
+    bob.receive(&alice.send(&bob.keys(), "start")).unwrap();
+    alice.receive(&bob.send(&alice.keys(), "ok")).unwrap();
+    (alice, bob)
+}
+
 #[test]
 fn a_first_message_needs_no_answer_and_later_ones_ratchet() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
-    let bob_keys = bob.account.public_keys().unwrap();
+    let bob_keys = bob.keys();
     // Bob is offline: Alice's first messages wait at a mailbox, each able to start the
     // session on its own.
     let m1 = alice.send(&bob_keys, "one");
@@ -68,7 +90,7 @@ fn a_first_message_needs_no_answer_and_later_ones_ratchet() {
         1,
         "both first messages belong to one session"
     );
-    let reply = bob.send(&alice.account.public_keys().unwrap(), "hi");
+    let reply = bob.send(&alice.keys(), "hi");
     assert!(!reply.is_first(), "Bob answers inside Alice's session");
     assert_eq!(alice.receive(&reply).unwrap(), "hi");
     let m3 = alice.send(&bob_keys, "three");
@@ -82,7 +104,7 @@ fn a_first_message_needs_no_answer_and_later_ones_ratchet() {
 #[test]
 fn a_message_key_once_used_opens_nothing_for_a_later_thief() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
-    let bob_keys = bob.account.public_keys().unwrap();
+    let bob_keys = bob.keys();
     let sent: Vec<RatchetMessage> = (0..3)
         .map(|i| alice.send(&bob_keys, &format!("m{i}")))
         .collect();
@@ -91,9 +113,7 @@ fn a_message_key_once_used_opens_nothing_for_a_later_thief() {
     }
     // Bob answers, so Alice's messages become normal ones (not first messages, which the
     // fallback key alone opens: see the next test).
-    alice
-        .receive(&bob.send(&alice.account.public_keys().unwrap(), "ok"))
-        .unwrap();
+    alice.receive(&bob.send(&alice.keys(), "ok")).unwrap();
     let read: Vec<RatchetMessage> = (0..3)
         .map(|i| alice.send(&bob_keys, &format!("r{i}")))
         .collect();
@@ -120,7 +140,7 @@ fn a_message_key_once_used_opens_nothing_for_a_later_thief() {
 #[test]
 fn first_messages_open_with_the_fallback_key_until_it_is_deleted() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
-    let bob_keys = bob.account.public_keys().unwrap();
+    let bob_keys = bob.keys();
     let first = alice.send(&bob_keys, "first");
     bob.receive(&first).unwrap();
     // Read, but a first message: whoever holds Bob's account opens it with a fresh session
@@ -139,12 +159,8 @@ fn first_messages_open_with_the_fallback_key_until_it_is_deleted() {
 
 #[test]
 fn a_message_more_than_40_behind_in_its_chain_is_lost_to_the_ratchet() {
-    let (mut alice, mut bob) = (Side::new(), Side::new());
-    let bob_keys = bob.account.public_keys().unwrap();
-    bob.receive(&alice.send(&bob_keys, "start")).unwrap();
-    alice
-        .receive(&bob.send(&alice.account.public_keys().unwrap(), "ok"))
-        .unwrap();
+    let (mut alice, mut bob) = established();
+    let bob_keys = bob.keys();
     let sent: Vec<RatchetMessage> = (0..50)
         .map(|i| alice.send(&bob_keys, &format!("{i}")))
         .collect();
@@ -164,8 +180,8 @@ fn a_message_more_than_40_behind_in_its_chain_is_lost_to_the_ratchet() {
 #[test]
 fn after_bob_answers_a_copy_of_his_old_state_reads_nothing_new() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
-    let bob_keys = bob.account.public_keys().unwrap();
-    let alice_keys = alice.account.public_keys().unwrap();
+    let bob_keys = bob.keys();
+    let alice_keys = alice.keys();
     bob.receive(&alice.send(&bob_keys, "hello")).unwrap();
     alice.receive(&bob.send(&alice_keys, "answer")).unwrap();
     bob.receive(&alice.send(&bob_keys, "in the chain")).unwrap();
@@ -188,12 +204,8 @@ fn after_bob_answers_a_copy_of_his_old_state_reads_nothing_new() {
 
 #[test]
 fn out_of_order_within_the_skipped_key_bound_and_duplicates_refused() {
-    let (mut alice, mut bob) = (Side::new(), Side::new());
-    let bob_keys = bob.account.public_keys().unwrap();
-    bob.receive(&alice.send(&bob_keys, "start")).unwrap();
-    alice
-        .receive(&bob.send(&alice.account.public_keys().unwrap(), "ok"))
-        .unwrap();
+    let (mut alice, mut bob) = established();
+    let bob_keys = bob.keys();
     let sent: Vec<RatchetMessage> = (0..30)
         .map(|i| alice.send(&bob_keys, &format!("{i}")))
         .collect();
@@ -211,15 +223,8 @@ fn a_one_time_key_starts_one_session_only() {
     let (mut alice, mut carol, mut bob) = (Side::new(), Side::new(), Side::new());
     let otk = bob.account.new_one_time_keys(1)[0];
     let identity = bob.account.identity_key();
-    let first = |side: &mut Side| {
-        side.peer.add(side.account.start(identity, otk).unwrap());
-        side.peer
-            .encrypt(side.account.identity_key(), b"hello")
-            .unwrap()
-            .unwrap()
-    };
-    let from_alice = first(&mut alice);
-    let from_carol = first(&mut carol);
+    let from_alice = alice.send_with(identity, otk, "hello");
+    let from_carol = carol.send_with(identity, otk, "hello");
     // Bob keeps one Peer per contact: each arrives on a fresh one.
     let mut alice_at_bob = Peer::default();
     let opened = alice_at_bob.decrypt(&bob.account, &from_alice).unwrap();
@@ -236,10 +241,7 @@ fn a_one_time_key_starts_one_session_only() {
 #[test]
 fn state_stored_after_every_step_keeps_working() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
-    let (ak, bk) = (
-        alice.account.public_keys().unwrap(),
-        bob.account.public_keys().unwrap(),
-    );
+    let (ak, bk) = (alice.keys(), bob.keys());
     for round in 0..5 {
         let m = alice.send(&bk, &format!("a{round}"));
         bob = bob.copy(&SECRET_B);
@@ -260,17 +262,7 @@ fn state_stored_after_every_step_keeps_working() {
 fn a_failed_commit_leaves_the_message_openable() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
     let otk = bob.account.new_one_time_keys(1)[0];
-    alice.peer.add(
-        alice
-            .account
-            .start(bob.account.identity_key(), otk)
-            .unwrap(),
-    );
-    let m = alice
-        .peer
-        .encrypt(alice.account.identity_key(), b"kept")
-        .unwrap()
-        .unwrap();
+    let m = alice.send_with(bob.account.identity_key(), otk, "kept");
     // Opened, but the commit failed: the node drops `opened` and keeps its old state,
     // one-time key included.
     let opened = bob.peer.decrypt(&bob.account, &m).unwrap();
@@ -281,11 +273,9 @@ fn a_failed_commit_leaves_the_message_openable() {
 #[test]
 fn a_message_after_bob_lost_his_sessions_is_no_session_not_garbage() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
-    let bk = bob.account.public_keys().unwrap();
+    let bk = bob.keys();
     bob.receive(&alice.send(&bk, "one")).unwrap();
-    alice
-        .receive(&bob.send(&alice.account.public_keys().unwrap(), "two"))
-        .unwrap();
+    alice.receive(&bob.send(&alice.keys(), "two")).unwrap();
     bob.peer.clear();
     assert_eq!(
         bob.receive(&alice.send(&bk, "three")),
@@ -321,7 +311,7 @@ fn bad_bytes_are_malformed_not_a_panic() {
 #[test]
 fn more_than_four_sessions_from_one_contact_keep_the_newest_four() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
-    let bk = bob.account.public_keys().unwrap();
+    let bk = bob.keys();
     for i in 0..6 {
         // Alice starts over each time (a restored backup, say).
         alice.peer.clear();
@@ -332,7 +322,7 @@ fn more_than_four_sessions_from_one_contact_keep_the_newest_four() {
     }
     assert_eq!(bob.peer.len(), MAX_SESSIONS_PER_PEER);
     // Bob answers with the session that last opened a message: Alice's newest.
-    let reply = bob.send(&alice.account.public_keys().unwrap(), "back");
+    let reply = bob.send(&alice.keys(), "back");
     assert!(!reply.is_first());
     assert_eq!(alice.receive(&reply).unwrap(), "back");
 }
@@ -340,10 +330,7 @@ fn more_than_four_sessions_from_one_contact_keep_the_newest_four() {
 #[test]
 fn two_sides_starting_at_once_both_get_through_and_keep_talking() {
     let (mut alice, mut bob) = (Side::new(), Side::new());
-    let (ak, bk) = (
-        alice.account.public_keys().unwrap(),
-        bob.account.public_keys().unwrap(),
-    );
+    let (ak, bk) = (alice.keys(), bob.keys());
     let from_alice = alice.send(&bk, "hi bob");
     let from_bob = bob.send(&ak, "hi alice");
     assert!(from_alice.is_first() && from_bob.is_first());
@@ -365,7 +352,7 @@ fn two_sides_starting_at_once_both_get_through_and_keep_talking() {
 #[test]
 fn a_first_message_under_another_identity_key_starts_nothing() {
     let (mut alice, bob, mallory) = (Side::new(), Side::new(), Side::new());
-    let mut m = alice.send(&bob.account.public_keys().unwrap(), "hello");
+    let mut m = alice.send(&bob.keys(), "hello");
     // Relabelled as if Mallory's: the pre-key message inside names Alice's key.
     m.ik = mallory.account.identity_key();
     assert!(matches!(
@@ -376,13 +363,8 @@ fn a_first_message_under_another_identity_key_starts_nothing() {
 
 #[test]
 fn a_chain_more_than_five_direction_changes_old_is_dropped() {
-    let (mut alice, mut bob) = (Side::new(), Side::new());
-    let (ak, bk) = (
-        alice.account.public_keys().unwrap(),
-        bob.account.public_keys().unwrap(),
-    );
-    bob.receive(&alice.send(&bk, "start")).unwrap();
-    alice.receive(&bob.send(&ak, "ok")).unwrap();
+    let (mut alice, mut bob) = established();
+    let (ak, bk) = (alice.keys(), bob.keys());
     let read = alice.send(&bk, "read");
     let withheld = alice.send(&bk, "withheld by a relay");
     bob.receive(&read).unwrap();
